@@ -1,0 +1,26 @@
+# Two commands on a fresh clone: `make demo` (the main job) and `make test` (lint + tests).
+# Both create the virtual environment in .venv and install the package first when needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test benchmark clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/asdseg demo --output-dir demo_output
+
+test: $(BIN)/.installed
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+benchmark: $(BIN)/.installed
+	$(BIN)/python benchmarks/inference_speed.py --output benchmark_results/inference_speed.json
+
+clean:
+	rm -rf $(VENV) demo_output benchmark_results

@@ -1,0 +1,21 @@
+"""Exceptions that carry a message meant for the person who ran the tool.
+
+Every message says what is wrong and what to do about it; the CLI prints it without a
+traceback and exits non-zero.
+"""
+
+
+class AsdsegError(Exception):
+    """Base class for errors caused by the user's input or set-up, not by a bug."""
+
+
+class InputError(AsdsegError):
+    """An input volume cannot be used (missing, unreadable, wrong shape, bad values)."""
+
+
+class ModelError(AsdsegError):
+    """A model is unknown, its card is invalid, or its weights do not match the card."""
+
+
+class CancelledError(AsdsegError):
+    """The user cancelled a long-running operation."""

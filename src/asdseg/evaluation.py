@@ -1,0 +1,85 @@
+"""Evaluating predicted label files against reference label files (``asdseg evaluate``)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from asdseg.errors import InputError
+from asdseg.image_io import atomic_path, image_to_array, read_image, same_geometry
+from asdseg.metrics import CaseMetrics, evaluate_masks
+
+COLUMNS = ("case", "label", *CaseMetrics.__dataclass_fields__)
+
+
+def evaluate_label_maps(
+    prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float], values: Iterable[int]
+) -> dict[int, CaseMetrics]:
+    return {value: evaluate_masks(prediction == value, reference == value, spacing) for value in values}
+
+
+def evaluate_files(
+    pairs: Sequence[tuple[Path, Path]], values: Sequence[int] | None = None
+) -> list[dict[str, object]]:
+    """One row per (case, label). ``values`` defaults to the non-zero values present in
+    either file of each pair."""
+    rows = []
+    for prediction_path, reference_path in pairs:
+        prediction_image, reference_image = read_image(prediction_path), read_image(reference_path)
+        if not same_geometry(prediction_image, reference_image, tolerance=1e-3):
+            raise InputError(
+                f"{prediction_path} and {reference_path} do not share one voxel grid "
+                f"(sizes {prediction_image.GetSize()} vs {reference_image.GetSize()}); "
+                "evaluate a prediction against the reference it was made for."
+            )
+        prediction = image_to_array(prediction_image, np.int64)
+        reference = image_to_array(reference_image, np.int64)
+        case_values = values or sorted((set(np.unique(prediction)) | set(np.unique(reference))) - {0})
+        metrics = evaluate_label_maps(prediction, reference, reference_image.GetSpacing(), case_values)
+        for value, case_metrics in metrics.items():
+            rows.append({"case": str(prediction_path), "label": int(value), **case_metrics.as_dict()})
+    return rows
+
+
+def mean_rows(rows: Sequence[dict[str, object]]) -> dict[int, dict[str, float]]:
+    """Per-label mean of each metric over cases; infinite distances are left out of the mean
+    (and counted) so that one empty prediction does not hide the others."""
+    means: dict[int, dict[str, float]] = {}
+    for value in sorted({int(row["label"]) for row in rows}):
+        selected = [row for row in rows if row["label"] == value]
+        summary: dict[str, float] = {"cases": len(selected)}
+        for column in COLUMNS[2:]:
+            finite = [float(row[column]) for row in selected if math.isfinite(float(row[column]))]
+            summary[column] = float(np.mean(finite)) if finite else math.inf
+        summary["cases_with_empty_mask"] = sum(math.isinf(float(row["hd95_mm"])) for row in selected)
+        means[value] = summary
+    return means
+
+
+def format_table(rows: Sequence[dict[str, object]]) -> str:
+    """A fixed-width table for the terminal."""
+    header = ["case", "label", "Dice", "Jaccard", "ASD mm", "ASSD mm", "HD95 mm", "HD95 vox"]
+    keys = ["dice", "jaccard", "asd_mm", "assd_mm", "hd95_mm", "hd95_voxels"]
+    lines = [" ".join(f"{h:>10}" if i else f"{h:<30}" for i, h in enumerate(header))]
+    for row in rows:
+        name = Path(str(row["case"])).name[:30]
+        cells = [f"{name:<30}", f"{row['label']:>10}"] + [f"{float(row[k]):>10.4f}" for k in keys]
+        lines.append(" ".join(cells))
+    for value, summary in mean_rows(rows).items():
+        cells = [f"{'mean':<30}", f"{value:>10}"] + [f"{summary[k]:>10.4f}" for k in keys]
+        lines.append(" ".join(cells))
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[dict[str, object]], path: str | Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(path) as temporary:
+        temporary.write_text(buffer.getvalue(), encoding="utf-8")

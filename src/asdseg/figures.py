@@ -1,0 +1,59 @@
+"""PNG figures for people who would rather look than read: overlays of results on the image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from asdseg.image_io import atomic_path
+from asdseg.labels import Label
+
+
+def save_overlay_png(
+    image: np.ndarray,
+    label_map: np.ndarray,
+    labels: Sequence[Label],
+    path: str | Path,
+    extra_map: np.ndarray | None = None,
+    extra_title: str = "",
+    reference: np.ndarray | None = None,
+) -> Path:
+    """Axial slice through the labelled region's centre: the image with label outlines (and the
+    reference's dashed outlines), and beside it ``extra_map`` (SDM or confidence) if given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    foreground = np.argwhere(label_map > 0)
+    z = int(np.median(foreground[:, 2])) if foreground.size else image.shape[2] // 2
+    panels = 2 if extra_map is not None else 1
+    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 5), squeeze=False)
+    axes[0, 0].imshow(image[:, :, z].T, cmap="gray", origin="lower")
+    for label in labels:
+        if label.value == 0:
+            continue
+        color = np.asarray(label.color) / 255.0
+        if (label_map[:, :, z] == label.value).any():
+            axes[0, 0].contour((label_map[:, :, z] == label.value).T, levels=[0.5], colors=[color])
+        if reference is not None and (reference[:, :, z] == label.value).any():
+            axes[0, 0].contour(
+                (reference[:, :, z] == label.value).T, levels=[0.5], colors=[color], linestyles="dashed"
+            )
+    axes[0, 0].set_title(
+        f"axial slice {z}: prediction" + (" (solid) vs reference (dashed)" if reference is not None else "")
+    )
+    if extra_map is not None:
+        shown = axes[0, 1].imshow(extra_map[:, :, z].T, cmap="coolwarm", origin="lower")
+        axes[0, 1].set_title(extra_title)
+        figure.colorbar(shown, ax=axes[0, 1], fraction=0.046)
+    for axis in axes.ravel():
+        axis.set_axis_off()
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
+    plt.close(figure)
+    return path

@@ -1,0 +1,176 @@
+"""Reading and writing volumes with their geometry (spacing, origin, direction) kept.
+
+Arrays handed to the rest of the engine are in image index order (x, y, z), the order of
+SimpleITK's index and of NIfTI, so that patch sizes and spacings read the same everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import tempfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import SimpleITK as sitk
+
+from asdseg.errors import InputError
+
+SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def image_suffix(path: str | Path) -> str:
+    """The image-format suffix of ``path`` (``.nii.gz`` counts as one suffix)."""
+    name = Path(path).name.lower()
+    for suffix in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    return Path(path).suffix.lower()
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """Read a 3D scalar image, with a clear :class:`InputError` for anything unusable."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found. Check the path and try again.")
+    if not path.is_file():
+        raise InputError(f"{path}: is not a file.")
+    if image_suffix(path) not in SUPPORTED_SUFFIXES:
+        raise InputError(f"{path}: unsupported file type; use one of {', '.join(SUPPORTED_SUFFIXES)}.")
+    if path.name.lower().endswith(".gz"):
+        check_gzip_complete(path)
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti_finite(path)
+    try:
+        image = sitk.ReadImage(str(path))
+        # Force the whole pixel buffer to be decoded now, so that a truncated file fails here.
+        sitk.GetArrayViewFromImage(image)
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
+        raise InputError(
+            f"{path}: not a readable image (truncated or corrupt file?). Reader said: {reason}"
+        ) from error
+    check_volume_shape(image, path)
+    return as_3d(image)
+
+
+def check_gzip_complete(path: Path) -> None:
+    """Decompress ``path`` to its end: ITK's NIfTI reader fills a truncated .nii.gz with zeros
+    instead of failing, which would silently segment a partial scan."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 22):
+                pass
+    except (EOFError, OSError, zlib.error) as error:
+        raise InputError(
+            f"{path}: not a readable image: the compressed data is truncated or corrupt ({error}). "
+            "Copy or export the file again."
+        ) from error
+
+
+def check_nifti_finite(path: Path) -> None:
+    """Refuse NIfTI files with NaN/Inf voxels. ITK's NIfTI reader replaces them with 0, which
+    would hide a broken export, so the raw voxels are checked with nibabel first."""
+    try:
+        header_image = nibabel.load(str(path))
+    except Exception as error:  # nibabel raises many types for a file that is not NIfTI
+        raise InputError(f"{path}: not a readable image (not NIfTI: {error}).") from error
+    if header_image.get_data_dtype().kind != "f":
+        return
+    voxels = np.asanyarray(header_image.dataobj)
+    bad = int(voxels.size - np.count_nonzero(np.isfinite(voxels)))
+    if bad:
+        raise InputError(
+            f"{path}: {bad} voxels are NaN or infinite. Replace them (e.g. with the minimum "
+            "intensity) before segmenting."
+        )
+
+
+def check_volume_shape(image: sitk.Image, source: str | Path) -> None:
+    """Refuse images that are not single-channel 3D volumes."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{source}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+            "a single-channel (scalar) volume is needed. Split the channels first."
+        )
+    dimension = image.GetDimension()
+    size = image.GetSize()
+    if dimension == 4 and size[3] == 1:
+        return
+    if dimension != 3:
+        raise InputError(
+            f"{source}: is a {dimension}D image of size {size}; a 3D volume is needed. "
+            + (
+                "Extract one time point / channel first."
+                if dimension > 3
+                else "Load the whole series as one 3D volume."
+            )
+        )
+    if min(size) < 2:
+        raise InputError(
+            f"{source}: has size {size}, i.e. a single slice; a 3D volume with at least 2 "
+            "voxels along every axis is needed."
+        )
+
+
+def as_3d(image: sitk.Image) -> sitk.Image:
+    """Drop a trailing length-1 fourth axis (some writers store 3D volumes as 4D)."""
+    if image.GetDimension() == 4:
+        size = list(image.GetSize())
+        return sitk.Extract(image, [*size[:3], 0], [0, 0, 0, 0])
+    return image
+
+
+def image_to_array(image: sitk.Image, dtype: type = np.float32) -> np.ndarray:
+    """Voxel array in (x, y, z) index order."""
+    return np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0), dtype=dtype)
+
+
+def array_to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """Image from an (x, y, z) array with exactly the geometry of ``reference``."""
+    if tuple(array.shape) != tuple(reference.GetSize()):
+        raise ValueError(f"array shape {array.shape} does not match image size {reference.GetSize()}")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+    image.CopyInformation(reference)
+    return image
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    The temporary name keeps the file's suffix so that writers that pick the format from the
+    extension (SimpleITK) write the right format. On failure the temporary file is removed and
+    whatever was at ``path`` before is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = image_suffix(path) or path.suffix
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(handle)
+    temporary_path = Path(temporary)
+    try:
+        yield temporary_path
+        os.replace(temporary_path, path)
+    finally:
+        temporary_path.unlink(missing_ok=True)
+
+
+def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> None:
+    """Write ``image`` atomically: either the whole new file is at ``path`` or nothing changed."""
+    with atomic_path(path) as temporary:
+        sitk.WriteImage(image, str(temporary), useCompression=compress)
+
+
+def same_geometry(first: sitk.Image, second: sitk.Image, tolerance: float = 1e-6) -> bool:
+    """True when both images have the same size, spacing, origin and direction."""
+    return (
+        first.GetSize() == second.GetSize()
+        and np.allclose(first.GetSpacing(), second.GetSpacing(), atol=tolerance)
+        and np.allclose(first.GetOrigin(), second.GetOrigin(), atol=tolerance)
+        and np.allclose(first.GetDirection(), second.GetDirection(), atol=tolerance)
+    )

@@ -1,0 +1,87 @@
+"""Label definitions (value, name, colour) and the sidecar files written beside label maps.
+
+A label map's values are fixed by its model card, so a viewer needs the sidecar to name and
+colour them: a JSON file for programs, a Slicer colour table (``.ctbl``) that Slicer loads as a
+colour node, and an ITK-SNAP label description file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from asdseg.image_io import image_suffix
+
+
+@dataclass(frozen=True)
+class Label:
+    """One label value of a label map."""
+
+    value: int
+    name: str
+    color: tuple[int, int, int]
+
+    @classmethod
+    def from_dict(cls, entry: dict) -> Label:
+        return cls(int(entry["value"]), str(entry["name"]), tuple(int(c) for c in entry["color"]))
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "name": self.name, "color": list(self.color)}
+
+
+def sidecar_stem(label_path: str | Path) -> Path:
+    """``out/seg.nii.gz`` -> ``out/seg`` (the stem the sidecar names are built from)."""
+    label_path = Path(label_path)
+    return label_path.with_name(label_path.name[: -len(image_suffix(label_path))])
+
+
+def sidecar_paths(label_path: str | Path) -> dict[str, Path]:
+    """Where the JSON, Slicer and ITK-SNAP sidecars of ``label_path`` go."""
+    stem = sidecar_stem(label_path)
+    return {
+        "json": stem.with_name(stem.name + ".labels.json"),
+        "slicer": stem.with_name(stem.name + ".ctbl"),
+        "itksnap": stem.with_name(stem.name + ".itksnap.txt"),
+    }
+
+
+def labels_json(labels: Sequence[Label]) -> str:
+    return json.dumps({"labels": [label.to_dict() for label in labels]}, indent=2) + "\n"
+
+
+def slicer_color_table(labels: Sequence[Label]) -> str:
+    """Slicer colour table: ``value name r g b a`` per line; names cannot contain spaces."""
+    lines = ["# Slicer colour table written by asdseg", "0 background 0 0 0 0"]
+    for label in labels:
+        if label.value == 0:
+            continue
+        name = label.name.replace(" ", "_")
+        lines.append(f"{label.value} {name} {label.color[0]} {label.color[1]} {label.color[2]} 255")
+    return "\n".join(lines) + "\n"
+
+
+def itksnap_label_description(labels: Sequence[Label]) -> str:
+    """ITK-SNAP label description: ``IDX R G B A VIS MSH "LABEL"`` per line."""
+    lines = ["# ITK-SnAP Label Description File written by asdseg", '0 0 0 0 0 0 0 "Clear Label"']
+    for label in labels:
+        if label.value == 0:
+            continue
+        red, green, blue = label.color
+        lines.append(f'{label.value} {red} {green} {blue} 1 1 1 "{label.name}"')
+    return "\n".join(lines) + "\n"
+
+
+def sidecar_contents(labels: Sequence[Label]) -> dict[str, str]:
+    """Text of each sidecar kind (keys as in :func:`sidecar_paths`)."""
+    return {
+        "json": labels_json(labels),
+        "slicer": slicer_color_table(labels),
+        "itksnap": itksnap_label_description(labels),
+    }
+
+
+def read_labels_json(path: str | Path) -> list[Label]:
+    """Labels from a JSON sidecar written by :func:`write_label_sidecars`."""
+    return [Label.from_dict(entry) for entry in json.loads(Path(path).read_text())["labels"]]

@@ -1,0 +1,109 @@
+"""Model cards: the JSON that says what a weights file is, validated against a schema."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from asdseg.errors import ModelError
+from asdseg.inference import WindowSettings
+from asdseg.labels import Label
+
+
+@cache
+def card_schema() -> dict[str, Any]:
+    return json.loads(resources.files("asdseg").joinpath("schemas/model_card.schema.json").read_text())
+
+
+def validate_card(card: dict[str, Any], source: str | Path) -> None:
+    """Raise :class:`ModelError` naming the offending field when ``card`` breaks the schema."""
+    try:
+        jsonschema.validate(card, card_schema())
+    except jsonschema.ValidationError as error:
+        where = "/".join(str(part) for part in error.absolute_path) or "(top level)"
+        raise ModelError(f"{source}: invalid model card at {where}: {error.message}") from error
+    values = [entry["value"] for entry in card["labels"]]
+    if len(set(values)) != len(values) or 0 not in values:
+        raise ModelError(f"{source}: label values must be unique and include 0 (background).")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A validated model card and the folder its weights live in."""
+
+    data: dict[str, Any]
+    directory: Path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelCard:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ModelError(f"{path}: cannot read the model card: {error}") from error
+        validate_card(data, path)
+        return cls(data, path.parent)
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    @property
+    def labels(self) -> list[Label]:
+        return [Label.from_dict(entry) for entry in self.data["labels"]]
+
+    @property
+    def foreground_labels(self) -> list[Label]:
+        return [label for label in self.labels if label.value != 0]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in self.data["preprocessing"]["spacing"])
+
+    @property
+    def weights_path(self) -> Path:
+        return self.directory / self.data["weights"]["file"]
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.data["weights"]["sha256"]
+
+    @property
+    def has_sdm(self) -> bool:
+        return bool(self.data["outputs"]["sdm"])
+
+    @property
+    def has_confidence(self) -> bool:
+        return bool(self.data["outputs"]["confidence"])
+
+    def window_settings(self, **overrides: Any) -> WindowSettings:
+        """Window layout from the card, with user overrides (overlap, batch, precision...)."""
+        inference = self.data["inference"]
+        settings: dict[str, Any] = {
+            "patch_size": tuple(inference["patch_size"]),
+            "overlap": inference["overlap"],
+            "blend": inference["blend"],
+        }
+        settings.update({key: value for key, value in overrides.items() if value is not None})
+        return WindowSettings(**settings)
+
+    def summary(self) -> str:
+        """A few lines for a person choosing a model (CLI ``models show``, Slicer's selector)."""
+        labels = ", ".join(f"{label.value}={label.name}" for label in self.foreground_labels)
+        extras = [name for name in ("sdm", "confidence") if self.data["outputs"][name]]
+        return "\n".join(
+            [
+                f"{self.name} (v{self.data['version']}): {self.data['description']}",
+                f"  input: {self.data['modality']}",
+                f"  labels: {labels}",
+                f"  extra outputs: {', '.join(extras) or 'none'}",
+                f"  training data: {self.data['training']['data']}",
+                f"  licence: {self.data['license']}",
+            ]
+        )

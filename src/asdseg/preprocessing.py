@@ -1,0 +1,104 @@
+"""Preprocessing named by a model card: resampling to the model's spacing, intensity
+normalisation and cropping, each with its inverse for the outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import SimpleITK as sitk
+
+Normalization = Literal["zscore", "zscore-foreground", "none"]
+
+
+def resample_to_spacing(
+    image: sitk.Image, spacing: Sequence[float], interpolator: int = sitk.sitkLinear
+) -> sitk.Image:
+    """Resample ``image`` onto a grid of ``spacing`` covering the same physical extent.
+
+    Origin and direction are kept; the size is rounded so that the physical field of view is
+    preserved to within one new voxel.
+    """
+    old_spacing = np.asarray(image.GetSpacing(), dtype=float)
+    new_spacing = np.asarray(spacing, dtype=float)
+    if np.allclose(old_spacing, new_spacing, rtol=1e-4):
+        return image
+    old_size = np.asarray(image.GetSize(), dtype=float)
+    new_size = np.maximum(np.round(old_size * old_spacing / new_spacing), 1).astype(int)
+    return sitk.Resample(
+        image,
+        [int(s) for s in new_size],
+        sitk.Transform(),
+        interpolator,
+        image.GetOrigin(),
+        [float(s) for s in new_spacing],
+        image.GetDirection(),
+        0.0,
+        image.GetPixelID(),
+    )
+
+
+def resample_like(
+    image: sitk.Image, reference: sitk.Image, interpolator: int = sitk.sitkLinear
+) -> sitk.Image:
+    """Resample ``image`` onto exactly the grid of ``reference`` (used to return outputs)."""
+    if (
+        image.GetSize() == reference.GetSize()
+        and np.allclose(image.GetSpacing(), reference.GetSpacing())
+        and np.allclose(image.GetOrigin(), reference.GetOrigin())
+        and np.allclose(image.GetDirection(), reference.GetDirection())
+    ):
+        return image
+    return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, image.GetPixelID())
+
+
+def normalize_intensity(array: np.ndarray, mode: Normalization) -> np.ndarray:
+    """Z-score ``array`` over the whole volume, over its foreground (voxels above the
+    minimum, as nnU-Net does for MRI with a zero background), or leave it unchanged.
+    """
+    array = array.astype(np.float32, copy=False)
+    if mode == "none":
+        return array
+    if mode == "zscore":
+        region = array
+    elif mode == "zscore-foreground":
+        region = array[array > array.min()]
+        if region.size == 0:
+            region = array
+    else:
+        raise ValueError(f"unknown normalisation {mode!r}")
+    std = float(region.std())
+    return (array - float(region.mean())) / (std if std > 0 else 1.0)
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """Index box ``[start, stop)`` per axis of a crop taken from a larger volume."""
+
+    start: tuple[int, int, int]
+    stop: tuple[int, int, int]
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(a, b) for a, b in zip(self.start, self.stop, strict=True))
+
+
+def foreground_box(array: np.ndarray, margin: int) -> CropBox:
+    """Bounding box of voxels above the minimum, grown by ``margin`` voxels and clipped."""
+    foreground = np.argwhere(array > array.min())
+    if foreground.size == 0:
+        return CropBox((0, 0, 0), tuple(array.shape))
+    start = np.maximum(foreground.min(axis=0) - margin, 0)
+    stop = np.minimum(foreground.max(axis=0) + 1 + margin, array.shape)
+    return CropBox(tuple(int(v) for v in start), tuple(int(v) for v in stop))
+
+
+def uncrop(array: np.ndarray, box: CropBox, full_shape: Sequence[int], fill: float) -> np.ndarray:
+    """Place a cropped (channels-first or plain) array back into a volume of ``full_shape``."""
+    leading = array.shape[: array.ndim - 3]
+    full = np.full((*leading, *full_shape), fill, dtype=array.dtype)
+    full[(..., *box.slices)] = array
+    return full

@@ -1,0 +1,133 @@
+"""The registry of models: shipped with the package, or installed by the user.
+
+Each model is a folder holding ``card.json`` and the weights file the card names. Shipped
+models live in the package (``asdseg/models``); installed ones under ``$ASDSEG_HOME/models``
+(default ``~/.asdseg/models``). A user-installed model of the same name overrides a shipped one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from asdseg.errors import ModelError
+from asdseg.image_io import atomic_path
+from asdseg.model_card import ModelCard, validate_card
+from asdseg.networks import build_network
+
+CARD_FILE = "card.json"
+
+
+def shipped_models_dir() -> Path:
+    return Path(str(resources.files("asdseg").joinpath("models")))
+
+
+def user_models_dir() -> Path:
+    return Path(os.environ.get("ASDSEG_HOME", Path.home() / ".asdseg")) / "models"
+
+
+def model_dirs() -> list[Path]:
+    """Folders searched for models, later ones overriding earlier ones."""
+    return [shipped_models_dir(), user_models_dir()]
+
+
+def available_models() -> dict[str, ModelCard]:
+    """Every model whose card is present, by name."""
+    models: dict[str, ModelCard] = {}
+    for directory in model_dirs():
+        for card_path in sorted(directory.glob(f"*/{CARD_FILE}")):
+            card = ModelCard.load(card_path)
+            models[card.name] = card
+    return models
+
+
+def find_model(name: str) -> ModelCard:
+    models = available_models()
+    if name not in models:
+        known = ", ".join(sorted(models)) or "none installed"
+        raise ModelError(
+            f"unknown model {name!r} (available: {known}). List them with 'asdseg models list' "
+            "or install one with 'asdseg models install CARD.json'."
+        )
+    return models[name]
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_weights(card: ModelCard, weights_path: Path | None = None) -> Path:
+    """Check that the weights exist and match the card's SHA-256; returns their path."""
+    path = weights_path or card.weights_path
+    if not path.is_file():
+        raise ModelError(f"model {card.name!r}: weights file {path} is missing; reinstall the model.")
+    actual = sha256_of(path)
+    if actual != card.weights_sha256:
+        raise ModelError(
+            f"model {card.name!r}: weights {path} do not match their model card (SHA-256 "
+            f"{actual[:12]}... instead of {card.weights_sha256[:12]}...). The file is corrupt or "
+            "belongs to another model; reinstall the model from its original files."
+        )
+    return path
+
+
+def load_network(card: ModelCard) -> nn.Module:
+    """Build the card's architecture and load its checksum-verified weights, in eval mode."""
+    path = verify_weights(card)
+    network = build_network(card.data["architecture"]["name"], card.data["architecture"]["params"])
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        network.load_state_dict(state)
+    except (RuntimeError, KeyError, EOFError, OSError) as error:
+        raise ModelError(f"model {card.name!r}: cannot load weights {path}: {error}") from error
+    return network.eval()
+
+
+def install_model(card_path: str | Path, weights_path: str | Path | None = None) -> ModelCard:
+    """Copy a model (card + weights, checksum verified first) into the user's model folder.
+
+    ``weights_path`` defaults to the file the card names, beside the card. The card and the
+    weights are written atomically; an existing model of that name is replaced only after both
+    new files are complete.
+    """
+    card_path = Path(card_path)
+    try:
+        data = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelError(f"{card_path}: cannot read the model card: {error}") from error
+    validate_card(data, card_path)
+    source_card = ModelCard(data, card_path.parent)
+    source_weights = verify_weights(source_card, Path(weights_path) if weights_path else None)
+    target = user_models_dir() / source_card.name
+    target.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target / data["weights"]["file"]) as temporary:
+        shutil.copyfile(source_weights, temporary)
+    with atomic_path(target / CARD_FILE) as temporary:
+        temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return ModelCard.load(target / CARD_FILE)
+
+
+def save_model(network: nn.Module, card_data: dict, directory: str | Path) -> ModelCard:
+    """Write ``network``'s weights and ``card_data`` (with the weights' SHA-256 filled in) into
+    ``directory``, both atomically. Used by training to produce an installable model."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights_file = card_data["weights"]["file"]
+    with atomic_path(directory / weights_file) as temporary:
+        torch.save(network.state_dict(), temporary)
+        card_data = {**card_data, "weights": {"file": weights_file, "sha256": sha256_of(temporary)}}
+        validate_card(card_data, directory / CARD_FILE)
+    with atomic_path(directory / CARD_FILE) as card_temporary:
+        card_temporary.write_text(json.dumps(card_data, indent=2) + "\n", encoding="utf-8")
+    return ModelCard.load(directory / CARD_FILE)

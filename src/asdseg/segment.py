@@ -1,0 +1,196 @@
+"""Segmenting one volume with one model, outputs on exactly the input's voxel grid.
+
+This is the single entry point used by the CLI and by both Slicer modules' logic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from torch import nn
+
+from asdseg.devices import select_device
+from asdseg.errors import InputError
+from asdseg.image_io import array_to_image, atomic_path, check_volume_shape, image_to_array
+from asdseg.inference import predict_volume
+from asdseg.labels import Label, sidecar_contents, sidecar_paths, sidecar_stem
+from asdseg.model_card import ModelCard
+from asdseg.postprocessing import ComponentReport, keep_largest_component
+from asdseg.preprocessing import (
+    CropBox,
+    foreground_box,
+    normalize_intensity,
+    resample_like,
+    resample_to_spacing,
+    uncrop,
+)
+from asdseg.progress import CancelToken, ProgressCallback
+from asdseg.validation import DEFAULT_MAX_ANISOTROPY, check_intensities, check_spacing
+
+
+@dataclass(frozen=True)
+class SegmentationOptions:
+    """What the user may choose per run; ``None`` means "as the model card says"."""
+
+    device: str = "auto"
+    precision: str = "fp32"
+    overlap: float | None = None
+    batch_size: int = 1
+    largest_component: bool = False
+    max_anisotropy: float | None = DEFAULT_MAX_ANISOTROPY
+
+
+@dataclass
+class SegmentationResult:
+    """Outputs of one run, all with the input image's geometry."""
+
+    label_map: sitk.Image
+    labels: list[Label]
+    confidence: sitk.Image | None = None
+    sdm: dict[int, sitk.Image] = field(default_factory=dict)
+    component_reports: list[ComponentReport] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def label_array(self) -> np.ndarray:
+        return image_to_array(self.label_map, dtype=np.int64)
+
+
+def label_pixel_type(labels: list[Label]) -> type:
+    return np.uint8 if max(label.value for label in labels) <= 255 else np.uint16
+
+
+def _model_grid_input(image: sitk.Image, card: ModelCard) -> tuple[sitk.Image, CropBox, np.ndarray]:
+    """The image resampled to the model's spacing, the crop box taken from it (the whole grid
+    when the card asks for no crop), and the normalised (x, y, z) array inside that box.
+
+    Cropping comes before normalisation so that the statistics describe the region the network
+    sees, not the padding around the body.
+    """
+    resampled = resample_to_spacing(sitk.Cast(image, sitk.sitkFloat32), card.spacing)
+    array = image_to_array(resampled)
+    margin = card.data["preprocessing"].get("crop_foreground_margin")
+    box = foreground_box(array, margin) if margin is not None else CropBox((0, 0, 0), array.shape)
+    normalized = normalize_intensity(array[box.slices], card.data["preprocessing"]["normalization"])
+    return resampled, box, normalized
+
+
+def _to_input_grid(channels: np.ndarray, model_grid: sitk.Image, original: sitk.Image) -> np.ndarray:
+    """Resample (C, x, y, z) maps from the model grid back onto the original grid (linear)."""
+    vector = sitk.GetImageFromArray(np.ascontiguousarray(channels.transpose(3, 2, 1, 0)), isVector=True)
+    vector.CopyInformation(model_grid)
+    back = resample_like(vector, original, sitk.sitkLinear)
+    array = sitk.GetArrayFromImage(back)
+    if array.ndim == 3:  # SimpleITK drops the component axis of single-channel images
+        array = array[..., None]
+    return np.ascontiguousarray(array.transpose(3, 2, 1, 0))
+
+
+def _uncrop_outputs(outputs: dict[str, np.ndarray], box: CropBox, shape: tuple) -> dict[str, np.ndarray]:
+    """Put cropped outputs back into the full model-grid volume: outside the crop the model
+    saw nothing, so it is background with certainty and outside every organ."""
+    full = {"probabilities": uncrop(outputs["probabilities"], box, shape, 0.0)}
+    outside = np.ones(shape, dtype=bool)
+    outside[box.slices] = False
+    full["probabilities"][0][outside] = 1.0
+    if "sdm" in outputs:
+        full["sdm"] = uncrop(outputs["sdm"], box, shape, 1.0)
+    if "confidence" in outputs:
+        full["confidence"] = uncrop(outputs["confidence"], box, shape, 1.0)
+    return full
+
+
+def segment_image(
+    image: sitk.Image,
+    card: ModelCard,
+    network: nn.Module,
+    options: SegmentationOptions | None = None,
+    source: str | Path = "input image",
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> SegmentationResult:
+    """Segment ``image`` (3D scalar) with ``network`` as described by ``card``."""
+    options = options or SegmentationOptions()
+    check_volume_shape(image, source)
+    check_spacing(image, source, options.max_anisotropy)
+    check_intensities(sitk.GetArrayViewFromImage(image), source)
+    try:
+        device = select_device(options.device)
+    except ValueError as error:
+        raise InputError(str(error)) from error
+    settings = card.window_settings(
+        overlap=options.overlap, batch_size=options.batch_size, precision=options.precision
+    )
+
+    model_grid, box, array = _model_grid_input(image, card)
+    outputs = predict_volume(network, array, settings, device, progress, cancel)
+    outputs = _uncrop_outputs(outputs, box, model_grid.GetSize())
+
+    probabilities = _to_input_grid(outputs["probabilities"], model_grid, image)
+    labels = card.labels
+    values = np.asarray([label.value for label in labels])
+    label_map = values[np.argmax(probabilities, axis=0)].astype(label_pixel_type(labels))
+    result = SegmentationResult(array_to_image(label_map, image), labels)
+
+    if options.largest_component:
+        label_map, result.component_reports = keep_largest_component(
+            label_map, [label.value for label in card.foreground_labels]
+        )
+        result.label_map = array_to_image(label_map, image)
+    for label in card.foreground_labels:
+        if not np.any(label_map == label.value):
+            result.warnings.append(f"no voxel was labelled {label.name!r} (empty prediction)")
+
+    if "confidence" in outputs:
+        confidence = _to_input_grid(outputs["confidence"][None], model_grid, image)[0]
+        result.confidence = array_to_image(np.clip(confidence, 0.0, 1.0).astype(np.float32), image)
+    if "sdm" in outputs:
+        sdm = _to_input_grid(outputs["sdm"], model_grid, image)
+        for channel, label in enumerate(card.foreground_labels):
+            result.sdm[label.value] = array_to_image(sdm[channel].astype(np.float32), image)
+    return result
+
+
+def sdm_output_paths(path: str | Path, result: SegmentationResult) -> dict[int, Path]:
+    """One SDM file per foreground label: ``path`` itself for a single label, else
+    ``<stem>-<value><suffix>``."""
+    path = Path(path)
+    if len(result.sdm) == 1:
+        return {next(iter(result.sdm)): path}
+    stem = sidecar_stem(path)
+    suffix = path.name[len(stem.name) :]
+    return {value: stem.with_name(f"{stem.name}-{value}{suffix}") for value in result.sdm}
+
+
+def write_result(
+    result: SegmentationResult,
+    label_path: str | Path,
+    confidence_path: str | Path | None = None,
+    sdm_path: str | Path | None = None,
+) -> list[Path]:
+    """Write the requested outputs plus the label sidecars, all or nothing.
+
+    Every file is first written to a temporary file beside its target; only when all of them
+    are complete are they renamed into place, so a failure leaves existing files untouched.
+    Asking for an output the model does not produce is an error raised before anything is
+    written.
+    """
+    if confidence_path is not None and result.confidence is None:
+        raise InputError("this model has no confidence network; drop --confidence or pick a model with one.")
+    if sdm_path is not None and not result.sdm:
+        raise InputError("this model has no signed-distance-map head; drop --sdm or pick a model with one.")
+    images = {Path(label_path): result.label_map}
+    if confidence_path is not None:
+        images[Path(confidence_path)] = result.confidence
+    if sdm_path is not None:
+        images.update({path: result.sdm[value] for value, path in sdm_output_paths(sdm_path, result).items()})
+    texts = {sidecar_paths(label_path)[kind]: text for kind, text in sidecar_contents(result.labels).items()}
+    with contextlib.ExitStack() as stack:
+        for path, image in images.items():
+            sitk.WriteImage(image, str(stack.enter_context(atomic_path(path))), useCompression=True)
+        for path, text in texts.items():
+            stack.enter_context(atomic_path(path)).write_text(text, encoding="utf-8")
+    return [*images, *texts]

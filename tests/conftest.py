@@ -1,0 +1,86 @@
+"""Shared fixtures: an isolated model home, small models and synthetic volumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from asdseg.demo import find_la2018
+from asdseg.demo_model import CARD as DEMO_CARD
+from asdseg.demo_model import train_demo_model
+from asdseg.model_card import ModelCard
+from asdseg.networks import build_network
+from asdseg.phantoms import make_phantom, phantom_image
+from asdseg.registry import save_model
+
+torch.set_num_threads(2)
+
+ROTATED = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@pytest.fixture(autouse=True)
+def model_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty user model folder."""
+    home = tmp_path_factory.mktemp("asdseg_home")
+    monkeypatch.setenv("ASDSEG_HOME", str(home))
+    return home
+
+
+def tiny_card(name: str = "tiny", sdm: bool = True, confidence: bool = False) -> dict:
+    card = {
+        **DEMO_CARD,
+        "name": name,
+        "architecture": {
+            "name": "vnet",
+            "params": {"num_classes": 3, "base_filters": 2, "dropout": 0.0, "sdm_head": sdm},
+        },
+        "outputs": {"sdm": sdm, "confidence": confidence},
+        "inference": {"patch_size": [16, 16, 16], "overlap": 0.25, "blend": "gaussian"},
+    }
+    return card
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> ModelCard:
+    """An untrained 2-filter VNet saved with a valid card: fast, for geometry and I/O tests."""
+    torch.manual_seed(0)
+    network = build_network("vnet", tiny_card()["architecture"]["params"])
+    return save_model(network, tiny_card(), tmp_path / "tiny-model")
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory: pytest.TempPathFactory) -> ModelCard:
+    """The trained phantom model (about 40 s once per test session)."""
+    return save_model(train_demo_model(), DEMO_CARD, tmp_path_factory.mktemp("demo") / "phantom-demo")
+
+
+@pytest.fixture
+def phantom_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A phantom with non-trivial spacing, origin and direction written as NIfTI."""
+    image, label = phantom_image(
+        make_phantom(shape=(40, 36, 30), seed=3),
+        spacing=(0.95, 1.05, 1.1),
+        origin=(12.5, -40.0, 3.0),
+        direction=ROTATED,
+    )
+    image_path, label_path = tmp_path / "image.nii.gz", tmp_path / "label.nii.gz"
+    sitk.WriteImage(image, str(image_path))
+    sitk.WriteImage(label, str(label_path))
+    return image_path, label_path
+
+
+def ellipsoid_mask(shape: tuple[int, int, int], centre: tuple, radii: tuple) -> np.ndarray:
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+    centre = np.asarray(centre)[:, None, None, None]
+    radii = np.asarray(radii)[:, None, None, None]
+    return (((grid - centre) / radii) ** 2).sum(axis=0) <= 1.0
+
+
+LA2018 = find_la2018()
+needs_la2018 = pytest.mark.skipif(
+    LA2018 is None, reason="LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018)"
+)

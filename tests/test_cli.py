@@ -1,0 +1,204 @@
+"""The ``asdseg`` command line, including its handling of bad input."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from asdseg.cli import build_parser, main
+from asdseg.image_io import read_image, same_geometry
+from asdseg.model_card import ModelCard
+from asdseg.registry import install_model
+
+
+@pytest.fixture
+def installed(tiny_model: ModelCard) -> str:
+    install_model(tiny_model.directory / "card.json")
+    return tiny_model.name
+
+
+def test_every_command_has_help() -> None:
+    for command in (
+        ["segment"],
+        ["evaluate"],
+        ["models"],
+        ["models", "list"],
+        ["models", "install"],
+        ["demo"],
+    ):
+        completed = subprocess.run(
+            [sys.executable, "-m", "asdseg", *command, "--help"], capture_output=True, text=True, check=False
+        )
+        assert completed.returncode == 0 and "usage: asdseg" in completed.stdout, command
+
+
+def test_segment_writes_all_outputs_with_input_geometry(
+    installed: str, phantom_files, tmp_path: Path
+) -> None:
+    image_path, _ = phantom_files
+    out = tmp_path / "results"
+    code = main(
+        [
+            "segment",
+            "-i",
+            str(image_path),
+            "-o",
+            str(out / "seg.nii.gz"),
+            "--model",
+            installed,
+            "--sdm",
+            str(out / "sdm.nii.gz"),
+            "--largest-component",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    names = sorted(path.name for path in out.iterdir())
+    assert names == [
+        "sdm-1.nii.gz",
+        "sdm-2.nii.gz",
+        "seg.ctbl",
+        "seg.itksnap.txt",
+        "seg.labels.json",
+        "seg.nii.gz",
+    ]
+    source = read_image(image_path)
+    assert all(same_geometry(read_image(out / name), source) for name in names if name.endswith(".nii.gz"))
+
+
+BAD_INPUTS = {
+    "missing": (lambda d: d / "absent.nii.gz", "file not found"),
+    "not an image": (
+        lambda d: (d / "x.nii.gz").write_text("hello") and d / "x.nii.gz",
+        "not a readable image",
+    ),
+    "2D": (
+        lambda d: (
+            sitk.WriteImage(sitk.Image([9, 9], sitk.sitkFloat32), str(d / "2d.nii.gz")) or d / "2d.nii.gz"
+        ),
+        "2D image",
+    ),
+    "4D": (
+        lambda d: (
+            sitk.WriteImage(sitk.Image([9, 9, 9, 2], sitk.sitkFloat32), str(d / "4d.nii.gz"))
+            or d / "4d.nii.gz"
+        ),
+        "4D image",
+    ),
+    "constant": (
+        lambda d: (
+            sitk.WriteImage(sitk.Image([9, 9, 9], sitk.sitkFloat32) + 3, str(d / "c.nii.gz"))
+            or d / "c.nii.gz"
+        ),
+        "constant",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exits_nonzero_with_a_clear_message_and_no_output(
+    case: str, installed: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    make, message = BAD_INPUTS[case]
+    source = tmp_path / "in"
+    source.mkdir()
+    path = make(source)
+    out = tmp_path / "out"
+    code = main(["segment", "-i", str(path), "-o", str(out / "seg.nii.gz"), "--model", installed])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert message in error and path.name in error
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_nan_voxels_exit_nonzero(installed: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    array = np.random.rand(12, 12, 12).astype(np.float32)
+    array[3, 3, 3] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "nan.nii.gz"))
+    assert (
+        main(
+            [
+                "segment",
+                "-i",
+                str(tmp_path / "nan.nii.gz"),
+                "-o",
+                str(tmp_path / "s.nii.gz"),
+                "--model",
+                installed,
+            ]
+        )
+        == 2
+    )
+    assert "NaN or infinite" in capsys.readouterr().err
+    assert not (tmp_path / "s.nii.gz").exists()
+
+
+def test_unknown_model_and_wrong_checksum(
+    tiny_model: ModelCard, phantom_files, tmp_path: Path, capsys
+) -> None:
+    args = ["segment", "-i", str(phantom_files[0]), "-o", str(tmp_path / "s.nii.gz")]
+    assert main([*args, "--model", "no-such-model"]) == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    installed = install_model(tiny_model.directory / "card.json")
+    installed.weights_path.write_bytes(b"corrupt")
+    assert main([*args, "--model", "tiny"]) == 2
+    assert "do not match their model card" in capsys.readouterr().err
+    assert not (tmp_path / "s.nii.gz").exists()
+
+
+def test_existing_output_survives_a_failed_run(installed: str, tmp_path: Path) -> None:
+    output = tmp_path / "seg.nii.gz"
+    output.write_bytes(b"previous result")
+    assert (
+        main(["segment", "-i", str(tmp_path / "absent.nii.gz"), "-o", str(output), "--model", installed]) == 2
+    )
+    assert output.read_bytes() == b"previous result"
+
+
+def test_evaluate_prints_a_table_and_writes_csv(phantom_files, tmp_path: Path, capsys) -> None:
+    _, label_path = phantom_files
+    csv_path = tmp_path / "metrics.csv"
+    assert (
+        main(["evaluate", "--pred", str(label_path), "--ref", str(label_path), "--csv", str(csv_path)]) == 0
+    )
+    assert "Dice" in capsys.readouterr().out
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [row["label"] for row in rows] == ["1", "2"]
+    assert all(float(row["dice"]) == 1.0 and float(row["hd95_mm"]) == 0.0 for row in rows)
+
+
+def test_models_list_show_install(tiny_model: ModelCard, capsys) -> None:
+    assert main(["models", "install", str(tiny_model.directory / "card.json")]) == 0
+    assert main(["models", "list"]) == 0
+    assert main(["models", "show", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "installed tiny" in out and "tiny " in out and "labels: 1=ellipsoid, 2=sphere" in out
+
+
+def test_parser_knows_the_documented_segment_options() -> None:
+    args = build_parser().parse_args(
+        [
+            "segment",
+            "-i",
+            "a.nii",
+            "-o",
+            "b.nii",
+            "--model",
+            "m",
+            "--confidence",
+            "c.nii",
+            "--sdm",
+            "d.nii",
+            "--device",
+            "cpu",
+            "--largest-component",
+        ]
+    )
+    assert (args.confidence, args.sdm, args.device, args.largest_component) == ("c.nii", "d.nii", "cpu", True)

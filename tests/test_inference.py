@@ -1,0 +1,111 @@
+"""Sliding-window inference: window accounting, padding, precision, device choice, cancel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from asdseg.devices import autocast, select_device
+from asdseg.errors import CancelledError
+from asdseg.inference import WindowSettings, predict_volume, window_count
+from asdseg.networks import build_network
+from asdseg.progress import CancelToken
+
+CPU = torch.device("cpu")
+
+
+class IntensityClassifier(nn.Module):
+    """A fixed network whose answer is known: foreground where the image is positive, with a
+    confidence equal to the sigmoid of the intensity's magnitude."""
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "logits": torch.cat([-image, image], dim=1) * 10,
+            "sdm": -torch.tanh(image),
+            "confidence": torch.sigmoid(image.abs()),
+        }
+
+
+@pytest.mark.parametrize("shape", [(40, 33, 20), (16, 16, 16), (50, 16, 17)])
+def test_progress_counts_every_window(shape: tuple[int, int, int]) -> None:
+    settings = WindowSettings(patch_size=(16, 16, 16), overlap=0.5, batch_size=3)
+    calls = []
+    predict_volume(
+        IntensityClassifier(),
+        np.random.randn(*shape),
+        settings,
+        CPU,
+        progress=lambda done, total, _: calls.append((done, total)),
+    )
+    total = window_count(shape, settings)
+    assert calls[-1] == (total, total)
+    assert len(calls) == -(-total // 3)
+
+
+def test_blended_outputs_equal_a_pointwise_network_everywhere() -> None:
+    volume = np.random.default_rng(0).normal(size=(37, 29, 21)).astype(np.float32)
+    for blend in ("gaussian", "constant"):
+        settings = WindowSettings(patch_size=(16, 16, 16), overlap=0.25, blend=blend)
+        outputs = predict_volume(IntensityClassifier(), volume, settings, CPU)
+        expected = torch.softmax(torch.from_numpy(np.stack([-volume, volume])) * 10, 0).numpy()
+        np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-5)
+        np.testing.assert_allclose(outputs["sdm"][0], -np.tanh(volume), atol=1e-5)
+        np.testing.assert_allclose(outputs["confidence"], 1 / (1 + np.exp(-np.abs(volume))), atol=1e-5)
+
+
+def test_volume_smaller_than_patch_is_padded_and_cropped_back() -> None:
+    network = build_network("vnet", {"num_classes": 2, "base_filters": 2, "sdm_head": True})
+    outputs = predict_volume(network, np.random.randn(10, 7, 5), WindowSettings((16, 16, 16)), CPU)
+    assert outputs["probabilities"].shape == (2, 10, 7, 5)
+    assert outputs["sdm"].shape == (1, 10, 7, 5)
+    np.testing.assert_allclose(outputs["probabilities"].sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_bf16_autocast_runs_and_agrees_with_fp32() -> None:
+    torch.manual_seed(0)
+    network = build_network("vnet", {"num_classes": 2, "base_filters": 4})
+    volume = np.random.randn(24, 24, 20)
+    fp32 = predict_volume(network, volume, WindowSettings((16, 16, 16)), CPU)
+    bf16 = predict_volume(network, volume, WindowSettings((16, 16, 16), precision="bf16"), CPU)
+    assert bf16["probabilities"].dtype == np.float32
+    assert np.abs(fp32["probabilities"] - bf16["probabilities"]).max() < 0.1
+
+
+def test_cancel_stops_before_the_next_window() -> None:
+    token = CancelToken()
+    seen = []
+
+    def progress(done: int, total: int, _: str) -> None:
+        seen.append(done)
+        token.cancel()
+
+    with pytest.raises(CancelledError, match=r"cancelled"):
+        predict_volume(
+            IntensityClassifier(),
+            np.random.randn(48, 48, 16),
+            WindowSettings((16, 16, 16)),
+            CPU,
+            progress=progress,
+            cancel=token,
+        )
+    assert seen == [1]
+
+
+def test_device_selection_never_crashes_without_a_gpu() -> None:
+    assert select_device("auto").type in ("cpu", "cuda", "mps")
+    assert select_device("cpu") == CPU
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"no CUDA GPU is usable"):
+            select_device("cuda")
+    with pytest.raises(ValueError, match=r"unknown device"):
+        select_device("tpu")
+    with pytest.raises(ValueError, match=r"unknown precision"):
+        autocast(CPU, "fp8")
+
+
+@pytest.mark.parametrize("bad", [{"overlap": 1.0}, {"blend": "max"}, {"batch_size": 0}])
+def test_window_settings_refuse_nonsense(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        WindowSettings(patch_size=(16, 16, 16), **bad)

@@ -1,0 +1,75 @@
+"""Model cards, checksums and installing models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import tiny_card
+
+from asdseg.errors import ModelError
+from asdseg.model_card import ModelCard, validate_card
+from asdseg.registry import available_models, find_model, install_model, load_network
+
+
+def test_card_schema_rejects_missing_and_malformed_fields(tiny_model: ModelCard) -> None:
+    card = dict(tiny_model.data)
+    del card["license"]
+    with pytest.raises(ModelError, match=r"'license' is a required property"):
+        validate_card(card, "card.json")
+    bad_patch = {**tiny_model.data, "inference": {**tiny_model.data["inference"], "patch_size": [20, 16, 16]}}
+    with pytest.raises(ModelError, match=r"inference/patch_size/0"):
+        validate_card(bad_patch, "card.json")
+    no_background = {**tiny_model.data, "labels": tiny_model.data["labels"][1:]}
+    with pytest.raises(ModelError, match=r"include 0"):
+        validate_card(no_background, "card.json")
+
+
+def test_weights_that_do_not_match_the_card_are_refused(tiny_model: ModelCard) -> None:
+    with open(tiny_model.weights_path, "ab") as stream:
+        stream.write(b"tampered")
+    with pytest.raises(ModelError, match=r"do not match their model card"):
+        load_network(tiny_model)
+
+
+def test_truncated_weights_with_a_matching_card_are_refused(tiny_model: ModelCard) -> None:
+    data = tiny_model.weights_path.read_bytes()
+    tiny_model.weights_path.write_bytes(data[: len(data) // 2])
+    import hashlib
+
+    card = {
+        **tiny_model.data,
+        "weights": {"file": "model.pt", "sha256": hashlib.sha256(data[: len(data) // 2]).hexdigest()},
+    }
+    with pytest.raises(ModelError, match=r"cannot load weights"):
+        load_network(ModelCard(card, tiny_model.directory))
+
+
+def test_unknown_model_names_the_available_ones(tiny_model: ModelCard) -> None:
+    install_model(tiny_model.directory / "card.json")
+    with pytest.raises(ModelError, match=r"unknown model 'heart'.*available: tiny"):
+        find_model("heart")
+
+
+def test_install_copies_card_and_weights_and_loads(tiny_model: ModelCard, model_home: Path) -> None:
+    installed = install_model(tiny_model.directory / "card.json")
+    assert installed.directory == model_home / "models" / "tiny"
+    assert "tiny" in available_models()
+    assert load_network(find_model("tiny")) is not None
+
+
+def test_install_refuses_a_wrong_checksum_and_leaves_nothing(
+    tiny_model: ModelCard, model_home: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"not these weights")
+    with pytest.raises(ModelError, match=r"do not match"):
+        install_model(tiny_model.directory / "card.json", other)
+    assert not (model_home / "models" / "tiny").exists()
+
+
+def test_card_summary_shows_labels_and_training_data(tiny_model: ModelCard) -> None:
+    summary = tiny_model.summary()
+    assert "1=ellipsoid, 2=sphere" in summary and "synthetic phantoms" in summary
+    assert json.loads(json.dumps(tiny_card()))["name"] == "tiny"

@@ -1,0 +1,112 @@
+"""The whole pipeline on phantoms: geometry kept, accuracy with a trained model, options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import ROTATED
+
+from asdseg.errors import InputError
+from asdseg.image_io import image_to_array, read_image, same_geometry
+from asdseg.labels import read_labels_json, sidecar_paths
+from asdseg.metrics import dice
+from asdseg.model_card import ModelCard
+from asdseg.phantoms import make_phantom, phantom_image
+from asdseg.postprocessing import keep_largest_component
+from asdseg.registry import load_network
+from asdseg.segment import SegmentationOptions, segment_image, write_result
+
+
+def test_every_output_has_the_input_geometry(tiny_model: ModelCard, phantom_files, tmp_path: Path) -> None:
+    image = read_image(phantom_files[0])
+    result = segment_image(image, tiny_model, load_network(tiny_model))
+    written = write_result(result, tmp_path / "out" / "seg.nii.gz", sdm_path=tmp_path / "out" / "sdm.nrrd")
+    images = [path for path in written if path.name.endswith((".nii.gz", ".nrrd"))]
+    assert len(images) == 3  # label map and one SDM per foreground label
+    for path in images:
+        assert same_geometry(read_image(path), image), path
+    assert sitk.ReadImage(str(tmp_path / "out" / "seg.nii.gz")).GetPixelID() == sitk.sitkUInt8
+
+
+def test_trained_model_segments_a_rotated_resampled_phantom(demo_model: ModelCard) -> None:
+    phantom = make_phantom(shape=(52, 48, 40), seed=11)
+    image, _ = phantom_image(phantom, spacing=(0.9, 1.1, 1.0), origin=(5, 6, 7), direction=ROTATED)
+    result = segment_image(
+        image, demo_model, load_network(demo_model), SegmentationOptions(largest_component=True)
+    )
+    prediction = result.label_array()
+    assert dice(prediction == 1, phantom.label == 1) > 0.9
+    # The sphere is small (about 700 voxels) and the demo model is trained for 40 s only.
+    assert dice(prediction == 2, phantom.label == 2) > 0.5
+    sdm = image_to_array(result.sdm[1])
+    assert sdm[phantom.label == 1].mean() < 0 < sdm[phantom.label == 0].mean()
+
+
+def test_crop_to_foreground_gives_the_same_labels_inside(demo_model: ModelCard) -> None:
+    phantom = make_phantom(shape=(48, 48, 40), seed=12)
+    padded = np.pad(phantom.image, 12, constant_values=float(phantom.image.min()) - 50)
+    image, _ = phantom_image(type(phantom)(padded.astype(np.float32), np.pad(phantom.label, 12)))
+    cropping = ModelCard(
+        {
+            **demo_model.data,
+            "preprocessing": {**demo_model.data["preprocessing"], "crop_foreground_margin": 4},
+        },
+        demo_model.directory,
+    )
+    result = segment_image(image, cropping, load_network(demo_model))
+    prediction = result.label_array()
+    assert not prediction[:8].any() and not prediction[-8:].any()
+    assert dice(prediction[12:-12, 12:-12, 12:-12] == 1, phantom.label == 1) > 0.9
+
+
+def test_largest_component_removes_islands_and_reports_empty_labels() -> None:
+    label_map = np.zeros((20, 20, 20), np.uint8)
+    label_map[2:8, 2:8, 2:8] = 1
+    label_map[15:17, 15:17, 15:17] = 1
+    filtered, reports = keep_largest_component(label_map, [1, 2])
+    assert filtered.sum() == 216 and not filtered[15:17, 15:17, 15:17].any()
+    assert (reports[0].components, reports[0].voxels_before, reports[0].voxels_after) == (2, 224, 216)
+    assert reports[1].empty
+
+
+def test_empty_prediction_is_reported_not_fatal(tiny_model: ModelCard) -> None:
+    image, _ = phantom_image(make_phantom(shape=(20, 20, 20), seed=1))
+    network = load_network(tiny_model)
+    network.segmentation_head.bias.data[:] = torch.tensor([100.0, 0.0, 0.0])  # always background
+    result = segment_image(image, tiny_model, network, SegmentationOptions(largest_component=True))
+    assert not result.label_array().any()
+    assert any("empty prediction" in warning for warning in result.warnings)
+
+
+def test_anisotropic_volume_is_refused_before_any_work(tiny_model: ModelCard) -> None:
+    image, _ = phantom_image(make_phantom(shape=(20, 20, 20), seed=1), spacing=(0.5, 0.5, 4.0))
+    with pytest.raises(InputError, match=r"strongly anisotropic"):
+        segment_image(image, tiny_model, load_network(tiny_model))
+    allowed = segment_image(
+        image, tiny_model, load_network(tiny_model), SegmentationOptions(max_anisotropy=None)
+    )
+    assert allowed.label_map.GetSize() == (20, 20, 20)
+
+
+def test_sidecars_name_and_colour_the_card_labels(tiny_model: ModelCard, tmp_path: Path) -> None:
+    image, _ = phantom_image(make_phantom(shape=(20, 20, 20), seed=1))
+    result = segment_image(image, tiny_model, load_network(tiny_model))
+    write_result(result, tmp_path / "seg.nii.gz")
+    paths = sidecar_paths(tmp_path / "seg.nii.gz")
+    assert read_labels_json(paths["json"]) == tiny_model.labels
+    assert "2 sphere 86 180 233 255" in paths["slicer"].read_text()
+    assert '1 230 159 0 1 1 1 "ellipsoid"' in paths["itksnap"].read_text()
+
+
+def test_asking_for_a_missing_output_writes_nothing(tiny_model: ModelCard, tmp_path: Path) -> None:
+    image, _ = phantom_image(make_phantom(shape=(20, 20, 20), seed=1))
+    result = segment_image(image, tiny_model, load_network(tiny_model))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InputError, match=r"no confidence network"):
+        write_result(result, out / "seg.nii.gz", confidence_path=out / "conf.nii.gz")
+    assert list(out.iterdir()) == []
