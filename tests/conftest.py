@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from torch import nn
 
 from asdseg.demo import find_la2018
 from asdseg.demo_model import CARD as DEMO_CARD
@@ -20,6 +21,18 @@ from asdseg.registry import save_model
 torch.set_num_threads(2)
 
 ROTATED = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+class IntensityClassifier(nn.Module):
+    """A fixed network whose answer is known: foreground where the (normalised) image is
+    positive, an SDM of -tanh(image) and a confidence of sigmoid(|image|)."""
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "logits": torch.cat([-image, image], dim=1) * 10,
+            "sdm": -torch.tanh(image),
+            "confidence": torch.sigmoid(image.abs()),
+        }
 
 
 @pytest.fixture(autouse=True)

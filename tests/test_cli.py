@@ -54,6 +54,8 @@ def test_segment_writes_all_outputs_with_input_geometry(
             installed,
             "--sdm",
             str(out / "sdm.nii.gz"),
+            "--probabilities",
+            str(out / "prob.nii.gz"),
             "--largest-component",
             "--device",
             "cpu",
@@ -62,6 +64,7 @@ def test_segment_writes_all_outputs_with_input_geometry(
     assert code == 0
     names = sorted(path.name for path in out.iterdir())
     assert names == [
+        "prob.nii.gz",
         "sdm-1.nii.gz",
         "sdm-2.nii.gz",
         "seg.ctbl",
@@ -70,7 +73,9 @@ def test_segment_writes_all_outputs_with_input_geometry(
         "seg.nii.gz",
     ]
     source = read_image(image_path)
-    assert all(same_geometry(read_image(out / name), source) for name in names if name.endswith(".nii.gz"))
+    assert all(
+        same_geometry(sitk.ReadImage(str(out / name)), source) for name in names if name.endswith(".nii.gz")
+    )
 
 
 BAD_INPUTS = {

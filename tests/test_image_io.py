@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import ROTATED
 
 from asdseg.errors import InputError
 from asdseg.image_io import (
@@ -20,6 +19,8 @@ from asdseg.image_io import (
     write_image,
 )
 from asdseg.validation import check_intensities, check_spacing
+
+from conftest import ROTATED
 
 
 def geometric_image(size=(7, 6, 5)) -> sitk.Image:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from asdseg.devices import autocast, select_device
 from asdseg.errors import CancelledError
@@ -13,19 +12,9 @@ from asdseg.inference import WindowSettings, predict_volume, window_count
 from asdseg.networks import build_network
 from asdseg.progress import CancelToken
 
+from conftest import IntensityClassifier
+
 CPU = torch.device("cpu")
-
-
-class IntensityClassifier(nn.Module):
-    """A fixed network whose answer is known: foreground where the image is positive, with a
-    confidence equal to the sigmoid of the intensity's magnitude."""
-
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {
-            "logits": torch.cat([-image, image], dim=1) * 10,
-            "sdm": -torch.tanh(image),
-            "confidence": torch.sigmoid(image.abs()),
-        }
 
 
 @pytest.mark.parametrize("shape", [(40, 33, 20), (16, 16, 16), (50, 16, 17)])

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import LA2018, ellipsoid_mask, needs_la2018
 from medpy.metric import binary as medpy_binary
 from monai.metrics import compute_average_surface_distance
 
@@ -20,6 +19,8 @@ from asdseg.metrics import (
     jaccard,
     surface,
 )
+
+from conftest import LA2018, ellipsoid_mask, needs_la2018
 
 
 def cube(shape=(12, 12, 12), start=2, stop=6) -> np.ndarray:

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import tiny_card
 
 from asdseg.errors import ModelError
 from asdseg.model_card import ModelCard, validate_card
 from asdseg.registry import available_models, find_model, install_model, load_network
+
+from conftest import tiny_card
 
 
 def test_card_schema_rejects_missing_and_malformed_fields(tiny_model: ModelCard) -> None:

@@ -8,17 +8,19 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import ROTATED
 
 from asdseg.errors import InputError
 from asdseg.image_io import image_to_array, read_image, same_geometry
 from asdseg.labels import read_labels_json, sidecar_paths
 from asdseg.metrics import dice
-from asdseg.model_card import ModelCard
+from asdseg.model_card import ModelCard, validate_card
 from asdseg.phantoms import make_phantom, phantom_image
 from asdseg.postprocessing import keep_largest_component
+from asdseg.preprocessing import normalize_intensity
 from asdseg.registry import load_network
 from asdseg.segment import SegmentationOptions, segment_image, write_result
+
+from conftest import ROTATED, IntensityClassifier
 
 
 def test_every_output_has_the_input_geometry(tiny_model: ModelCard, phantom_files, tmp_path: Path) -> None:
@@ -110,3 +112,34 @@ def test_asking_for_a_missing_output_writes_nothing(tiny_model: ModelCard, tmp_p
     with pytest.raises(InputError, match=r"no confidence network"):
         write_result(result, out / "seg.nii.gz", confidence_path=out / "conf.nii.gz")
     assert list(out.iterdir()) == []
+
+
+def test_confidence_sdm_and_probabilities_through_the_pipeline(tiny_model: ModelCard, tmp_path: Path) -> None:
+    """With a pointwise network of known output, every map must equal its formula voxel for
+    voxel on a rotated, shifted volume, and every file must keep the input geometry."""
+    data = {
+        **tiny_model.data,
+        "name": "pointwise",
+        "labels": tiny_model.data["labels"][:2],
+        "outputs": {"sdm": True, "confidence": True},
+    }
+    validate_card(data, "pointwise card")
+    card = ModelCard(data, tiny_model.directory)
+    image, _ = phantom_image(make_phantom(shape=(30, 26, 22), seed=4), origin=(3, -7, 11), direction=ROTATED)
+    result = segment_image(image, card, IntensityClassifier())
+    normalized = normalize_intensity(image_to_array(image), "zscore")
+    np.testing.assert_array_equal(result.label_array(), (normalized > 0).astype(int))
+    np.testing.assert_allclose(
+        image_to_array(result.confidence), 1 / (1 + np.exp(-np.abs(normalized))), atol=1e-5
+    )
+    np.testing.assert_allclose(image_to_array(result.sdm[1]), -np.tanh(normalized), atol=1e-5)
+    out = tmp_path / "out"
+    written = write_result(
+        result, out / "seg.nii.gz", out / "conf.nii.gz", out / "sdm.nii.gz", out / "prob.nrrd"
+    )
+    assert {path.name for path in written} >= {"seg.nii.gz", "conf.nii.gz", "sdm.nii.gz", "prob.nrrd"}
+    for name in ("seg.nii.gz", "conf.nii.gz", "sdm.nii.gz"):
+        assert same_geometry(read_image(out / name), image), name
+    probabilities = sitk.ReadImage(str(out / "prob.nrrd"))
+    assert probabilities.GetNumberOfComponentsPerPixel() == 2
+    assert same_geometry(probabilities, image)

@@ -23,7 +23,13 @@ def command_segment(args: argparse.Namespace) -> int:
     from asdseg.segment import SegmentationOptions, segment_image, write_result
     from asdseg.validation import DEFAULT_MAX_ANISOTROPY
 
-    for path, option in ((args.output, "-o"), (args.confidence, "--confidence"), (args.sdm, "--sdm")):
+    outputs = (
+        (args.output, "-o"),
+        (args.confidence, "--confidence"),
+        (args.sdm, "--sdm"),
+        (args.probabilities, "--probabilities"),
+    )
+    for path, option in outputs:
         _check_output_path(path, option)
     card = find_model(args.model)
     if args.confidence and not card.has_confidence:
@@ -53,7 +59,7 @@ def command_segment(args: argparse.Namespace) -> int:
                 f"largest component of label {report.value}: kept {report.voxels_after} of "
                 f"{report.voxels_before} voxels ({report.components} components)"
             )
-    for path in write_result(result, args.output, args.confidence, args.sdm):
+    for path in write_result(result, args.output, args.confidence, args.sdm, args.probabilities):
         print(f"wrote {path}")
     return 0
 
@@ -109,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--model", required=True, help="model name (see 'asdseg models list')")
     segment.add_argument("--confidence", help="also write the voxel-wise confidence map here")
     segment.add_argument("--sdm", help="also write the signed distance map here")
+    segment.add_argument(
+        "--probabilities", help="also write the class probabilities here (one component per label)"
+    )
     segment.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     segment.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     segment.add_argument("--overlap", type=float, help="window overlap in [0, 1) (default: model card)")

@@ -14,6 +14,7 @@ model has them, a metrics CSV and an overlay PNG into the output folder.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +27,14 @@ from asdseg.figures import save_overlay_png
 from asdseg.image_io import image_to_array, read_image, write_image
 from asdseg.model_card import ModelCard
 from asdseg.phantoms import make_phantom, phantom_image
+from asdseg.progress import tqdm_progress
 from asdseg.registry import available_models, load_network
 from asdseg.segment import SegmentationOptions, segment_image, write_result
 
 LA_TASK = "left-atrium"
+
+#: Where the demo reports what it is doing (print in the terminal).
+Say = Callable[[str], None]
 
 
 def find_la2018() -> Path | None:
@@ -70,7 +75,7 @@ def phantom_input() -> DemoInput:
     return DemoInput(image, label, "synthetic phantom (seed 2026, rotated, 0.9 x 1.0 x 1.1 mm)")
 
 
-def choose_model_and_input(say: callable) -> tuple[ModelCard, DemoInput]:
+def choose_model_and_input(say: Say) -> tuple[ModelCard, DemoInput]:
     la_models = [card for card in available_models().values() if card.data["task"] == LA_TASK]
     data = find_la2018()
     if la_models and data is not None:
@@ -88,7 +93,7 @@ def choose_model_and_input(say: callable) -> tuple[ModelCard, DemoInput]:
     return card, phantom_input()
 
 
-def run_demo(output_dir: Path, say: callable = print, options: SegmentationOptions | None = None) -> dict:
+def run_demo(output_dir: Path, say: Say = print, options: SegmentationOptions | None = None) -> dict:
     """Run the main job; returns the per-label metrics it printed."""
     card, demo_input = choose_model_and_input(say)
     say(f"Model: {card.name}. Input: {demo_input.description}.")
@@ -96,7 +101,13 @@ def run_demo(output_dir: Path, say: callable = print, options: SegmentationOptio
     write_image(demo_input.image, output_dir / "input.nii.gz")
     write_image(demo_input.reference, output_dir / "reference.nii.gz")
     options = options or SegmentationOptions(largest_component=True)
-    result = segment_image(demo_input.image, card, load_network(card), options, source=demo_input.description)
+    update, close = tqdm_progress("segmenting")
+    try:
+        result = segment_image(
+            demo_input.image, card, load_network(card), options, demo_input.description, update
+        )
+    finally:
+        close()
     written = write_result(
         result,
         output_dir / "segmentation.nii.gz",

@@ -50,6 +50,8 @@ class SegmentationResult:
 
     label_map: sitk.Image
     labels: list[Label]
+    #: Class probabilities as a multi-component image, one component per card label, in order.
+    probabilities: sitk.Image | None = None
     confidence: sitk.Image | None = None
     sdm: dict[int, sitk.Image] = field(default_factory=dict)
     component_reports: list[ComponentReport] = field(default_factory=list)
@@ -80,13 +82,20 @@ def _model_grid_input(image: sitk.Image, card: ModelCard) -> tuple[sitk.Image, C
 
 def _to_input_grid(channels: np.ndarray, model_grid: sitk.Image, original: sitk.Image) -> np.ndarray:
     """Resample (C, x, y, z) maps from the model grid back onto the original grid (linear)."""
-    vector = sitk.GetImageFromArray(np.ascontiguousarray(channels.transpose(3, 2, 1, 0)), isVector=True)
-    vector.CopyInformation(model_grid)
-    back = resample_like(vector, original, sitk.sitkLinear)
+    back = resample_like(_vector_image(channels, model_grid), original, sitk.sitkLinear)
     array = sitk.GetArrayFromImage(back)
     if array.ndim == 3:  # SimpleITK drops the component axis of single-channel images
         array = array[..., None]
     return np.ascontiguousarray(array.transpose(3, 2, 1, 0))
+
+
+def _vector_image(channels: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """(C, x, y, z) float array as a C-component image with ``reference``'s geometry."""
+    image = sitk.GetImageFromArray(
+        np.ascontiguousarray(channels.transpose(3, 2, 1, 0), dtype=np.float32), isVector=True
+    )
+    image.CopyInformation(reference)
+    return image
 
 
 def _uncrop_outputs(outputs: dict[str, np.ndarray], box: CropBox, shape: tuple) -> dict[str, np.ndarray]:
@@ -133,7 +142,7 @@ def segment_image(
     labels = card.labels
     values = np.asarray([label.value for label in labels])
     label_map = values[np.argmax(probabilities, axis=0)].astype(label_pixel_type(labels))
-    result = SegmentationResult(array_to_image(label_map, image), labels)
+    result = SegmentationResult(array_to_image(label_map, image), labels, _vector_image(probabilities, image))
 
     if options.largest_component:
         label_map, result.component_reports = keep_largest_component(
@@ -170,6 +179,7 @@ def write_result(
     label_path: str | Path,
     confidence_path: str | Path | None = None,
     sdm_path: str | Path | None = None,
+    probabilities_path: str | Path | None = None,
 ) -> list[Path]:
     """Write the requested outputs plus the label sidecars, all or nothing.
 
@@ -185,6 +195,8 @@ def write_result(
     images = {Path(label_path): result.label_map}
     if confidence_path is not None:
         images[Path(confidence_path)] = result.confidence
+    if probabilities_path is not None:
+        images[Path(probabilities_path)] = result.probabilities
     if sdm_path is not None:
         images.update({path: result.sdm[value] for value, path in sdm_output_paths(sdm_path, result).items()})
     texts = {sidecar_paths(label_path)[kind]: text for kind, text in sidecar_contents(result.labels).items()}
