@@ -11,6 +11,8 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
+from asdseg.image_io import same_geometry
+
 Normalization = Literal["zscore", "zscore-foreground", "none"]
 
 
@@ -45,12 +47,7 @@ def resample_like(
     image: sitk.Image, reference: sitk.Image, interpolator: int = sitk.sitkLinear
 ) -> sitk.Image:
     """Resample ``image`` onto exactly the grid of ``reference`` (used to return outputs)."""
-    if (
-        image.GetSize() == reference.GetSize()
-        and np.allclose(image.GetSpacing(), reference.GetSpacing())
-        and np.allclose(image.GetOrigin(), reference.GetOrigin())
-        and np.allclose(image.GetDirection(), reference.GetDirection())
-    ):
+    if same_geometry(image, reference):
         return image
     return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, image.GetPixelID())
 

@@ -101,13 +101,8 @@ def install_model(card_path: str | Path, weights_path: str | Path | None = None)
     weights are written atomically; an existing model of that name is replaced only after both
     new files are complete.
     """
-    card_path = Path(card_path)
-    try:
-        data = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelError(f"{card_path}: cannot read the model card: {error}") from error
-    validate_card(data, card_path)
-    source_card = ModelCard(data, card_path.parent)
+    source_card = ModelCard.load(card_path)
+    data = source_card.data
     source_weights = verify_weights(source_card, Path(weights_path) if weights_path else None)
     target = user_models_dir() / source_card.name
     target.mkdir(parents=True, exist_ok=True)
