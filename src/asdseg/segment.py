@@ -51,7 +51,7 @@ class SegmentationResult:
     label_map: sitk.Image
     labels: list[Label]
     #: Class probabilities as a multi-component image, one component per card label, in order.
-    probabilities: sitk.Image | None = None
+    probabilities: sitk.Image
     confidence: sitk.Image | None = None
     sdm: dict[int, sitk.Image] = field(default_factory=dict)
     component_reports: list[ComponentReport] = field(default_factory=list)
@@ -80,10 +80,15 @@ def _model_grid_input(image: sitk.Image, card: ModelCard) -> tuple[sitk.Image, C
     return resampled, box, normalized
 
 
-def _to_input_grid(channels: np.ndarray, model_grid: sitk.Image, original: sitk.Image) -> np.ndarray:
-    """Resample (C, x, y, z) maps from the model grid back onto the original grid (linear)."""
-    back = resample_like(_vector_image(channels, model_grid), original, sitk.sitkLinear)
-    array = sitk.GetArrayFromImage(back)
+def _to_input_grid(channels: np.ndarray, model_grid: sitk.Image, original: sitk.Image) -> sitk.Image:
+    """Resample (C, x, y, z) maps from the model grid onto the original grid (linear), as a
+    C-component image."""
+    return resample_like(_vector_image(channels, model_grid), original, sitk.sitkLinear)
+
+
+def _channel_array(image: sitk.Image) -> np.ndarray:
+    """(C, x, y, z) array of a multi-component image."""
+    array = sitk.GetArrayFromImage(image)
     if array.ndim == 3:  # SimpleITK drops the component axis of single-channel images
         array = array[..., None]
     return np.ascontiguousarray(array.transpose(3, 2, 1, 0))
@@ -141,8 +146,8 @@ def segment_image(
     probabilities = _to_input_grid(outputs["probabilities"], model_grid, image)
     labels = card.labels
     values = np.asarray([label.value for label in labels])
-    label_map = values[np.argmax(probabilities, axis=0)].astype(label_pixel_type(labels))
-    result = SegmentationResult(array_to_image(label_map, image), labels, _vector_image(probabilities, image))
+    label_map = values[np.argmax(_channel_array(probabilities), axis=0)].astype(label_pixel_type(labels))
+    result = SegmentationResult(array_to_image(label_map, image), labels, probabilities)
 
     if options.largest_component:
         label_map, result.component_reports = keep_largest_component(
@@ -154,10 +159,10 @@ def segment_image(
             result.warnings.append(f"no voxel was labelled {label.name!r} (empty prediction)")
 
     if "confidence" in outputs:
-        confidence = _to_input_grid(outputs["confidence"][None], model_grid, image)[0]
+        confidence = _channel_array(_to_input_grid(outputs["confidence"][None], model_grid, image))[0]
         result.confidence = array_to_image(np.clip(confidence, 0.0, 1.0).astype(np.float32), image)
     if "sdm" in outputs:
-        sdm = _to_input_grid(outputs["sdm"], model_grid, image)
+        sdm = _channel_array(_to_input_grid(outputs["sdm"], model_grid, image))
         for channel, label in enumerate(card.foreground_labels):
             result.sdm[label.value] = array_to_image(sdm[channel].astype(np.float32), image)
     return result
