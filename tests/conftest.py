@@ -48,12 +48,14 @@ def tiny_card(name: str = "tiny", sdm: bool = True, confidence: bool = False) ->
         **DEMO_CARD,
         "name": name,
         "architecture": {
-            "name": "vnet",
+            "name": "vnet-confidence" if confidence else "vnet",
             "params": {"num_classes": 3, "base_filters": 2, "dropout": 0.0, "sdm_head": sdm},
         },
         "outputs": {"sdm": sdm, "confidence": confidence},
         "inference": {"patch_size": [16, 16, 16], "overlap": 0.25, "blend": "gaussian"},
     }
+    if confidence:
+        card["architecture"]["params"]["confidence_filters"] = 2
     return card
 
 

@@ -14,13 +14,14 @@ from asdseg.image_io import image_to_array, read_image, same_geometry
 from asdseg.labels import read_labels_json, sidecar_paths
 from asdseg.metrics import dice
 from asdseg.model_card import ModelCard, validate_card
+from asdseg.networks import build_network
 from asdseg.phantoms import make_phantom, phantom_image
 from asdseg.postprocessing import keep_largest_component
 from asdseg.preprocessing import normalize_intensity
-from asdseg.registry import load_network
+from asdseg.registry import load_network, save_model
 from asdseg.segment import SegmentationOptions, segment_image, write_result
 
-from conftest import ROTATED, IntensityClassifier
+from conftest import ROTATED, IntensityClassifier, tiny_card
 
 
 def test_every_output_has_the_input_geometry(tiny_model: ModelCard, phantom_files, tmp_path: Path) -> None:
@@ -143,3 +144,21 @@ def test_confidence_sdm_and_probabilities_through_the_pipeline(tiny_model: Model
     probabilities = sitk.ReadImage(str(out / "prob.nrrd"))
     assert probabilities.GetNumberOfComponentsPerPixel() == 2
     assert same_geometry(probabilities, image)
+
+
+def test_vnet_with_confidence_network_gives_a_confidence_map(tmp_path: Path, phantom_files) -> None:
+    """ASDNet's confidence network rides on the segmenter: its map reaches the output on the
+    input grid, within [0, 1], and it does not change the segmentation itself."""
+    card_data = tiny_card("tiny-confidence", confidence=True)
+    torch.manual_seed(0)
+    network = build_network(card_data["architecture"]["name"], card_data["architecture"]["params"])
+    card = save_model(network, card_data, tmp_path / "model")
+    image = read_image(phantom_files[0])
+    result = segment_image(image, card, load_network(card))
+    assert result.confidence is not None and same_geometry(result.confidence, image)
+    confidence = image_to_array(result.confidence)
+    assert confidence.min() >= 0.0 and confidence.max() <= 1.0 and confidence.std() > 0
+    segmenter_only = load_network(card).segmenter
+    with torch.inference_mode():
+        window = torch.randn(1, 1, 16, 16, 16)
+        assert torch.equal(load_network(card)(window)["logits"], segmenter_only(window)["logits"])

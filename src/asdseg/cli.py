@@ -18,7 +18,7 @@ def _check_output_path(path: str | None, option: str) -> None:
 
 
 def command_segment(args: argparse.Namespace) -> int:
-    from asdseg.progress import tqdm_progress
+    from asdseg.progress import json_progress, tqdm_progress
     from asdseg.registry import find_model, load_network
     from asdseg.segment import SegmentationOptions, segment_image, write_result
     from asdseg.validation import DEFAULT_MAX_ANISOTROPY
@@ -46,7 +46,10 @@ def command_segment(args: argparse.Namespace) -> int:
         largest_component=args.largest_component,
         max_anisotropy=None if args.allow_anisotropic else DEFAULT_MAX_ANISOTROPY,
     )
-    update, close = tqdm_progress("segmenting")
+    if args.progress == "json":
+        update, close = json_progress(), lambda: None
+    else:
+        update, close = tqdm_progress("segmenting")
     try:
         result = segment_image(image, card, network, options, source=args.input, progress=update)
     finally:
@@ -126,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--largest-component", action="store_true", help="keep the largest component per label"
     )
     segment.add_argument("--allow-anisotropic", action="store_true", help="accept very thick slices")
+    segment.add_argument(
+        "--progress",
+        default="bar",
+        choices=["bar", "json"],
+        help="a terminal progress bar, or JSON lines on stdout for a parent process",
+    )
     segment.set_defaults(handler=command_segment)
 
     evaluate = commands.add_parser("evaluate", help="Dice, Jaccard, ASD, HD95 of predictions vs references")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from asdseg.image_io import image_suffix
@@ -22,13 +22,24 @@ class Label:
     value: int
     name: str
     color: tuple[int, int, int]
+    #: Standard codes (``category``, ``type``, optional ``region``), each a dict with
+    #: ``scheme``, ``value`` and ``meaning`` (e.g. SCT 82471001 "Left atrium"), or None.
+    terminology: dict | None = field(default=None, compare=False)
 
     @classmethod
     def from_dict(cls, entry: dict) -> Label:
-        return cls(int(entry["value"]), str(entry["name"]), tuple(int(c) for c in entry["color"]))
+        return cls(
+            int(entry["value"]),
+            str(entry["name"]),
+            tuple(int(c) for c in entry["color"]),
+            entry.get("terminology"),
+        )
 
     def to_dict(self) -> dict:
-        return {"value": self.value, "name": self.name, "color": list(self.color)}
+        entry = {"value": self.value, "name": self.name, "color": list(self.color)}
+        if self.terminology is not None:
+            entry["terminology"] = self.terminology
+        return entry
 
 
 def sidecar_stem(label_path: str | Path) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 from collections.abc import Callable
 
@@ -43,3 +45,14 @@ def tqdm_progress(description: str = "") -> tuple[ProgressCallback, Callable[[],
         bar.refresh()
 
     return update, bar.close
+
+
+def json_progress(stream=None) -> ProgressCallback:
+    """A progress callback that prints one JSON object per line, for a parent process to read
+    (see :mod:`asdseg.background`)."""
+
+    def update(done: int, total: int, stage: str) -> None:
+        message = {"event": "progress", "done": done, "total": total, "stage": stage}
+        print(json.dumps(message), file=stream or sys.stdout, flush=True)
+
+    return update

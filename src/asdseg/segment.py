@@ -6,6 +6,7 @@ This is the single entry point used by the CLI and by both Slicer modules' logic
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +62,7 @@ class SegmentationResult:
         return image_to_array(self.label_map, dtype=np.int64)
 
 
-def label_pixel_type(labels: list[Label]) -> type:
+def label_pixel_type(labels: Sequence[Label]) -> type:
     return np.uint8 if max(label.value for label in labels) <= 255 else np.uint16
 
 
@@ -168,15 +169,15 @@ def segment_image(
     return result
 
 
-def sdm_output_paths(path: str | Path, result: SegmentationResult) -> dict[int, Path]:
-    """One SDM file per foreground label: ``path`` itself for a single label, else
+def sdm_output_paths(path: str | Path, values: Sequence[int]) -> dict[int, Path]:
+    """One SDM file per foreground label value: ``path`` itself for a single label, else
     ``<stem>-<value><suffix>``."""
     path = Path(path)
-    if len(result.sdm) == 1:
-        return {next(iter(result.sdm)): path}
+    if len(values) == 1:
+        return {values[0]: path}
     stem = sidecar_stem(path)
     suffix = path.name[len(stem.name) :]
-    return {value: stem.with_name(f"{stem.name}-{value}{suffix}") for value in result.sdm}
+    return {value: stem.with_name(f"{stem.name}-{value}{suffix}") for value in values}
 
 
 def write_result(
@@ -186,25 +187,37 @@ def write_result(
     sdm_path: str | Path | None = None,
     probabilities_path: str | Path | None = None,
 ) -> list[Path]:
-    """Write the requested outputs plus the label sidecars, all or nothing.
-
-    Every file is first written to a temporary file beside its target; only when all of them
-    are complete are they renamed into place, so a failure leaves existing files untouched.
-    Asking for an output the model does not produce is an error raised before anything is
-    written.
-    """
+    """Write the requested outputs plus the label sidecars, all or nothing (see
+    :func:`write_label_map`). Asking for an output the model does not produce is an error
+    raised before anything is written."""
     if confidence_path is not None and result.confidence is None:
         raise InputError("this model has no confidence network; drop --confidence or pick a model with one.")
     if sdm_path is not None and not result.sdm:
         raise InputError("this model has no signed-distance-map head; drop --sdm or pick a model with one.")
-    images = {Path(label_path): result.label_map}
+    images: dict[Path, sitk.Image] = {}
     if confidence_path is not None:
         images[Path(confidence_path)] = result.confidence
     if probabilities_path is not None:
         images[Path(probabilities_path)] = result.probabilities
     if sdm_path is not None:
-        images.update({path: result.sdm[value] for value, path in sdm_output_paths(sdm_path, result).items()})
-    texts = {sidecar_paths(label_path)[kind]: text for kind, text in sidecar_contents(result.labels).items()}
+        paths = sdm_output_paths(sdm_path, list(result.sdm))
+        images.update({path: result.sdm[value] for value, path in paths.items()})
+    return write_label_map(result.label_map, result.labels, label_path, images)
+
+
+def write_label_map(
+    label_map: sitk.Image,
+    labels: Sequence[Label],
+    label_path: str | Path,
+    extra_images: dict[Path, sitk.Image] | None = None,
+) -> list[Path]:
+    """Write a label map, its sidecars and any ``extra_images``, all or nothing.
+
+    Every file is first written to a temporary file beside its target; only when all of them
+    are complete are they renamed into place, so a failure leaves existing files untouched.
+    """
+    images = {Path(label_path): label_map, **(extra_images or {})}
+    texts = {sidecar_paths(label_path)[kind]: text for kind, text in sidecar_contents(labels).items()}
     with contextlib.ExitStack() as stack:
         for path, image in images.items():
             sitk.WriteImage(image, str(stack.enter_context(atomic_path(path))), useCompression=True)

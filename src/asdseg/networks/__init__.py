@@ -12,9 +12,10 @@ from typing import Any
 
 from torch import nn
 
+from asdseg.networks.confidence import VNetWithConfidence
 from asdseg.networks.vnet import VNet
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"vnet": VNet}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"vnet": VNet, "vnet-confidence": VNetWithConfidence}
 
 
 def build_network(name: str, params: dict[str, Any] | None = None) -> nn.Module:

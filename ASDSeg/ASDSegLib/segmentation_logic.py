@@ -1,0 +1,525 @@
+"""ASDSeg's logic: a volume node in, a segmentation node and overlay volumes out.
+
+The engine runs in a child process (:class:`asdseg.background.BackgroundJob`) on a copy of the
+volume written to a temporary folder, so the caller's thread only polls and a cancel is
+immediate. The scene is touched only once the run has succeeded and its outputs are read and
+checked; a cancelled or failed run leaves the scene exactly as it was.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+import vtk
+
+from asdseg.background import BackgroundJob, JobProgress, JobState
+from asdseg.errors import AsdsegError, CancelledError, InputError, ModelError
+from asdseg.image_io import SUPPORTED_SUFFIXES, check_volume_shape, image_suffix, read_image, same_geometry
+from asdseg.image_io import write_image as write_image_file
+from asdseg.labels import Label
+from asdseg.model_card import ModelCard
+from asdseg.registry import available_models, find_model
+from asdseg.segment import label_pixel_type, sdm_output_paths, write_label_map
+
+from .overlays import OVERLAY_KINDS, sdm_window, show_in_slice_views, style_overlay_node
+from .volume_nodes import (
+    array_from_image_data,
+    ijk_to_ras_matrix,
+    image_from_volume_node,
+    oriented_image_from_array,
+    update_volume_node_from_image,
+)
+
+#: Segmentation node attribute naming the model that made it (marks ASDSeg's own nodes).
+MODEL_ATTRIBUTE = "ASDSeg.Model"
+#: Segment tag holding the label value the segment is exported with.
+LABEL_VALUE_TAG = "ASDSeg.LabelValue"
+#: Node reference roles from the segmentation node to its overlay volumes.
+OVERLAY_REFERENCE_ROLES = {"confidence": "ASDSeg.confidence", "sdm": "ASDSeg.sdm"}
+
+_DEVICES = ("auto", "cpu", "cuda", "mps")
+_PRECISIONS = ("fp32", "bf16", "fp16")
+_TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+_ANATOMY_CONTEXT = "Anatomic codes - DICOM master list"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the user chose in the module panel; ``overlap=None`` means "as the model card says"."""
+
+    device: str = "auto"
+    precision: str = "fp32"
+    overlap: float | None = None
+    largest_component: bool = True
+
+    def check(self) -> None:
+        if self.device not in _DEVICES:
+            raise InputError(f"unknown device {self.device!r}; choose one of {', '.join(_DEVICES)}.")
+        if self.precision not in _PRECISIONS:
+            raise InputError(f"unknown precision {self.precision!r}; choose one of {', '.join(_PRECISIONS)}.")
+        if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
+            raise InputError(f"window overlap {self.overlap} is outside [0, 1); 0.5 is a good default.")
+
+    def cli_arguments(self) -> list[str]:
+        arguments = ["--device", self.device, "--precision", self.precision]
+        if self.overlap is not None:
+            arguments += ["--overlap", str(self.overlap)]
+        if self.largest_component:
+            arguments.append("--largest-component")
+        return arguments
+
+
+@dataclass
+class SegmentationOutputs:
+    """The nodes a finished run created or updated."""
+
+    segmentation_node: slicer.vtkMRMLSegmentationNode
+    confidence_node: slicer.vtkMRMLScalarVolumeNode | None = None
+    sdm_node: slicer.vtkMRMLScalarVolumeNode | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _EngineOutputs:
+    label_map: sitk.Image
+    confidence: sitk.Image | None
+    sdm: sitk.Image | None
+
+
+class SegmentationRun:
+    """One volume being segmented by the engine in a child process."""
+
+    def __init__(
+        self,
+        volume_node: slicer.vtkMRMLScalarVolumeNode,
+        card: ModelCard,
+        options: RunOptions,
+        python_executable: str | None = None,
+    ) -> None:
+        self.volume_node = volume_node
+        self.card = card
+        self.input_image = image_from_volume_node(volume_node)
+        self._folder = tempfile.TemporaryDirectory(prefix="asdseg-")
+        folder = Path(self._folder.name)
+        self._paths = {"input": folder / "input.nrrd", "label": folder / "label.nrrd"}
+        arguments = ["segment", "--model", card.name, *options.cli_arguments()]
+        if card.has_confidence:
+            self._paths["confidence"] = folder / "confidence.nrrd"
+            arguments += ["--confidence", str(self._paths["confidence"])]
+        if card.has_sdm:
+            self._paths["sdm"] = folder / "sdm.nrrd"
+            arguments += ["--sdm", str(self._paths["sdm"])]
+        write_image_file(self.input_image, self._paths["input"], compress=False)
+        arguments += ["--input", str(self._paths["input"]), "--output", str(self._paths["label"])]
+        self.job = BackgroundJob(arguments, python_executable)
+
+    @property
+    def progress(self) -> JobProgress:
+        return self.job.progress
+
+    def state(self) -> JobState:
+        return self.job.state()
+
+    def cancel(self) -> None:
+        self.job.cancel()
+
+    def close(self) -> None:
+        """Stop the child if it still runs and delete the temporary files."""
+        self.job.cancel()
+        self._folder.cleanup()
+
+    def read_outputs(self) -> _EngineOutputs:
+        """The engine's outputs, checked to lie on the input's voxel grid."""
+        images = {"label": read_image(self._paths["label"]), "confidence": None, "sdm": None}
+        if "confidence" in self._paths:
+            images["confidence"] = read_image(self._paths["confidence"])
+        if "sdm" in self._paths:
+            values = [label.value for label in self.card.foreground_labels]
+            maps = [read_image(path) for path in sdm_output_paths(self._paths["sdm"], values).values()]
+            # One overlay for all organs: the signed distance to the nearest organ surface.
+            images["sdm"] = maps[0] if len(maps) == 1 else _voxelwise_minimum(maps)
+        for name, image in images.items():
+            if image is not None and not same_geometry(image, self.input_image, tolerance=1e-4):
+                raise AsdsegError(f"the engine's {name} output does not match the input's voxel grid.")
+        return _EngineOutputs(images["label"], images["confidence"], images["sdm"])
+
+
+def _voxelwise_minimum(images: list[sitk.Image]) -> sitk.Image:
+    minimum = images[0]
+    for image in images[1:]:
+        minimum = sitk.Minimum(minimum, image)
+    return minimum
+
+
+def _segment_tag(segment: slicer.vtkSegment, key: str) -> str | None:
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(key, value) else None
+
+
+def terminology_entry(label: Label) -> str | None:
+    """Slicer's serialised terminology string for a label with standard codes, else None."""
+    if label.terminology is None:
+        return None
+
+    def code(entry: dict | None) -> str:
+        return f"{entry['scheme']}^{entry['value']}^{entry['meaning']}" if entry else "^^"
+
+    terminology = label.terminology
+    parts = [
+        _TERMINOLOGY_CONTEXT,
+        code(terminology["category"]),
+        code(terminology["type"]),
+        "^^",
+        _ANATOMY_CONTEXT,
+        code(terminology.get("region")),
+        "^^",
+    ]
+    return "~".join(parts)
+
+
+class SegmentationLogic:
+    """Everything the ASDSeg panel does, on an explicit MRML scene and without Qt."""
+
+    def __init__(self, scene: slicer.vtkMRMLScene, python_executable: str | None = None) -> None:
+        self.scene = scene
+        self.python_executable = python_executable
+
+    # Models ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def available_models() -> dict[str, ModelCard]:
+        return available_models()
+
+    @staticmethod
+    def model_card(model_name: str | None) -> ModelCard:
+        if not model_name:
+            raise ModelError(
+                "no model is selected. Install one (asdseg models install CARD.json, or copy a "
+                "model folder into ~/.asdseg/models) and pick it in the model list."
+            )
+        return find_model(model_name)
+
+    # Running --------------------------------------------------------------------------------
+
+    def check_input_volume(self, volume_node: slicer.vtkMRMLNode | None) -> None:
+        """Raise :class:`InputError` saying what to do when ``volume_node`` cannot be segmented."""
+        if volume_node is None:
+            if self.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0:
+                raise InputError("the scene has no volume; load an MRI first (File > Add Data).")
+            raise InputError("no input volume is selected; pick the MRI to segment.")
+        name = volume_node.GetName()
+        if not volume_node.IsA("vtkMRMLScalarVolumeNode") or volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise InputError(
+                f"{name!r} is a {volume_node.GetClassName()}; pick a scalar (grey-level) volume."
+            )
+        if volume_node.GetImageData() is None:
+            raise InputError(f"{name!r} has no voxels; load the image data first.")
+        transform = volume_node.GetParentTransformNode()
+        if transform is not None and not transform.IsTransformToWorldLinear():
+            raise InputError(f"{name!r} is under a non-linear transform; harden the transform first.")
+        check_volume_shape(image_from_volume_node(volume_node), repr(name))
+
+    def start(
+        self,
+        volume_node: slicer.vtkMRMLNode | None,
+        model_name: str | None,
+        options: RunOptions | None = None,
+    ) -> SegmentationRun:
+        """Check the input and start the engine; nothing in the scene changes."""
+        options = options or RunOptions()
+        self.check_input_volume(volume_node)
+        options.check()
+        card = self.model_card(model_name)
+        return SegmentationRun(volume_node, card, options, self.python_executable)
+
+    def finish(
+        self,
+        run: SegmentationRun,
+        segmentation_node: slicer.vtkMRMLSegmentationNode | None = None,
+        new_node: bool = False,
+    ) -> SegmentationOutputs:
+        """Put a finished run's outputs into the scene and delete its temporary files.
+
+        The segmentation goes into ``segmentation_node`` when given, else into the segmentation
+        an earlier run made for the same volume and model, else (or with ``new_node``) into a
+        new node. A failed or cancelled run raises and changes nothing.
+        """
+        try:
+            state = run.job.wait()
+            if state is JobState.CANCELLED:
+                raise CancelledError("segmentation cancelled; the scene was not changed.")
+            if state is not JobState.SUCCEEDED:
+                raise AsdsegError(run.job.error)
+            outputs = run.read_outputs()
+            target = segmentation_node
+            if target is None and not new_node:
+                target = self.find_segmentation(run.volume_node, run.card.name)
+            result = self._apply(run, outputs, target)
+            result.warnings = run.job.warnings
+            return result
+        finally:
+            run.close()
+
+    def segment(
+        self,
+        volume_node: slicer.vtkMRMLNode | None,
+        model_name: str | None,
+        options: RunOptions | None = None,
+        segmentation_node: slicer.vtkMRMLSegmentationNode | None = None,
+        new_node: bool = False,
+        progress: Callable[[JobProgress], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        poll_interval: float = 0.1,
+    ) -> SegmentationOutputs:
+        """Start, wait (reporting progress, honouring ``should_cancel``) and finish in one call,
+        for scripts and tests; the module panel drives :meth:`start` and :meth:`finish` from a
+        timer instead."""
+        run = self.start(volume_node, model_name, options)
+        try:
+            while run.state() is JobState.RUNNING:
+                if should_cancel is not None and should_cancel():
+                    run.cancel()
+                    break
+                if progress is not None:
+                    progress(run.progress)
+                time.sleep(poll_interval)
+        except BaseException:
+            run.close()
+            raise
+        return self.finish(run, segmentation_node, new_node)
+
+    # Scene ----------------------------------------------------------------------------------
+
+    def find_segmentation(
+        self, volume_node: slicer.vtkMRMLScalarVolumeNode, model_name: str
+    ) -> slicer.vtkMRMLSegmentationNode | None:
+        """The segmentation an earlier run of ``model_name`` made for ``volume_node``."""
+        role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+        nodes = self.scene.GetNodesByClass("vtkMRMLSegmentationNode")
+        for index in range(nodes.GetNumberOfItems()):
+            node = nodes.GetItemAsObject(index)
+            if (
+                node.GetAttribute(MODEL_ATTRIBUTE) == model_name
+                and node.GetNodeReference(role) is volume_node
+            ):
+                return node
+        return None
+
+    def _apply(
+        self,
+        run: SegmentationRun,
+        outputs: _EngineOutputs,
+        segmentation_node: slicer.vtkMRMLSegmentationNode | None,
+    ) -> SegmentationOutputs:
+        volume_node = run.volume_node
+        created: list[slicer.vtkMRMLNode] = []
+        backup = None
+        self.scene.StartState(slicer.vtkMRMLScene.BatchProcessState)
+        try:
+            if segmentation_node is None:
+                segmentation_node = self._add_node(
+                    "vtkMRMLSegmentationNode", f"{volume_node.GetName()} ASDSeg"
+                )
+                segmentation_node.CreateDefaultDisplayNodes()
+                created.append(segmentation_node)
+            else:
+                backup = slicer.vtkSegmentation()
+                backup.DeepCopy(segmentation_node.GetSegmentation())
+            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+            segmentation_node.SetAttribute(MODEL_ATTRIBUTE, run.card.name)
+            segmentation_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+            self._fill_segments(segmentation_node, outputs.label_map, run.card.labels, volume_node)
+            result = SegmentationOutputs(segmentation_node)
+            for kind, image in (("confidence", outputs.confidence), ("sdm", outputs.sdm)):
+                node = self._overlay_node(segmentation_node, kind, image, volume_node, created)
+                setattr(result, f"{kind}_node", node)
+            return result
+        except BaseException:
+            for node in created:
+                self.scene.RemoveNode(node)
+            if backup is not None:
+                segmentation_node.GetSegmentation().DeepCopy(backup)
+            raise
+        finally:
+            self.scene.EndState(slicer.vtkMRMLScene.BatchProcessState)
+
+    def _add_node(self, class_name: str, name: str) -> slicer.vtkMRMLNode:
+        return self.scene.AddNewNodeByClass(class_name, self.scene.GenerateUniqueName(name))
+
+    @staticmethod
+    def _fill_segments(
+        segmentation_node: slicer.vtkMRMLSegmentationNode,
+        label_map: sitk.Image,
+        labels: list[Label],
+        volume_node: slicer.vtkMRMLScalarVolumeNode,
+    ) -> None:
+        """Replace the node's segments by one per foreground label, in the card's order, named
+        and coloured as the card says; labels the model did not find get an empty segment so
+        that the annotator can still draw them."""
+        segmentation = segmentation_node.GetSegmentation()
+        segmentation.RemoveAllSegments()
+        array = sitk.GetArrayFromImage(label_map)
+        oriented = oriented_image_from_array(array, volume_node)
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        if array.any() and not logic.ImportLabelmapToSegmentationNode(oriented, segmentation_node, "", ""):
+            raise AsdsegError("Slicer could not import the label map into the segmentation.")
+        imported = {
+            segmentation.GetNthSegment(index).GetLabelValue(): segmentation.GetNthSegmentID(index)
+            for index in range(segmentation.GetNumberOfSegments())
+        }
+        foreground = [label for label in labels if label.value != 0]
+        for index, label in enumerate(foreground):
+            segment_id = imported.get(label.value) or segmentation.AddEmptySegment("", label.name)
+            segment = segmentation.GetSegment(segment_id)
+            segment.SetName(label.name)
+            segment.SetColor(*(channel / 255.0 for channel in label.color))
+            segment.SetTag(LABEL_VALUE_TAG, str(label.value))
+            terminology = terminology_entry(label)
+            if terminology is not None:
+                segment.SetTerminology(terminology)
+            segmentation.SetSegmentIndex(segment_id, index)
+        unknown = set(imported) - {label.value for label in foreground}
+        if unknown:
+            raise AsdsegError(
+                f"the engine wrote label values {sorted(unknown)} that the model card does not name."
+            )
+
+    def _overlay_node(
+        self,
+        segmentation_node: slicer.vtkMRMLSegmentationNode,
+        kind: str,
+        image: sitk.Image | None,
+        volume_node: slicer.vtkMRMLScalarVolumeNode,
+        created: list[slicer.vtkMRMLNode],
+    ) -> slicer.vtkMRMLScalarVolumeNode | None:
+        """Create or update the confidence or SDM volume referenced by the segmentation; drop
+        the reference when this model has no such output."""
+        role = OVERLAY_REFERENCE_ROLES[kind]
+        if image is None:
+            segmentation_node.RemoveNodeReferenceIDs(role)
+            return None
+        node = segmentation_node.GetNodeReference(role)
+        if node is None:
+            suffix = "confidence" if kind == "confidence" else "signed distance"
+            node = self._add_node("vtkMRMLScalarVolumeNode", f"{volume_node.GetName()} {suffix}")
+            created.append(node)
+            segmentation_node.SetNodeReferenceID(role, node.GetID())
+        update_volume_node_from_image(node, sitk.Cast(image, sitk.sitkFloat32))
+        node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+        window = (0.0, 1.0) if kind == "confidence" else sdm_window(sitk.GetArrayViewFromImage(image))
+        style_overlay_node(node, kind, window)
+        return node
+
+    def show_overlay(
+        self,
+        segmentation_node: slicer.vtkMRMLSegmentationNode,
+        kind: str,
+        opacity: float = 0.5,
+    ) -> slicer.vtkMRMLScalarVolumeNode | None:
+        """Show the segmentation's confidence or SDM volume over its source volume in every
+        slice view (``kind="none"`` hides it). Returns the volume shown."""
+        if kind not in OVERLAY_KINDS:
+            raise InputError(f"unknown overlay {kind!r}; choose one of {', '.join(OVERLAY_KINDS)}.")
+        foreground = None
+        if kind != "none":
+            foreground = segmentation_node.GetNodeReference(OVERLAY_REFERENCE_ROLES[kind])
+            if foreground is None:
+                model = segmentation_node.GetAttribute(MODEL_ATTRIBUTE)
+                raise InputError(f"model {model!r} gives no {kind} map; choose another overlay or model.")
+        role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+        show_in_slice_views(self.scene, segmentation_node.GetNodeReference(role), foreground, opacity)
+        return foreground
+
+    # Export ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def segment_labels(segmentation_node: slicer.vtkMRMLSegmentationNode) -> list[tuple[str, Label]]:
+        """(segment ID, label) for every segment, in segment order.
+
+        Segments ASDSeg made keep the value their model card gives them, wherever they were
+        moved in the list; segments the user added (or duplicated) get the next free values.
+        """
+        segmentation = segmentation_node.GetSegmentation()
+        segment_ids = [
+            segmentation.GetNthSegmentID(index) for index in range(segmentation.GetNumberOfSegments())
+        ]
+        values: dict[str, int] = {}
+        for segment_id in segment_ids:
+            tag = _segment_tag(segmentation.GetSegment(segment_id), LABEL_VALUE_TAG)
+            if tag is not None and tag.isdigit() and int(tag) > 0 and int(tag) not in values.values():
+                values[segment_id] = int(tag)
+        next_value = max(values.values(), default=0) + 1
+        for segment_id in segment_ids:
+            if segment_id not in values:
+                values[segment_id] = next_value
+                next_value += 1
+        labels = []
+        for segment_id in segment_ids:
+            segment = segmentation.GetSegment(segment_id)
+            color = tuple(round(channel * 255) for channel in segment.GetColor())
+            labels.append((segment_id, Label(values[segment_id], segment.GetName(), color)))
+        return labels
+
+    def export_segmentation(
+        self,
+        segmentation_node: slicer.vtkMRMLSegmentationNode,
+        path: str | Path,
+        reference_volume_node: slicer.vtkMRMLScalarVolumeNode | None = None,
+    ) -> list[Path]:
+        """Write the segmentation as a label map on the reference volume's grid (default: the
+        volume it was made from) with the label sidecars; returns the files written. The
+        scene is not changed, and existing files are replaced only once every file is complete.
+        """
+        if image_suffix(path) not in SUPPORTED_SUFFIXES:
+            raise InputError(
+                f"{path}: use a NIfTI file name (.nii.gz) or another of {', '.join(SUPPORTED_SUFFIXES)}."
+            )
+        role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+        reference = reference_volume_node or segmentation_node.GetNodeReference(role)
+        if reference is None or reference.GetImageData() is None:
+            raise InputError("the segmentation has no reference volume; pick the volume to export on.")
+        segment_labels = self.segment_labels(segmentation_node)
+        if not segment_labels:
+            raise InputError(f"{segmentation_node.GetName()!r} has no segments; there is nothing to export.")
+        labels = [label for _, label in segment_labels]
+        label_map = self._merged_label_map(segmentation_node, segment_labels, reference)
+        background = Label(0, "background", (0, 0, 0))
+        array = label_map.astype(label_pixel_type(labels))
+        image = sitk.GetImageFromArray(array)
+        image.CopyInformation(image_from_volume_node(reference))
+        return write_label_map(image, [background, *labels], path)
+
+    @staticmethod
+    def _merged_label_map(
+        segmentation_node: slicer.vtkMRMLSegmentationNode,
+        segment_labels: list[tuple[str, Label]],
+        reference: slicer.vtkMRMLScalarVolumeNode,
+    ) -> np.ndarray:
+        """The segments painted with their label values on ``reference``'s voxel grid, as a
+        (k, j, i) array; later segments win where segments overlap. The grid is taken in the
+        segmentation's own frame, which ASDSeg gives the same parent transform as its volume."""
+        geometry = slicer.vtkOrientedImageData()
+        geometry.SetDimensions(reference.GetImageData().GetDimensions())
+        geometry.SetImageToWorldMatrix(ijk_to_ras_matrix(reference))
+        segment_ids = vtk.vtkStringArray()
+        values = vtk.vtkIntArray()
+        for segment_id, label in segment_labels:
+            segment_ids.InsertNextValue(segment_id)
+            values.InsertNextValue(label.value)
+        merged = slicer.vtkOrientedImageData()
+        extent_mode = slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
+        if not segmentation_node.GenerateMergedLabelmapForAllSegments(
+            merged, extent_mode, geometry, segment_ids, values
+        ):
+            raise AsdsegError(f"Slicer could not merge the segments of {segmentation_node.GetName()!r}.")
+        dimensions = reference.GetImageData().GetDimensions()
+        if tuple(merged.GetDimensions()) != tuple(dimensions):
+            raise AsdsegError("the merged label map does not match the reference volume's grid.")
+        return array_from_image_data(merged)

@@ -1,0 +1,298 @@
+"""ASDSeg's logic driven against the real Slicer core libraries (slicer-core), no Qt."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+import torch
+import vtk
+import vtk.util.numpy_support
+
+from asdseg.background import JobState
+from asdseg.errors import AsdsegError, CancelledError, InputError, ModelError
+from asdseg.image_io import image_to_array, read_image, same_geometry
+from asdseg.model_card import ModelCard
+from asdseg.networks import build_network
+from asdseg.registry import load_network, save_model, user_models_dir
+from asdseg.segment import SegmentationOptions, segment_image
+
+from ASDSegLib.segmentation_logic import LABEL_VALUE_TAG, RunOptions, SegmentationLogic
+from ASDSegLib.volume_nodes import image_from_volume_node, update_volume_node_from_image
+from conftest import tiny_card
+from mrml_application import SlicerCore, start_slicer_core
+
+LEFT_ATRIUM_CODES = {
+    "category": {"scheme": "SCT", "value": "123037004", "meaning": "Anatomical Structure"},
+    "type": {"scheme": "SCT", "value": "82471001", "meaning": "Left atrium"},
+}
+
+
+@pytest.fixture
+def core() -> SlicerCore:
+    return start_slicer_core()
+
+
+@pytest.fixture
+def logic(core: SlicerCore) -> SegmentationLogic:
+    return SegmentationLogic(core.scene)
+
+
+@pytest.fixture
+def demo_installed(demo_model: ModelCard) -> ModelCard:
+    """The trained phantom model, installed in this test's model folder."""
+    target = user_models_dir() / demo_model.name
+    shutil.copytree(demo_model.directory, target)
+    return ModelCard.load(target / "card.json")
+
+
+@pytest.fixture
+def confidence_installed() -> ModelCard:
+    """An untrained VNet with SDM head and confidence network; label 1 carries standard codes."""
+    card = tiny_card("tiny-confidence", sdm=True, confidence=True)
+    card["labels"] = [dict(entry) for entry in card["labels"]]
+    card["labels"][1]["terminology"] = LEFT_ATRIUM_CODES
+    torch.manual_seed(1)
+    network = build_network(card["architecture"]["name"], card["architecture"]["params"])
+    return save_model(network, card, user_models_dir() / card["name"])
+
+
+@pytest.fixture
+def volume_node(core: SlicerCore, phantom_files: tuple[Path, Path]) -> slicer.vtkMRMLScalarVolumeNode:
+    node = core.volumes_logic.AddArchetypeVolume(str(phantom_files[0]), "phantom")
+    assert node is not None
+    return node
+
+
+def engine_result(image_path: Path, card: ModelCard, largest_component: bool):
+    """What the engine itself gives for the same input, in this process."""
+    options = SegmentationOptions(largest_component=largest_component)
+    return segment_image(read_image(image_path), card, load_network(card), options)
+
+
+def segment_voxel_counts(segmentation_node) -> dict[str, int]:
+    """Voxels of each segment, counted in the binary labelmap Slicer stores it in."""
+    segmentation = segmentation_node.GetSegmentation()
+    counts = {}
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        labelmap = segment.GetRepresentation(
+            slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+        )
+        voxels = vtk.util.numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())
+        counts[segment.GetName()] = int(np.count_nonzero(voxels == segment.GetLabelValue()))
+    return counts
+
+
+def test_volume_node_keeps_voxels_and_geometry(volume_node, phantom_files: tuple[Path, Path]) -> None:
+    original = read_image(phantom_files[0])
+    converted = image_from_volume_node(volume_node)
+    assert same_geometry(converted, original, tolerance=1e-5)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(converted), sitk.GetArrayViewFromImage(original))
+
+
+def test_volume_node_written_from_image_reads_back_the_same(core: SlicerCore, phantom_files) -> None:
+    original = read_image(phantom_files[0])
+    node = core.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    update_volume_node_from_image(node, original)
+    converted = image_from_volume_node(node)
+    assert same_geometry(converted, original, tolerance=1e-5)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(converted), sitk.GetArrayViewFromImage(original))
+
+
+def test_segments_are_named_coloured_and_match_the_engine(
+    core: SlicerCore, logic: SegmentationLogic, volume_node, demo_installed: ModelCard, phantom_files
+) -> None:
+    outputs = logic.segment(volume_node, demo_installed.name, RunOptions(largest_component=True))
+    expected = engine_result(phantom_files[0], demo_installed, largest_component=True).label_array()
+    segmentation = outputs.segmentation_node.GetSegmentation()
+    labels = demo_installed.foreground_labels
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == [
+        label.name for label in labels
+    ]
+    counts = segment_voxel_counts(outputs.segmentation_node)
+    for label in labels:
+        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(label.name))
+        np.testing.assert_allclose(segment.GetColor(), np.array(label.color) / 255.0, atol=1e-6)
+        tag = vtk.reference("")
+        assert segment.GetTag(LABEL_VALUE_TAG, tag) and str(tag) == str(label.value)
+        assert counts[label.name] == np.count_nonzero(expected == label.value) > 100
+    role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+    assert outputs.segmentation_node.GetNodeReference(role) is volume_node
+    assert outputs.confidence_node is None  # the phantom model has no confidence network
+    assert outputs.sdm_node is not None
+
+
+def test_confidence_and_sdm_volumes_have_the_input_geometry_and_the_engine_values(
+    logic: SegmentationLogic, volume_node, confidence_installed: ModelCard, phantom_files
+) -> None:
+    outputs = logic.segment(volume_node, confidence_installed.name, RunOptions(largest_component=False))
+    expected = engine_result(phantom_files[0], confidence_installed, largest_component=False)
+    input_image = image_from_volume_node(volume_node)
+    confidence = image_from_volume_node(outputs.confidence_node)
+    sdm = image_from_volume_node(outputs.sdm_node)
+    for image in (confidence, sdm):
+        assert same_geometry(image, input_image, tolerance=1e-5)
+    np.testing.assert_allclose(image_to_array(confidence), image_to_array(expected.confidence), atol=1e-4)
+    nearest_surface = np.minimum(*(image_to_array(expected.sdm[value]) for value in (1, 2)))
+    np.testing.assert_allclose(image_to_array(sdm), nearest_surface, atol=1e-4)
+    assert image_to_array(confidence).min() >= 0.0 and image_to_array(confidence).max() <= 1.0
+
+    display = outputs.confidence_node.GetDisplayNode()
+    assert display.GetColorNode().GetName() == "ASDSeg confidence"
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 1.0)
+    sdm_display = outputs.sdm_node.GetDisplayNode()
+    assert sdm_display.GetWindowLevelMin() == pytest.approx(-sdm_display.GetWindowLevelMax())
+
+    segmentation = outputs.segmentation_node.GetSegmentation()
+    coded = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("ellipsoid"))
+    assert "SCT^82471001^Left atrium" in coded.GetTerminology()
+    assert "SCT^123037004^Anatomical Structure" in coded.GetTerminology()
+
+
+def test_overlay_choice_sets_the_slice_views_foreground(
+    core: SlicerCore, logic: SegmentationLogic, volume_node, confidence_installed: ModelCard
+) -> None:
+    outputs = logic.segment(volume_node, confidence_installed.name)
+    composites = [
+        core.scene.GetNodesByClass("vtkMRMLSliceCompositeNode").GetItemAsObject(index)
+        for index in range(core.scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))
+    ]
+    assert len(composites) == 3
+    for kind, node in (("confidence", outputs.confidence_node), ("sdm", outputs.sdm_node)):
+        assert logic.show_overlay(outputs.segmentation_node, kind, 0.3) is node
+        for composite in composites:
+            assert composite.GetForegroundVolumeID() == node.GetID()
+            assert composite.GetBackgroundVolumeID() == volume_node.GetID()
+            assert composite.GetForegroundOpacity() == pytest.approx(0.3)
+    logic.show_overlay(outputs.segmentation_node, "none")
+    assert all(composite.GetForegroundVolumeID() is None for composite in composites)
+
+
+def test_overlay_the_model_does_not_give_is_refused(logic, volume_node, demo_installed) -> None:
+    outputs = logic.segment(volume_node, demo_installed.name)
+    with pytest.raises(InputError, match="no confidence map"):
+        logic.show_overlay(outputs.segmentation_node, "confidence")
+
+
+def test_export_equals_the_engine_label_map_whatever_the_segment_order(
+    logic: SegmentationLogic, volume_node, demo_installed: ModelCard, phantom_files, tmp_path: Path
+) -> None:
+    outputs = logic.segment(volume_node, demo_installed.name, RunOptions(largest_component=True))
+    expected = engine_result(phantom_files[0], demo_installed, largest_component=True)
+
+    first = logic.export_segmentation(outputs.segmentation_node, tmp_path / "first.nii.gz")
+    segmentation = outputs.segmentation_node.GetSegmentation()
+    segmentation.SetSegmentIndex(segmentation.GetNthSegmentID(1), 0)  # the user reorders the list
+    logic.export_segmentation(outputs.segmentation_node, tmp_path / "reordered.nii.gz")
+
+    for name in ("first", "reordered"):
+        exported = read_image(tmp_path / f"{name}.nii.gz")
+        assert same_geometry(exported, expected.label_map, tolerance=1e-5)
+        np.testing.assert_array_equal(
+            sitk.GetArrayViewFromImage(exported), sitk.GetArrayViewFromImage(expected.label_map)
+        )
+    sidecar = json.loads((tmp_path / "first.labels.json").read_text())
+    assert {(entry["value"], entry["name"]) for entry in sidecar["labels"]} == {
+        (label.value, label.name) for label in demo_installed.labels
+    }
+    assert [path.name for path in first] == [
+        "first.nii.gz",
+        "first.labels.json",
+        "first.ctbl",
+        "first.itksnap.txt",
+    ]
+
+
+def test_export_gives_added_segments_the_next_free_values(
+    logic: SegmentationLogic, volume_node, demo_installed: ModelCard, tmp_path: Path
+) -> None:
+    outputs = logic.segment(volume_node, demo_installed.name)
+    outputs.segmentation_node.GetSegmentation().AddEmptySegment("", "lesion")
+    labels = {label.name: label.value for _, label in logic.segment_labels(outputs.segmentation_node)}
+    assert labels == {"ellipsoid": 1, "sphere": 2, "lesion": 3}
+    logic.export_segmentation(outputs.segmentation_node, tmp_path / "seg.nii.gz")
+    assert "lesion" in (tmp_path / "seg.ctbl").read_text()
+
+
+def test_export_to_a_bad_name_writes_nothing(logic, volume_node, demo_installed, tmp_path: Path) -> None:
+    outputs = logic.segment(volume_node, demo_installed.name)
+    folder = tmp_path / "export"
+    folder.mkdir()
+    with pytest.raises(InputError, match="NIfTI"):
+        logic.export_segmentation(outputs.segmentation_node, folder / "seg.txt")
+    assert list(folder.iterdir()) == []
+
+
+def test_running_again_updates_the_same_nodes_unless_a_new_one_is_asked_for(
+    core: SlicerCore, logic: SegmentationLogic, volume_node, confidence_installed: ModelCard
+) -> None:
+    first = logic.segment(volume_node, confidence_installed.name)
+    nodes_after_first = core.node_ids()
+    second = logic.segment(volume_node, confidence_installed.name, RunOptions(overlap=0.5))
+    assert second.segmentation_node is first.segmentation_node
+    assert second.confidence_node is first.confidence_node and second.sdm_node is first.sdm_node
+    assert core.node_ids() == nodes_after_first
+    assert second.segmentation_node.GetSegmentation().GetNumberOfSegments() == 2
+
+    third = logic.segment(volume_node, confidence_installed.name, new_node=True)
+    assert third.segmentation_node is not first.segmentation_node
+    assert core.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2
+
+
+def test_cancel_stops_the_engine_and_leaves_the_scene_unchanged(
+    core: SlicerCore, logic: SegmentationLogic, demo_installed: ModelCard, tmp_path: Path
+) -> None:
+    large = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(96, 96, 96)).astype(np.float32))
+    node = core.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "large")
+    update_volume_node_from_image(node, large)
+    before = core.node_ids()
+    run = logic.start(node, demo_installed.name, RunOptions(overlap=0.9))
+    deadline = time.monotonic() + 120
+    while run.progress.done < 1 and run.state() is JobState.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run.progress.done >= 1 and run.progress.done < run.progress.total  # cancelled mid-inference
+    run.cancel()
+    assert run.job.return_code is not None  # the child has exited when cancel() returns
+    with pytest.raises(CancelledError):
+        logic.finish(run)
+    assert core.node_ids() == before
+
+
+def test_bad_input_is_refused_with_a_clear_error_and_the_scene_unchanged(
+    core: SlicerCore, logic: SegmentationLogic, demo_installed: ModelCard, volume_node
+) -> None:
+    before = core.node_ids()
+    with pytest.raises(InputError, match="no input volume"):
+        logic.start(None, demo_installed.name)
+    with pytest.raises(ModelError, match="no model is selected"):
+        logic.start(volume_node, None)
+    with pytest.raises(ModelError, match="unknown-model"):
+        logic.start(volume_node, "unknown-model")
+    with pytest.raises(InputError, match="overlap"):
+        logic.start(volume_node, demo_installed.name, RunOptions(overlap=1.5))
+    assert core.node_ids() == before
+
+    flat = core.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "one slice")
+    update_volume_node_from_image(flat, sitk.GetImageFromArray(np.ones((1, 20, 20), np.float32)))
+    constant = core.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "constant")
+    update_volume_node_from_image(constant, sitk.GetImageFromArray(np.ones((20, 20, 20), np.float32)))
+    before = core.node_ids()
+    with pytest.raises(InputError, match="single slice"):
+        logic.start(flat, demo_installed.name)
+    with pytest.raises(AsdsegError, match="constant"):  # refused by the engine in the child process
+        logic.segment(constant, demo_installed.name)
+    assert core.node_ids() == before
+
+
+def test_an_empty_scene_says_to_load_a_volume(core: SlicerCore, logic: SegmentationLogic) -> None:
+    before = core.node_ids()
+    with pytest.raises(InputError, match="no volume; load"):
+        logic.start(None, "anything")
+    assert core.node_ids() == before
