@@ -123,8 +123,7 @@ def test_segments_are_named_coloured_and_match_the_engine(
         tag = vtk.reference("")
         assert segment.GetTag(LABEL_VALUE_TAG, tag) and str(tag) == str(label.value)
         assert counts[label.name] == np.count_nonzero(expected == label.value) > 100
-    role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
-    assert outputs.segmentation_node.GetNodeReference(role) is volume_node
+    assert logic.source_volume(outputs.segmentation_node) is volume_node
     assert outputs.confidence_node is None  # the phantom model has no confidence network
     assert outputs.sdm_node is not None
 

@@ -102,6 +102,7 @@ class SegmentationRun:
         card: ModelCard,
         options: RunOptions,
         python_executable: str | None = None,
+        environment: dict[str, str] | None = None,
     ) -> None:
         self.volume_node = volume_node
         self.card = card
@@ -118,7 +119,7 @@ class SegmentationRun:
             arguments += ["--sdm", str(self._paths["sdm"])]
         write_image_file(self.input_image, self._paths["input"], compress=False)
         arguments += ["--input", str(self._paths["input"]), "--output", str(self._paths["label"])]
-        self.job = BackgroundJob(arguments, python_executable)
+        self.job = BackgroundJob(arguments, python_executable, environment)
 
     @property
     def progress(self) -> JobProgress:
@@ -187,9 +188,18 @@ def terminology_entry(label: Label) -> str | None:
 class SegmentationLogic:
     """Everything the ASDSeg panel does, on an explicit MRML scene and without Qt."""
 
-    def __init__(self, scene: slicer.vtkMRMLScene, python_executable: str | None = None) -> None:
+    def __init__(
+        self,
+        scene: slicer.vtkMRMLScene,
+        python_executable: str | None = None,
+        environment: dict[str, str] | None = None,
+    ) -> None:
+        """``python_executable`` and ``environment`` are the child process's (default: this
+        Python and :func:`asdseg.background.engine_environment`); in Slicer, PythonSlicer and
+        Slicer's start-up environment."""
         self.scene = scene
         self.python_executable = python_executable
+        self.environment = environment
 
     # Models ---------------------------------------------------------------------------------
 
@@ -237,7 +247,7 @@ class SegmentationLogic:
         self.check_input_volume(volume_node)
         options.check()
         card = self.model_card(model_name)
-        return SegmentationRun(volume_node, card, options, self.python_executable)
+        return SegmentationRun(volume_node, card, options, self.python_executable, self.environment)
 
     def finish(
         self,
@@ -297,18 +307,20 @@ class SegmentationLogic:
 
     # Scene ----------------------------------------------------------------------------------
 
+    @staticmethod
+    def source_volume(segmentation_node: slicer.vtkMRMLSegmentationNode) -> slicer.vtkMRMLVolumeNode | None:
+        """The volume whose voxel grid the segmentation was made on."""
+        role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+        return segmentation_node.GetNodeReference(role)
+
     def find_segmentation(
         self, volume_node: slicer.vtkMRMLScalarVolumeNode, model_name: str
     ) -> slicer.vtkMRMLSegmentationNode | None:
         """The segmentation an earlier run of ``model_name`` made for ``volume_node``."""
-        role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
         nodes = self.scene.GetNodesByClass("vtkMRMLSegmentationNode")
         for index in range(nodes.GetNumberOfItems()):
             node = nodes.GetItemAsObject(index)
-            if (
-                node.GetAttribute(MODEL_ATTRIBUTE) == model_name
-                and node.GetNodeReference(role) is volume_node
-            ):
+            if node.GetAttribute(MODEL_ATTRIBUTE) == model_name and self.source_volume(node) is volume_node:
                 return node
         return None
 
@@ -433,8 +445,7 @@ class SegmentationLogic:
             if foreground is None:
                 model = segmentation_node.GetAttribute(MODEL_ATTRIBUTE)
                 raise InputError(f"model {model!r} gives no {kind} map; choose another overlay or model.")
-        role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
-        show_in_slice_views(self.scene, segmentation_node.GetNodeReference(role), foreground, opacity)
+        show_in_slice_views(self.scene, self.source_volume(segmentation_node), foreground, opacity)
         return foreground
 
     # Export ---------------------------------------------------------------------------------
@@ -481,8 +492,7 @@ class SegmentationLogic:
             raise InputError(
                 f"{path}: use a NIfTI file name (.nii.gz) or another of {', '.join(SUPPORTED_SUFFIXES)}."
             )
-        role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
-        reference = reference_volume_node or segmentation_node.GetNodeReference(role)
+        reference = reference_volume_node or self.source_volume(segmentation_node)
         if reference is None or reference.GetImageData() is None:
             raise InputError("the segmentation has no reference volume; pick the volume to export on.")
         segment_labels = self.segment_labels(segmentation_node)

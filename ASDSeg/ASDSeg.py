@@ -1,0 +1,505 @@
+"""ASDSeg: segment the loaded MRI with a shipped model and show its confidence or SDM.
+
+The widget is thin Qt glue over :class:`ASDSegLib.segmentation_logic.SegmentationLogic`, which
+runs the ``asdseg`` engine in a PythonSlicer child process and fills the scene only once a run
+has succeeded. The engine and its Python dependencies are installed on first use, after the
+user confirms, never when Slicer loads this module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+MODULE_DIR = Path(__file__).resolve().parent
+REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
+#: How often the panel polls a running segmentation, in milliseconds.
+POLL_INTERVAL_MS = 150
+
+
+def make_engine_importable() -> None:
+    """An installed extension has the ``asdseg`` engine beside this file; a source checkout
+    added through "Additional module paths" has it in ``../src``."""
+    source_tree_engine = MODULE_DIR.parent / "src"
+    if importlib.util.find_spec("asdseg") is None and (source_tree_engine / "asdseg").is_dir():
+        sys.path.insert(0, str(source_tree_engine))
+
+
+def required_packages() -> list[str]:
+    """Requirement lines of ``Resources/requirements.txt`` (comments and blanks dropped)."""
+    lines = REQUIREMENTS_FILE.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _import_name(requirement: str) -> str:
+    for separator in "<>=!~[; ":
+        requirement = requirement.split(separator)[0]
+    return requirement
+
+
+def missing_dependencies() -> list[str]:
+    """Packages the engine needs that this Slicer's Python does not have yet."""
+    make_engine_importable()
+    missing = [] if importlib.util.find_spec("torch") else ["torch"]
+    missing += [
+        package for package in required_packages() if importlib.util.find_spec(_import_name(package)) is None
+    ]
+    return missing
+
+
+def install_dependencies() -> bool:
+    """Ask, then install torch through the PyTorch extension and the rest with pip.
+    Returns True when everything is importable afterwards."""
+    missing = missing_dependencies()
+    if not missing:
+        return True
+    if "torch" in missing:
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            slicer.util.errorDisplay(
+                "ASDSeg needs PyTorch. Install the 'PyTorch' extension from the Extensions Manager, "
+                "restart Slicer and try again."
+            )
+            return False
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
+            return False
+    others = [package for package in missing if package != "torch"]
+    if others:
+        question = f"ASDSeg needs these Python packages: {', '.join(others)}.\n\nInstall them now?"
+        if not slicer.util.confirmOkCancelDisplay(question, "ASDSeg: install dependencies"):
+            return False
+        with slicer.util.displayPythonShell():
+            slicer.util.pip_install(["-r", str(REQUIREMENTS_FILE)])
+    return not missing_dependencies()
+
+
+def python_slicer() -> str | None:
+    """PythonSlicer runs the engine in a child process with Slicer's Python."""
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    candidate = (
+        Path(slicer.app.slicerHome)
+        / "bin"
+        / ("PythonSlicer.exe" if sys.platform == "win32" else "PythonSlicer")
+    )
+    return str(candidate) if candidate.exists() else None
+
+
+#
+# ASDSeg
+#
+
+
+class ASDSeg(ScriptedLoadableModule):
+    def __init__(self, parent) -> None:
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "ASDSeg"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["SlicerASDSeg developers"]
+        self.parent.helpText = (
+            "Segments the left atrium or the pelvic organs (bladder, prostate, rectum) on MRI with a "
+            "shipped deep-learning model, and shows a voxel-wise confidence map or signed distance map "
+            "over the image. Pick a volume and a model, click Segment, review, export to NIfTI."
+        )
+        self.parent.acknowledgementText = (
+            "Reproduces ASDNet (Nie et al., MICCAI 2018), SASSNet (Li et al., MICCAI 2020), "
+            "difficulty-aware attention with confidence learning, and attention-guided active learning."
+        )
+
+
+#
+# ASDSegParameterNode
+#
+
+
+@parameterNodeWrapper
+class ASDSegParameterNode:
+    """The panel's state, saved with the scene."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    modelName: str = ""
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    precision: Annotated[str, Choice(["fp32", "bf16", "fp16"])] = "fp32"
+    overlap: Annotated[float, WithinRange(0.0, 0.95)] = 0.5
+    largestComponent: bool = True
+    newSegmentation: bool = False
+    outputSegmentation: vtkMRMLSegmentationNode
+    overlay: Annotated[str, Choice(["none", "confidence", "sdm"])] = "confidence"
+    overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+
+
+#
+# ASDSegWidget
+#
+
+
+class ASDSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._run = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.timeout.connect(self.onPollRun)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        ui_widget = slicer.util.loadUI(self.resourcePath("UI/ASDSeg.ui"))
+        self.layout.addWidget(ui_widget)
+        self.ui = slicer.util.childWidgetVariables(ui_widget)
+        ui_widget.setMRMLScene(slicer.mrmlScene)
+        self.logic = ASDSegLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.installDependenciesButton.clicked.connect(self.onInstallDependencies)
+        self.ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
+        self.ui.segmentButton.clicked.connect(self.onSegmentOrCancel)
+        self.ui.overlaySelector.currentIndexChanged.connect(self.onOverlayChanged)
+        self.ui.overlayOpacitySliderWidget.valueChanged.connect(self.onOverlayChanged)
+        self.ui.exportButton.clicked.connect(self.onExport)
+        self.ui.progressBar.hide()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.cancelRun()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        self.refreshEngineState()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode
+            )
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.cancelRun()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first_volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first_volume:
+                self._parameterNode.inputVolume = first_volume
+
+    def setParameterNode(self, parameter_node: ASDSegParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode
+            )
+        self._parameterNode = parameter_node
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode
+            )
+            self.updateGUIFromParameterNode()
+
+    # Engine and models ---------------------------------------------------------------------
+
+    def refreshEngineState(self) -> None:
+        """Show what is missing, or list the models and the devices torch sees."""
+        missing = missing_dependencies()
+        self.ui.installDependenciesButton.setVisible(bool(missing))
+        if missing:
+            self.ui.statusLabel.text = f"Needs {', '.join(missing)}: click 'Install dependencies'."
+            self.updateGUIFromParameterNode()
+            return
+        self.ui.deviceInfoLabel.text = self.logic.describeDevices()
+        cards = self.logic.segmentation.available_models()
+        was_blocked = self.ui.modelSelector.blockSignals(True)
+        self.ui.modelSelector.clear()
+        for name in sorted(cards):
+            self.ui.modelSelector.addItem(name)
+        self.ui.modelSelector.blockSignals(was_blocked)
+        if not cards:
+            self.ui.statusLabel.text = "No model is installed; see 'Where models live' in the README."
+        saved = self._parameterNode.modelName if self._parameterNode else ""
+        index = self.ui.modelSelector.findText(saved)
+        self.ui.modelSelector.setCurrentIndex(index if index >= 0 else 0)
+        self.onModelChanged()
+
+    def onInstallDependencies(self) -> None:
+        if install_dependencies():
+            self.refreshEngineState()
+
+    def onModelChanged(self, _index=None) -> None:
+        name = self.ui.modelSelector.currentText
+        if self._parameterNode and name:
+            self._parameterNode.modelName = name
+        self.ui.modelSummaryLabel.text = self.logic.modelSummary(name) if name else ""
+        self.updateGUIFromParameterNode()
+
+    # Running -------------------------------------------------------------------------------
+
+    def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
+        parameters = self._parameterNode
+        running = self._run is not None
+        ready = bool(parameters and parameters.inputVolume and parameters.modelName)
+        self.ui.segmentButton.text = "Cancel" if running else "Segment"
+        self.ui.segmentButton.enabled = running or (ready and not self.ui.installDependenciesButton.visible)
+        self.ui.segmentButton.toolTip = "" if ready or running else "Select an input volume and a model."
+        self.ui.exportButton.enabled = bool(parameters and parameters.outputSegmentation) and not running
+
+    def onSegmentOrCancel(self) -> None:
+        if self._run is not None:
+            self.ui.statusLabel.text = "Cancelling..."
+            self._run.cancel()
+            return
+        from asdseg.errors import AsdsegError
+
+        parameters = self._parameterNode
+        try:
+            self._run = self.logic.segmentation.start(
+                parameters.inputVolume, parameters.modelName, self.logic.runOptions(parameters)
+            )
+        except AsdsegError as error:
+            slicer.util.errorDisplay(f"Cannot segment: {error}")
+            return
+        self.ui.progressBar.setValue(0)
+        self.ui.progressBar.show()
+        self.ui.statusLabel.text = "Starting the engine..."
+        self._timer.start()
+        self.updateGUIFromParameterNode()
+
+    def onPollRun(self) -> None:
+        from asdseg.background import JobState
+        from asdseg.errors import AsdsegError, CancelledError
+
+        run = self._run
+        if run.state() is JobState.RUNNING:
+            progress = run.progress
+            self.ui.progressBar.setValue(round(100 * progress.fraction))
+            if progress.total:
+                self.ui.statusLabel.text = (
+                    f"{progress.stage.capitalize()}: window {progress.done} of {progress.total}"
+                )
+            return
+        self._timer.stop()
+        self._run = None
+        self.ui.progressBar.hide()
+        parameters = self._parameterNode
+        try:
+            target = parameters.outputSegmentation
+            if target is not None and self.logic.segmentation.source_volume(target) is not run.volume_node:
+                target = None  # made for another volume: find or create this volume's own
+            outputs = self.logic.segmentation.finish(run, target, parameters.newSegmentation)
+        except CancelledError:
+            self.ui.statusLabel.text = "Cancelled; the scene was not changed."
+        except AsdsegError as error:
+            self.ui.statusLabel.text = "Failed; the scene was not changed."
+            slicer.util.errorDisplay(f"Segmentation failed: {error}")
+        else:
+            parameters.outputSegmentation = outputs.segmentation_node
+            self.showOverlay()
+            self.ui.statusLabel.text = "Done." + "".join(
+                f"\nWarning: {warning}" for warning in outputs.warnings
+            )
+        self.updateGUIFromParameterNode()
+
+    def cancelRun(self) -> None:
+        if self._run is not None:
+            self._timer.stop()
+            self._run.close()
+            self._run = None
+
+    # Overlay and export --------------------------------------------------------------------
+
+    def onOverlayChanged(self, _value=None) -> None:
+        self.showOverlay()
+
+    def showOverlay(self) -> None:
+        """Reads the widgets, not the parameter node: this slot and the parameter node's own
+        binding answer the same signal, in no guaranteed order."""
+        from asdseg.errors import InputError
+
+        parameters = self._parameterNode
+        if not parameters or not parameters.outputSegmentation:
+            return
+        try:
+            self.logic.segmentation.show_overlay(
+                parameters.outputSegmentation,
+                self.ui.overlaySelector.currentText,
+                self.ui.overlayOpacitySliderWidget.value,
+            )
+        except InputError as error:
+            self.ui.statusLabel.text = str(error)
+
+    def onExport(self) -> None:
+        from asdseg.errors import AsdsegError
+
+        segmentation_node = self._parameterNode.outputSegmentation
+        suggested = str(Path(qt.QDir.homePath()) / f"{segmentation_node.GetName()}.nii.gz")
+        path = qt.QFileDialog.getSaveFileName(
+            slicer.util.mainWindow(), "Export segmentation to NIfTI", suggested, "NIfTI (*.nii.gz *.nii)"
+        )
+        if not path:
+            return
+        try:
+            written = self.logic.segmentation.export_segmentation(segmentation_node, path)
+        except (AsdsegError, OSError) as error:
+            slicer.util.errorDisplay(f"Export failed, nothing was written: {error}")
+            return
+        self.ui.statusLabel.text = "Wrote " + ", ".join(item.name for item in written)
+
+
+#
+# ASDSegLogic
+#
+
+
+class ASDSegLogic(ScriptedLoadableModuleLogic):
+    """The parameter node, plus the Qt-free :class:`SegmentationLogic` on Slicer's scene
+    (created once the engine's dependencies are installed)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._segmentation = None
+
+    def getParameterNode(self) -> ASDSegParameterNode:
+        return ASDSegParameterNode(super().getParameterNode())
+
+    @property
+    def segmentation(self):
+        if self._segmentation is None:
+            make_engine_importable()
+            from asdseg.background import engine_environment
+
+            from ASDSegLib.segmentation_logic import SegmentationLogic
+
+            self._segmentation = SegmentationLogic(
+                slicer.mrmlScene, python_slicer(), engine_environment(slicer.util.startupEnvironment())
+            )
+        return self._segmentation
+
+    @staticmethod
+    def runOptions(parameters: ASDSegParameterNode):
+        from ASDSegLib.segmentation_logic import RunOptions
+
+        return RunOptions(
+            device=parameters.device,
+            precision=parameters.precision,
+            overlap=parameters.overlap,
+            largest_component=parameters.largestComponent,
+        )
+
+    def modelSummary(self, model_name: str) -> str:
+        from asdseg.errors import AsdsegError
+
+        try:
+            return self.segmentation.model_card(model_name).summary()
+        except AsdsegError as error:
+            return str(error)
+
+    @staticmethod
+    def describeDevices() -> str:
+        """What torch can use; a CUDA build without a GPU reports the CPU instead of failing."""
+        from asdseg.devices import describe_available_devices
+
+        try:
+            return describe_available_devices()
+        except Exception as error:  # a broken driver must not break the panel
+            logging.warning("ASDSeg: could not query GPUs: %s", error)
+            return f"could not query GPUs ({error}); the CPU will be used"
+
+
+#
+# ASDSegTest
+#
+
+
+class ASDSegTest(ScriptedLoadableModuleTest):
+    """Runs in Slicer (Reload and Test, or ctest in a Slicer build): segments a small phantom
+    with the demo model, checks the nodes and the NIfTI export, and that cancel changes nothing."""
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        if missing_dependencies():
+            self.skipTest(f"ASDSeg's dependencies are not installed: {', '.join(missing_dependencies())}")
+        self.test_segment_export_and_cancel()
+
+    def test_segment_export_and_cancel(self) -> None:
+        import numpy as np
+        import SimpleITK as sitk
+
+        from asdseg.demo_model import ensure_demo_model
+        from asdseg.errors import CancelledError
+        from asdseg.image_io import read_image, same_geometry
+        from asdseg.phantoms import make_phantom, phantom_image
+
+        from ASDSegLib.segmentation_logic import RunOptions
+        from ASDSegLib.volume_nodes import update_volume_node_from_image
+
+        self.delayDisplay("Preparing the demo model (trained once, about a minute)")
+        card = ensure_demo_model()
+        image, _ = phantom_image(make_phantom(shape=(40, 36, 30), seed=3), spacing=(0.95, 1.05, 1.1))
+        volume_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "phantom")
+        update_volume_node_from_image(volume_node, image)
+        logic = ASDSegLogic().segmentation
+
+        self.delayDisplay("Segmenting")
+        outputs = logic.segment(volume_node, card.name, RunOptions(largest_component=True))
+        segmentation = outputs.segmentation_node
+        names = [
+            segmentation.GetSegmentation().GetNthSegment(index).GetName()
+            for index in range(segmentation.GetSegmentation().GetNumberOfSegments())
+        ]
+        self.assertEqual(names, [label.name for label in card.foreground_labels])
+        self.assertIsNotNone(outputs.sdm_node)
+
+        self.delayDisplay("Exporting")
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "phantom-seg.nii.gz"
+            logic.export_segmentation(segmentation, path)
+            exported = read_image(path)
+            self.assertTrue(same_geometry(exported, image, tolerance=1e-4))
+            values = set(np.unique(sitk.GetArrayViewFromImage(exported)).tolist())
+            self.assertEqual(values, {0, *(label.value for label in card.foreground_labels)})
+
+        self.delayDisplay("Cancelling a run")
+        nodes_before = slicer.mrmlScene.GetNumberOfNodes()
+        run = logic.start(volume_node, card.name)
+        run.cancel()
+        with self.assertRaises(CancelledError):
+            logic.finish(run)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodes_before)
+        self.delayDisplay("Test passed")

@@ -1,0 +1,83 @@
+"""The Slicer extension's CMake files ship every file the modules and the engine need.
+
+A file missing from a CMake list is silently absent from the installed extension, so these
+lists are checked against the source tree.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ("ASDSeg",)
+#: Engine dependencies a Slicer installation already provides (or, for matplotlib, that only
+#: the command-line demo's figures use), so Resources/requirements.txt does not list them.
+PROVIDED_IN_SLICER = {"torch", "numpy", "SimpleITK", "matplotlib"}
+
+
+def cmake_list(cmake_file: Path, variable: str, substitutions: dict[str, str] | None = None) -> list[str]:
+    text = cmake_file.read_text(encoding="utf-8")
+    match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.DOTALL)
+    assert match, f"{cmake_file} does not set {variable}"
+    entries = match.group(1).split()
+    for name, value in (substitutions or {}).items():
+        entries = [entry.replace("${" + name + "}", value) for entry in entries]
+    return entries
+
+
+def files_under(folder: Path, pattern: str) -> set[str]:
+    return {
+        path.relative_to(folder).as_posix()
+        for path in folder.rglob(pattern)
+        if "__pycache__" not in path.parts and "Testing" not in path.relative_to(folder).parts
+    }
+
+
+def test_each_module_lists_every_script_and_resource() -> None:
+    for module in MODULES:
+        folder = ROOT / module
+        cmake_file = folder / "CMakeLists.txt"
+        scripts = cmake_list(cmake_file, "MODULE_PYTHON_SCRIPTS", {"MODULE_NAME": module})
+        resources = cmake_list(cmake_file, "MODULE_PYTHON_RESOURCES", {"MODULE_NAME": module})
+        assert set(scripts) == files_under(folder, "*.py")
+        shipped = {
+            path for path in files_under(folder / "Resources", "*") if (folder / "Resources" / path).is_file()
+        }
+        assert set(resources) == {f"Resources/{path}" for path in shipped}
+        text = cmake_file.read_text(encoding="utf-8")
+        assert "WITH_GENERIC_TESTS" in text
+        assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+
+
+def test_the_engine_list_matches_the_package() -> None:
+    cmake_file = ROOT / "src" / "CMakeLists.txt"
+    scripts = cmake_list(cmake_file, "ENGINE_PYTHON_SCRIPTS")
+    resources = cmake_list(cmake_file, "ENGINE_PYTHON_RESOURCES")
+    package = ROOT / "src"
+    assert set(scripts) == {f"asdseg/{path}" for path in files_under(package / "asdseg", "*.py")}
+    data_files = {f"asdseg/{path}" for path in files_under(package / "asdseg", "*.json")}
+    data_files |= {f"asdseg/{path}" for path in files_under(package / "asdseg", "*.pt")}
+    assert set(resources) == data_files
+
+
+def test_the_extension_declares_its_metadata_modules_and_pytorch() -> None:
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    for variable in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+        assert re.search(rf'set\(EXTENSION_{variable} "[^"]+"\)', text), variable
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in text
+    for folder in ("src", *MODULES):
+        assert f"add_subdirectory({folder})" in text
+    assert (ROOT / "Resources" / "Icons" / "SlicerASDSeg.png").is_file()
+
+
+def test_slicer_requirements_are_the_engine_dependencies_slicer_lacks() -> None:
+    def name(requirement: str) -> str:
+        return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    engine = {name(requirement) for requirement in project["dependencies"]}
+    lines = (ROOT / "ASDSeg" / "Resources" / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    listed = {name(line.strip()) for line in lines if line.strip() and not line.startswith("#")}
+    assert listed == engine - PROVIDED_IN_SLICER
