@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from asdseg.devices import autocast, select_device
+from asdseg.devices import autocast, cuda_available, describe_available_devices, select_device
 from asdseg.errors import CancelledError
 from asdseg.inference import WindowSettings, predict_volume, window_count
 from asdseg.networks import build_network
@@ -98,3 +98,18 @@ def test_device_selection_never_crashes_without_a_gpu() -> None:
 def test_window_settings_refuse_nonsense(bad: dict) -> None:
     with pytest.raises(ValueError):
         WindowSettings(patch_size=(16, 16, 16), **bad)
+
+
+def test_a_cuda_build_without_a_usable_gpu_falls_back_to_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA builds raise from torch.cuda when the driver is missing or broken; device
+    detection must say so and pick the CPU instead of failing."""
+
+    def broken_driver() -> bool:
+        raise RuntimeError("Found no NVIDIA driver on your system.")
+
+    monkeypatch.setattr(torch.cuda, "is_available", broken_driver)
+    assert not cuda_available()
+    assert "CPU" in describe_available_devices()
+    assert select_device("auto").type in ("cpu", "mps")
+    with pytest.raises(ValueError, match="no CUDA GPU is usable"):
+        select_device("cuda")

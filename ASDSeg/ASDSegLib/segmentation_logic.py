@@ -117,9 +117,13 @@ class SegmentationRun:
         if card.has_sdm:
             self._paths["sdm"] = folder / "sdm.nrrd"
             arguments += ["--sdm", str(self._paths["sdm"])]
-        write_image_file(self.input_image, self._paths["input"], compress=False)
         arguments += ["--input", str(self._paths["input"]), "--output", str(self._paths["label"])]
-        self.job = BackgroundJob(arguments, python_executable, environment)
+        try:
+            write_image_file(self.input_image, self._paths["input"], compress=False)
+            self.job = BackgroundJob(arguments, python_executable, environment)
+        except BaseException:
+            self._folder.cleanup()
+            raise
 
     @property
     def progress(self) -> JobProgress:
