@@ -2,7 +2,9 @@
 
 Every network's ``forward`` returns a dict of named outputs: ``logits`` (always), ``sdm``
 (signed distance map in [-1, 1], one channel per foreground class) and ``confidence`` (per-voxel
-confidence in [0, 1]) when the network has them.
+confidence in [0, 1]) when the network has them; ``deep_supervision`` (coarser logits, training
+mode only) and ``attention_logits`` / ``attention_map`` (attention U-Net) for the recipes and
+the active-learning loop.
 """
 
 from __future__ import annotations
@@ -12,10 +14,20 @@ from typing import Any
 
 from torch import nn
 
-from asdseg.networks.confidence import VNetWithConfidence
-from asdseg.networks.vnet import VNet
+from asdseg.networks.attention_unet import AttentionUNet3D
+from asdseg.networks.confidence import vnet_with_confidence
+from asdseg.networks.enhanced_unet import EnhancedUNet
+from asdseg.networks.vnet import VNet, svnet
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"vnet": VNet, "vnet-confidence": VNetWithConfidence}
+#: Segmentation networks a model card can name. The discriminator and the confidence networks
+#: used only in training are built by the training recipes themselves.
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "vnet": VNet,
+    "svnet": svnet,
+    "vnet-confidence": vnet_with_confidence,
+    "enhanced-unet": EnhancedUNet,
+    "attention-unet": AttentionUNet3D,
+}
 
 
 def build_network(name: str, params: dict[str, Any] | None = None) -> nn.Module:

@@ -38,7 +38,8 @@ def resample_block(in_channels: int, out_channels: int, up: bool) -> nn.Sequenti
 class VNet(nn.Module):
     """LA-style VNet; ``forward`` returns ``{"logits"}`` and, with the SDM head, ``{"sdm"}``.
 
-    Spatial input sizes must be multiples of 16 (four 2x downsamplings); sliding-window
+    ``stage_depths`` gives the conv layers per resolution level (default: UA-MT's five levels).
+    Spatial input sizes must be multiples of 2^(levels - 1) (16 by default); sliding-window
     inference guarantees this through the model card's patch size.
     """
 
@@ -49,12 +50,13 @@ class VNet(nn.Module):
         base_filters: int = 16,
         dropout: float = 0.5,
         sdm_head: bool = False,
+        stage_depths: tuple[int, ...] = ENCODER_STAGE_DEPTHS,
     ) -> None:
         super().__init__()
-        widths = [base_filters * 2**level for level in range(len(ENCODER_STAGE_DEPTHS))]
+        widths = [base_filters * 2**level for level in range(len(stage_depths))]
         self.encoder_stages = nn.ModuleList()
         self.downsamplers = nn.ModuleList()
-        for level, depth in enumerate(ENCODER_STAGE_DEPTHS):
+        for level, depth in enumerate(stage_depths):
             stage_in = in_channels if level == 0 else widths[level]
             self.encoder_stages.append(conv_stage(stage_in, widths[level], depth))
             if level < len(widths) - 1:
@@ -63,7 +65,7 @@ class VNet(nn.Module):
         self.decoder_stages = nn.ModuleList()
         for level in reversed(range(len(widths) - 1)):
             self.upsamplers.append(resample_block(widths[level + 1], widths[level], up=True))
-            self.decoder_stages.append(conv_stage(widths[level], widths[level], ENCODER_STAGE_DEPTHS[level]))
+            self.decoder_stages.append(conv_stage(widths[level], widths[level], stage_depths[level]))
         self.dropout = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
         self.segmentation_head = nn.Conv3d(base_filters, num_classes, 1)
         self.sdm_head = nn.Conv3d(base_filters, num_classes - 1, 1) if sdm_head else None
@@ -84,3 +86,19 @@ class VNet(nn.Module):
         if self.sdm_head is not None:
             outputs["sdm"] = torch.tanh(self.sdm_head(features))
         return outputs
+
+
+#: ASDNet's simplified VNet: one downsampling less and one conv per stage (four levels).
+SVNET_STAGE_DEPTHS = (1, 1, 1, 1)
+
+
+def svnet(
+    in_channels: int = 1,
+    num_classes: int = 2,
+    base_filters: int = 16,
+    dropout: float = 0.5,
+    sdm_head: bool = False,
+) -> VNet:
+    """ASDNet's segmenter (SVNet): the VNet above reduced to four resolution levels with one
+    3x3x3 conv per stage, about a tenth of its parameters; inputs must be multiples of 8."""
+    return VNet(in_channels, num_classes, base_filters, dropout, sdm_head, SVNET_STAGE_DEPTHS)

@@ -1,0 +1,100 @@
+"""Shapes and gradients of every network on tiny inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from asdseg.networks import build_network
+from asdseg.networks.confidence import ConfidenceNetwork
+from asdseg.networks.discriminator import SDMDiscriminator
+from asdseg.networks.enhanced_unet import ConfidenceUNet
+from asdseg.networks.vnet import VNet
+
+
+def parameter_count(network: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in network.parameters())
+
+
+def assert_every_parameter_learns(network: nn.Module, loss: torch.Tensor) -> None:
+    loss.backward()
+    for name, parameter in network.named_parameters():
+        assert parameter.grad is not None, f"{name} gets no gradient"
+        assert torch.isfinite(parameter.grad).all(), f"{name} has a non-finite gradient"
+    assert any(parameter.grad.abs().sum() > 0 for parameter in network.parameters())
+
+
+def total(outputs: dict) -> torch.Tensor:
+    """A scalar touching every output, for the gradient check."""
+    loss = torch.zeros(())
+    for value in outputs.values():
+        for tensor in value if isinstance(value, list) else [value]:
+            loss = loss + tensor.float().pow(2).mean()
+    return loss
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "size", "extra"),
+    [
+        ("vnet", {"base_filters": 2, "sdm_head": True}, 16, {"sdm": 2}),
+        ("svnet", {"base_filters": 2}, 8, {}),
+        ("vnet-confidence", {"base_filters": 2, "confidence_filters": 2}, 16, {"confidence": 1}),
+        (
+            "vnet-confidence",
+            {"base_filters": 2, "confidence_sees_image": False, "simplified": True},
+            8,
+            {"confidence": 1},
+        ),
+        ("enhanced-unet", {"base_filters": 2}, 16, {}),
+        ("attention-unet", {"base_filters": 2}, 8, {"attention_logits": 3, "attention_map": 1}),
+    ],
+)
+def test_segmentation_networks_give_full_resolution_outputs_and_learn(
+    name: str, params: dict, size: int, extra: dict[str, int]
+) -> None:
+    torch.manual_seed(0)
+    network = build_network(name, {"num_classes": 3, **params}).train()
+    image = torch.randn(2, 1, size, size, size)
+    outputs = network(image)
+    assert outputs["logits"].shape == (2, 3, size, size, size)
+    for key, channels in extra.items():
+        assert outputs[key].shape == (2, channels, size, size, size)
+    if "confidence" in outputs:
+        assert outputs["confidence"].min() >= 0 and outputs["confidence"].max() <= 1
+    assert_every_parameter_learns(network, total(outputs))
+
+
+def test_enhanced_unet_deep_supervision_at_two_coarser_scales_in_training_only() -> None:
+    network = build_network("enhanced-unet", {"num_classes": 2, "base_filters": 2})
+    image = torch.randn(1, 1, 32, 32, 16)
+    deep = network.train()(image)["deep_supervision"]
+    assert [tensor.shape[2:] for tensor in deep] == [(8, 8, 4), (16, 16, 8)]
+    assert "deep_supervision" not in network.eval()(image)
+
+
+def test_the_la_vnet_has_the_reference_size() -> None:
+    """UA-MT / SASSNet's VNet (16 filters, 2 classes) has 9.45 M parameters; SVNet is far smaller."""
+    assert parameter_count(VNet(num_classes=2)) == pytest.approx(9.45e6, rel=0.01)
+    assert (
+        parameter_count(build_network("svnet", {"num_classes": 2})) < parameter_count(VNet(num_classes=2)) / 5
+    )
+
+
+@pytest.mark.parametrize("with_image", [True, False])
+def test_confidence_networks_give_one_logit_per_voxel(with_image: bool) -> None:
+    probabilities = torch.softmax(torch.randn(2, 3, 16, 16, 8), dim=1)
+    image = torch.randn(2, 1, 16, 16, 8)
+    for network in (ConfidenceNetwork(3, with_image, 2), ConfidenceUNet(3, with_image, 2)):
+        logits = network.train()(probabilities, image if with_image else None)
+        assert logits.shape == (2, 1, 16, 16, 8)
+        assert_every_parameter_learns(network, logits.pow(2).mean())
+
+
+@pytest.mark.parametrize("size", [(16, 16, 16), (112, 112, 80)])
+def test_sdm_discriminator_classifies_any_patch_size(size: tuple[int, int, int]) -> None:
+    """The reference's fixed pooling only fits 112x112x80; the adaptive pool takes any size."""
+    discriminator = SDMDiscriminator(sdm_channels=1, base_filters=2).train()
+    logits = discriminator(torch.tanh(torch.randn(2, 1, *size)), torch.randn(2, 1, *size))
+    assert logits.shape == (2, 2)
+    assert_every_parameter_learns(discriminator, nn.functional.cross_entropy(logits, torch.tensor([0, 1])))
