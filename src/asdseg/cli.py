@@ -101,6 +101,25 @@ def command_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_train(args: argparse.Namespace) -> int:
+    from asdseg.training.config import config_from_dict, load_config
+    from asdseg.training.trainer import Trainer
+
+    overrides = {"recipe": args.recipe} if args.recipe else {}
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    config = load_config(args.config, overrides) if args.config else config_from_dict(overrides)
+    trainer = Trainer(config, args.output_dir, device=args.device)
+    if args.resume:
+        trainer.resume()
+        print(f"resuming {config.recipe} at step {trainer.step}")
+    result = trainer.run()
+    print(f"wrote {result.output_dir / 'log.csv'} and {result.output_dir / 'curves.png'}")
+    if result.model is not None:
+        print(f"trained model: {result.model.directory} (install with asdseg models install)")
+    return 0
+
+
 def command_demo(args: argparse.Namespace) -> int:
     from asdseg.demo import run_demo
 
@@ -154,6 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("card", help="model card JSON")
     install.add_argument("--weights", help="weights file (default: the file the card names, beside it)")
     models.set_defaults(handler=command_models)
+
+    train = commands.add_parser("train", help="train a model with one of the papers' recipes")
+    train.add_argument(
+        "--recipe",
+        choices=["supervised", "asdnet", "sassnet", "dan", "attention-unet"],
+        help="overrides the config's",
+    )
+    train.add_argument(
+        "--config", help="JSON training config (default: every setting's default, on phantoms)"
+    )
+    train.add_argument(
+        "--output-dir", required=True, help="checkpoint, log.csv, curves.png and the model go here"
+    )
+    train.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
+    train.add_argument("--steps", type=int, help="overrides the config's number of steps")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    train.set_defaults(handler=command_train)
 
     demo = commands.add_parser("demo", help="the main job: segment a default input and evaluate it")
     demo.add_argument("--output-dir", default="demo_output", help="where to write the results")

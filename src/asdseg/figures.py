@@ -57,3 +57,38 @@ def save_overlay_png(
         figure.savefig(temporary, dpi=100, format="png")
     plt.close(figure)
     return path
+
+
+def save_training_curves(history: Sequence[dict[str, float]], path: str | Path) -> Path:
+    """Training losses per step (left) and validation Dice (right) from a run's log rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (losses_axis, dice_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [row["step"] for row in history]
+    names = (
+        [key for key in history[-1] if key not in ("step", "learning_rate", "validation_dice")]
+        if history
+        else []
+    )
+    for name in names:
+        values = [row.get(name, np.nan) for row in history]
+        losses_axis.plot(steps, values, label=name, linewidth=1)
+    losses_axis.set_xlabel("step")
+    losses_axis.set_title("training losses")
+    losses_axis.set_yscale("log")
+    if names:
+        losses_axis.legend(fontsize=8)
+    validated = [row for row in history if "validation_dice" in row]
+    dice_axis.plot([row["step"] for row in validated], [row["validation_dice"] for row in validated], "o-")
+    dice_axis.set_xlabel("step")
+    dice_axis.set_ylim(0, 1)
+    dice_axis.set_title("validation Dice (mean over cases and organs)")
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+    return path

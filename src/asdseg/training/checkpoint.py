@@ -1,0 +1,35 @@
+"""Checkpoints: everything needed to resume a run exactly, written atomically."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asdseg.errors import AsdsegError
+from asdseg.image_io import atomic_path
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` through a temporary file, so a crash never leaves half a
+    checkpoint where the last good one was."""
+    with atomic_path(path) as temporary:
+        torch.save(state, temporary)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; a truncated or corrupt file is
+    refused with a message saying what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise AsdsegError(f"{path}: no checkpoint there; start without --resume.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        raise AsdsegError(
+            f"{path}: the checkpoint is incomplete or corrupt ({error}). Delete it to start again, "
+            "or restore an earlier copy."
+        ) from error

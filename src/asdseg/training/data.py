@@ -1,0 +1,165 @@
+"""Training cases and the patches drawn from them.
+
+Cases are held in memory as normalised (x, y, z) arrays. The LA setting (UA-MT, SASSNet) draws
+random 112x112x80 crops with random 90-degree rotations and flips in the axial plane; crops are
+centred on a foreground voxel with probability ``foreground_probability`` (nnU-Net's
+oversampling), which matters most for small organs and small patches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from asdseg.errors import InputError
+from asdseg.image_io import image_to_array, read_image
+from asdseg.phantoms import make_phantom
+from asdseg.preprocessing import normalize_intensity, resample_like, resample_to_spacing
+from asdseg.training.config import DataConfig
+
+
+@dataclass
+class Case:
+    name: str
+    image: np.ndarray  #: (x, y, z) float32, normalised
+    label: np.ndarray | None  #: (x, y, z) int64, or None for an unlabelled case
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def without_label(self) -> Case:
+        return Case(self.name, self.image, None, self.spacing)
+
+
+@dataclass
+class CaseSplit:
+    labelled: list[Case]
+    unlabelled: list[Case]
+    validation: list[Case]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """The voxel spacing the networks are trained at (mm)."""
+        return self.labelled[0].spacing
+
+
+def case_names(root: Path) -> list[str]:
+    listing = root / "train.list"
+    if not listing.is_file():
+        raise InputError(f"{root}: no train.list; the data folder needs train.list and train/<case>/.")
+    return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+
+
+def _downsampled(image: sitk.Image, label: sitk.Image, factor: int) -> tuple[sitk.Image, sitk.Image]:
+    spacing = [s * factor for s in image.GetSpacing()]
+    image = resample_to_spacing(sitk.Cast(image, sitk.sitkFloat32), spacing)
+    return image, resample_like(label, image, sitk.sitkNearestNeighbor)
+
+
+def load_case(root: Path, name: str, data: DataConfig, labelled: bool) -> Case:
+    folder = root / "train" / name
+    image, label = read_image(folder / "image.nii.gz"), read_image(folder / "label.nii.gz")
+    if data.downsample > 1:
+        image, label = _downsampled(image, label, data.downsample)
+    array = normalize_intensity(image_to_array(image), data.normalization)
+    return Case(name, array, image_to_array(label, np.int64) if labelled else None, image.GetSpacing())
+
+
+def phantom_case(index: int, data: DataConfig, labelled: bool) -> Case:
+    phantom = make_phantom(shape=data.phantom_shape, seed=10_000 + index)
+    label = phantom.label.astype(np.int64) if labelled else None
+    return Case(f"phantom-{index:03d}", normalize_intensity(phantom.image, data.normalization), label)
+
+
+def load_split(data: DataConfig) -> CaseSplit:
+    """The first ``labelled`` cases are labelled (the papers' LA setting: the first 16 of
+    ``train.list``), the last ``validation`` ones are held out, the rest are unlabelled."""
+    if data.root is None:
+        count = data.cases or data.labelled + data.validation + 4
+        names = list(range(count))
+    else:
+        names = case_names(Path(data.root))[: data.cases]
+    if data.labelled + data.validation > len(names):
+        raise InputError(
+            f"{len(names)} cases cannot give {data.labelled} labelled and {data.validation} validation cases."
+        )
+    validation_start = len(names) - data.validation
+
+    def load(index: int, labelled: bool) -> Case:
+        if data.root is None:
+            return phantom_case(names[index], data, labelled)
+        return load_case(Path(data.root), names[index], data, labelled)
+
+    return CaseSplit(
+        labelled=[load(index, True) for index in range(data.labelled)],
+        unlabelled=[load(index, False) for index in range(data.labelled, validation_start)],
+        validation=[load(index, True) for index in range(validation_start, len(names))],
+    )
+
+
+class PatchSampler:
+    """Random patches of ``patch_size`` with foreground oversampling and axial augmentation."""
+
+    def __init__(
+        self,
+        patch_size: tuple[int, int, int],
+        foreground_probability: float,
+        augment: bool,
+        rng: np.random.Generator,
+    ) -> None:
+        self.patch_size = tuple(patch_size)
+        self.foreground_probability = foreground_probability
+        self.augment = augment
+        self.rng = rng
+
+    def _padded(self, array: np.ndarray, value: float) -> np.ndarray:
+        padding = [
+            (0, max(patch - size, 0)) for size, patch in zip(array.shape, self.patch_size, strict=True)
+        ]
+        return np.pad(array, padding, constant_values=value) if any(after for _, after in padding) else array
+
+    def _start(self, shape: tuple[int, ...], label: np.ndarray | None) -> list[int]:
+        limits = [size - patch for size, patch in zip(shape, self.patch_size, strict=True)]
+        if label is not None and self.rng.random() < self.foreground_probability:
+            foreground = np.argwhere(label > 0)
+            if len(foreground):
+                centre = foreground[self.rng.integers(len(foreground))]
+                return [
+                    int(np.clip(c - patch // 2, 0, limit))
+                    for c, patch, limit in zip(centre, self.patch_size, limits, strict=True)
+                ]
+        return [int(self.rng.integers(0, limit + 1)) for limit in limits]
+
+    def sample(self, case: Case) -> tuple[np.ndarray, np.ndarray | None]:
+        image = self._padded(case.image, float(case.image.min()))
+        label = None if case.label is None else self._padded(case.label, 0)
+        start = self._start(image.shape, label)
+        crop = tuple(slice(s, s + patch) for s, patch in zip(start, self.patch_size, strict=True))
+        image, label = image[crop], None if label is None else label[crop]
+        if self.augment:
+            image, label = self._rotate_flip(image, label)
+        return np.ascontiguousarray(image), None if label is None else np.ascontiguousarray(label)
+
+    def _rotate_flip(
+        self, image: np.ndarray, label: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """UA-MT's RandomRotFlip: a random multiple of 90 degrees in the axial plane (only 0 or
+        180 when the patch is not square there) and a flip along a random axial axis."""
+        square = self.patch_size[0] == self.patch_size[1]
+        turns = int(self.rng.integers(0, 4)) if square else 2 * int(self.rng.integers(0, 2))
+        axis = int(self.rng.integers(0, 2))
+        arrays = [image] if label is None else [image, label]
+        arrays = [np.flip(np.rot90(array, turns, axes=(0, 1)), axis=axis) for array in arrays]
+        return arrays[0], None if label is None else arrays[1]
+
+    def batch(self, cases: list[Case], count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``count`` patches from randomly chosen ``cases``: images (N, 1, x, y, z) and labels
+        (N, x, y, z), or None for unlabelled cases."""
+        picks = [cases[int(self.rng.integers(len(cases)))] for _ in range(count)]
+        patches = [self.sample(case) for case in picks]
+        images = torch.from_numpy(np.stack([image for image, _ in patches]))[:, None].float()
+        if picks[0].label is None:
+            return images, None
+        return images, torch.from_numpy(np.stack([label for _, label in patches])).long()

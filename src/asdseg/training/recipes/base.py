@@ -1,0 +1,109 @@
+"""What every recipe shares: building the segmenter from the config, SGD as in the papers,
+Adam for the auxiliary (discriminator / confidence) networks, and saving their state."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from asdseg.errors import InputError
+from asdseg.networks import build_network
+from asdseg.training.config import TrainingConfig
+
+
+class Recipe:
+    """One paper's update rule. Subclasses set ``DEFAULTS`` (their loss settings, overridable
+    in the config's ``loss`` section) and implement :meth:`training_step`."""
+
+    name: ClassVar[str]
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: Uses unlabelled patches (the batch then holds labelled_per_batch labelled ones first).
+    semi_supervised: ClassVar[bool] = False
+
+    def __init__(self, config: TrainingConfig, device: torch.device) -> None:
+        unknown = sorted(set(config.loss) - set(self.DEFAULTS))
+        if unknown:
+            raise InputError(
+                f"recipe {self.name!r} has no loss setting(s) {', '.join(unknown)}; "
+                f"its settings are {', '.join(sorted(self.DEFAULTS)) or 'none'}."
+            )
+        self.config = config
+        self.device = device
+        self.settings = {**self.DEFAULTS, **config.loss}
+        self.networks: dict[str, nn.Module] = {"segmenter": self.build_segmenter()}
+        self.networks.update(self.build_auxiliary_networks())
+        for network in self.networks.values():
+            network.to(device).train()
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
+            "segmenter": torch.optim.SGD(
+                self.segmenter.parameters(),
+                lr=config.learning_rate,
+                momentum=config.momentum,
+                weight_decay=config.weight_decay,
+            )
+        }
+        for name, network in self.networks.items():
+            if name != "segmenter":
+                self.optimizers[name] = torch.optim.Adam(
+                    network.parameters(),
+                    lr=self.settings.get("auxiliary_learning_rate", 1e-4),
+                    betas=(0.9, 0.99),
+                )
+
+    @property
+    def segmenter(self) -> nn.Module:
+        return self.networks["segmenter"]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config.network["params"]["num_classes"])
+
+    def build_segmenter(self) -> nn.Module:
+        return build_network(self.config.network["name"], self.config.network.get("params", {}))
+
+    def build_auxiliary_networks(self) -> dict[str, nn.Module]:
+        return {}
+
+    def export_network(self) -> nn.Module:
+        """The network the trained model ships (the segmenter, unless a recipe adds to it)."""
+        return self.segmenter
+
+    def export_architecture(self) -> dict[str, Any]:
+        """The model card's ``architecture`` entry that rebuilds :meth:`export_network`."""
+        return self.config.network
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        """The segmenter's schedule; auxiliary networks keep their own fixed rate."""
+        for group in self.optimizers["segmenter"].param_groups:
+            group["lr"] = learning_rate
+
+    def training_step(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        unlabelled_images: torch.Tensor | None,
+        step: int,
+    ) -> dict[str, float]:
+        """One update from ``images``/``labels`` (labelled patches) and ``unlabelled_images``;
+        returns the losses to log (``loss`` is the segmenter's total)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "networks": {name: network.state_dict() for name, network in self.networks.items()},
+            "optimizers": {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, network in self.networks.items():
+            network.load_state_dict(state["networks"][name])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])

@@ -1,0 +1,209 @@
+"""The training loop: sampling, the recipe's updates, validation, logs, curves, checkpoints.
+
+Everything a run needs to continue is in ``checkpoint.pt`` (networks, optimisers, step, random
+generators, log rows), written atomically every ``checkpoint_every`` steps, so ``--resume``
+continues exactly where the last checkpoint left off. ``log.csv`` and ``curves.png`` are
+rewritten from the log rows at each checkpoint and at the end; the trained segmenter is saved
+as an installable model (``model/card.json`` + weights) when the run completes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from asdseg.devices import select_device
+from asdseg.errors import InputError
+from asdseg.figures import save_training_curves
+from asdseg.image_io import atomic_path
+from asdseg.inference import WindowSettings, predict_volume
+from asdseg.metrics import dice
+from asdseg.model_card import ModelCard
+from asdseg.registry import save_model
+from asdseg.training.checkpoint import load_checkpoint, save_checkpoint
+from asdseg.training.config import TrainingConfig
+from asdseg.training.data import Case, CaseSplit, PatchSampler, load_split
+from asdseg.training.recipes import RECIPE_CLASSES
+from asdseg.training.recipes.base import Recipe
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class TrainingResult:
+    output_dir: Path
+    history: list[dict[str, float]]
+    model: ModelCard | None
+
+
+def learning_rate(config: TrainingConfig, step: int) -> float:
+    return config.learning_rate * config.lr_decay_factor ** (step // config.lr_decay_every)
+
+
+def validation_dice(
+    network: torch.nn.Module, cases: list[Case], patch_size: tuple[int, int, int], num_classes: int, device
+) -> float:
+    """Mean Dice over the validation cases and foreground classes, by sliding-window inference."""
+    settings = WindowSettings(tuple(patch_size), overlap=0.5)
+    network.eval()
+    scores = []
+    for case in cases:
+        prediction = predict_volume(network, case.image, settings, device)["probabilities"].argmax(axis=0)
+        scores += [dice(prediction == value, case.label == value) for value in range(1, num_classes)]
+    network.train()
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+class Trainer:
+    """Runs ``config`` into ``output_dir``; ``resume`` continues from its checkpoint."""
+
+    def __init__(self, config: TrainingConfig, output_dir: str | Path, device: str = "auto") -> None:
+        config.check()
+        self.config = config
+        self.output_dir = Path(output_dir)
+        self.device = select_device(device)
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        self.split: CaseSplit = load_split(config.data)
+        self.sampler = PatchSampler(
+            config.patch_size, config.foreground_probability, config.augment, self.rng
+        )
+        self.recipe: Recipe = RECIPE_CLASSES[config.recipe](config, self.device)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    # State ------------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "recipe": self.recipe.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "history": self.history,
+        }
+
+    def resume(self) -> None:
+        state = load_checkpoint(self.output_dir / CHECKPOINT_FILE)
+        if state["config"]["recipe"] != self.config.recipe:
+            raise InputError(
+                f"{self.output_dir}: the checkpoint is from recipe {state['config']['recipe']!r}, not "
+                f"{self.config.recipe!r}; use another output folder."
+            )
+        self.recipe.load_state_dict(state["recipe"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.history = list(state["history"])
+
+    def write_logs(self) -> None:
+        """``log.csv`` and ``curves.png`` from the log rows, both atomically."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        columns = list(dict.fromkeys(key for row in self.history for key in row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.history)
+        with atomic_path(self.output_dir / "log.csv") as temporary:
+            temporary.write_text(buffer.getvalue(), encoding="utf-8")
+        if self.history:
+            save_training_curves(self.history, self.output_dir / "curves.png")
+
+    def checkpoint(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(self.output_dir / CHECKPOINT_FILE, self.state())
+        self.write_logs()
+
+    # Loop -------------------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float]:
+        config = self.config
+        rate = learning_rate(config, self.step)
+        self.recipe.set_learning_rate(rate)
+        images, labels = self.sampler.batch(self.split.labelled, config.labelled_per_batch)
+        unlabelled = None
+        if self.recipe.semi_supervised:
+            unlabelled_count = config.batch_size - config.labelled_per_batch
+            pool = self.split.unlabelled or self.split.labelled
+            unlabelled = self.sampler.batch([case.without_label() for case in pool], unlabelled_count)[0]
+            unlabelled = unlabelled.to(self.device)
+        losses = self.recipe.training_step(
+            images.to(self.device), labels.to(self.device), unlabelled, self.step
+        )
+        self.step += 1
+        row = {"step": self.step, "learning_rate": rate, **losses}
+        if self.step % config.validate_every == 0 or self.step == config.steps:
+            row["validation_dice"] = validation_dice(
+                self.recipe.segmenter,
+                self.split.validation,
+                config.patch_size,
+                self.recipe.num_classes,
+                self.device,
+            )
+        self.history.append(row)
+        if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+            self.checkpoint()
+        return row
+
+    def run(self, until: int | None = None, show_progress: bool = True) -> TrainingResult:
+        """Train to step ``until`` (default: the config's last step)."""
+        until = self.config.steps if until is None else min(until, self.config.steps)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.output_dir / "config.json") as temporary:
+            temporary.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        bar = None
+        if show_progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=until, initial=self.step, desc=f"training {self.config.recipe}", unit="step")
+        while self.step < until:
+            row = self.train_step()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if bar is not None:
+            bar.close()
+        model = self.save_model() if self.step >= self.config.steps else None
+        return TrainingResult(self.output_dir, self.history, model)
+
+    def save_model(self) -> ModelCard:
+        validated = [row["validation_dice"] for row in self.history if "validation_dice" in row]
+        config = self.config
+        architecture = self.recipe.export_architecture()
+        card = {
+            "name": f"{config.recipe}-trained",
+            "version": "1",
+            "description": f"Trained with asdseg train --recipe {config.recipe}.",
+            "task": "left-atrium" if config.data.root else "phantom",
+            "modality": "as the training data",
+            "architecture": architecture,
+            "outputs": {
+                "sdm": bool(architecture.get("params", {}).get("sdm_head")),
+                "confidence": architecture["name"].endswith("-confidence"),
+            },
+            "labels": config.labels,
+            "preprocessing": {
+                "spacing": list(self.split.spacing),
+                "normalization": config.data.normalization,
+            },
+            "inference": {"patch_size": list(config.patch_size), "overlap": 0.5, "blend": "gaussian"},
+            "training": {
+                "data": config.data.root or "synthetic phantoms",
+                "protocol": f"{config.data.labelled} labelled cases, recipe {config.recipe}",
+                "recipe": config.recipe,
+                "steps": self.step,
+                "hardware": str(self.device),
+            },
+            "metrics": {"validation_dice": validated[-1]} if validated else {},
+            "license": "as the training data",
+            "weights": {"file": "model.pt", "sha256": "0" * 64},
+        }
+        return save_model(self.recipe.export_network(), card, self.output_dir / "model")
