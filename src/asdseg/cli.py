@@ -114,6 +114,8 @@ def command_train(args: argparse.Namespace) -> int:
         trainer.resume()
         print(f"resuming {config.recipe} at step {trainer.step}")
     result = trainer.run()
+    if not trainer.context.is_main:
+        return 0
     print(f"wrote {result.output_dir / 'log.csv'} and {result.output_dir / 'curves.png'}")
     if result.model is not None:
         print(f"trained model: {result.model.directory} (install with asdseg models install)")

@@ -30,6 +30,7 @@ from asdseg.registry import save_model
 from asdseg.training.checkpoint import load_checkpoint, save_checkpoint
 from asdseg.training.config import TrainingConfig
 from asdseg.training.data import Case, CaseSplit, PatchSampler, load_split
+from asdseg.training.distributed import check_replicas_agree, device_for, init_distributed
 from asdseg.training.recipes import RECIPE_CLASSES
 from asdseg.training.recipes.base import Recipe
 
@@ -68,14 +69,18 @@ class Trainer:
         config.check()
         self.config = config
         self.output_dir = Path(output_dir)
-        self.device = select_device(device)
+        self.context = init_distributed()
+        self.device = device_for(self.context, device) or select_device(device)
         torch.manual_seed(config.seed)
-        self.rng = np.random.default_rng(config.seed)
+        #: Each process draws its own patches.
+        self.rng = np.random.default_rng([config.seed, self.context.rank])
         self.split: CaseSplit = load_split(config.data)
         self.sampler = PatchSampler(
             config.patch_size, config.foreground_probability, config.augment, self.rng
         )
         self.recipe: Recipe = RECIPE_CLASSES[config.recipe](config, self.device)
+        if self.context.enabled:
+            self.recipe.distribute()
         self.step = 0
         self.history: list[dict[str, float]] = []
 
@@ -102,6 +107,9 @@ class Trainer:
         self.step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
         self.rng.bit_generator.state = state["numpy_rng"]
+        if self.context.enabled:  # the checkpoint holds rank 0's stream; the others start afresh
+            self.rng = np.random.default_rng([self.config.seed, self.context.rank, self.step])
+            self.sampler.rng = self.rng
         self.history = list(state["history"])
 
     def write_logs(self) -> None:
@@ -140,27 +148,28 @@ class Trainer:
         )
         self.step += 1
         row = {"step": self.step, "learning_rate": rate, **losses}
-        if self.step % config.validate_every == 0 or self.step == config.steps:
+        if self.context.is_main and (self.step % config.validate_every == 0 or self.step == config.steps):
             row["validation_dice"] = validation_dice(
-                self.recipe.segmenter,
+                self.recipe.networks["segmenter"],
                 self.split.validation,
                 config.patch_size,
                 self.recipe.num_classes,
                 self.device,
             )
         self.history.append(row)
-        if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+        if self.context.is_main and (self.step % config.checkpoint_every == 0 or self.step == config.steps):
             self.checkpoint()
         return row
 
     def run(self, until: int | None = None, show_progress: bool = True) -> TrainingResult:
         """Train to step ``until`` (default: the config's last step)."""
         until = self.config.steps if until is None else min(until, self.config.steps)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.output_dir / "config.json") as temporary:
-            temporary.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        if self.context.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.output_dir / "config.json") as temporary:
+                temporary.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
         bar = None
-        if show_progress:
+        if show_progress and self.context.is_main:
             from tqdm import tqdm
 
             bar = tqdm(total=until, initial=self.step, desc=f"training {self.config.recipe}", unit="step")
@@ -171,7 +180,10 @@ class Trainer:
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
         if bar is not None:
             bar.close()
-        model = self.save_model() if self.step >= self.config.steps else None
+        if self.context.enabled:
+            check_replicas_agree(self.recipe.networks["segmenter"])
+        finished = self.step >= self.config.steps
+        model = self.save_model() if finished and self.context.is_main else None
         return TrainingResult(self.output_dir, self.history, model)
 
     def save_model(self) -> ModelCard:
@@ -200,7 +212,7 @@ class Trainer:
                 "protocol": f"{config.data.labelled} labelled cases, recipe {config.recipe}",
                 "recipe": config.recipe,
                 "steps": self.step,
-                "hardware": str(self.device),
+                "hardware": f"{self.context.world_size} x {self.device}",
             },
             "metrics": {"validation_dice": validated[-1]} if validated else {},
             "license": "as the training data",

@@ -84,7 +84,7 @@ class AsdnetRecipe(Recipe):
         }
 
     def export_network(self) -> nn.Module:
-        return SegmenterWithConfidence(self.segmenter, self.networks["confidence"])
+        return SegmenterWithConfidence(self.networks["segmenter"], self.networks["confidence"])
 
     def export_architecture(self) -> dict[str, Any]:
         params = dict(self.config.network.get("params", {}))

@@ -7,10 +7,12 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from asdseg.errors import InputError
 from asdseg.networks import build_network
 from asdseg.training.config import TrainingConfig
+from asdseg.training.distributed import average_gradients
 
 
 class Recipe:
@@ -31,6 +33,7 @@ class Recipe:
             )
         self.config = config
         self.device = device
+        self._distributed_segmenter: DistributedDataParallel | None = None
         self.settings = {**self.DEFAULTS, **config.loss}
         self.networks: dict[str, nn.Module] = {"segmenter": self.build_segmenter()}
         self.networks.update(self.build_auxiliary_networks())
@@ -54,7 +57,16 @@ class Recipe:
 
     @property
     def segmenter(self) -> nn.Module:
-        return self.networks["segmenter"]
+        """The segmenter to train with: wrapped for data parallelism under torchrun. Validation
+        and export use ``networks["segmenter"]``, the plain module, on one process."""
+        return self._distributed_segmenter or self.networks["segmenter"]
+
+    def distribute(self) -> None:
+        """Wrap the segmenter in DistributedDataParallel (the process group must exist)."""
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self._distributed_segmenter = DistributedDataParallel(
+            self.networks["segmenter"], device_ids=device_ids
+        )
 
     @property
     def num_classes(self) -> int:
@@ -68,7 +80,7 @@ class Recipe:
 
     def export_network(self) -> nn.Module:
         """The network the trained model ships (the segmenter, unless a recipe adds to it)."""
-        return self.segmenter
+        return self.networks["segmenter"]
 
     def export_architecture(self) -> dict[str, Any]:
         """The model card's ``architecture`` entry that rebuilds :meth:`export_network`."""
@@ -90,10 +102,15 @@ class Recipe:
         returns the losses to log (``loss`` is the segmenter's total)."""
         raise NotImplementedError
 
-    @staticmethod
-    def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    def update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` and step ``optimizer``. Under torchrun, DDP has already
+        averaged the segmenter's gradients; the auxiliary networks' are averaged here."""
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self._distributed_segmenter is not None and optimizer is not self.optimizers["segmenter"]:
+            average_gradients(
+                group_parameter for group in optimizer.param_groups for group_parameter in group["params"]
+            )
         optimizer.step()
 
     def state_dict(self) -> dict[str, Any]:
