@@ -1,0 +1,141 @@
+"""Reproduction benchmark on LA 2018: supervised-only, ASDNet, SASSNet and DAN side by side.
+
+The papers' setting: the first 16 cases of ``train.list`` labelled, the others unlabelled; here
+the last 20 cases are held out for evaluation (the challenge's own test labels are not in
+``../shared``). Each recipe is trained with ``asdseg.training`` and its model evaluated on the
+held-out cases at their original resolution, with and without keeping the largest component:
+Dice, Jaccard, 95HD and ASD in voxels and in mm. Writes ``results.json`` and ``results.md``.
+
+Two settings:
+- ``paper``: full resolution, 112x112x80 patches, batch 4 (2 labelled), 6000 steps (12-24 h per
+  recipe on two CPU cores; use a GPU).
+- ``compact``: volumes downsampled 2x, 64x64x32 patches, 1500 steps: about an hour per recipe on
+  two CPU cores. It ranks the methods; its absolute numbers are not the papers'.
+
+    python benchmarks/la_reproduction.py --setting compact --output benchmark_results/la_compact
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asdseg.demo import find_la2018
+from asdseg.evaluation import evaluate_label_maps, mean_rows
+from asdseg.image_io import image_to_array, read_image
+from asdseg.registry import load_network
+from asdseg.segment import SegmentationOptions, segment_image
+from asdseg.training.config import config_from_dict
+from asdseg.training.data import case_names
+from asdseg.training.trainer import Trainer
+
+RECIPES = ("supervised", "asdnet", "sassnet", "dan")
+HELD_OUT = 20
+NETWORKS = {
+    "supervised": {"name": "vnet", "params": {"num_classes": 2}},
+    "sassnet": {"name": "vnet", "params": {"num_classes": 2, "sdm_head": True}},
+    "asdnet": {"name": "svnet", "params": {"num_classes": 2}},
+    "dan": {"name": "enhanced-unet", "params": {"num_classes": 2}},
+}
+SETTINGS = {
+    "paper": {"patch_size": [112, 112, 80], "steps": 6000, "data": {"downsample": 1}},
+    "compact": {
+        "patch_size": [64, 64, 32],
+        "steps": 1500,
+        "lr_decay_every": 1000,
+        "validate_every": 250,
+        "checkpoint_every": 250,
+        "data": {"downsample": 2},
+    },
+    # A few steps on a few cases: checks that the script runs end to end, nothing more.
+    "smoke": {
+        "patch_size": [32, 32, 16],
+        "steps": 2,
+        "validate_every": 2,
+        "checkpoint_every": 2,
+        "data": {"downsample": 4, "cases": 8, "labelled": 2},
+    },
+}
+
+
+def recipe_config(recipe: str, setting: str, root: Path) -> dict[str, Any]:
+    chosen = SETTINGS[setting]
+    data = {"root": str(root), "labelled": 16, "validation": HELD_OUT, **chosen["data"]}
+    if setting == "smoke":
+        data["validation"] = 2
+    config = {key: value for key, value in chosen.items() if key != "data"}
+    return {"recipe": recipe, "network": NETWORKS[recipe], "data": data, **config}
+
+
+def evaluate(model_card, root: Path, names: list[str]) -> dict[str, Any]:
+    network = load_network(model_card)
+    results = {}
+    for largest in (False, True):
+        rows = []
+        for name in names:
+            folder = root / "train" / name
+            reference = read_image(folder / "label.nii.gz")
+            options = SegmentationOptions(largest_component=largest)
+            result = segment_image(
+                read_image(folder / "image.nii.gz"), model_card, network, options, source=name
+            )
+            metrics = evaluate_label_maps(
+                result.label_array(), image_to_array(reference, np.int64), reference.GetSpacing(), [1]
+            )
+            rows += [{"case": name, "label": 1, **metrics[1].as_dict()}]
+        results["largest_component" if largest else "raw"] = mean_rows(rows)[1]
+    return results
+
+
+def markdown(results: dict[str, Any], setting: str, held_out: list[str]) -> str:
+    columns = ["dice", "jaccard", "hd95_voxels", "asd_voxels", "hd95_mm", "asd_mm"]
+    lines = [
+        f"LA 2018, setting `{setting}`; evaluated on {len(held_out)} held-out cases of train.list "
+        f"({held_out[0]} ... {held_out[-1]}), final model of each run.",
+        "",
+        "| recipe | post-processing | Dice % | Jaccard % | 95HD vox | ASD vox | 95HD mm | ASD mm "
+        "| train min |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for recipe, entry in results.items():
+        for kind, means in entry["metrics"].items():
+            values = [100 * means["dice"], 100 * means["jaccard"]] + [means[key] for key in columns[2:]]
+            cells = " | ".join(f"{value:.2f}" for value in values)
+            lines.append(f"| {recipe} | {kind} | {cells} | {entry['train_minutes']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="compact")
+    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
+    parser.add_argument("--output", default="benchmark_results/la_reproduction")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    root = find_la2018()
+    if root is None:
+        raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
+    output = Path(args.output)
+    held_out = case_names(root)[-HELD_OUT:] if args.setting != "smoke" else case_names(root)[6:8]
+    results: dict[str, Any] = {}
+    for recipe in args.recipes:
+        config = config_from_dict(recipe_config(recipe, args.setting, root))
+        started = time.monotonic()
+        model = Trainer(config, output / recipe, device=args.device).run().model
+        minutes = (time.monotonic() - started) / 60
+        results[recipe] = {"train_minutes": minutes, "metrics": evaluate(model, root, held_out)}
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (output / "results.md").write_text(markdown(results, args.setting, held_out))
+        print(markdown(results, args.setting, held_out))
+
+
+if __name__ == "__main__":
+    main()
