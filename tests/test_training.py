@@ -96,6 +96,8 @@ def test_a_short_run_reduces_the_loss_and_beats_a_trivial_predictor(recipe: str,
     assert (tmp_path / "log.csv").read_text().count("\n") == len(losses) + 1
     assert (tmp_path / "curves.png").stat().st_size > 1000
     assert result.model is not None and result.model.weights_path.is_file()
+    if recipe == "sassnet":  # where paper and reference code disagree, the card says which was used
+        assert "0.01 x Gaussian warm-up" in result.model.data["training"]["notes"]
 
 
 def test_resuming_from_a_checkpoint_gives_the_same_next_steps(tmp_path: Path) -> None:
@@ -121,6 +123,15 @@ def test_a_truncated_checkpoint_is_refused(tmp_path: Path) -> None:
     checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
     with pytest.raises(AsdsegError, match="incomplete or corrupt"):
         Trainer(config, tmp_path, device="cpu").resume()
+
+
+def test_a_new_run_never_overwrites_an_existing_checkpoint(tmp_path: Path) -> None:
+    config = config_from_dict(tiny_config("supervised", steps=2, checkpoint_every=2, validate_every=100))
+    Trainer(config, tmp_path, device="cpu").run(show_progress=False)
+    before = (tmp_path / CHECKPOINT_FILE).read_bytes()
+    with pytest.raises(AsdsegError, match="--resume"):
+        Trainer(config, tmp_path, device="cpu").run(show_progress=False)
+    assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
 
 
 def test_train_command_rejects_unknown_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -164,6 +164,11 @@ class Trainer:
     def run(self, until: int | None = None, show_progress: bool = True) -> TrainingResult:
         """Train to step ``until`` (default: the config's last step)."""
         until = self.config.steps if until is None else min(until, self.config.steps)
+        if self.step == 0 and (self.output_dir / CHECKPOINT_FILE).exists():
+            raise InputError(
+                f"{self.output_dir} already holds a run's checkpoint; continue it with --resume or "
+                "choose another output folder (nothing was overwritten)."
+            )
         if self.context.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.output_dir / "config.json") as temporary:
@@ -213,6 +218,7 @@ class Trainer:
                 "recipe": config.recipe,
                 "steps": self.step,
                 "hardware": f"{self.context.world_size} x {self.device}",
+                "notes": self.recipe.card_notes(),
             },
             "metrics": {"validation_dice": validated[-1]} if validated else {},
             "license": "as the training data",

@@ -86,6 +86,11 @@ class Recipe:
         """The model card's ``architecture`` entry that rebuilds :meth:`export_network`."""
         return self.config.network
 
+    def card_notes(self) -> str:
+        """What the model card should say about this run's choices where the paper and its
+        reference code disagree."""
+        return ""
+
     def set_learning_rate(self, learning_rate: float) -> None:
         """The segmenter's schedule; auxiliary networks keep their own fixed rate."""
         for group in self.optimizers["segmenter"].param_groups:

@@ -49,6 +49,13 @@ class SassnetRecipe(Recipe):
             )
         }
 
+    def card_notes(self) -> str:
+        return (
+            f"adversarial (consistency) weight {self.settings['consistency']} x Gaussian warm-up over "
+            f"{self.settings['rampup_epochs']} x {self.settings['steps_per_epoch']} steps; the SASSNet paper "
+            "gives 0.001, the reference README's commands 0.01."
+        )
+
     def adversarial_weight(self, step: int) -> float:
         epoch = step // self.settings["steps_per_epoch"]
         return self.settings["consistency"] * gaussian_rampup(epoch, self.settings["rampup_epochs"])
