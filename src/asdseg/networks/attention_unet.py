@@ -11,10 +11,17 @@ loop ranks axial slices by.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from asdseg.networks.enhanced_unet import conv_bn_relu
+from asdseg.networks.unet_parts import (
+    conv_bn_relu,
+    decoder_stages,
+    encode,
+    encoder_stages,
+    squeeze_excitation,
+    unet_widths,
+    upsamplers,
+)
 
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -26,14 +33,7 @@ class ChannelSpatialAttention(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 4) -> None:
         super().__init__()
-        hidden = max(channels // reduction, 1)
-        self.channel = nn.Sequential(
-            nn.AdaptiveAvgPool3d(1),
-            nn.Conv3d(channels, hidden, 1),
-            nn.ReLU(inplace=True),
-            nn.Conv3d(hidden, channels, 1),
-            nn.Sigmoid(),
-        )
+        self.channel = squeeze_excitation(channels, reduction)
         self.spatial = nn.Sequential(nn.Conv3d(channels, 1, 1), nn.Sigmoid())
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,23 +50,11 @@ class AttentionUNet3D(nn.Module):
         self, in_channels: int = 1, num_classes: int = 2, base_filters: int = 16, levels: int = 3
     ) -> None:
         super().__init__()
-        widths = [base_filters * 2**level for level in range(levels + 1)]
-        self.encoder = nn.ModuleList(
-            [
-                double_conv(in_channels if level == 0 else widths[level - 1], widths[level])
-                for level in range(levels)
-            ]
-        )
+        widths = unet_widths(base_filters, levels)
+        self.encoder = encoder_stages(double_conv, in_channels, widths)
         self.bottom = double_conv(widths[levels - 1], widths[levels])
-        self.upsamplers = nn.ModuleList(
-            [
-                nn.ConvTranspose3d(widths[level + 1], widths[level], 2, stride=2)
-                for level in reversed(range(levels))
-            ]
-        )
-        self.decoder = nn.ModuleList(
-            [double_conv(2 * widths[level], widths[level]) for level in reversed(range(levels))]
-        )
+        self.upsamplers = upsamplers(widths)
+        self.decoder = decoder_stages(double_conv, widths)
         self.attention = nn.ModuleList(
             [ChannelSpatialAttention(widths[level]) for level in reversed(range(levels))]
         )
@@ -75,12 +63,7 @@ class AttentionUNet3D(nn.Module):
         self.attention_head = nn.Conv3d(widths[0], num_classes, 1)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        skips = []
-        features = image
-        for block in self.encoder:
-            features = block(features)
-            skips.append(features)
-            features = F.max_pool3d(features, 2)
+        features, skips = encode(self.encoder, image)
         features = self.bottom(features)
         for upsample, block, attend, skip in zip(
             self.upsamplers, self.decoder, self.attention, reversed(skips), strict=True

@@ -14,13 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def conv_bn_relu(in_channels: int, out_channels: int, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv3d(in_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False),
-        nn.BatchNorm3d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+from asdseg.networks.unet_parts import (
+    conv_bn_relu,
+    decoder_stages,
+    encode,
+    encoder_stages,
+    squeeze_excitation,
+    unet_widths,
+    upsamplers,
+)
 
 
 class ResidualBlock(nn.Module):
@@ -64,14 +66,7 @@ class ChannelAttentionFusion(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, reduction: int = 4) -> None:
         super().__init__()
-        hidden = max(in_channels // reduction, 1)
-        self.excitation = nn.Sequential(
-            nn.AdaptiveAvgPool3d(1),
-            nn.Conv3d(in_channels, hidden, 1),
-            nn.ReLU(inplace=True),
-            nn.Conv3d(hidden, in_channels, 1),
-            nn.Sigmoid(),
-        )
+        self.excitation = squeeze_excitation(in_channels, reduction)
         self.project = nn.Sequential(
             nn.Conv3d(in_channels, out_channels, 1, bias=False),
             nn.BatchNorm3d(out_channels),
@@ -91,45 +86,26 @@ class EnhancedUNet(nn.Module):
         self, in_channels: int = 1, num_classes: int = 2, base_filters: int = 16, levels: int = 4
     ) -> None:
         super().__init__()
-        widths = [base_filters * 2**level for level in range(levels + 1)]
-        self.encoder = nn.ModuleList(
-            [
-                ResidualBlock(in_channels if level == 0 else widths[level - 1], widths[level])
-                for level in range(levels)
-            ]
-        )
+        widths = unet_widths(base_filters, levels)
+        self.encoder = encoder_stages(ResidualBlock, in_channels, widths)
         self.bottleneck = DilatedBottleneck(widths[levels - 1], widths[levels])
         self.transforms = nn.ModuleList(
             [ResidualBlock(widths[level], widths[level]) for level in range(levels)]
         )
-        self.upsamplers = nn.ModuleList(
-            [
-                nn.ConvTranspose3d(widths[level + 1], widths[level], 2, stride=2)
-                for level in reversed(range(levels))
-            ]
-        )
-        self.fusions = nn.ModuleList(
-            [ChannelAttentionFusion(2 * widths[level], widths[level]) for level in reversed(range(levels))]
-        )
-        self.decoder = nn.ModuleList(
-            [ResidualBlock(widths[level], widths[level]) for level in reversed(range(levels))]
-        )
+        self.upsamplers = upsamplers(widths)
+        self.fusions = decoder_stages(ChannelAttentionFusion, widths)
+        self.decoder = decoder_stages(ResidualBlock, widths, input_factor=1)
         self.head = nn.Conv3d(widths[0], num_classes, 1)
         self.deep_heads = nn.ModuleList([nn.Conv3d(widths[level], num_classes, 1) for level in (2, 1)])
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        skips = []
-        features = image
-        for block in self.encoder:
-            features = block(features)
-            skips.append(features)
-            features = F.max_pool3d(features, 2)
+        features, skips = encode(self.encoder, image)
         features = self.bottleneck(features)
         decoded = []
-        for level, (upsample, fuse, block) in enumerate(
-            zip(self.upsamplers, self.fusions, self.decoder, strict=True)
+        transformed = [transform(skip) for transform, skip in zip(self.transforms, skips, strict=True)]
+        for upsample, fuse, block, skip in zip(
+            self.upsamplers, self.fusions, self.decoder, reversed(transformed), strict=True
         ):
-            skip = self.transforms[len(skips) - 1 - level](skips[len(skips) - 1 - level])
             features = block(fuse(torch.cat([upsample(features), skip], dim=1)))
             decoded.append(features)
         outputs: dict[str, torch.Tensor | list[torch.Tensor]] = {"logits": self.head(features)}
@@ -150,33 +126,16 @@ class ConfidenceUNet(nn.Module):
     ) -> None:
         super().__init__()
         self.with_image = with_image
-        widths = [base_filters * 2**level for level in range(levels + 1)]
-        in_channels = num_classes + (1 if with_image else 0)
-        self.encoder = nn.ModuleList(
-            [
-                conv_bn_relu(in_channels if level == 0 else widths[level - 1], widths[level])
-                for level in range(levels)
-            ]
-        )
+        widths = unet_widths(base_filters, levels)
+        self.encoder = encoder_stages(conv_bn_relu, num_classes + (1 if with_image else 0), widths)
         self.bottom = conv_bn_relu(widths[levels - 1], widths[levels])
-        self.upsamplers = nn.ModuleList(
-            [
-                nn.ConvTranspose3d(widths[level + 1], widths[level], 2, stride=2)
-                for level in reversed(range(levels))
-            ]
-        )
-        self.decoder = nn.ModuleList(
-            [conv_bn_relu(2 * widths[level], widths[level]) for level in reversed(range(levels))]
-        )
+        self.upsamplers = upsamplers(widths)
+        self.decoder = decoder_stages(conv_bn_relu, widths)
         self.head = nn.Conv3d(widths[0], 1, 1)
 
     def forward(self, probabilities: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         features = torch.cat([image, probabilities], dim=1) if self.with_image else probabilities
-        skips = []
-        for block in self.encoder:
-            features = block(features)
-            skips.append(features)
-            features = F.max_pool3d(features, 2)
+        features, skips = encode(self.encoder, features)
         features = self.bottom(features)
         for upsample, block, skip in zip(self.upsamplers, self.decoder, reversed(skips), strict=True):
             features = block(torch.cat([upsample(features), skip], dim=1))

@@ -27,30 +27,21 @@ from asdseg.losses import (
     sample_attention_dice_loss,
 )
 from asdseg.networks.confidence import ConfidenceNetwork, SegmenterWithConfidence
-from asdseg.training.recipes.base import Recipe
+from asdseg.training.recipes.base import ConfidenceLearningRecipe
 
 
-class AsdnetRecipe(Recipe):
+class AsdnetRecipe(ConfidenceLearningRecipe):
     name = "asdnet"
     semi_supervised = True
+    confidence_network = ConfidenceNetwork
     DEFAULTS: ClassVar[dict[str, Any]] = {
+        **ConfidenceLearningRecipe.DEFAULTS,
         "sample_attention_beta": 2.0,
         "adversarial_weight": 0.01,
         "semi_supervised_weight": 0.1,
         "confidence_threshold": 0.5,
         "rampup_steps": 2000,
-        "confidence_filters": 8,
-        "confidence_sees_image": True,
-        "auxiliary_learning_rate": 1e-4,
     }
-
-    def build_auxiliary_networks(self) -> dict[str, nn.Module]:
-        settings = self.settings
-        return {
-            "confidence": ConfidenceNetwork(
-                self.num_classes, settings["confidence_sees_image"], settings["confidence_filters"]
-            )
-        }
 
     def training_step(self, images, labels, unlabelled_images, step) -> dict[str, float]:
         confidence = self.networks["confidence"]

@@ -3,6 +3,7 @@ Adam for the auxiliary (discriminator / confidence) networks, and saving their s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -129,3 +130,22 @@ class Recipe:
             network.load_state_dict(state["networks"][name])
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
+
+
+class ConfidenceLearningRecipe(Recipe):
+    """A recipe that trains a confidence network beside the segmenter (ASDNet, DAN); the
+    subclass names the network's class and adds its own loss settings to DEFAULTS."""
+
+    confidence_network: ClassVar[Callable[[int, bool, int], nn.Module]]
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "confidence_filters": 8,
+        "confidence_sees_image": True,
+        "auxiliary_learning_rate": 1e-4,
+    }
+
+    def build_auxiliary_networks(self) -> dict[str, nn.Module]:
+        settings = self.settings
+        network = self.confidence_network(
+            self.num_classes, settings["confidence_sees_image"], settings["confidence_filters"]
+        )
+        return {"confidence": network}

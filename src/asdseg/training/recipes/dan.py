@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from asdseg.losses import (
     adversarial_bce,
@@ -25,7 +24,7 @@ from asdseg.losses import (
     one_hot,
 )
 from asdseg.networks.enhanced_unet import ConfidenceUNet
-from asdseg.training.recipes.base import Recipe
+from asdseg.training.recipes.base import ConfidenceLearningRecipe
 
 
 def downsampled_labels(labels: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
@@ -33,25 +32,16 @@ def downsampled_labels(labels: torch.Tensor, size: tuple[int, ...]) -> torch.Ten
     return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
-class DanRecipe(Recipe):
+class DanRecipe(ConfidenceLearningRecipe):
     name = "dan"
+    confidence_network = ConfidenceUNet
     DEFAULTS: ClassVar[dict[str, Any]] = {
+        **ConfidenceLearningRecipe.DEFAULTS,
         "focal_gamma": 2.0,
         "voxel_beta": 2.0,
         "deep_supervision_weights": [0.25, 0.5],
         "adversarial_weight": 0.01,
-        "confidence_filters": 8,
-        "confidence_sees_image": True,
-        "auxiliary_learning_rate": 1e-4,
     }
-
-    def build_auxiliary_networks(self) -> dict[str, nn.Module]:
-        settings = self.settings
-        return {
-            "confidence": ConfidenceUNet(
-                self.num_classes, settings["confidence_sees_image"], settings["confidence_filters"]
-            )
-        }
 
     def training_step(self, images, labels, unlabelled_images, step) -> dict[str, float]:
         confidence = self.networks["confidence"]
