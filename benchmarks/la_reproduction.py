@@ -110,6 +110,15 @@ def markdown(results: dict[str, Any], setting: str, held_out: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def earlier_results(output: Path, setting: str) -> dict[str, Any]:
+    """Rows of an earlier run of the same setting in ``output``, so recipes can be run one at a time."""
+    path = output / "results.json"
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    return earlier["recipes"] if earlier.get("setting") == setting else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -124,7 +133,7 @@ def main() -> None:
         raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
     output = Path(args.output)
     held_out = case_names(root)[-HELD_OUT:] if args.setting != "smoke" else case_names(root)[6:8]
-    results: dict[str, Any] = {}
+    results = earlier_results(output, args.setting)
     for recipe in args.recipes:
         config = config_from_dict(recipe_config(recipe, args.setting, root))
         started = time.monotonic()
@@ -132,7 +141,9 @@ def main() -> None:
         minutes = (time.monotonic() - started) / 60
         results[recipe] = {"train_minutes": minutes, "metrics": evaluate(model, root, held_out)}
         output.mkdir(parents=True, exist_ok=True)
-        (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (output / "results.json").write_text(
+            json.dumps({"setting": args.setting, "recipes": results}, indent=2) + "\n"
+        )
         (output / "results.md").write_text(markdown(results, args.setting, held_out))
         print(markdown(results, args.setting, held_out))
 
