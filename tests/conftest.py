@@ -67,6 +67,23 @@ def tiny_model(tmp_path: Path) -> ModelCard:
     return save_model(network, tiny_card(), tmp_path / "tiny-model")
 
 
+def attention_card(name: str = "tiny-attention") -> dict:
+    """A card for a 4-filter attention U-Net on the phantom labels (16^3 windows)."""
+    return {
+        **tiny_card(name, sdm=False),
+        "architecture": {"name": "attention-unet", "params": {"num_classes": 3, "base_filters": 4}},
+    }
+
+
+@pytest.fixture
+def attention_model(tmp_path: Path) -> ModelCard:
+    """An untrained attention U-Net saved with a valid card."""
+    torch.manual_seed(0)
+    card = attention_card()
+    network = build_network("attention-unet", card["architecture"]["params"])
+    return save_model(network, card, tmp_path / "tiny-attention")
+
+
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory: pytest.TempPathFactory) -> ModelCard:
     """The trained phantom model (about 40 s once per test session)."""

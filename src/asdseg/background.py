@@ -14,13 +14,17 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asdseg
+from asdseg.errors import AsdsegError, CancelledError
 
+#: The fields every progress event has; any others are the event's details.
+PROGRESS_FIELDS = ("event", "done", "total", "stage")
 #: How long a terminated child gets to exit before it is killed.
 TERMINATE_GRACE_S = 0.5
 
@@ -37,6 +41,8 @@ class JobProgress:
     done: int = 0
     total: int = 0
     stage: str = "starting"
+    #: Whatever else the child reported with this step (fine-tuning: ``loss``, ``eta_s``).
+    details: dict[str, float] = field(default_factory=dict)
 
     @property
     def fraction(self) -> float:
@@ -96,8 +102,9 @@ class BackgroundJob:
             except json.JSONDecodeError:
                 continue  # plain messages such as "wrote <path>"
             if isinstance(message, dict) and message.get("event") == "progress":
+                details = {key: value for key, value in message.items() if key not in PROGRESS_FIELDS}
                 with self._lock:
-                    self._progress = JobProgress(message["done"], message["total"], message["stage"])
+                    self._progress = JobProgress(message["done"], message["total"], message["stage"], details)
 
     def _read_stderr(self) -> None:
         for line in self._process.stderr:
@@ -165,3 +172,50 @@ class BackgroundJob:
         return f"the engine stopped with exit code {self._process.returncode}" + (
             f":\n{tail}" if tail else "."
         )
+
+
+class FolderJob:
+    """A :class:`BackgroundJob` working on files in its own temporary ``folder``, which
+    :meth:`close` deletes after stopping the child. The Slicer modules write their inputs there
+    first, so that a failed start leaves nothing behind."""
+
+    def __init__(
+        self,
+        folder: tempfile.TemporaryDirectory,
+        arguments: Sequence[str],
+        python_executable: str | None = None,
+        environment: dict[str, str] | None = None,
+    ) -> None:
+        self.folder = folder
+        try:
+            self.job = BackgroundJob(arguments, python_executable, environment)
+        except BaseException:
+            folder.cleanup()
+            raise
+
+    @property
+    def path(self) -> Path:
+        return Path(self.folder.name)
+
+    @property
+    def progress(self) -> JobProgress:
+        return self.job.progress
+
+    def state(self) -> JobState:
+        return self.job.state()
+
+    def cancel(self) -> None:
+        self.job.cancel()
+
+    def close(self) -> None:
+        self.job.cancel()
+        self.folder.cleanup()
+
+    def wait_for_success(self, cancelled_message: str) -> None:
+        """Wait for the child; raise :class:`CancelledError` with ``cancelled_message`` when it
+        was cancelled, or :class:`AsdsegError` with its error when it failed."""
+        state = self.job.wait()
+        if state is JobState.CANCELLED:
+            raise CancelledError(cancelled_message)
+        if state is not JobState.SUCCEEDED:
+            raise AsdsegError(self.job.error)

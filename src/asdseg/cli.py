@@ -1,4 +1,4 @@
-"""The ``asdseg`` command line: segment, evaluate, models, demo."""
+"""The ``asdseg`` command line: segment, evaluate, models, train, suggest, finetune, demo."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from asdseg.active.strategies import STRATEGIES as STRATEGY_NAMES
 from asdseg.errors import AsdsegError, InputError
 from asdseg.image_io import SUPPORTED_SUFFIXES, image_suffix, read_image
 
@@ -122,6 +123,98 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_suggest(args: argparse.Namespace) -> int:
+    from asdseg.active.sparse_labels import read_sparse_labels
+    from asdseg.active.suggest import require_attention_model, suggest_slices
+    from asdseg.active.suggestion_report import format_suggestions, suggestion_record, write_suggestions
+    from asdseg.progress import json_progress, tqdm_progress
+    from asdseg.registry import find_model, load_network
+    from asdseg.segment import SegmentationOptions
+
+    card = find_model(args.model)
+    require_attention_model(card)
+    image = read_image(args.image)
+    labelled = read_sparse_labels(args.labels)[1].labelled_slices if args.labels else set()
+    update, close = (
+        (json_progress(), lambda: None) if args.progress == "json" else tqdm_progress("segmenting")
+    )
+    try:
+        suggestion = suggest_slices(
+            image,
+            card,
+            load_network(card),
+            labelled,
+            args.strategy,
+            args.budget,
+            SegmentationOptions(device=args.device),
+            args.min_area,
+            progress=update,
+        )
+    finally:
+        close()
+    record = suggestion_record(suggestion, args.strategy, labelled)
+    print(format_suggestions(record))
+    if args.output:
+        write_suggestions(record, args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
+#: Exit status of a fine-tuning run stopped by SIGTERM (the parent's Cancel).
+EXIT_STOPPED = 3
+
+
+def command_finetune(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    from asdseg.active.finetune import FineTuneSettings, fine_tune, model_grid_case
+    from asdseg.active.sparse_labels import read_sparse_labels
+    from asdseg.errors import CancelledError
+    from asdseg.progress import emit_progress
+    from asdseg.registry import find_model
+
+    if len(args.image) != len(args.labels):
+        raise InputError(
+            f"{len(args.image)} images but {len(args.labels)} label maps; give one --labels per --image."
+        )
+    card = find_model(args.model)
+    cases = [
+        model_grid_case(read_image(image), read_sparse_labels(labels)[1], card, Path(image).name)
+        for image, labels in zip(args.image, args.labels, strict=True)
+    ]
+    settings = FineTuneSettings(
+        steps=args.steps, learning_rate=args.learning_rate, batch_size=args.batch_size
+    )
+    started = time.monotonic()
+
+    def report(row: dict[str, float]) -> None:
+        elapsed = time.monotonic() - started
+        eta = elapsed / row["step"] * (settings.steps - row["step"])
+        emit_progress(row["step"], settings.steps, "fine-tuning", loss=row["loss"], eta_s=round(eta, 1))
+
+    def stop(signal_number, frame) -> None:
+        raise CancelledError("fine-tuning stopped; the model it started from is unchanged.")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        result = fine_tune(
+            card,
+            cases,
+            args.output_dir,
+            settings,
+            name=args.name,
+            device=args.device,
+            on_step=report if args.progress == "json" else None,
+            show_progress=args.progress == "bar",
+        )
+    except CancelledError as error:
+        print(f"stopped: {error} The last checkpoint in {args.output_dir} is intact.", file=sys.stderr)
+        return EXIT_STOPPED
+    print(f"wrote model {result.model.directory}")
+    return 0
+
+
 def command_demo(args: argparse.Namespace) -> int:
     from asdseg.demo import run_demo
 
@@ -192,6 +285,35 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="overrides the config's number of steps")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     train.set_defaults(handler=command_train)
+
+    suggest = commands.add_parser("suggest", help="rank a volume's slices to label next (attention models)")
+    suggest.add_argument("-i", "--image", required=True, help="the volume to rank the slices of")
+    suggest.add_argument("--model", required=True, help="model name, or a model folder (attention-unet)")
+    suggest.add_argument("--labels", help="its sparse labels; their labelled slices are not suggested again")
+    suggest.add_argument("--strategy", default="p-dsc", choices=list(STRATEGY_NAMES))
+    suggest.add_argument("-k", "--budget", type=int, default=5, help="how many slices to suggest")
+    suggest.add_argument("--min-area", type=int, default=10, help="ignore specks smaller than this (voxels)")
+    suggest.add_argument("--output", help="also write every slice's scores and the suggestion as JSON")
+    suggest.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    suggest.add_argument("--progress", default="bar", choices=["bar", "json"])
+    suggest.set_defaults(handler=command_suggest)
+
+    finetune = commands.add_parser("finetune", help="fine-tune an attention model on sparse slice labels")
+    finetune.add_argument("--model", required=True, help="model name, or a model folder (attention-unet)")
+    finetune.add_argument("--image", nargs="+", required=True, help="volumes")
+    finetune.add_argument("--labels", nargs="+", required=True, help="their sparse labels, same order")
+    finetune.add_argument("--steps", type=int, default=200, help="training steps")
+    finetune.add_argument("--learning-rate", type=float, default=0.005)
+    finetune.add_argument("--batch-size", type=int, default=2)
+    finetune.add_argument(
+        "--output-dir", required=True, help="checkpoint, log and the new model (<dir>/model)"
+    )
+    finetune.add_argument("--name", help="name of the new model (default: <model>-finetuned)")
+    finetune.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    finetune.add_argument(
+        "--progress", default="bar", choices=["bar", "json"], help="JSON lines: step, loss and ETA per step"
+    )
+    finetune.set_defaults(handler=command_finetune)
 
     demo = commands.add_parser("demo", help="the main job: segment a default input and evaluate it")
     demo.add_argument("--output-dir", default="demo_output", help="where to write the results")

@@ -1,4 +1,5 @@
-"""PNG figures for people who would rather look than read: overlays of results on the image."""
+"""PNG figures for people who would rather look than read: overlays, training and
+active-learning curves."""
 
 from __future__ import annotations
 
@@ -9,6 +10,18 @@ import numpy as np
 
 from asdseg.image_io import atomic_path
 from asdseg.labels import Label
+
+
+def _save_png(figure, path: str | Path) -> Path:
+    """Write ``figure`` as a PNG atomically and release it."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+    return path
 
 
 def save_overlay_png(
@@ -51,12 +64,7 @@ def save_overlay_png(
         figure.colorbar(shown, ax=axes[0, 1], fraction=0.046)
     for axis in axes.ravel():
         axis.set_axis_off()
-    figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=100, format="png")
-    plt.close(figure)
-    return path
+    return _save_png(figure, path)
 
 
 def save_training_curves(history: Sequence[dict[str, float]], path: str | Path) -> Path:
@@ -86,9 +94,41 @@ def save_training_curves(history: Sequence[dict[str, float]], path: str | Path) 
     dice_axis.set_xlabel("step")
     dice_axis.set_ylim(0, 1)
     dice_axis.set_title("validation Dice (mean over cases and organs)")
-    figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100)
-    plt.close(figure)
-    return path
+    return _save_png(figure, path)
+
+
+def save_active_learning_curves(
+    rows: Sequence[dict[str, float | str]], full_annotation_dice: float, path: str | Path
+) -> Path:
+    """Validation Dice against the fraction of slices labelled, one curve per query strategy,
+    with full-annotation Dice (and 1 point below it) as horizontal lines; a hollow marker shows
+    the round where the stop criterion fired."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for strategy in dict.fromkeys(row["strategy"] for row in rows):
+        own = [row for row in rows if row["strategy"] == strategy]
+        fractions = [100 * row["labelled_fraction"] for row in own]
+        line = axis.plot(fractions, [100 * row["dice"] for row in own], "o-", label=strategy, markersize=4)[0]
+        stops = [row for row in own if row["stopped_here"]]
+        if stops:
+            axis.plot(
+                100 * stops[0]["labelled_fraction"],
+                100 * stops[0]["dice"],
+                "o",
+                markersize=11,
+                markerfacecolor="none",
+                color=line.get_color(),
+            )
+    axis.axhline(100 * full_annotation_dice, color="black", linewidth=1, label="full annotation")
+    axis.axhline(
+        100 * full_annotation_dice - 1, color="black", linewidth=1, linestyle=":", label="full - 1 point"
+    )
+    axis.set_xlabel("slices labelled (%)")
+    axis.set_ylabel("validation Dice (%)")
+    axis.set_title("active learning: Dice vs. labelling effort (circle: stop criterion)")
+    axis.legend(fontsize=8)
+    return _save_png(figure, path)

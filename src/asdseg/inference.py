@@ -63,7 +63,8 @@ def predict_volume(
     """Run ``network`` over the normalised (x, y, z) ``volume``.
 
     Returns float32 arrays: ``probabilities`` (classes, x, y, z) and, when the network
-    produces them, ``sdm`` (foreground classes, x, y, z) and ``confidence`` (x, y, z).
+    produces them, ``attention_probabilities`` (classes, x, y, z; the attention U-Net's second
+    prediction), ``sdm`` (foreground classes, x, y, z) and ``confidence`` (x, y, z).
     Volumes smaller than the patch are padded by MONAI and cropped back.
     """
     total = window_count(volume.shape, settings)
@@ -76,6 +77,8 @@ def predict_volume(
         with autocast(device, settings.precision):
             outputs = network(windows)
         blended = {"probabilities": torch.softmax(outputs["logits"].float(), dim=1)}
+        if "attention_logits" in outputs:
+            blended["attention_probabilities"] = torch.softmax(outputs["attention_logits"].float(), dim=1)
         for name in ("sdm", "confidence"):
             if name in outputs:
                 blended[name] = outputs[name].float()

@@ -47,12 +47,17 @@ def tqdm_progress(description: str = "") -> tuple[ProgressCallback, Callable[[],
     return update, bar.close
 
 
+def emit_progress(done: int, total: int, stage: str, stream=None, **details: float) -> None:
+    """Print one progress event as a JSON line, for a parent process to read (see
+    :mod:`asdseg.background`); ``details`` (such as a loss or an ETA) travel with it."""
+    message = {"event": "progress", "done": done, "total": total, "stage": stage, **details}
+    print(json.dumps(message), file=stream or sys.stdout, flush=True)
+
+
 def json_progress(stream=None) -> ProgressCallback:
-    """A progress callback that prints one JSON object per line, for a parent process to read
-    (see :mod:`asdseg.background`)."""
+    """A progress callback that prints one JSON object per line (:func:`emit_progress`)."""
 
     def update(done: int, total: int, stage: str) -> None:
-        message = {"event": "progress", "done": done, "total": total, "stage": stage}
-        print(json.dumps(message), file=stream or sys.stdout, flush=True)
+        emit_progress(done, total, stage, stream)
 
     return update

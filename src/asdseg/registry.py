@@ -49,6 +49,13 @@ def available_models() -> dict[str, ModelCard]:
 
 
 def find_model(name: str) -> ModelCard:
+    """An installed or shipped model by name, or a model folder (or its ``card.json``) by path,
+    such as the one a fine-tuning round writes."""
+    path = Path(name)
+    if path.is_dir() and (path / CARD_FILE).is_file():
+        return ModelCard.load(path / CARD_FILE)
+    if path.name == CARD_FILE and path.is_file():
+        return ModelCard.load(path)
     models = available_models()
     if name not in models:
         known = ", ".join(sorted(models)) or "none installed"

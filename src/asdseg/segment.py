@@ -54,6 +54,8 @@ class SegmentationResult:
     #: Class probabilities as a multi-component image, one component per card label, in order.
     probabilities: sitk.Image
     confidence: sitk.Image | None = None
+    #: The attention U-Net's prediction from its attention maps, like ``probabilities``.
+    attention_probabilities: sitk.Image | None = None
     sdm: dict[int, sitk.Image] = field(default_factory=dict)
     component_reports: list[ComponentReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -87,7 +89,7 @@ def _to_input_grid(channels: np.ndarray, model_grid: sitk.Image, original: sitk.
     return resample_like(_vector_image(channels, model_grid), original, sitk.sitkLinear)
 
 
-def _channel_array(image: sitk.Image) -> np.ndarray:
+def channel_array(image: sitk.Image) -> np.ndarray:
     """(C, x, y, z) array of a multi-component image."""
     array = sitk.GetArrayFromImage(image)
     if array.ndim == 3:  # SimpleITK drops the component axis of single-channel images
@@ -107,10 +109,13 @@ def _vector_image(channels: np.ndarray, reference: sitk.Image) -> sitk.Image:
 def _uncrop_outputs(outputs: dict[str, np.ndarray], box: CropBox, shape: tuple) -> dict[str, np.ndarray]:
     """Put cropped outputs back into the full model-grid volume: outside the crop the model
     saw nothing, so it is background with certainty and outside every organ."""
-    full = {"probabilities": uncrop(outputs["probabilities"], box, shape, 0.0)}
     outside = np.ones(shape, dtype=bool)
     outside[box.slices] = False
-    full["probabilities"][0][outside] = 1.0
+    full = {}
+    for name in ("probabilities", "attention_probabilities"):
+        if name in outputs:
+            full[name] = uncrop(outputs[name], box, shape, 0.0)
+            full[name][0][outside] = 1.0
     if "sdm" in outputs:
         full["sdm"] = uncrop(outputs["sdm"], box, shape, 1.0)
     if "confidence" in outputs:
@@ -147,7 +152,7 @@ def segment_image(
     probabilities = _to_input_grid(outputs["probabilities"], model_grid, image)
     labels = card.labels
     values = np.asarray([label.value for label in labels])
-    label_map = values[np.argmax(_channel_array(probabilities), axis=0)].astype(label_pixel_type(labels))
+    label_map = values[np.argmax(channel_array(probabilities), axis=0)].astype(label_pixel_type(labels))
     result = SegmentationResult(array_to_image(label_map, image), labels, probabilities)
 
     if options.largest_component:
@@ -159,11 +164,13 @@ def segment_image(
         if not np.any(label_map == label.value):
             result.warnings.append(f"no voxel was labelled {label.name!r} (empty prediction)")
 
+    if "attention_probabilities" in outputs:
+        result.attention_probabilities = _to_input_grid(outputs["attention_probabilities"], model_grid, image)
     if "confidence" in outputs:
-        confidence = _channel_array(_to_input_grid(outputs["confidence"][None], model_grid, image))[0]
+        confidence = channel_array(_to_input_grid(outputs["confidence"][None], model_grid, image))[0]
         result.confidence = array_to_image(np.clip(confidence, 0.0, 1.0).astype(np.float32), image)
     if "sdm" in outputs:
-        sdm = _channel_array(_to_input_grid(outputs["sdm"], model_grid, image))
+        sdm = channel_array(_to_input_grid(outputs["sdm"], model_grid, image))
         for channel, label in enumerate(card.foreground_labels):
             result.sdm[label.value] = array_to_image(sdm[channel].astype(np.float32), image)
     return result
@@ -210,14 +217,16 @@ def write_label_map(
     labels: Sequence[Label],
     label_path: str | Path,
     extra_images: dict[Path, sitk.Image] | None = None,
+    extra_texts: dict[Path, str] | None = None,
 ) -> list[Path]:
-    """Write a label map, its sidecars and any ``extra_images``, all or nothing.
+    """Write a label map, its sidecars and any ``extra_images`` and ``extra_texts``, all or nothing.
 
     Every file is first written to a temporary file beside its target; only when all of them
     are complete are they renamed into place, so a failure leaves existing files untouched.
     """
     images = {Path(label_path): label_map, **(extra_images or {})}
     texts = {sidecar_paths(label_path)[kind]: text for kind, text in sidecar_contents(labels).items()}
+    texts.update(extra_texts or {})
     with contextlib.ExitStack() as stack:
         for path, image in images.items():
             sitk.WriteImage(image, str(stack.enter_context(atomic_path(path))), useCompression=True)

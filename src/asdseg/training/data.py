@@ -17,6 +17,7 @@ import torch
 
 from asdseg.errors import InputError
 from asdseg.image_io import image_to_array, read_image
+from asdseg.losses import UNLABELLED
 from asdseg.phantoms import make_phantom
 from asdseg.preprocessing import normalize_intensity, resample_like, resample_to_spacing
 from asdseg.training.config import DataConfig
@@ -52,7 +53,7 @@ def case_names(root: Path) -> list[str]:
     return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
 
 
-def _downsampled(image: sitk.Image, label: sitk.Image, factor: int) -> tuple[sitk.Image, sitk.Image]:
+def downsample_pair(image: sitk.Image, label: sitk.Image, factor: int) -> tuple[sitk.Image, sitk.Image]:
     spacing = [s * factor for s in image.GetSpacing()]
     image = resample_to_spacing(sitk.Cast(image, sitk.sitkFloat32), spacing)
     return image, resample_like(label, image, sitk.sitkNearestNeighbor)
@@ -62,7 +63,7 @@ def load_case(root: Path, name: str, data: DataConfig, labelled: bool) -> Case:
     folder = root / "train" / name
     image, label = read_image(folder / "image.nii.gz"), read_image(folder / "label.nii.gz")
     if data.downsample > 1:
-        image, label = _downsampled(image, label, data.downsample)
+        image, label = downsample_pair(image, label, data.downsample)
     array = normalize_intensity(image_to_array(image), data.normalization)
     return Case(name, array, image_to_array(label, np.int64) if labelled else None, image.GetSpacing())
 
@@ -121,15 +122,21 @@ class PatchSampler:
         return np.pad(array, padding, constant_values=value) if any(after for _, after in padding) else array
 
     def _start(self, shape: tuple[int, ...], label: np.ndarray | None) -> list[int]:
+        """Where the crop starts: centred on a foreground voxel with ``foreground_probability``;
+        otherwise anywhere, except that a sparsely labelled volume is cropped around one of its
+        labelled voxels so that no patch is without a label."""
         limits = [size - patch for size, patch in zip(shape, self.patch_size, strict=True)]
+        centres = None
         if label is not None and self.rng.random() < self.foreground_probability:
-            foreground = np.argwhere(label > 0)
-            if len(foreground):
-                centre = foreground[self.rng.integers(len(foreground))]
-                return [
-                    int(np.clip(c - patch // 2, 0, limit))
-                    for c, patch, limit in zip(centre, self.patch_size, limits, strict=True)
-                ]
+            centres = np.argwhere(label > 0)
+        if label is not None and (centres is None or not len(centres)) and label.min() == UNLABELLED:
+            centres = np.argwhere(label != UNLABELLED)
+        if centres is not None and len(centres):
+            centre = centres[self.rng.integers(len(centres))]
+            return [
+                int(np.clip(c - patch // 2, 0, limit))
+                for c, patch, limit in zip(centre, self.patch_size, limits, strict=True)
+            ]
         return [int(self.rng.integers(0, limit + 1)) for limit in limits]
 
     def sample(self, case: Case) -> tuple[np.ndarray, np.ndarray | None]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ class TrainingResult:
     output_dir: Path
     history: list[dict[str, float]]
     model: ModelCard | None
+    #: True when ``should_stop`` ended the run before its last step.
+    stopped: bool = False
 
 
 def learning_rate(config: TrainingConfig, step: int) -> float:
@@ -63,10 +66,23 @@ def validation_dice(
 
 
 class Trainer:
-    """Runs ``config`` into ``output_dir``; ``resume`` continues from its checkpoint."""
+    """Runs ``config`` into ``output_dir``; ``resume`` continues from its checkpoint.
 
-    def __init__(self, config: TrainingConfig, output_dir: str | Path, device: str = "auto") -> None:
+    ``split`` replaces the cases the config's data section describes (fine-tuning brings its
+    own sparsely labelled volumes) and ``base_card`` is the card the saved model's card starts
+    from (labels, preprocessing and inference settings of the model being fine-tuned).
+    """
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        output_dir: str | Path,
+        device: str = "auto",
+        split: CaseSplit | None = None,
+        base_card: dict[str, Any] | None = None,
+    ) -> None:
         config.check()
+        self.base_card = base_card
         self.config = config
         self.output_dir = Path(output_dir)
         self.context = init_distributed()
@@ -74,7 +90,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         #: Each process draws its own patches.
         self.rng = np.random.default_rng([config.seed, self.context.rank])
-        self.split: CaseSplit = load_split(config.data)
+        self.split: CaseSplit = split if split is not None else load_split(config.data)
         self.sampler = PatchSampler(
             config.patch_size, config.foreground_probability, config.augment, self.rng
         )
@@ -148,7 +164,8 @@ class Trainer:
         )
         self.step += 1
         row = {"step": self.step, "learning_rate": rate, **losses}
-        if self.context.is_main and (self.step % config.validate_every == 0 or self.step == config.steps):
+        validate = self.step % config.validate_every == 0 or self.step == config.steps
+        if self.context.is_main and self.split.validation and validate:
             row["validation_dice"] = validation_dice(
                 self.recipe.networks["segmenter"],
                 self.split.validation,
@@ -161,8 +178,16 @@ class Trainer:
             self.checkpoint()
         return row
 
-    def run(self, until: int | None = None, show_progress: bool = True) -> TrainingResult:
-        """Train to step ``until`` (default: the config's last step)."""
+    def run(
+        self,
+        until: int | None = None,
+        show_progress: bool = True,
+        on_step: Callable[[dict[str, float]], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> TrainingResult:
+        """Train to step ``until`` (default: the config's last step). ``on_step`` sees each
+        step's log row; ``should_stop`` is asked before each step and ends the run early, without
+        a model, keeping the last checkpoint."""
         until = self.config.steps if until is None else min(until, self.config.steps)
         if self.step == 0 and (self.output_dir / CHECKPOINT_FILE).exists():
             raise InputError(
@@ -178,8 +203,14 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=until, initial=self.step, desc=f"training {self.config.recipe}", unit="step")
+        stopped = False
         while self.step < until:
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
             row = self.train_step()
+            if on_step is not None:
+                on_step(row)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
@@ -189,7 +220,7 @@ class Trainer:
             check_replicas_agree(self.recipe.networks["segmenter"])
         finished = self.step >= self.config.steps
         model = self.save_model() if finished and self.context.is_main else None
-        return TrainingResult(self.output_dir, self.history, model)
+        return TrainingResult(self.output_dir, self.history, model, stopped)
 
     def save_model(self) -> ModelCard:
         validated = [row["validation_dice"] for row in self.history if "validation_dice" in row]
@@ -224,4 +255,8 @@ class Trainer:
             "license": "as the training data",
             "weights": {"file": "model.pt", "sha256": "0" * 64},
         }
+        if self.base_card is not None:
+            kept = {key: card[key] for key in ("architecture", "metrics", "weights")}
+            training = {**card["training"], **self.base_card.get("training", {}), "steps": self.step}
+            card = {**self.base_card, **kept, "training": training}
         return save_model(self.recipe.export_network(), card, self.output_dir / "model")

@@ -1,0 +1,2 @@
+"""Attention-guided active learning: which axial slices to label next, sparse slice labels,
+fine-tuning on them, and when to stop."""

@@ -1,0 +1,115 @@
+"""Fine-tuning an attention model on sparsely labelled volumes: one active-learning round.
+
+The volumes are brought onto the model's voxel grid and normalised as inference does, their
+sparse labels resampled with them (unlabelled slices stay unlabelled), and the model trained
+from its current weights with the attention-unet recipe, whose losses ignore unlabelled voxels.
+The run writes a resumable checkpoint every ``checkpoint_every`` steps and, only when every step
+is done, a new model folder; a stopped or failed run leaves the model it started from as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from asdseg.active.sparse_labels import SparseLabels
+from asdseg.active.suggest import require_attention_model
+from asdseg.errors import InputError
+from asdseg.image_io import array_to_image, image_to_array
+from asdseg.model_card import ModelCard
+from asdseg.preprocessing import normalize_intensity, resample_like, resample_to_spacing
+from asdseg.registry import load_network
+from asdseg.training.config import DataConfig, TrainingConfig
+from asdseg.training.data import Case, CaseSplit
+from asdseg.training.trainer import Trainer, TrainingResult
+
+
+#: The last quarter of a round runs at a tenth of the learning rate, so that the round ends on
+#: settled weights rather than wherever the last large SGD steps left them.
+FINAL_LOW_RATE_FRACTION = 0.25
+
+
+@dataclass(frozen=True)
+class FineTuneSettings:
+    steps: int = 200
+    learning_rate: float = 0.005
+    batch_size: int = 2
+    checkpoint_every: int = 50
+    seed: int = 1337
+
+
+def model_grid_case(image: sitk.Image, sparse: SparseLabels, card: ModelCard, name: str) -> Case:
+    """A training case on the model's grid: the resampled, normalised image and the training
+    target (UNLABELLED off the labelled slices) resampled by nearest neighbour."""
+    if not sparse.labelled_slices:
+        raise InputError(f"{name}: no slice is marked labelled; label and mark at least one slice first.")
+    if tuple(image.GetSize()) != sparse.label.shape:
+        raise InputError(
+            f"{name}: the labels ({sparse.label.shape}) do not match the image ({image.GetSize()})."
+        )
+    resampled = resample_to_spacing(sitk.Cast(image, sitk.sitkFloat32), card.spacing)
+    target = resample_like(
+        array_to_image(sparse.training_target(), image), resampled, sitk.sitkNearestNeighbor
+    )
+    normalization = card.data["preprocessing"]["normalization"]
+    array = normalize_intensity(image_to_array(resampled), normalization)
+    return Case(name, array, image_to_array(target, np.int64), resampled.GetSpacing())
+
+
+def fine_tuned_card(card: ModelCard, name: str, cases: Sequence[Case]) -> dict:
+    labelled = sum(int((case.label != -1).any(axis=(0, 1)).sum()) for case in cases)
+    return {
+        **card.data,
+        "name": name,
+        "description": f"{card.name} fine-tuned on sparse slice labels of {len(cases)} volume(s).",
+        "training": {
+            "data": f"{len(cases)} volume(s) with {labelled} labelled slice(s) on the model grid",
+            "protocol": "attention-guided active learning: fine-tuning on the labelled slices only",
+            "fine_tuned_from": f"{card.name} {card.data['version']}",
+        },
+    }
+
+
+def fine_tune(
+    card: ModelCard,
+    cases: Sequence[Case],
+    output_dir: str | Path,
+    settings: FineTuneSettings = FineTuneSettings(),
+    name: str | None = None,
+    device: str = "auto",
+    on_step: Callable[[dict[str, float]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    show_progress: bool = False,
+) -> TrainingResult:
+    """Train ``card``'s model further on ``cases`` (from :func:`model_grid_case`) into
+    ``output_dir``; its ``model`` folder holds the new model when the run completes."""
+    require_attention_model(card)
+    if not cases:
+        raise InputError("nothing to fine-tune on: give at least one labelled volume.")
+    config = TrainingConfig(
+        recipe="attention-unet",
+        data=DataConfig(
+            labelled=len(cases), validation=0, normalization=card.data["preprocessing"]["normalization"]
+        ),
+        network=card.data["architecture"],
+        labels=card.data["labels"],
+        patch_size=tuple(card.data["inference"]["patch_size"]),
+        batch_size=settings.batch_size,
+        labelled_per_batch=settings.batch_size,
+        steps=settings.steps,
+        learning_rate=settings.learning_rate,
+        lr_decay_every=max(1, round(settings.steps * (1 - FINAL_LOW_RATE_FRACTION))),
+        lr_decay_factor=0.1,
+        validate_every=settings.steps,
+        checkpoint_every=min(settings.checkpoint_every, settings.steps),
+        seed=settings.seed,
+    )
+    split = CaseSplit(labelled=list(cases), unlabelled=[], validation=[])
+    base_card = fine_tuned_card(card, name or f"{card.name}-finetuned", cases)
+    trainer = Trainer(config, output_dir, device=device, split=split, base_card=base_card)
+    trainer.recipe.networks["segmenter"].load_state_dict(load_network(card).state_dict())
+    return trainer.run(show_progress=show_progress, on_step=on_step, should_stop=should_stop)

@@ -1,0 +1,106 @@
+"""Per-slice uncertainty of a segmentation: the scores the active-learning loop ranks by.
+
+The attention 3D U-Net predicts twice: SR1 from its final feature maps and SR2 from its
+attention maps. Where the two agree the model is sure; where they disagree it is not. Per slice
+``k`` of the volume's third array axis (the axial slice for the usual acquisition):
+
+- P-DSC = 2 |SR1 and SR2| / (|SR1| + |SR2|) over the foreground, averaged over the foreground
+  classes present in either prediction;
+- P-accuracy = voxels where both predict the same foreground class / voxels either predicts
+  as foreground (for several classes this also counts disagreement about *which* organ);
+- entropy = the sum over the slice of the voxel-wise entropy of SR1's class probabilities.
+
+A class with fewer than ``min_area`` voxels in a slice counts as absent there, so that specks
+do not drive the ranking. A slice where both predictions are empty (after that rule) holds no
+organ for either head: it gets P-DSC and P-accuracy 1 (full agreement) and is flagged
+``both_empty``; the P-DSC and P-accuracy queries never select it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Specks smaller than this (voxels per class per slice) are ignored.
+DEFAULT_MIN_AREA = 10
+
+
+@dataclass(frozen=True)
+class SliceScores:
+    """Scores of every slice ``k`` of one volume, each array of length (number of slices)."""
+
+    p_dsc: np.ndarray
+    p_accuracy: np.ndarray
+    entropy: np.ndarray
+    both_empty: np.ndarray
+
+    @property
+    def slice_count(self) -> int:
+        return len(self.p_dsc)
+
+    def mean_agreement(self, measure: str = "p_dsc") -> float:
+        """Mean P-DSC (or P-accuracy) over the slices where either head predicts an organ: the
+        quality estimate of the stop criterion. Empty slices are left out so that the figure does
+        not depend on how much empty space the volume holds; 1.0 when every slice is empty."""
+        values = getattr(self, measure)[~self.both_empty]
+        return float(values.mean()) if len(values) else 1.0
+
+
+def _without_specks(labels: np.ndarray, values: list[int], min_area: int) -> np.ndarray:
+    """``labels`` (x, y, z) with every class that covers fewer than ``min_area`` voxels of a
+    slice set to background in that slice."""
+    cleaned = labels.copy()
+    for value in values:
+        mask = labels == value
+        small = mask.sum(axis=(0, 1)) < min_area
+        cleaned[:, :, small] = np.where(mask[:, :, small], 0, cleaned[:, :, small])
+    return cleaned
+
+
+def agreement_scores(
+    final_labels: np.ndarray, attention_labels: np.ndarray, num_classes: int, min_area: int = DEFAULT_MIN_AREA
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """P-DSC, P-accuracy and the both-empty flag per slice ``k`` of two (x, y, z) label maps."""
+    if final_labels.shape != attention_labels.shape or final_labels.ndim != 3:
+        raise ValueError(
+            f"label maps must be 3D and alike, got {final_labels.shape} and {attention_labels.shape}"
+        )
+    foreground = list(range(1, num_classes))
+    final = _without_specks(final_labels, foreground, min_area)
+    attention = _without_specks(attention_labels, foreground, min_area)
+    slices = final.shape[2]
+    dice_sum = np.zeros(slices)
+    present = np.zeros(slices)
+    for value in foreground:
+        in_final = (final == value).sum(axis=(0, 1))
+        in_attention = (attention == value).sum(axis=(0, 1))
+        both = ((final == value) & (attention == value)).sum(axis=(0, 1))
+        either = (in_final + in_attention) > 0
+        dice_sum[either] += 2.0 * both[either] / (in_final[either] + in_attention[either])
+        present += either
+    both_empty = present == 0
+    p_dsc = np.where(both_empty, 1.0, dice_sum / np.maximum(present, 1))
+    agree = ((final == attention) & (final > 0)).sum(axis=(0, 1))
+    union = ((final > 0) | (attention > 0)).sum(axis=(0, 1))
+    p_accuracy = np.where(both_empty, 1.0, agree / np.maximum(union, 1))
+    return p_dsc, p_accuracy, both_empty
+
+
+def slice_entropy(probabilities: np.ndarray) -> np.ndarray:
+    """Sum over each slice ``k`` of the voxel-wise entropy (nats) of (classes, x, y, z)
+    probabilities."""
+    clipped = np.clip(probabilities, 1e-12, 1.0)
+    return -(probabilities * np.log(clipped)).sum(axis=(0, 1, 2))
+
+
+def score_slices(
+    probabilities: np.ndarray, attention_probabilities: np.ndarray, min_area: int = DEFAULT_MIN_AREA
+) -> SliceScores:
+    """Every score of every slice, from the (classes, x, y, z) probabilities of the final
+    prediction (SR1) and of the attention-map prediction (SR2)."""
+    num_classes = probabilities.shape[0]
+    p_dsc, p_accuracy, both_empty = agreement_scores(
+        probabilities.argmax(axis=0), attention_probabilities.argmax(axis=0), num_classes, min_area
+    )
+    return SliceScores(p_dsc, p_accuracy, slice_entropy(probabilities), both_empty)

@@ -1,0 +1,113 @@
+"""Sparse labels: a volume's label map of which only some slices were drawn by the annotator.
+
+On disk a sparse label map is the label image itself (NIfTI, with the usual label sidecars) and
+``<stem>.slices.json`` beside it, naming the labelled slices (indices along the image's third
+array axis) and the image size they refer to, so that an annotation session can be resumed and
+a training run knows which zeros mean "background" and which mean "nobody looked". Training
+sees :data:`asdseg.losses.UNLABELLED` on every slice that is not labelled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from asdseg.errors import InputError
+from asdseg.image_io import array_to_image, image_to_array, read_image
+from asdseg.labels import Label, sidecar_stem
+from asdseg.losses import UNLABELLED
+from asdseg.segment import label_pixel_type, write_label_map
+
+SLICES_FORMAT_VERSION = 1
+
+
+def slices_json_path(label_path: str | Path) -> Path:
+    stem = sidecar_stem(label_path)
+    return stem.with_name(stem.name + ".slices.json")
+
+
+@dataclass
+class SparseLabels:
+    """An (x, y, z) label array and the slices ``k`` (third axis) whose labels count."""
+
+    label: np.ndarray
+    labelled_slices: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.labelled_slices = {int(index) for index in self.labelled_slices}
+        bad = sorted(index for index in self.labelled_slices if not 0 <= index < self.slice_count)
+        if bad:
+            raise InputError(
+                f"labelled slice(s) {bad} are outside the volume's {self.slice_count} slices (0 to "
+                f"{self.slice_count - 1}); the slices file belongs to another image."
+            )
+
+    @property
+    def slice_count(self) -> int:
+        return int(self.label.shape[2])
+
+    @property
+    def labelled_fraction(self) -> float:
+        return len(self.labelled_slices) / self.slice_count
+
+    def mark_labelled(self, indices: Iterable[int]) -> None:
+        self.labelled_slices |= {int(index) for index in indices}
+        self.__post_init__()
+
+    def training_target(self) -> np.ndarray:
+        """int64 (x, y, z): the label on labelled slices, UNLABELLED everywhere else."""
+        target = np.full(self.label.shape, UNLABELLED, dtype=np.int64)
+        indices = sorted(self.labelled_slices)
+        target[:, :, indices] = self.label[:, :, indices]
+        return target
+
+
+def write_sparse_labels(
+    sparse: SparseLabels, reference: sitk.Image, labels: Sequence[Label], path: str | Path
+) -> list[Path]:
+    """Write the label map (geometry of ``reference``), its sidecars and the slices file, all
+    or nothing. Voxels of unlabelled slices are written as background."""
+    label = np.zeros_like(sparse.label)
+    indices = sorted(sparse.labelled_slices)
+    label[:, :, indices] = sparse.label[:, :, indices]
+    image = array_to_image(label.astype(label_pixel_type(labels)), reference)
+    record = {
+        "version": SLICES_FORMAT_VERSION,
+        "axis": "k (third array axis)",
+        "size": list(sparse.label.shape),
+        "labelled_slices": indices,
+    }
+    text = json.dumps(record, indent=2) + "\n"
+    return write_label_map(image, labels, path, extra_texts={slices_json_path(path): text})
+
+
+def read_sparse_labels(path: str | Path) -> tuple[sitk.Image, SparseLabels]:
+    """The label image and its sparse labels; a label map without a slices file is refused
+    rather than taken as fully labelled, since its zeros could mean either."""
+    path = Path(path)
+    record_path = slices_json_path(path)
+    if not record_path.is_file():
+        raise InputError(
+            f"{path}: no {record_path.name} beside it saying which slices are labelled. Write sparse "
+            "labels with ActiveAnnotate or 'asdseg' (or create the file listing every slice if the "
+            "whole volume is labelled)."
+        )
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        slices = record["labelled_slices"]
+        size = tuple(record["size"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise InputError(f"{record_path}: not a labelled-slices file ({error}).") from error
+    image = read_image(path)
+    label = image_to_array(image, np.int64)
+    if size != label.shape:
+        raise InputError(
+            f"{record_path} describes a {size} volume but {path.name} is {label.shape}; the two files "
+            "do not belong together."
+        )
+    return image, SparseLabels(label, set(slices))

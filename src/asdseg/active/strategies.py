@@ -1,0 +1,110 @@
+"""Query strategies: which ``budget`` slices to label next, over one or several volumes.
+
+Every strategy sees the same inputs (each volume's :class:`SliceScores` and the slices already
+labelled in it) and returns :class:`SliceQuery` items, most wanted first. Labelled slices are
+never suggested again. The paper's strategy is P-DSC; P-accuracy, entropy, random and
+equal-interval are the comparisons of its experiments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from asdseg.active.slice_scores import SliceScores
+from asdseg.errors import InputError
+
+
+@dataclass(frozen=True)
+class SliceQuery:
+    volume: int  #: index into the volumes given to the strategy
+    slice: int  #: index along the volume's third array axis
+    score: float  #: what the strategy ranked by (P-DSC, P-accuracy, entropy, gap, or 0 for random)
+
+
+Strategy = Callable[[Sequence[SliceScores], Sequence[set[int]], int, np.random.Generator], list[SliceQuery]]
+
+
+def _unlabelled(scores: Sequence[SliceScores], labelled: Sequence[set[int]]) -> list[tuple[int, int]]:
+    return [
+        (volume, index)
+        for volume, volume_scores in enumerate(scores)
+        for index in range(volume_scores.slice_count)
+        if index not in labelled[volume]
+    ]
+
+
+def _lowest(measure: str) -> Strategy:
+    """Slices where the two heads agree least, leaving out slices where both are empty."""
+
+    def select(scores, labelled, budget, rng) -> list[SliceQuery]:
+        candidates = [
+            SliceQuery(volume, index, float(getattr(scores[volume], measure)[index]))
+            for volume, index in _unlabelled(scores, labelled)
+            if not scores[volume].both_empty[index]
+        ]
+        return sorted(candidates, key=lambda query: (query.score, query.volume, query.slice))[:budget]
+
+    return select
+
+
+def highest_entropy(scores, labelled, budget, rng) -> list[SliceQuery]:
+    candidates = [
+        SliceQuery(volume, index, float(scores[volume].entropy[index]))
+        for volume, index in _unlabelled(scores, labelled)
+    ]
+    return sorted(candidates, key=lambda query: (-query.score, query.volume, query.slice))[:budget]
+
+
+def random_slices(scores, labelled, budget, rng) -> list[SliceQuery]:
+    candidates = _unlabelled(scores, labelled)
+    picks = rng.choice(len(candidates), size=min(budget, len(candidates)), replace=False)
+    return [SliceQuery(*candidates[int(pick)], 0.0) for pick in picks]
+
+
+def equal_interval(scores, labelled, budget, rng) -> list[SliceQuery]:
+    """Fill the widest gaps first: repeatedly take the unlabelled slice farthest from every
+    labelled (or already chosen) slice of its volume, which halves the labelling interval round
+    by round (every 16th slice, then every 8th, ...)."""
+    chosen = [set(volume_labelled) for volume_labelled in labelled]
+    queries = []
+    for _ in range(budget):
+        best: tuple[float, int, int] | None = None
+        for volume, index in _unlabelled(scores, chosen):
+            others = np.fromiter(chosen[volume], dtype=float, count=len(chosen[volume]))
+            gap = float(np.abs(others - index).min()) if len(others) else float(scores[volume].slice_count)
+            if best is None or gap > best[0]:
+                best = (gap, volume, index)
+        if best is None:
+            break
+        queries.append(SliceQuery(best[1], best[2], best[0]))
+        chosen[best[1]].add(best[2])
+    return queries
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "p-dsc": _lowest("p_dsc"),
+    "p-accuracy": _lowest("p_accuracy"),
+    "entropy": highest_entropy,
+    "random": random_slices,
+    "equal-interval": equal_interval,
+}
+
+
+def select_slices(
+    strategy: str,
+    scores: Sequence[SliceScores],
+    labelled: Sequence[set[int]],
+    budget: int,
+    rng: np.random.Generator | None = None,
+) -> list[SliceQuery]:
+    """The ``budget`` slices ``strategy`` asks for next (fewer when fewer are left)."""
+    if strategy not in STRATEGIES:
+        raise InputError(f"unknown query strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+    if budget < 1:
+        raise InputError(f"the budget must be at least one slice, got {budget}.")
+    if len(scores) != len(labelled):
+        raise ValueError("one set of labelled slices per volume is needed")
+    return STRATEGIES[strategy](scores, labelled, budget, rng or np.random.default_rng())

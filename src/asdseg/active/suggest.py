@@ -1,0 +1,67 @@
+"""Suggesting the slices of one volume to label next, with a model that has an attention head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from torch import nn
+
+from asdseg.active.slice_scores import DEFAULT_MIN_AREA, SliceScores, score_slices
+from asdseg.active.strategies import SliceQuery, select_slices
+from asdseg.errors import ModelError
+from asdseg.model_card import ModelCard
+from asdseg.progress import CancelToken, ProgressCallback
+from asdseg.segment import SegmentationOptions, SegmentationResult, channel_array, segment_image
+
+#: The architectures that predict twice (final features and attention maps), as P-DSC needs.
+ATTENTION_ARCHITECTURES = ("attention-unet",)
+
+
+def require_attention_model(card: ModelCard) -> None:
+    architecture = card.data["architecture"]["name"]
+    if architecture not in ATTENTION_ARCHITECTURES:
+        raise ModelError(
+            f"model {card.name!r} ({architecture}) has no attention head, so it cannot rank slices or be "
+            "fine-tuned on sparse slices; use a model trained with 'asdseg train --recipe attention-unet'."
+        )
+
+
+@dataclass
+class SliceSuggestion:
+    """The slices to label next, every slice's scores, and the segmentation they came from."""
+
+    queries: list[SliceQuery]
+    scores: SliceScores
+    segmentation: SegmentationResult
+
+
+def scores_of(result: SegmentationResult, min_area: int = DEFAULT_MIN_AREA) -> SliceScores:
+    """Per-slice scores of a segmentation by an attention model, on the input image's slices."""
+    if result.attention_probabilities is None:
+        raise ModelError("the segmentation has no attention-map prediction; use an attention-unet model.")
+    return score_slices(
+        channel_array(result.probabilities), channel_array(result.attention_probabilities), min_area
+    )
+
+
+def suggest_slices(
+    image: sitk.Image,
+    card: ModelCard,
+    network: nn.Module,
+    labelled_slices: set[int],
+    strategy: str = "p-dsc",
+    budget: int = 5,
+    options: SegmentationOptions | None = None,
+    min_area: int = DEFAULT_MIN_AREA,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    rng: np.random.Generator | None = None,
+) -> SliceSuggestion:
+    """Segment ``image`` and pick ``budget`` of its unlabelled slices by ``strategy``."""
+    require_attention_model(card)
+    result = segment_image(image, card, network, options, progress=progress, cancel=cancel)
+    scores = scores_of(result, min_area)
+    queries = select_slices(strategy, [scores], [labelled_slices], budget, rng)
+    return SliceSuggestion(queries, scores, result)

@@ -1,0 +1,70 @@
+"""A slice suggestion as a record: printed as a table, written as JSON, read back by Slicer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from asdseg.active.suggest import SliceSuggestion
+from asdseg.errors import InputError
+from asdseg.image_io import atomic_path
+
+
+def suggestion_record(
+    suggestion: SliceSuggestion, strategy: str, labelled_slices: set[int]
+) -> dict[str, Any]:
+    """The suggested slices (most wanted first) with their scores, every slice's scores, and
+    the quality estimates the stop criterion compares between rounds."""
+    scores = suggestion.scores
+
+    def row(index: int) -> dict[str, Any]:
+        return {
+            "slice": index,
+            "p_dsc": round(float(scores.p_dsc[index]), 6),
+            "p_accuracy": round(float(scores.p_accuracy[index]), 6),
+            "entropy": round(float(scores.entropy[index]), 4),
+            "both_empty": bool(scores.both_empty[index]),
+        }
+
+    return {
+        "strategy": strategy,
+        "suggested": [row(query.slice) for query in suggestion.queries],
+        "labelled_slices": sorted(labelled_slices),
+        "mean_p_dsc": scores.mean_agreement("p_dsc"),
+        "mean_p_accuracy": scores.mean_agreement("p_accuracy"),
+        "slices": [row(index) for index in range(scores.slice_count)],
+    }
+
+
+def format_suggestions(record: dict[str, Any]) -> str:
+    lines = [
+        f"{len(record['suggested'])} slice(s) to label next ({record['strategy']}):",
+        f"{'rank':>4}  {'slice':>5}  {'P-DSC':>7}  {'P-acc':>7}  {'entropy':>9}",
+    ]
+    for rank, row in enumerate(record["suggested"], start=1):
+        scores = f"{row['p_dsc']:>7.4f}  {row['p_accuracy']:>7.4f}  {row['entropy']:>9.1f}"
+        lines.append(f"{rank:>4}  {row['slice']:>5}  {scores}")
+    lines.append(
+        f"mean P-DSC {record['mean_p_dsc']:.4f}, mean P-accuracy {record['mean_p_accuracy']:.4f} "
+        "(over slices where the model sees an organ)"
+    )
+    return "\n".join(lines)
+
+
+def write_suggestions(record: dict[str, Any], path: str | Path) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def read_suggestions(path: str | Path) -> dict[str, Any]:
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        missing = [key for key in ("suggested", "mean_p_dsc", "slices") if key not in record]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise InputError(f"{path}: not a slice suggestion written by 'asdseg suggest' ({error}).") from error
+    if missing:
+        raise InputError(
+            f"{path}: not a slice suggestion written by 'asdseg suggest' (no {', '.join(missing)})."
+        )
+    return record

@@ -1,0 +1,181 @@
+"""The active-learning engine: slice scores, query strategies, sparse labels, suggestions."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from asdseg.active.slice_scores import SliceScores, agreement_scores, score_slices, slice_entropy
+from asdseg.active.sparse_labels import (
+    SparseLabels,
+    read_sparse_labels,
+    slices_json_path,
+    write_sparse_labels,
+)
+from asdseg.active.stopping import has_converged
+from asdseg.active.strategies import select_slices
+from asdseg.active.suggest import suggest_slices
+from asdseg.active.suggestion_report import read_suggestions, suggestion_record, write_suggestions
+from asdseg.errors import InputError, ModelError
+from asdseg.image_io import image_to_array
+from asdseg.labels import Label
+from asdseg.losses import UNLABELLED
+from asdseg.model_card import ModelCard
+from asdseg.phantoms import make_phantom, phantom_image
+from asdseg.registry import load_network
+from asdseg.training.data import Case, PatchSampler
+
+from conftest import ROTATED
+
+LABELS = [Label(0, "background", (0, 0, 0)), Label(1, "organ", (200, 0, 0)), Label(2, "other", (0, 0, 200))]
+
+
+def test_agreement_scores_by_hand() -> None:
+    final = np.zeros((6, 6, 4), dtype=np.int64)
+    attention = np.zeros_like(final)
+    # slice 0: both empty. slice 1: 4 vs 2 voxels, 2 shared -> P-DSC 2*2/(4+2).
+    final[0:2, 0:2, 1] = 1
+    attention[0:2, 0:1, 1] = 1
+    # slice 2: a 1-voxel speck in one head only -> both empty after the min-area rule.
+    final[3, 3, 2] = 1
+    # slice 3: same 4 voxels, but labelled as different organs -> P-DSC 0, P-accuracy 0.
+    final[2:4, 2:4, 3] = 1
+    attention[2:4, 2:4, 3] = 2
+    p_dsc, p_accuracy, both_empty = agreement_scores(final, attention, num_classes=3, min_area=2)
+    np.testing.assert_allclose(p_dsc, [1.0, 4 / 6, 1.0, 0.0])
+    np.testing.assert_allclose(p_accuracy, [1.0, 2 / 4, 1.0, 0.0])
+    assert both_empty.tolist() == [True, False, True, False]
+
+
+def test_slice_entropy_of_uniform_and_certain_predictions() -> None:
+    probabilities = np.zeros((2, 3, 3, 2), dtype=np.float32)
+    probabilities[:, :, :, 0] = 0.5  # uniform: log 2 per voxel
+    probabilities[1, :, :, 1] = 1.0  # certain: 0
+    np.testing.assert_allclose(slice_entropy(probabilities), [9 * math.log(2), 0.0], rtol=1e-6)
+
+
+def scores_for(p_dsc: list[float], entropy: list[float] | None = None) -> SliceScores:
+    p_dsc = np.asarray(p_dsc, dtype=float)
+    entropy = np.asarray(entropy if entropy is not None else np.zeros(len(p_dsc)), dtype=float)
+    return SliceScores(p_dsc, p_dsc.copy(), entropy, p_dsc == 1.0)
+
+
+def test_p_dsc_picks_least_agreement_skipping_labelled_and_empty_slices() -> None:
+    first, second = scores_for([1.0, 0.2, 0.5, 0.1, 0.9]), scores_for([0.3, 1.0, 0.05])
+    queries = select_slices("p-dsc", [first, second], [{3}, set()], budget=3)
+    assert [(query.volume, query.slice) for query in queries] == [(1, 2), (0, 1), (1, 0)]
+    assert [query.score for query in queries] == [0.05, 0.2, 0.3]
+
+
+def test_entropy_random_and_budget_larger_than_candidates() -> None:
+    scores = scores_for([0.5, 0.5, 0.5, 0.5], entropy=[1.0, 7.0, 3.0, 9.0])
+    assert [query.slice for query in select_slices("entropy", [scores], [{3}], 2)] == [1, 2]
+    picked = select_slices("random", [scores], [{0, 2}], 5, np.random.default_rng(0))
+    assert sorted(query.slice for query in picked) == [1, 3]
+
+
+def test_equal_interval_halves_the_gaps() -> None:
+    scores = scores_for([0.5] * 33)
+    queries = select_slices("equal-interval", [scores], [{0, 16, 32}], 2)
+    assert [query.slice for query in queries] == [8, 24]
+    assert [query.score for query in queries] == [8.0, 8.0]
+
+
+def test_unknown_strategy_and_bad_budget_are_refused() -> None:
+    with pytest.raises(InputError, match="unknown query strategy"):
+        select_slices("margin", [scores_for([0.5])], [set()], 1)
+    with pytest.raises(InputError, match="at least one slice"):
+        select_slices("p-dsc", [scores_for([0.5])], [set()], 0)
+
+
+def test_stop_criterion() -> None:
+    assert not has_converged([0.80])
+    assert not has_converged([0.80, 0.83], sigma=0.005)
+    assert has_converged([0.80, 0.83, 0.833], sigma=0.005)
+
+
+def test_sparse_target_marks_unlabelled_slices() -> None:
+    label = np.ones((3, 3, 4), dtype=np.int64)
+    target = SparseLabels(label, {1, 3}).training_target()
+    assert (target[:, :, [1, 3]] == 1).all()
+    assert (target[:, :, [0, 2]] == UNLABELLED).all()
+    with pytest.raises(InputError, match="outside the volume"):
+        SparseLabels(label, {4})
+
+
+def test_sparse_labels_round_trip_with_geometry(tmp_path: Path) -> None:
+    image, label = phantom_image(
+        make_phantom(shape=(20, 18, 12), seed=1), spacing=(0.9, 1.1, 2.0), direction=ROTATED
+    )
+    sparse = SparseLabels(image_to_array(label, np.int64), {2, 7})
+    path = tmp_path / "labels.nii.gz"
+    write_sparse_labels(sparse, image, LABELS, path)
+    assert json.loads(slices_json_path(path).read_text())["labelled_slices"] == [2, 7]
+    read_image_back, read_back = read_sparse_labels(path)
+    assert read_back.labelled_slices == {2, 7}
+    assert read_image_back.GetDirection() == pytest.approx(image.GetDirection())
+    assert read_image_back.GetSpacing() == pytest.approx(image.GetSpacing())
+    np.testing.assert_array_equal(read_back.label[:, :, 7], sparse.label[:, :, 7])
+    assert not read_back.label[:, :, 3].any(), "unlabelled slices are written as background"
+
+
+def test_sparse_labels_without_or_with_a_foreign_slices_file_are_refused(tmp_path: Path) -> None:
+    _image, label = phantom_image(make_phantom(shape=(16, 16, 8), seed=1))
+    path = tmp_path / "labels.nii.gz"
+    sitk.WriteImage(label, str(path))
+    with pytest.raises(InputError, match=r"slices\.json"):
+        read_sparse_labels(path)
+    slices_json_path(path).write_text(json.dumps({"size": [16, 16, 9], "labelled_slices": [1]}))
+    with pytest.raises(InputError, match="do not belong together"):
+        read_sparse_labels(path)
+
+
+def test_sparse_patches_always_hold_labelled_voxels() -> None:
+    label = np.full((32, 32, 40), UNLABELLED, dtype=np.int64)
+    label[:, :, 35] = 0
+    case = Case("sparse", np.zeros(label.shape, dtype=np.float32), label)
+    sampler = PatchSampler(
+        (16, 16, 8), foreground_probability=0.5, augment=True, rng=np.random.default_rng(0)
+    )
+    for _ in range(20):
+        _, patch = sampler.sample(case)
+        assert (patch != UNLABELLED).any()
+
+
+def test_suggest_ranks_the_slices_of_a_rotated_volume(attention_model: ModelCard, tmp_path: Path) -> None:
+    image, _ = phantom_image(make_phantom(shape=(24, 24, 20), seed=2), direction=ROTATED)
+    suggestion = suggest_slices(image, attention_model, load_network(attention_model), {0, 5}, "p-dsc", 4)
+    assert suggestion.scores.slice_count == 20
+    chosen = [query.slice for query in suggestion.queries]
+    assert not {0, 5} & set(chosen)
+    assert len(set(chosen)) == len(chosen) <= 4
+    values = [query.score for query in suggestion.queries]
+    assert values == sorted(values)
+    assert all(not suggestion.scores.both_empty[index] for index in chosen)
+    random_pick = suggest_slices(image, attention_model, load_network(attention_model), {0, 5}, "random", 4)
+    assert len(random_pick.queries) == 4
+    record = suggestion_record(suggestion, "p-dsc", {0, 5})
+    write_suggestions(record, tmp_path / "suggestions.json")
+    assert read_suggestions(tmp_path / "suggestions.json")["suggested"] == record["suggested"]
+
+
+def test_scores_come_from_both_heads() -> None:
+    """Identical heads agree everywhere; a flipped head disagrees wherever there is an organ."""
+    probabilities = np.zeros((3, 8, 8, 3), dtype=np.float32)
+    probabilities[0] = 1.0
+    probabilities[:, 2:6, 2:6, 1] = [[[0.0]], [[1.0]], [[0.0]]]
+    same = score_slices(probabilities, probabilities, min_area=1)
+    assert same.p_dsc.tolist() == [1.0, 1.0, 1.0] and same.both_empty.tolist() == [True, False, True]
+    flipped = probabilities[[0, 2, 1]]
+    assert score_slices(probabilities, flipped, min_area=1).p_dsc[1] == 0.0
+
+
+def test_models_without_attention_cannot_suggest(tiny_model: ModelCard) -> None:
+    image, _ = phantom_image(make_phantom(shape=(16, 16, 16), seed=2))
+    with pytest.raises(ModelError, match="no attention head"):
+        suggest_slices(image, tiny_model, load_network(tiny_model), set())
