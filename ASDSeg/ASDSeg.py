@@ -154,7 +154,12 @@ class ASDSegParameterNode:
 #
 
 
-class ASDSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The plumbing of Slicer's scripted-module template that this extension's panels share:
+    the parameter node is bound to the .ui widgets and follows the scene (closed, re-opened),
+    and one engine run at a time is polled by a timer. Subclasses set ``self.logic`` and
+    ``self.ui`` in ``setup`` and implement ``updateGUIFromParameterNode`` and ``onPollRun``."""
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -166,33 +171,13 @@ class ASDSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.timeout.connect(self.onPollRun)
 
-    def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        ui_widget = slicer.util.loadUI(self.resourcePath("UI/ASDSeg.ui"))
-        self.layout.addWidget(ui_widget)
-        self.ui = slicer.util.childWidgetVariables(ui_widget)
-        ui_widget.setMRMLScene(slicer.mrmlScene)
-        self.logic = ASDSegLogic()
-
+    def observeScene(self) -> None:
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        self.ui.installDependenciesButton.clicked.connect(self.onInstallDependencies)
-        self.ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
-        self.ui.segmentButton.clicked.connect(self.onSegmentOrCancel)
-        self.ui.overlaySelector.currentIndexChanged.connect(self.onOverlayChanged)
-        self.ui.overlayOpacitySliderWidget.valueChanged.connect(self.onOverlayChanged)
-        self.ui.exportButton.clicked.connect(self.onExport)
-        self.ui.progressBar.hide()
-        self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.cancelRun()
         self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-        self.refreshEngineState()
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -217,7 +202,7 @@ class ASDSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if first_volume:
                 self._parameterNode.inputVolume = first_volume
 
-    def setParameterNode(self, parameter_node: ASDSegParameterNode | None) -> None:
+    def setParameterNode(self, parameter_node) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(
@@ -230,6 +215,44 @@ class ASDSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode
             )
             self.updateGUIFromParameterNode()
+
+    def startPolling(self, run, message: str) -> None:
+        self._run = run
+        self.ui.progressBar.setValue(0)
+        self.ui.progressBar.show()
+        self.ui.statusLabel.text = message
+        self._timer.start()
+        self.updateGUIFromParameterNode()
+
+    def cancelRun(self) -> None:
+        if self._run is not None:
+            self._timer.stop()
+            self._run.close()
+            self._run = None
+
+
+class ASDSegWidget(ParameterNodeWidget):
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        ui_widget = slicer.util.loadUI(self.resourcePath("UI/ASDSeg.ui"))
+        self.layout.addWidget(ui_widget)
+        self.ui = slicer.util.childWidgetVariables(ui_widget)
+        ui_widget.setMRMLScene(slicer.mrmlScene)
+        self.logic = ASDSegLogic()
+        self.observeScene()
+
+        self.ui.installDependenciesButton.clicked.connect(self.onInstallDependencies)
+        self.ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
+        self.ui.segmentButton.clicked.connect(self.onSegmentOrCancel)
+        self.ui.overlaySelector.currentIndexChanged.connect(self.onOverlayChanged)
+        self.ui.overlayOpacitySliderWidget.valueChanged.connect(self.onOverlayChanged)
+        self.ui.exportButton.clicked.connect(self.onExport)
+        self.ui.progressBar.hide()
+        self.initializeParameterNode()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        self.refreshEngineState()
 
     # Engine and models ---------------------------------------------------------------------
 
@@ -286,17 +309,13 @@ class ASDSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         parameters = self._parameterNode
         try:
-            self._run = self.logic.segmentation.start(
+            run = self.logic.segmentation.start(
                 parameters.inputVolume, parameters.modelName, self.logic.runOptions(parameters)
             )
         except AsdsegError as error:
             slicer.util.errorDisplay(f"Cannot segment: {error}")
             return
-        self.ui.progressBar.setValue(0)
-        self.ui.progressBar.show()
-        self.ui.statusLabel.text = "Starting the engine..."
-        self._timer.start()
-        self.updateGUIFromParameterNode()
+        self.startPolling(run, "Starting the engine...")
 
     def onPollRun(self) -> None:
         from asdseg.background import JobState
@@ -332,12 +351,6 @@ class ASDSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 f"\nWarning: {warning}" for warning in outputs.warnings
             )
         self.updateGUIFromParameterNode()
-
-    def cancelRun(self) -> None:
-        if self._run is not None:
-            self._timer.stop()
-            self._run.close()
-            self._run = None
 
     # Overlay and export --------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ("ASDSeg",)
+MODULES = ("ASDSeg", "ActiveAnnotate")
 #: Engine dependencies a Slicer installation already provides (or, for matplotlib, that only
 #: the command-line demo's figures use), so Resources/requirements.txt does not list them.
 PROVIDED_IN_SLICER = {"torch", "numpy", "SimpleITK", "matplotlib"}

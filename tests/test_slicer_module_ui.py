@@ -1,4 +1,4 @@
-"""ASDSeg.ui loaded with Qt (PySide6's QUiLoader), checked against what ASDSeg.py looks up.
+"""Each module's .ui loaded with Qt (PySide6's QUiLoader), checked against what its .py looks up.
 
 Slicer's own widgets (qMRML*, ctk*) are not available outside Slicer; QUiLoader builds them as
 the base class their <customwidget> entry names, which keeps their object names and dynamic
@@ -17,37 +17,58 @@ from PySide6.QtCore import QFile, QObject
 from PySide6.QtUiTools import QUiLoader
 from PySide6.QtWidgets import QApplication, QComboBox
 
-MODULE_DIR = Path(__file__).resolve().parents[1] / "ASDSeg"
-UI_FILE = MODULE_DIR / "Resources" / "UI" / "ASDSeg.ui"
-MODULE_FILE = MODULE_DIR / "ASDSeg.py"
-#: Parameters the widget writes itself instead of through a SlicerParameterName binding.
-MANUALLY_BOUND_PARAMETERS = {"modelName"}
+ROOT = Path(__file__).resolve().parents[1]
+#: Per module: the parameters its widget writes itself instead of through a SlicerParameterName
+#: binding, and widgets the test requires.
+MODULES = {
+    "ASDSeg": ({"modelName"}, {"segmentButton", "progressBar", "statusLabel", "exportButton"}),
+    "ActiveAnnotate": (
+        {"modelName"},
+        {
+            "suggestButton",
+            "suggestionsTable",
+            "markLabelledButton",
+            "fineTuneButton",
+            "progressBar",
+            "exportButton",
+        },
+    ),
+}
+
+
+def ui_file(module: str) -> Path:
+    return ROOT / module / "Resources" / "UI" / f"{module}.ui"
+
+
+@pytest.fixture(scope="module", params=sorted(MODULES))
+def module(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def panel():
+def panel(module: str):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no screen on CI
     application = QApplication.instance() or QApplication([])
-    ui_file = QFile(str(UI_FILE))
-    assert ui_file.open(QFile.OpenModeFlag.ReadOnly)
+    file = QFile(str(ui_file(module)))
+    assert file.open(QFile.OpenModeFlag.ReadOnly)
     loader = QUiLoader()
-    widget = loader.load(ui_file)
-    ui_file.close()
+    widget = loader.load(file)
+    file.close()
     assert widget is not None, loader.errorString()
     yield widget
     widget.deleteLater()
     application.processEvents()
 
 
-def module_tree() -> ast.Module:
-    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+def module_tree(module: str) -> ast.Module:
+    return ast.parse((ROOT / module / f"{module}.py").read_text(encoding="utf-8"))
 
 
-def ui_names_looked_up() -> set[str]:
-    """Every ``self.ui.<name>`` in ASDSeg.py."""
+def ui_names_looked_up(module: str) -> set[str]:
+    """Every ``self.ui.<name>`` in the module's .py."""
     return {
         node.attr
-        for node in ast.walk(module_tree())
+        for node in ast.walk(module_tree(module))
         if isinstance(node, ast.Attribute)
         and isinstance(node.value, ast.Attribute)
         and node.value.attr == "ui"
@@ -56,18 +77,27 @@ def ui_names_looked_up() -> set[str]:
     }
 
 
-def parameter_fields() -> dict[str, list[str] | None]:
-    """Fields of ASDSegParameterNode, with the values of their Choice(...) when they have one."""
+def parameter_fields(module: str) -> dict[str, list[str] | None]:
+    """Fields of the module's parameter node class, with the values of their Choice(...) when
+    they have one (a list literal or a module-level list constant)."""
+    tree = module_tree(module)
+    constants = {
+        target.id: [element.value for element in statement.value.elts]
+        for statement in tree.body
+        if isinstance(statement, ast.Assign) and isinstance(statement.value, ast.List)
+        for target in statement.targets
+        if isinstance(target, ast.Name)
+    }
     parameter_class = next(
-        node
-        for node in module_tree().body
-        if isinstance(node, ast.ClassDef) and node.name == "ASDSegParameterNode"
+        node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == f"{module}ParameterNode"
     )
     fields: dict[str, list[str] | None] = {}
     for statement in parameter_class.body:
         if isinstance(statement, ast.AnnAssign):
             choices = [
                 [element.value for element in call.args[0].elts]
+                if isinstance(call.args[0], ast.List)
+                else constants[call.args[0].id]
                 for call in ast.walk(statement.annotation)
                 if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "Choice"
             ]
@@ -85,22 +115,22 @@ def bound_widgets(panel) -> dict[str, QObject]:
     return widgets
 
 
-def test_every_widget_the_module_looks_up_exists(panel) -> None:
-    names = ui_names_looked_up()
-    assert {"segmentButton", "progressBar", "statusLabel", "exportButton"} <= names
+def test_every_widget_the_module_looks_up_exists(module: str, panel) -> None:
+    names = ui_names_looked_up(module)
+    assert MODULES[module][1] <= names
     missing = sorted(name for name in names if panel.findChild(QObject, name) is None)
-    assert not missing, f"ASDSeg.py uses widgets that ASDSeg.ui does not have: {missing}"
+    assert not missing, f"{module}.py uses widgets that {module}.ui does not have: {missing}"
 
 
-def test_every_parameter_is_bound_to_one_widget_and_every_binding_to_a_parameter(panel) -> None:
-    fields = parameter_fields()
+def test_every_parameter_is_bound_to_one_widget_and_every_binding_to_a_parameter(module: str, panel) -> None:
+    fields = parameter_fields(module)
     bound = bound_widgets(panel)
-    assert set(bound) == set(fields) - MANUALLY_BOUND_PARAMETERS
+    assert set(bound) == set(fields) - MODULES[module][0]
 
 
-def test_choice_parameters_offer_exactly_their_choices(panel) -> None:
+def test_choice_parameters_offer_exactly_their_choices(module: str, panel) -> None:
     bound = bound_widgets(panel)
-    for name, choices in parameter_fields().items():
+    for name, choices in parameter_fields(module).items():
         if choices is None:
             continue
         combo = bound[name]
@@ -108,9 +138,9 @@ def test_choice_parameters_offer_exactly_their_choices(panel) -> None:
         assert [combo.itemText(index) for index in range(combo.count())] == choices
 
 
-def test_slicer_widgets_are_declared_as_custom_widgets() -> None:
+def test_slicer_widgets_are_declared_as_custom_widgets(module: str) -> None:
     """Slicer builds the panel from these declarations; an undeclared class would not load."""
-    root = ElementTree.parse(UI_FILE).getroot()
+    root = ElementTree.parse(ui_file(module)).getroot()
     declared = {element.findtext("class") for element in root.iter("customwidget")}
     used = {element.get("class") for element in root.iter("widget")}
     slicer_classes = {name for name in used if name.startswith(("qMRML", "qSlicer", "ctk"))}

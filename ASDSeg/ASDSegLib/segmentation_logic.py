@@ -19,8 +19,8 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from asdseg.background import BackgroundJob, JobProgress, JobState
-from asdseg.errors import AsdsegError, CancelledError, InputError, ModelError
+from asdseg.background import FolderJob, JobProgress, JobState
+from asdseg.errors import AsdsegError, InputError, ModelError
 from asdseg.image_io import SUPPORTED_SUFFIXES, check_volume_shape, image_suffix, read_image, same_geometry
 from asdseg.image_io import write_image as write_image_file
 from asdseg.labels import Label
@@ -93,7 +93,7 @@ class _EngineOutputs:
     sdm: sitk.Image | None
 
 
-class SegmentationRun:
+class SegmentationRun(FolderJob):
     """One volume being segmented by the engine in a child process."""
 
     def __init__(
@@ -107,38 +107,23 @@ class SegmentationRun:
         self.volume_node = volume_node
         self.card = card
         self.input_image = image_from_volume_node(volume_node)
-        self._folder = tempfile.TemporaryDirectory(prefix="asdseg-")
-        folder = Path(self._folder.name)
-        self._paths = {"input": folder / "input.nrrd", "label": folder / "label.nrrd"}
+        folder = tempfile.TemporaryDirectory(prefix="asdseg-")
+        path = Path(folder.name)
+        self._paths = {"input": path / "input.nrrd", "label": path / "label.nrrd"}
         arguments = ["segment", "--model", card.name, *options.cli_arguments()]
         if card.has_confidence:
-            self._paths["confidence"] = folder / "confidence.nrrd"
+            self._paths["confidence"] = path / "confidence.nrrd"
             arguments += ["--confidence", str(self._paths["confidence"])]
         if card.has_sdm:
-            self._paths["sdm"] = folder / "sdm.nrrd"
+            self._paths["sdm"] = path / "sdm.nrrd"
             arguments += ["--sdm", str(self._paths["sdm"])]
         arguments += ["--input", str(self._paths["input"]), "--output", str(self._paths["label"])]
         try:
             write_image_file(self.input_image, self._paths["input"], compress=False)
-            self.job = BackgroundJob(arguments, python_executable, environment)
         except BaseException:
-            self._folder.cleanup()
+            folder.cleanup()
             raise
-
-    @property
-    def progress(self) -> JobProgress:
-        return self.job.progress
-
-    def state(self) -> JobState:
-        return self.job.state()
-
-    def cancel(self) -> None:
-        self.job.cancel()
-
-    def close(self) -> None:
-        """Stop the child if it still runs and delete the temporary files."""
-        self.job.cancel()
-        self._folder.cleanup()
+        super().__init__(folder, arguments, python_executable, environment)
 
     def read_outputs(self) -> _EngineOutputs:
         """The engine's outputs, checked to lie on the input's voxel grid."""
@@ -266,11 +251,7 @@ class SegmentationLogic:
         new node. A failed or cancelled run raises and changes nothing.
         """
         try:
-            state = run.job.wait()
-            if state is JobState.CANCELLED:
-                raise CancelledError("segmentation cancelled; the scene was not changed.")
-            if state is not JobState.SUCCEEDED:
-                raise AsdsegError(run.job.error)
+            run.wait_for_success("segmentation cancelled; the scene was not changed.")
             outputs = run.read_outputs()
             target = segmentation_node
             if target is None and not new_node:
@@ -503,7 +484,7 @@ class SegmentationLogic:
         if not segment_labels:
             raise InputError(f"{segmentation_node.GetName()!r} has no segments; there is nothing to export.")
         labels = [label for _, label in segment_labels]
-        label_map = self._merged_label_map(segmentation_node, segment_labels, reference)
+        label_map = self.merged_label_map(segmentation_node, segment_labels, reference)
         background = Label(0, "background", (0, 0, 0))
         array = label_map.astype(label_pixel_type(labels))
         image = sitk.GetImageFromArray(array)
@@ -511,7 +492,7 @@ class SegmentationLogic:
         return write_label_map(image, [background, *labels], path)
 
     @staticmethod
-    def _merged_label_map(
+    def merged_label_map(
         segmentation_node: slicer.vtkMRMLSegmentationNode,
         segment_labels: list[tuple[str, Label]],
         reference: slicer.vtkMRMLScalarVolumeNode,

@@ -1,0 +1,463 @@
+"""ActiveAnnotate: label only the slices the model is least sure of, and let it learn from them.
+
+The loop: "Suggest slices" ranks the volume's unlabelled axial slices by P-DSC (agreement of the
+attention U-Net's two predictions); clicking a row shows that slice in the red view; the
+annotator draws it with the embedded Segment Editor and clicks "Mark labelled"; "Fine-tune"
+trains the model on every labelled slice in a background process (progress, loss, Cancel), and
+the new model is used for the next suggestion. The widget is thin Qt glue over
+:class:`ActiveAnnotateLib.annotation_logic.AnnotationLogic`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import qt
+import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+
+from ASDSeg import (
+    ParameterNodeWidget,
+    install_dependencies,
+    make_engine_importable,
+    missing_dependencies,
+    python_slicer,
+)
+
+STRATEGIES = ["p-dsc", "p-accuracy", "entropy", "random", "equal-interval"]
+
+
+#
+# ActiveAnnotate
+#
+
+
+class ActiveAnnotate(ScriptedLoadableModule):
+    def __init__(self, parent) -> None:
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "ActiveAnnotate"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = ["ASDSeg"]
+        self.parent.contributors = ["SlicerASDSeg developers"]
+        self.parent.helpText = (
+            "Attention-guided active learning: the model suggests the axial slices it is least sure "
+            "of, you label only those with the Segment Editor, and the model fine-tunes on them in the "
+            "background. Export the labels to NIfTI at any time."
+        )
+        self.parent.acknowledgementText = (
+            "Reproduces attention-guided active learning with P-DSC slice ranking (attention 3D U-Net)."
+        )
+
+
+#
+# ActiveAnnotateParameterNode
+#
+
+
+@parameterNodeWrapper
+class ActiveAnnotateParameterNode:
+    """The panel's state, saved with the scene."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    annotation: vtkMRMLSegmentationNode
+    modelName: str = ""
+    strategy: Annotated[str, Choice(STRATEGIES)] = "p-dsc"
+    budget: Annotated[int, WithinRange(1, 100)] = 5
+    fineTuneSteps: Annotated[int, WithinRange(1, 100000)] = 200
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+
+
+#
+# ActiveAnnotateWidget
+#
+
+
+class ActiveAnnotateWidget(ParameterNodeWidget):
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        self._engineReady = False
+        ui_widget = slicer.util.loadUI(self.resourcePath("UI/ActiveAnnotate.ui"))
+        self.layout.addWidget(ui_widget)
+        self.ui = slicer.util.childWidgetVariables(ui_widget)
+        ui_widget.setMRMLScene(slicer.mrmlScene)
+        self.logic = ActiveAnnotateLogic()
+        self.observeScene()
+
+        self.segmentEditorWidget = slicer.qMRMLSegmentEditorWidget()
+        self.segmentEditorWidget.setMRMLScene(slicer.mrmlScene)
+        self.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
+        self.ui.segmentEditorFrame.layout().addWidget(self.segmentEditorWidget)
+
+        self.ui.installDependenciesButton.clicked.connect(self.onInstallDependencies)
+        self.ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
+        self.ui.newModelButton.clicked.connect(self.onNewModel)
+        self.ui.newAnnotationButton.clicked.connect(self.onNewAnnotation)
+        self.ui.suggestButton.clicked.connect(self.onSuggestOrCancel)
+        self.ui.suggestionsTable.cellClicked.connect(self.onSuggestionClicked)
+        self.ui.markLabelledButton.clicked.connect(self.onMarkLabelled)
+        self.ui.fineTuneButton.clicked.connect(self.onFineTuneOrCancel)
+        self.ui.exportButton.clicked.connect(self.onExport)
+        self.ui.progressBar.hide()
+        self.initializeParameterNode()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        self.refreshModels()
+
+    # Models --------------------------------------------------------------------------------
+
+    def refreshModels(self) -> None:
+        """The installed attention models, plus the model in use when it is a fine-tuned round."""
+        missing = missing_dependencies()
+        self._engineReady = not missing
+        self.ui.installDependenciesButton.setVisible(bool(missing))
+        if missing:
+            self.ui.statusLabel.text = f"Needs {', '.join(missing)}: click 'Install dependencies'."
+            return
+        annotation = self.logic.annotation
+        saved = self._parameterNode.modelName if self._parameterNode else ""
+        names = sorted(annotation.attention_models())
+        if saved and saved not in names:
+            names.append(saved)
+        was_blocked = self.ui.modelSelector.blockSignals(True)
+        self.ui.modelSelector.clear()
+        for name in names:
+            self.ui.modelSelector.addItem(
+                Path(name).parent.name if "/" in name or "\\" in name else name, name
+            )
+        self.ui.modelSelector.blockSignals(was_blocked)
+        index = self.ui.modelSelector.findData(saved)
+        self.ui.modelSelector.setCurrentIndex(index if index >= 0 else 0)
+        self.onModelChanged()
+
+    def onInstallDependencies(self) -> None:
+        if install_dependencies():
+            self.refreshModels()
+
+    def onModelChanged(self, _index=None) -> None:
+        name = self.ui.modelSelector.currentData
+        if self._parameterNode is not None and name and self._engineReady:
+            self._parameterNode.modelName = name
+            self.logic.annotation.model = name
+        self.updateGUIFromParameterNode()
+
+    def useModel(self, card) -> None:
+        self._parameterNode.modelName = str(card.directory)
+        self.refreshModels()
+
+    def onNewModel(self) -> None:
+        from asdseg.errors import AsdsegError
+
+        parameters = self._parameterNode
+        if not parameters.annotation or not parameters.inputVolume:
+            slicer.util.errorDisplay(
+                "Select the volume and the segmentation with the structures to label first."
+            )
+            return
+        try:
+            card = self.logic.annotation.new_model(parameters.annotation, parameters.inputVolume)
+        except AsdsegError as error:
+            slicer.util.errorDisplay(f"Cannot make a model: {error}")
+            return
+        self.useModel(card)
+        self.ui.statusLabel.text = "New untrained model: label a few slices, mark them, then Fine-tune."
+
+    def onNewAnnotation(self) -> None:
+        from asdseg.errors import AsdsegError
+
+        parameters = self._parameterNode
+        try:
+            card = self.logic.annotation.model_card()
+            node = self.logic.annotation.create_annotation_segmentation(parameters.inputVolume, card)
+        except AsdsegError as error:
+            slicer.util.errorDisplay(f"Cannot create the segmentation: {error}")
+            return
+        parameters.annotation = node
+
+    # State ---------------------------------------------------------------------------------
+
+    def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
+        parameters = self._parameterNode
+        running = self._run is not None
+        has_annotation = bool(parameters and parameters.annotation)
+        ready = has_annotation and bool(parameters.modelName) and self._engineReady and not running
+        kind = type(self._run).__name__ if running else ""
+        self.ui.suggestButton.text = "Cancel" if kind == "SuggestRun" else "Suggest slices"
+        self.ui.fineTuneButton.text = "Cancel" if kind == "FineTuneRun" else "Fine-tune"
+        self.ui.suggestButton.enabled = ready or kind == "SuggestRun"
+        self.ui.fineTuneButton.enabled = ready or kind == "FineTuneRun"
+        self.ui.markLabelledButton.enabled = has_annotation and not running
+        self.ui.exportButton.enabled = has_annotation and not running
+        self.ui.newAnnotationButton.enabled = bool(
+            parameters and parameters.inputVolume and parameters.modelName
+        )
+        if parameters and parameters.annotation and parameters.inputVolume:
+            self.segmentEditorWidget.setSegmentationNode(parameters.annotation)
+            self.segmentEditorWidget.setSourceVolumeNode(parameters.inputVolume)
+        self.showSuggestions()
+
+    def showSuggestions(self) -> None:
+        parameters = self._parameterNode
+        annotation = parameters.annotation if parameters and self._engineReady else None
+        rows = self.logic.annotation.suggestions(annotation) if annotation else []
+        table = self.ui.suggestionsTable
+        table.setRowCount(len(rows))
+        for position, row in enumerate(rows):
+            for column, text in enumerate((str(row["slice"]), f"{row['p_dsc']:.3f}", row["status"])):
+                table.setItem(position, column, qt.QTableWidgetItem(text))
+        labelled = sorted(self.logic.annotation.labelled_slices(annotation)) if annotation else []
+        listed = ", ".join(map(str, labelled)) or "none yet"
+        self.ui.labelledLabel.text = f"Labelled slices ({len(labelled)}): {listed}"
+
+    # Suggest, mark, export -----------------------------------------------------------------
+
+    def onSuggestOrCancel(self) -> None:
+        if self._run is not None:
+            self._run.cancel()
+            return
+        from asdseg.errors import AsdsegError
+
+        parameters = self._parameterNode
+        try:
+            run = self.logic.annotation.start_suggest(
+                parameters.annotation, parameters.strategy, parameters.budget, parameters.device
+            )
+        except AsdsegError as error:
+            slicer.util.errorDisplay(f"Cannot suggest slices: {error}")
+            return
+        self.startPolling(run, "Ranking slices...")
+
+    def onSuggestionClicked(self, row: int, _column: int) -> None:
+        from ActiveAnnotateLib.slice_views import show_slice
+
+        parameters = self._parameterNode
+        index = int(self.ui.suggestionsTable.item(row, 0).text())
+        show_slice(slicer.mrmlScene, parameters.inputVolume, index)
+
+    def onMarkLabelled(self) -> None:
+        from asdseg.errors import AsdsegError
+
+        from ActiveAnnotateLib.slice_views import slice_under_view
+
+        parameters = self._parameterNode
+        red = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        index = slice_under_view(parameters.inputVolume, red)
+        if index is None:
+            slicer.util.errorDisplay(
+                "The red view is not on one of the volume's slices: click a suggested slice first."
+            )
+            return
+        try:
+            self.logic.annotation.mark_labelled(parameters.annotation, [index])
+        except AsdsegError as error:
+            slicer.util.errorDisplay(str(error))
+            return
+        self.ui.statusLabel.text = f"Slice {index} counts as labelled."
+        self.showSuggestions()
+
+    def onExport(self) -> None:
+        from asdseg.errors import AsdsegError
+
+        segmentation_node = self._parameterNode.annotation
+        suggested = str(Path(qt.QDir.homePath()) / f"{segmentation_node.GetName()}.nii.gz")
+        path = qt.QFileDialog.getSaveFileName(
+            slicer.util.mainWindow(), "Export labelled slices to NIfTI", suggested, "NIfTI (*.nii.gz *.nii)"
+        )
+        if not path:
+            return
+        try:
+            written = self.logic.annotation.export_labels(segmentation_node, path)
+        except (AsdsegError, OSError) as error:
+            slicer.util.errorDisplay(f"Export failed, nothing was written: {error}")
+            return
+        self.ui.statusLabel.text = "Wrote " + ", ".join(item.name for item in written)
+
+    # Fine-tuning ---------------------------------------------------------------------------
+
+    def onFineTuneOrCancel(self) -> None:
+        if self._run is not None:
+            self.ui.statusLabel.text = "Cancelling..."
+            self._run.cancel()
+            return
+        from asdseg.errors import AsdsegError
+
+        parameters = self._parameterNode
+        try:
+            run = self.logic.annotation.start_finetune(
+                [parameters.annotation], parameters.fineTuneSteps, parameters.device
+            )
+        except AsdsegError as error:
+            slicer.util.errorDisplay(f"Cannot fine-tune: {error}")
+            return
+        self.startPolling(run, "Fine-tuning...")
+
+    # Polling -------------------------------------------------------------------------------
+
+    def onPollRun(self) -> None:
+        from asdseg.background import JobState
+        from asdseg.errors import AsdsegError, CancelledError
+
+        run = self._run
+        if run.state() is JobState.RUNNING:
+            progress = run.progress
+            self.ui.progressBar.setValue(round(100 * progress.fraction))
+            if "loss" in progress.details:
+                loss, eta = progress.details["loss"], progress.details.get("eta_s", 0)
+                self.ui.statusLabel.text = (
+                    f"Fine-tuning: step {progress.done} of {progress.total}, loss {loss:.4f}, "
+                    f"about {eta:.0f} s left"
+                )
+            return
+        self._timer.stop()
+        self._run = None
+        self.ui.progressBar.hide()
+        fine_tuning = type(run).__name__ == "FineTuneRun"
+        try:
+            if fine_tuning:
+                card = self.logic.annotation.finish_finetune(run)
+            else:
+                self.logic.annotation.finish_suggest(run)
+        except CancelledError:
+            self.ui.statusLabel.text = "Cancelled; the model in use is unchanged."
+        except AsdsegError as error:
+            self.ui.statusLabel.text = "Failed; the model in use is unchanged."
+            slicer.util.errorDisplay(f"{'Fine-tuning' if fine_tuning else 'Suggesting'} failed: {error}")
+        else:
+            if fine_tuning:
+                self.useModel(card)
+                self.ui.statusLabel.text = "Fine-tuned; suggesting the next slices with the new model."
+                self.updateGUIFromParameterNode()
+                self.onSuggestOrCancel()
+                return
+            self.ui.statusLabel.text = "Suggested slices are marked in the views; click a row to go there."
+        self.updateGUIFromParameterNode()
+
+
+#
+# ActiveAnnotateLogic
+#
+
+
+class ActiveAnnotateLogic(ScriptedLoadableModuleLogic):
+    """The parameter node, plus the Qt-free :class:`AnnotationLogic` on Slicer's scene (created
+    once the engine's dependencies are installed)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._annotation = None
+
+    def getParameterNode(self) -> ActiveAnnotateParameterNode:
+        return ActiveAnnotateParameterNode(super().getParameterNode())
+
+    @property
+    def annotation(self):
+        if self._annotation is None:
+            make_engine_importable()
+            from asdseg.background import engine_environment
+            from asdseg.registry import user_models_dir
+
+            from ActiveAnnotateLib.annotation_logic import AnnotationLogic
+
+            self._annotation = AnnotationLogic(
+                slicer.mrmlScene,
+                user_models_dir().parent / "active-learning",
+                python_slicer(),
+                engine_environment(slicer.util.startupEnvironment()),
+            )
+        return self._annotation
+
+    @staticmethod
+    def segmentEditorNode():
+        node = slicer.mrmlScene.GetSingletonNode("ActiveAnnotate", "vtkMRMLSegmentEditorNode")
+        if node is None:
+            node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
+            node.UnRegister(None)
+            node.SetSingletonTag("ActiveAnnotate")
+            node = slicer.mrmlScene.AddNode(node)
+        return node
+
+
+#
+# ActiveAnnotateTest
+#
+
+
+class ActiveAnnotateTest(ScriptedLoadableModuleTest):
+    """Runs in Slicer (Reload and Test, or ctest in a Slicer build): one active-learning round on
+    a phantom, from a new model: label, mark, fine-tune, suggest, export, and a cancelled round."""
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        if missing_dependencies():
+            self.skipTest(f"dependencies are not installed: {', '.join(missing_dependencies())}")
+        self.test_one_round()
+
+    def test_one_round(self) -> None:
+        import numpy as np
+        import SimpleITK as sitk
+
+        from asdseg.active.sparse_labels import read_sparse_labels
+        from asdseg.errors import CancelledError
+        from asdseg.phantoms import make_phantom, phantom_image
+
+        from ActiveAnnotateLib.annotation_logic import AnnotationLogic
+        from ActiveAnnotateLib.slice_views import show_slice, slice_under_view
+        from ASDSegLib.volume_nodes import oriented_image_from_array, update_volume_node_from_image
+
+        image, label = phantom_image(make_phantom(shape=(48, 48, 32), seed=4))
+        volume_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "phantom")
+        update_volume_node_from_image(volume_node, image)
+        with tempfile.TemporaryDirectory() as folder:
+            logic = AnnotationLogic(slicer.mrmlScene, Path(folder) / "session", python_slicer())
+            segmentation_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "labels")
+            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+            segment_id = segmentation_node.GetSegmentation().AddEmptySegment("", "ellipsoid")
+            mask = (sitk.GetArrayFromImage(label) == 1).astype(np.uint8)
+            slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+                oriented_image_from_array(mask, volume_node),
+                segmentation_node,
+                segment_id,
+                slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
+            )
+            logic.new_model(segmentation_node, volume_node)
+
+            self.delayDisplay("Marking slices 8 and 20 labelled")
+            red = show_slice(slicer.mrmlScene, volume_node, 8)
+            self.assertEqual(slice_under_view(volume_node, red), 8)
+            logic.mark_labelled(segmentation_node, [8, 20])
+
+            self.delayDisplay("Fine-tuning")
+            previous = logic.model
+            card = logic.finish_finetune(logic.start_finetune([segmentation_node], steps=5))
+            self.assertNotEqual(logic.model, previous)
+            self.assertEqual(logic.model, str(card.directory))
+
+            self.delayDisplay("Suggesting")
+            rows = logic.finish_suggest(logic.start_suggest(segmentation_node, "p-dsc", 3))
+            self.assertLessEqual(len(rows), 3)
+            self.assertFalse({8, 20} & {row["slice"] for row in rows})
+
+            self.delayDisplay("Exporting")
+            path = Path(folder) / "labels.nii.gz"
+            logic.export_labels(segmentation_node, path)
+            self.assertEqual(read_sparse_labels(path)[1].labelled_slices, {8, 20})
+
+            self.delayDisplay("Cancelling a round")
+            run = logic.start_finetune([segmentation_node], steps=5000)
+            run.cancel()
+            with self.assertRaises(CancelledError):
+                logic.finish_finetune(run)
+            self.assertEqual(logic.model, str(card.directory))
+        self.delayDisplay("Test passed")

@@ -1,0 +1,1 @@
+"""ActiveAnnotate's Qt-free logic: slice suggestions, labelled slices, fine-tuning rounds."""

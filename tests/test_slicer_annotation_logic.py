@@ -1,0 +1,183 @@
+"""ActiveAnnotate's logic driven against the real Slicer core libraries (slicer-core), no Qt."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+import vtk
+
+from asdseg.active.sparse_labels import read_sparse_labels
+from asdseg.active.suggest import suggest_slices
+from asdseg.background import JobState
+from asdseg.errors import CancelledError, InputError, ModelError
+from asdseg.image_io import image_to_array, read_image, same_geometry
+from asdseg.model_card import ModelCard
+from asdseg.registry import load_network
+
+from ActiveAnnotateLib.annotation_logic import AnnotationLogic
+from ActiveAnnotateLib.slice_views import show_slice, slice_centre_ras, slice_under_view
+from ASDSegLib.volume_nodes import image_from_volume_node, oriented_image_from_array
+from mrml_application import SlicerCore, start_slicer_core
+
+
+@pytest.fixture
+def core() -> SlicerCore:
+    return start_slicer_core()
+
+
+@pytest.fixture
+def logic(core: SlicerCore, tmp_path: Path, attention_model: ModelCard) -> AnnotationLogic:
+    logic = AnnotationLogic(core.scene, tmp_path / "session")
+    logic.model = str(attention_model.directory)
+    return logic
+
+
+@pytest.fixture
+def volume_node(core: SlicerCore, phantom_files: tuple[Path, Path]) -> slicer.vtkMRMLScalarVolumeNode:
+    """The 40x36x30 phantom with a rotated direction and non-unit spacing."""
+    return core.volumes_logic.AddArchetypeVolume(str(phantom_files[0]), "phantom")
+
+
+def paint_reference(segmentation_node, volume_node, label_path: Path) -> np.ndarray:
+    """Fill each segment with the phantom's reference voxels of its label value (the annotator's
+    work, everywhere); returns the reference as an (x, y, z) array."""
+    reference = sitk.GetArrayFromImage(read_image(label_path))
+    segmentation = segmentation_node.GetSegmentation()
+    for index in range(segmentation.GetNumberOfSegments()):
+        mask = (reference == index + 1).astype(np.uint8)
+        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            oriented_image_from_array(mask, volume_node),
+            segmentation_node,
+            segmentation.GetNthSegmentID(index),
+            slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
+        )
+    return reference.transpose(2, 1, 0)
+
+
+def test_show_slice_puts_the_red_view_on_slice_k_of_a_rotated_volume(core: SlicerCore, volume_node) -> None:
+    red = show_slice(core.scene, volume_node, 7)
+    assert slice_under_view(volume_node, red) == 7
+    slice_to_ras = red.GetSliceToRAS()
+    normal = np.array([slice_to_ras.GetElement(row, 2) for row in range(3)])
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASDirectionMatrix(ijk_to_ras)
+    k_axis = np.array([ijk_to_ras.GetElement(row, 2) for row in range(3)])
+    assert abs(abs(normal @ k_axis) - 1) < 1e-6, "the view is turned to the volume's slice plane"
+    origin = np.array([slice_to_ras.GetElement(row, 3) for row in range(3)])
+    assert abs((origin - slice_centre_ras(volume_node, 7)) @ normal) < 1e-6
+    # Slice 7 of the rotated phantom, computed by SimpleITK in LPS: same plane.
+    image = image_from_volume_node(volume_node)
+    lps = np.array(image.TransformContinuousIndexToPhysicalPoint((0.0, 0.0, 7.0)))
+    assert abs((np.array([-lps[0], -lps[1], lps[2]]) - origin) @ normal) < 1e-6
+    show_slice(core.scene, volume_node, 29)
+    assert slice_under_view(volume_node, red) == 29
+    with pytest.raises(IndexError):
+        show_slice(core.scene, volume_node, 30)
+
+
+def test_marking_and_exporting_gives_the_labelled_slices_as_nifti(
+    logic: AnnotationLogic, volume_node, phantom_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    segmentation_node = logic.create_annotation_segmentation(volume_node, logic.model_card())
+    reference = paint_reference(segmentation_node, volume_node, phantom_files[1])
+    with pytest.raises(InputError, match="no slice is marked labelled"):
+        logic.export_labels(segmentation_node, tmp_path / "labels.nii.gz")
+    assert logic.mark_labelled(segmentation_node, [12, 3, 20]) == {3, 12, 20}
+    assert logic.mark_labelled(segmentation_node, [20], labelled=False) == {3, 12}
+    with pytest.raises(InputError, match="outside the volume"):
+        logic.mark_labelled(segmentation_node, [30])
+    written = logic.export_labels(segmentation_node, tmp_path / "labels.nii.gz")
+    assert {path.name for path in written} >= {"labels.nii.gz", "labels.slices.json", "labels.labels.json"}
+    image, sparse = read_sparse_labels(tmp_path / "labels.nii.gz")
+    assert sparse.labelled_slices == {3, 12}
+    assert same_geometry(image, read_image(phantom_files[0]), tolerance=1e-4)
+    np.testing.assert_array_equal(sparse.label[:, :, [3, 12]], reference[:, :, [3, 12]])
+    assert not sparse.label[:, :, 15].any() and reference[:, :, 15].any()
+
+
+def test_suggestions_match_the_engine_and_are_marked_in_the_views(
+    logic: AnnotationLogic, core: SlicerCore, volume_node, phantom_files: tuple[Path, Path]
+) -> None:
+    segmentation_node = logic.create_annotation_segmentation(volume_node, logic.model_card())
+    paint_reference(segmentation_node, volume_node, phantom_files[1])
+    logic.mark_labelled(segmentation_node, [10, 11])
+    nodes_before = core.node_ids()
+    run = logic.start_suggest(segmentation_node, "p-dsc", budget=3, device="cpu")
+    assert core.node_ids() == nodes_before, "starting changes nothing in the scene"
+    rows = logic.finish_suggest(run)
+    card = logic.model_card()
+    expected = suggest_slices(
+        image_from_volume_node(volume_node), card, load_network(card), {10, 11}, "p-dsc", 3
+    )
+    assert [row["slice"] for row in rows] == [query.slice for query in expected.queries]
+    assert all(row["status"] == "to label" for row in rows)
+    markers = core.scene.GetFirstNodeByClass("vtkMRMLMarkupsFiducialNode")
+    assert markers.GetNumberOfControlPoints() == len(rows)
+    for index, row in enumerate(rows):
+        position = np.array(markers.GetNthControlPointPositionWorld(index))
+        np.testing.assert_allclose(position, slice_centre_ras(volume_node, row["slice"]), atol=1e-6)
+    logic.mark_labelled(segmentation_node, [rows[0]["slice"]])
+    assert logic.suggestions(segmentation_node)[0]["status"] == "labelled"
+
+
+def test_a_finetuning_round_is_picked_up(logic: AnnotationLogic, volume_node, phantom_files) -> None:
+    segmentation_node = logic.create_annotation_segmentation(volume_node, logic.model_card())
+    paint_reference(segmentation_node, volume_node, phantom_files[1])
+    logic.mark_labelled(segmentation_node, [8, 16, 24])
+    previous = logic.model
+    run = logic.start_finetune([segmentation_node], steps=4, device="cpu")
+    card = logic.finish_finetune(run)
+    assert logic.model == str(card.directory) != previous
+    assert card.name == "annotation-round-001"
+    assert card.data["training"]["fine_tuned_from"].startswith("tiny-attention")
+    load_network(card)
+    second = logic.start_finetune([segmentation_node], steps=2, device="cpu")
+    assert logic.finish_finetune(second).name == "annotation-round-002"
+
+
+def test_a_cancelled_finetuning_round_keeps_the_model(
+    logic: AnnotationLogic, volume_node, phantom_files
+) -> None:
+    segmentation_node = logic.create_annotation_segmentation(volume_node, logic.model_card())
+    paint_reference(segmentation_node, volume_node, phantom_files[1])
+    logic.mark_labelled(segmentation_node, [8, 16])
+    previous = logic.model
+    run = logic.start_finetune([segmentation_node], steps=5000, device="cpu")
+    deadline = time.monotonic() + 120
+    while run.progress.done < 1 and run.state() is JobState.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run.progress.stage == "fine-tuning" and "loss" in run.progress.details
+    started = time.monotonic()
+    run.cancel()
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(CancelledError):
+        logic.finish_finetune(run)
+    assert logic.model == previous
+    assert not (run.output_dir / "model").exists()
+
+
+def test_segments_the_model_does_not_know_are_refused(logic: AnnotationLogic, volume_node) -> None:
+    segmentation_node = logic.create_annotation_segmentation(volume_node, logic.model_card())
+    segmentation_node.GetSegmentation().AddEmptySegment("", "liver")
+    logic.mark_labelled(segmentation_node, [5])
+    with pytest.raises(InputError, match="'liver' is not one of the model's labels"):
+        logic.start_finetune([segmentation_node], steps=2)
+
+
+def test_new_model_for_the_segments(core: SlicerCore, tmp_path: Path, volume_node) -> None:
+    logic = AnnotationLogic(core.scene, tmp_path / "session")
+    with pytest.raises(ModelError, match="no model is selected"):
+        logic.model_card()
+    segmentation_node = core.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    segmentation_node.GetSegmentation().AddEmptySegment("", "bladder")
+    card = logic.new_model(segmentation_node, volume_node)
+    assert logic.model_card().directory == card.directory
+    assert [label.name for label in card.labels] == ["background", "bladder"]
+    assert card.spacing == pytest.approx(volume_node.GetSpacing())
+    assert image_to_array(image_from_volume_node(volume_node)).shape == (40, 36, 30)
