@@ -27,7 +27,6 @@ from asdseg.training.config import DataConfig, TrainingConfig
 from asdseg.training.data import Case, CaseSplit
 from asdseg.training.trainer import Trainer, TrainingResult
 
-
 #: The last quarter of a round runs at a tenth of the learning rate, so that the round ends on
 #: settled weights rather than wherever the last large SGD steps left them.
 FINAL_LOW_RATE_FRACTION = 0.25
