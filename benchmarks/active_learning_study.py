@@ -36,7 +36,7 @@ import torch
 from scipy.stats import spearmanr
 
 from asdseg.active.finetune import FineTuneSettings, fine_tune
-from asdseg.active.slice_scores import SliceScores, score_slices
+from asdseg.active.slice_scores import SliceScores, mean_agreement, score_slices
 from asdseg.active.sparse_labels import SparseLabels
 from asdseg.active.starter_model import untrained_attention_model
 from asdseg.active.stopping import DEFAULT_SIGMA, has_converged
@@ -166,12 +166,6 @@ def pool_scores(card: ModelCard, volumes: list[Volume]) -> list[SliceScores]:
     ]
 
 
-def mean_agreement(scores: list[SliceScores]) -> float:
-    """Mean P-DSC over the pool's slices where the model sees the atrium."""
-    values = np.concatenate([volume.p_dsc[~volume.both_empty] for volume in scores])
-    return float(values.mean()) if len(values) else 1.0
-
-
 def validation_dice(card: ModelCard, volumes: list[Volume]) -> float:
     return float(
         np.mean(
@@ -205,17 +199,21 @@ def run_strategy(
     pool: list[Volume],
     validation: list[Volume],
     initial_labelled: list[set[int]],
+    initial_scores: list[SliceScores],
     settings: StudySettings,
     folder: Path,
     first_row: dict[str, Any],
 ) -> tuple[list[dict[str, Any]], ModelCard]:
+    """The rounds of one strategy. The pool is scored once per model: the scores of a round's
+    new model give both its mean P-DSC and the next round's query."""
     total_slices = sum(volume.label.shape[2] for volume in pool)
     labelled = [set(slices) for slices in initial_labelled]
     rng = np.random.default_rng(2024)
-    model, rows, history = initial, [{**first_row, "strategy": strategy}], [first_row["mean_p_dsc"]]
+    model, scores = initial, initial_scores
+    rows, history = [{**first_row, "strategy": strategy}], [first_row["mean_p_dsc"]]
     for round_index in range(1, settings.rounds + 1):
         started = time.monotonic()
-        queries = select_slices(strategy, pool_scores(model, pool), labelled, settings.budget, rng)
+        queries = select_slices(strategy, scores, labelled, settings.budget, rng)
         for query in queries:
             labelled[query.volume].add(query.slice)
         model = train(
@@ -225,7 +223,8 @@ def run_strategy(
             settings,
             folder / f"round-{round_index}",
         )
-        history.append(mean_agreement(pool_scores(model, pool)))
+        scores = pool_scores(model, pool)
+        history.append(mean_agreement(scores))
         count = sum(len(slices) for slices in labelled)
         rows.append(
             {
@@ -325,12 +324,13 @@ def main() -> None:
         output / "initial",
     )
     count = sum(len(slices) for slices in initial_labelled)
+    initial_scores = pool_scores(initial, pool)
     first_row = {
         "round": 0,
         "labelled_slices": count,
         "labelled_fraction": count / sum(volume.label.shape[2] for volume in pool),
         "dice": validation_dice(initial, validation),
-        "mean_p_dsc": mean_agreement(pool_scores(initial, pool)),
+        "mean_p_dsc": mean_agreement(initial_scores),
         "stopped_here": False,
         "seconds": time.monotonic() - started,
     }
@@ -346,7 +346,15 @@ def main() -> None:
     rows, strategies, final_models = [], {}, {}
     for strategy in args.strategies:
         own, final_models[strategy] = run_strategy(
-            strategy, initial, pool, validation, initial_labelled, settings, output / strategy, first_row
+            strategy,
+            initial,
+            pool,
+            validation,
+            initial_labelled,
+            initial_scores,
+            settings,
+            output / strategy,
+            first_row,
         )
         rows += own
         stops = [row for row in own if row["stopped_here"]]

@@ -174,6 +174,16 @@ def terminology_entry(label: Label) -> str | None:
     return "~".join(parts)
 
 
+def apply_label(segment: slicer.vtkSegment, label: Label) -> None:
+    """Name, colour, label-value tag and (when the label has codes) terminology of ``label``."""
+    segment.SetName(label.name)
+    segment.SetColor(*(channel / 255.0 for channel in label.color))
+    segment.SetTag(LABEL_VALUE_TAG, str(label.value))
+    terminology = terminology_entry(label)
+    if terminology is not None:
+        segment.SetTerminology(terminology)
+
+
 class SegmentationLogic:
     """Everything the ASDSeg panel does, on an explicit MRML scene and without Qt."""
 
@@ -374,13 +384,7 @@ class SegmentationLogic:
         foreground = [label for label in labels if label.value != 0]
         for index, label in enumerate(foreground):
             segment_id = imported.get(label.value) or segmentation.AddEmptySegment("", label.name)
-            segment = segmentation.GetSegment(segment_id)
-            segment.SetName(label.name)
-            segment.SetColor(*(channel / 255.0 for channel in label.color))
-            segment.SetTag(LABEL_VALUE_TAG, str(label.value))
-            terminology = terminology_entry(label)
-            if terminology is not None:
-                segment.SetTerminology(terminology)
+            apply_label(segmentation.GetSegment(segment_id), label)
             segmentation.SetSegmentIndex(segment_id, index)
         unknown = set(imported) - {label.value for label in foreground}
         if unknown:

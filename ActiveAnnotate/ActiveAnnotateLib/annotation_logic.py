@@ -30,7 +30,7 @@ from asdseg.model_card import ModelCard
 from asdseg.registry import available_models, find_model
 
 from .slice_views import mark_suggestions
-from ASDSegLib.segmentation_logic import LABEL_VALUE_TAG, SegmentationLogic
+from ASDSegLib.segmentation_logic import SegmentationLogic, apply_label
 from ASDSegLib.volume_nodes import image_from_volume_node
 
 #: Segmentation node attributes: the labelled slices and the last suggestion (JSON).
@@ -103,7 +103,7 @@ class AnnotationLogic:
 
     def create_annotation_segmentation(self, volume_node, card: ModelCard) -> slicer.vtkMRMLSegmentationNode:
         """A segmentation on the volume's grid with one empty segment per label of the model,
-        named, coloured and tagged with the label value the model uses."""
+        named, coloured and tagged with the label value the model uses (as ASDSeg's own)."""
         node = self.scene.AddNewNodeByClass(
             "vtkMRMLSegmentationNode", self.scene.GenerateUniqueName(f"{volume_node.GetName()} labels")
         )
@@ -111,9 +111,7 @@ class AnnotationLogic:
         node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
         for label in card.foreground_labels:
             segment_id = node.GetSegmentation().AddEmptySegment("", label.name)
-            segment = node.GetSegmentation().GetSegment(segment_id)
-            segment.SetColor(*(channel / 255.0 for channel in label.color))
-            segment.SetTag(LABEL_VALUE_TAG, str(label.value))
+            apply_label(node.GetSegmentation().GetSegment(segment_id), label)
         return node
 
     # Labelled slices ------------------------------------------------------------------------
@@ -143,8 +141,8 @@ class AnnotationLogic:
 
     @staticmethod
     def _source_volume(segmentation_node):
-        role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
-        volume_node = segmentation_node.GetNodeReference(role)
+        """The segmentation's volume, which must hold voxels (the slices are that volume's)."""
+        volume_node = SegmentationLogic.source_volume(segmentation_node)
         if volume_node is None or volume_node.GetImageData() is None:
             raise InputError(
                 f"{segmentation_node.GetName()!r} is not tied to a volume; make it on the volume to label."
@@ -174,10 +172,11 @@ class AnnotationLogic:
         sparse = SparseLabels(np.ascontiguousarray(array.transpose(2, 1, 0)).astype(np.int64), slices)
         return sparse, [label for _, label in segment_labels]
 
-    def export_labels(self, segmentation_node, path: str | Path) -> list[Path]:
+    def export_labels(self, segmentation_node, path: str | Path, card: ModelCard | None = None) -> list[Path]:
         """Write the labelled slices as a NIfTI label map on the volume's grid, its label
-        sidecars and ``<stem>.slices.json``, all or nothing."""
-        sparse, labels = self.sparse_labels(segmentation_node)
+        sidecars and ``<stem>.slices.json``, all or nothing; with ``card``, only if every segment
+        is one of the model's labels (the files fine-tuning reads)."""
+        sparse, labels = self.sparse_labels(segmentation_node, card)
         reference = image_from_volume_node(self._source_volume(segmentation_node))
         return write_sparse_labels(sparse, reference, [BACKGROUND, *labels], path)
 
@@ -200,7 +199,7 @@ class AnnotationLogic:
             write_image(image_from_volume_node(volume_node), paths["image"], compress=False)
             if self.labelled_slices(segmentation_node):
                 labels_path = Path(folder.name) / "labels.nii.gz"
-                self._write_training_labels(segmentation_node, card, labels_path)
+                self.export_labels(segmentation_node, labels_path, card)
                 arguments += ["--labels", str(labels_path)]
         except BaseException:
             folder.cleanup()
@@ -220,11 +219,6 @@ class AnnotationLogic:
         return self.suggestions(run.segmentation_node)
 
     # Fine-tuning ----------------------------------------------------------------------------
-
-    def _write_training_labels(self, segmentation_node, card: ModelCard, path: Path) -> None:
-        sparse, labels = self.sparse_labels(segmentation_node, card)
-        reference = image_from_volume_node(self._source_volume(segmentation_node))
-        write_sparse_labels(sparse, reference, [BACKGROUND, *labels], path)
 
     def _next_folder(self, prefix: str) -> Path:
         index = 1
@@ -249,7 +243,7 @@ class AnnotationLogic:
                 image_path = Path(folder.name) / f"image-{index}.nrrd"
                 label_path = Path(folder.name) / f"labels-{index}.nii.gz"
                 write_image(image_from_volume_node(self._source_volume(segmentation_node)), image_path, False)
-                self._write_training_labels(segmentation_node, card, label_path)
+                self.export_labels(segmentation_node, label_path, card)
                 images.append(str(image_path))
                 labels.append(str(label_path))
             output_dir = self._next_folder("round")

@@ -194,10 +194,6 @@ class FolderJob:
             raise
 
     @property
-    def path(self) -> Path:
-        return Path(self.folder.name)
-
-    @property
     def progress(self) -> JobProgress:
         return self.job.progress
 

@@ -20,6 +20,7 @@ from asdseg.active.sparse_labels import SparseLabels
 from asdseg.active.suggest import require_attention_model
 from asdseg.errors import InputError
 from asdseg.image_io import array_to_image, image_to_array
+from asdseg.losses import UNLABELLED
 from asdseg.model_card import ModelCard
 from asdseg.preprocessing import normalize_intensity, resample_like, resample_to_spacing
 from asdseg.registry import load_network
@@ -60,7 +61,7 @@ def model_grid_case(image: sitk.Image, sparse: SparseLabels, card: ModelCard, na
 
 
 def fine_tuned_card(card: ModelCard, name: str, cases: Sequence[Case]) -> dict:
-    labelled = sum(int((case.label != -1).any(axis=(0, 1)).sum()) for case in cases)
+    labelled = sum(int((case.label != UNLABELLED).any(axis=(0, 1)).sum()) for case in cases)
     return {
         **card.data,
         "name": name,

@@ -18,6 +18,7 @@ organ for either head: it gets P-DSC and P-accuracy 1 (full agreement) and is fl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,11 +41,16 @@ class SliceScores:
         return len(self.p_dsc)
 
     def mean_agreement(self, measure: str = "p_dsc") -> float:
-        """Mean P-DSC (or P-accuracy) over the slices where either head predicts an organ: the
-        quality estimate of the stop criterion. Empty slices are left out so that the figure does
-        not depend on how much empty space the volume holds; 1.0 when every slice is empty."""
-        values = getattr(self, measure)[~self.both_empty]
-        return float(values.mean()) if len(values) else 1.0
+        return mean_agreement([self], measure)
+
+
+def mean_agreement(scores: Sequence[SliceScores], measure: str = "p_dsc") -> float:
+    """Mean P-DSC (or P-accuracy) over the slices of ``scores`` (one or several volumes) where
+    either head predicts an organ: the quality estimate of the stop criterion. Empty slices are
+    left out so that the figure does not depend on how much empty space the volumes hold; 1.0
+    when every slice is empty."""
+    values = np.concatenate([getattr(volume, measure)[~volume.both_empty] for volume in scores])
+    return float(values.mean()) if len(values) else 1.0
 
 
 def _without_specks(labels: np.ndarray, values: list[int], min_area: int) -> np.ndarray:

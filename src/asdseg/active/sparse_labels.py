@@ -10,7 +10,7 @@ sees :data:`asdseg.losses.UNLABELLED` on every slice that is not labelled.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,14 +50,6 @@ class SparseLabels:
     @property
     def slice_count(self) -> int:
         return int(self.label.shape[2])
-
-    @property
-    def labelled_fraction(self) -> float:
-        return len(self.labelled_slices) / self.slice_count
-
-    def mark_labelled(self, indices: Iterable[int]) -> None:
-        self.labelled_slices |= {int(index) for index in indices}
-        self.__post_init__()
 
     def training_target(self) -> np.ndarray:
         """int64 (x, y, z): the label on labelled slices, UNLABELLED everywhere else."""
