@@ -162,3 +162,21 @@ def test_vnet_with_confidence_network_gives_a_confidence_map(tmp_path: Path, pha
     with torch.inference_mode():
         window = torch.randn(1, 1, 16, 16, 16)
         assert torch.equal(load_network(card)(window)["logits"], segmenter_only(window)["logits"])
+
+
+def test_outputs_cover_the_faces_of_a_volume_the_model_sees_at_a_coarser_spacing(
+    tiny_model: ModelCard,
+) -> None:
+    """At 2 mm, the model grid of a 1 mm volume of even size ends half a model voxel short of the
+    volume's last slices; those slices must still get a full probability and a confidence."""
+    data = {
+        **tiny_model.data,
+        "labels": tiny_model.data["labels"][:2],
+        "outputs": {"sdm": True, "confidence": True},
+        "preprocessing": {**tiny_model.data["preprocessing"], "spacing": [2.0, 2.0, 2.0]},
+    }
+    image, _ = phantom_image(make_phantom(shape=(32, 28, 24), seed=5))
+    result = segment_image(image, ModelCard(data, tiny_model.directory), IntensityClassifier())
+    probabilities = sitk.GetArrayFromImage(result.probabilities)
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
+    assert image_to_array(result.confidence).min() >= 0.5  # sigmoid(|z|) is never below 0.5

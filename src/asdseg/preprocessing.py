@@ -22,7 +22,8 @@ def resample_to_spacing(
     """Resample ``image`` onto a grid of ``spacing`` covering the same physical extent.
 
     Origin and direction are kept; the size is rounded so that the physical field of view is
-    preserved to within one new voxel.
+    preserved to within one new voxel. The new grid's last voxel centres may lie up to half a
+    voxel past the old ones; they take the nearest old value rather than zero.
     """
     old_spacing = np.asarray(image.GetSpacing(), dtype=float)
     new_spacing = np.asarray(spacing, dtype=float)
@@ -40,16 +41,31 @@ def resample_to_spacing(
         image.GetDirection(),
         0.0,
         image.GetPixelID(),
+        useNearestNeighborExtrapolator=True,
     )
 
 
 def resample_like(
     image: sitk.Image, reference: sitk.Image, interpolator: int = sitk.sitkLinear
 ) -> sitk.Image:
-    """Resample ``image`` onto exactly the grid of ``reference`` (used to return outputs)."""
+    """Resample ``image`` onto exactly the grid of ``reference`` (used to return outputs).
+
+    Voxels of ``reference`` past the last voxel centres of ``image`` (the model grid of a
+    resampled volume ends up to half a model voxel short of the input's edge) take the nearest
+    value: zero there would mean a probability of no class and a confidence of 0 on the faces
+    of the volume.
+    """
     if same_geometry(image, reference):
         return image
-    return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, image.GetPixelID())
+    return sitk.Resample(
+        image,
+        reference,
+        sitk.Transform(),
+        interpolator,
+        0.0,
+        image.GetPixelID(),
+        useNearestNeighborExtrapolator=True,
+    )
 
 
 def normalize_intensity(array: np.ndarray, mode: Normalization) -> np.ndarray:
