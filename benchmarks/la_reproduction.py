@@ -23,13 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from asdseg.demo import find_la2018
-from asdseg.evaluation import evaluate_label_maps, mean_rows
-from asdseg.image_io import image_to_array, read_image
+from asdseg.model_evaluation import evaluate_model, reference_cases
 from asdseg.registry import load_network
-from asdseg.segment import SegmentationOptions, segment_image
 from asdseg.training.config import config_from_dict
 from asdseg.training.data import case_names
 from asdseg.training.trainer import Trainer
@@ -73,23 +69,8 @@ def recipe_config(recipe: str, setting: str, root: Path) -> dict[str, Any]:
 
 
 def evaluate(model_card, root: Path, names: list[str]) -> dict[str, Any]:
-    network = load_network(model_card)
-    results = {}
-    for largest in (False, True):
-        rows = []
-        for name in names:
-            folder = root / "train" / name
-            reference = read_image(folder / "label.nii.gz")
-            options = SegmentationOptions(largest_component=largest)
-            result = segment_image(
-                read_image(folder / "image.nii.gz"), model_card, network, options, source=name
-            )
-            metrics = evaluate_label_maps(
-                result.label_array(), image_to_array(reference, np.int64), reference.GetSpacing(), [1]
-            )
-            rows += [{"case": name, "label": 1, **metrics[1].as_dict()}]
-        results["largest_component" if largest else "raw"] = mean_rows(rows)[1]
-    return results
+    evaluation = evaluate_model(model_card, load_network(model_card), reference_cases(root, names))
+    return {kind: by_label[1] for kind, by_label in evaluation.means().items()}
 
 
 def markdown(results: dict[str, Any], setting: str, held_out: list[str]) -> str:

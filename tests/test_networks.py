@@ -47,6 +47,7 @@ def total(outputs: dict) -> torch.Tensor:
             {"confidence": 1},
         ),
         ("enhanced-unet", {"base_filters": 2}, 16, {}),
+        ("enhanced-unet-confidence", {"base_filters": 2, "confidence_filters": 2}, 16, {"confidence": 1}),
         ("attention-unet", {"base_filters": 2}, 8, {"attention_logits": 3, "attention_map": 1}),
     ],
 )

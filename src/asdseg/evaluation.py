@@ -76,9 +76,9 @@ def format_table(rows: Sequence[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(rows: Sequence[dict[str, object]], path: str | Path) -> None:
+def write_csv(rows: Sequence[dict[str, object]], path: str | Path, columns: Sequence[str] = COLUMNS) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
     with atomic_path(path) as temporary:

@@ -1,5 +1,5 @@
 """PNG figures for people who would rather look than read: overlays, training and
-active-learning curves."""
+active-learning curves, reliability diagrams."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from asdseg.calibration import ReliabilityBins
 from asdseg.image_io import atomic_path
 from asdseg.labels import Label
 
@@ -32,9 +33,12 @@ def save_overlay_png(
     extra_map: np.ndarray | None = None,
     extra_title: str = "",
     reference: np.ndarray | None = None,
+    extra_range: tuple[float, float] | None = None,
 ) -> Path:
     """Axial slice through the labelled region's centre: the image with label outlines (and the
-    reference's dashed outlines), and beside it ``extra_map`` (SDM or confidence) if given."""
+    reference's dashed outlines), and beside it ``extra_map`` (SDM or confidence) if given, on
+    the colour scale ``extra_range`` (the map's full range, such as 0-1 for a confidence, so that
+    a narrow spread of values does not look like strong contrast), else its own min-max."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,7 +63,8 @@ def save_overlay_png(
         f"axial slice {z}: prediction" + (" (solid) vs reference (dashed)" if reference is not None else "")
     )
     if extra_map is not None:
-        shown = axes[0, 1].imshow(extra_map[:, :, z].T, cmap="coolwarm", origin="lower")
+        low, high = extra_range or (None, None)
+        shown = axes[0, 1].imshow(extra_map[:, :, z].T, cmap="coolwarm", origin="lower", vmin=low, vmax=high)
         axes[0, 1].set_title(extra_title)
         figure.colorbar(shown, ax=axes[0, 1], fraction=0.046)
     for axis in axes.ravel():
@@ -135,4 +140,39 @@ def save_active_learning_curves(
     axis.set_ylabel("validation Dice (%)")
     axis.set_title("active learning: Dice vs. labelling effort (circle: stop criterion)")
     axis.legend(fontsize=8)
+    return _save_png(figure, path)
+
+
+def save_reliability_diagram(curves: dict[str, ReliabilityBins], path: str | Path, title: str) -> Path:
+    """Accuracy against mean confidence per bin, one curve per named confidence map, beside the
+    diagonal a calibrated map would follow; a lower panel shows how the voxels spread over the
+    bins (log scale), since a few heavily populated bins dominate the ECE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (curve_axis, count_axis) = plt.subplots(
+        2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    curve_axis.plot([0, 1], [0, 1], color="black", linewidth=1, linestyle=":", label="calibrated")
+    for index, (name, bins) in enumerate(curves.items()):
+        filled = bins.counts > 0
+        ece = bins.expected_calibration_error()
+        line = curve_axis.plot(
+            bins.mean_confidence[filled],
+            bins.accuracy[filled],
+            marker="os^D"[index % 4],
+            label=f"{name} (ECE {100 * ece:.2f} %)",
+        )[0]
+        centres = (np.arange(bins.bins) + 0.5) / bins.bins
+        count_axis.step(centres, np.maximum(bins.counts, 1), where="mid", color=line.get_color())
+    curve_axis.set_xlim(0, 1)
+    curve_axis.set_ylim(0, 1)
+    curve_axis.set_ylabel("fraction of voxels segmented correctly")
+    curve_axis.set_title(title)
+    curve_axis.legend(fontsize=7, loc="lower right")
+    count_axis.set_yscale("log")
+    count_axis.set_xlabel("confidence")
+    count_axis.set_ylabel("voxels per bin")
     return _save_png(figure, path)

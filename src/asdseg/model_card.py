@@ -97,13 +97,18 @@ class ModelCard:
         """A few lines for a person choosing a model (CLI ``models show``, Slicer's selector)."""
         labels = ", ".join(f"{label.value}={label.name}" for label in self.foreground_labels)
         extras = [name for name in ("sdm", "confidence") if self.data["outputs"][name]]
-        return "\n".join(
-            [
-                f"{self.name} (v{self.data['version']}): {self.data['description']}",
-                f"  input: {self.data['modality']}",
-                f"  labels: {labels}",
-                f"  extra outputs: {', '.join(extras) or 'none'}",
-                f"  training data: {self.data['training']['data']}",
-                f"  licence: {self.data['license']}",
-            ]
-        )
+        lines = [
+            f"{self.name} (v{self.data['version']}): {self.data['description']}",
+            f"  input: {self.data['modality']}",
+            f"  labels: {labels}",
+            f"  extra outputs: {', '.join(extras) or 'none'}",
+            f"  training data: {self.data['training']['data']}",
+        ]
+        validation = self.data["metrics"].get("validation")
+        if validation:
+            lines.append(
+                f"  validation: Dice {100 * validation['raw']['dice']:.1f} % "
+                f"({100 * validation['largest_component']['dice']:.1f} % keeping the largest component) "
+                f"on {validation['cases']} held-out cases"
+            )
+        return "\n".join([*lines, f"  licence: {self.data['license']}"])

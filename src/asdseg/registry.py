@@ -120,14 +120,28 @@ def install_model(card_path: str | Path, weights_path: str | Path | None = None)
     return ModelCard.load(target / CARD_FILE)
 
 
-def save_model(network: nn.Module, card_data: dict, directory: str | Path) -> ModelCard:
-    """Write ``network``'s weights and ``card_data`` (with the weights' SHA-256 filled in) into
-    ``directory``, both atomically. Used by training to produce an installable model."""
+def half_precision_state(network: nn.Module) -> dict[str, torch.Tensor]:
+    """``network``'s state with floating-point tensors stored as float16: half the bytes, for
+    models kept in git. Loading it into the float32 network casts back; the rounding changes
+    the outputs very little (the model card reports by how much)."""
+    return {
+        name: tensor.half() if tensor.is_floating_point() else tensor
+        for name, tensor in network.state_dict().items()
+    }
+
+
+def save_model(
+    network: nn.Module, card_data: dict, directory: str | Path, half_precision: bool = False
+) -> ModelCard:
+    """Write ``network``'s weights (as float16 with ``half_precision``) and ``card_data`` (with
+    the weights' SHA-256 filled in) into ``directory``, both atomically. Used by training to
+    produce an installable model and by the release of shipped models."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights_file = card_data["weights"]["file"]
+    state = half_precision_state(network) if half_precision else network.state_dict()
     with atomic_path(directory / weights_file) as temporary:
-        torch.save(network.state_dict(), temporary)
+        torch.save(state, temporary)
         card_data = {**card_data, "weights": {"file": weights_file, "sha256": sha256_of(temporary)}}
         validate_card(card_data, directory / CARD_FILE)
     with atomic_path(directory / CARD_FILE) as card_temporary:

@@ -16,7 +16,7 @@ from torch import nn
 
 from asdseg.networks.attention_unet import AttentionUNet3D
 from asdseg.networks.confidence import vnet_with_confidence
-from asdseg.networks.enhanced_unet import EnhancedUNet
+from asdseg.networks.enhanced_unet import EnhancedUNet, enhanced_unet_with_confidence
 from asdseg.networks.vnet import VNet, svnet
 
 #: Segmentation networks a model card can name. The discriminator and the confidence networks
@@ -26,6 +26,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "svnet": svnet,
     "vnet-confidence": vnet_with_confidence,
     "enhanced-unet": EnhancedUNet,
+    "enhanced-unet-confidence": enhanced_unet_with_confidence,
     "attention-unet": AttentionUNet3D,
 }
 

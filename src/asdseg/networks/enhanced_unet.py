@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asdseg.networks.confidence import SegmenterWithConfidence
 from asdseg.networks.unet_parts import (
     conv_bn_relu,
     decoder_stages,
@@ -140,3 +141,19 @@ class ConfidenceUNet(nn.Module):
         for upsample, block, skip in zip(self.upsamplers, self.decoder, reversed(skips), strict=True):
             features = block(torch.cat([upsample(features), skip], dim=1))
         return self.head(features)
+
+
+def enhanced_unet_with_confidence(
+    in_channels: int = 1,
+    num_classes: int = 2,
+    base_filters: int = 16,
+    levels: int = 4,
+    confidence_filters: int = 8,
+    confidence_sees_image: bool = True,
+) -> SegmenterWithConfidence:
+    """The enhanced UNet plus its confidence network, as DAN ships it: the confidence map is the
+    network's estimate, per voxel, that the segmentation there is correct."""
+    return SegmenterWithConfidence(
+        EnhancedUNet(in_channels, num_classes, base_filters, levels),
+        ConfidenceUNet(num_classes, confidence_sees_image, confidence_filters),
+    )

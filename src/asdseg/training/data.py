@@ -74,12 +74,12 @@ def phantom_case(index: int, data: DataConfig, labelled: bool) -> Case:
     return Case(f"phantom-{index:03d}", normalize_intensity(phantom.image, data.normalization), label)
 
 
-def load_split(data: DataConfig) -> CaseSplit:
-    """The first ``labelled`` cases are labelled (the papers' LA setting: the first 16 of
-    ``train.list``), the last ``validation`` ones are held out, the rest are unlabelled."""
+def split_names(data: DataConfig) -> dict[str, list]:
+    """The case names (indices for phantoms) of each part of the split: the first ``labelled``
+    cases are labelled (the papers' LA setting: the first 16 of ``train.list``), the last
+    ``validation`` ones are held out, the rest are unlabelled."""
     if data.root is None:
-        count = data.cases or data.labelled + data.validation + 4
-        names = list(range(count))
+        names: list = list(range(data.cases or data.labelled + data.validation + 4))
     else:
         names = case_names(Path(data.root))[: data.cases]
     if data.labelled + data.validation > len(names):
@@ -87,16 +87,26 @@ def load_split(data: DataConfig) -> CaseSplit:
             f"{len(names)} cases cannot give {data.labelled} labelled and {data.validation} validation cases."
         )
     validation_start = len(names) - data.validation
+    return {
+        "labelled": names[: data.labelled],
+        "unlabelled": names[data.labelled : validation_start],
+        "validation": names[validation_start:],
+    }
 
-    def load(index: int, labelled: bool) -> Case:
+
+def load_split(data: DataConfig) -> CaseSplit:
+    """The cases of :func:`split_names`, loaded and normalised (unlabelled ones without labels)."""
+
+    def load(name, labelled: bool) -> Case:
         if data.root is None:
-            return phantom_case(names[index], data, labelled)
-        return load_case(Path(data.root), names[index], data, labelled)
+            return phantom_case(name, data, labelled)
+        return load_case(Path(data.root), name, data, labelled)
 
+    names = split_names(data)
     return CaseSplit(
-        labelled=[load(index, True) for index in range(data.labelled)],
-        unlabelled=[load(index, False) for index in range(data.labelled, validation_start)],
-        validation=[load(index, True) for index in range(validation_start, len(names))],
+        labelled=[load(name, True) for name in names["labelled"]],
+        unlabelled=[load(name, False) for name in names["unlabelled"]],
+        validation=[load(name, True) for name in names["validation"]],
     )
 
 

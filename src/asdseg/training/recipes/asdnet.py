@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from asdseg.losses import (
     adversarial_bce,
@@ -26,7 +25,7 @@ from asdseg.losses import (
     one_hot,
     sample_attention_dice_loss,
 )
-from asdseg.networks.confidence import ConfidenceNetwork, SegmenterWithConfidence
+from asdseg.networks.confidence import ConfidenceNetwork
 from asdseg.training.recipes.base import ConfidenceLearningRecipe
 
 
@@ -34,6 +33,7 @@ class AsdnetRecipe(ConfidenceLearningRecipe):
     name = "asdnet"
     semi_supervised = True
     confidence_network = ConfidenceNetwork
+    exported_architecture = "vnet-confidence"
     DEFAULTS: ClassVar[dict[str, Any]] = {
         **ConfidenceLearningRecipe.DEFAULTS,
         "sample_attention_beta": 2.0,
@@ -74,14 +74,7 @@ class AsdnetRecipe(ConfidenceLearningRecipe):
             "confidence": confidence_loss.item(),
         }
 
-    def export_network(self) -> nn.Module:
-        return SegmenterWithConfidence(self.networks["segmenter"], self.networks["confidence"])
-
     def export_architecture(self) -> dict[str, Any]:
-        params = dict(self.config.network.get("params", {}))
-        params.update(
-            simplified=self.config.network["name"] == "svnet",
-            confidence_filters=self.settings["confidence_filters"],
-            confidence_sees_image=self.settings["confidence_sees_image"],
-        )
-        return {"name": "vnet-confidence", "params": params}
+        architecture = super().export_architecture()
+        architecture["params"]["simplified"] = self.config.network["name"] == "svnet"
+        return architecture

@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from asdseg.errors import InputError
 from asdseg.networks import build_network
+from asdseg.networks.confidence import SegmenterWithConfidence
 from asdseg.training.config import TrainingConfig
 from asdseg.training.distributed import average_gradients
 
@@ -134,9 +135,13 @@ class Recipe:
 
 class ConfidenceLearningRecipe(Recipe):
     """A recipe that trains a confidence network beside the segmenter (ASDNet, DAN); the
-    subclass names the network's class and adds its own loss settings to DEFAULTS."""
+    subclass names the network's class, the card architecture that carries both networks, and
+    adds its own loss settings to DEFAULTS. The model ships both networks so that inference
+    gives the confidence map."""
 
     confidence_network: ClassVar[Callable[[int, bool, int], nn.Module]]
+    #: The ``architecture`` name (see ``asdseg.networks.ARCHITECTURES``) of segmenter + confidence.
+    exported_architecture: ClassVar[str]
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "confidence_filters": 8,
         "confidence_sees_image": True,
@@ -149,3 +154,14 @@ class ConfidenceLearningRecipe(Recipe):
             self.num_classes, settings["confidence_sees_image"], settings["confidence_filters"]
         )
         return {"confidence": network}
+
+    def export_network(self) -> nn.Module:
+        return SegmenterWithConfidence(self.networks["segmenter"], self.networks["confidence"])
+
+    def export_architecture(self) -> dict[str, Any]:
+        params = dict(self.config.network.get("params", {}))
+        params.update(
+            confidence_filters=self.settings["confidence_filters"],
+            confidence_sees_image=self.settings["confidence_sees_image"],
+        )
+        return {"name": self.exported_architecture, "params": params}

@@ -35,6 +35,7 @@ def downsampled_labels(labels: torch.Tensor, size: tuple[int, ...]) -> torch.Ten
 class DanRecipe(ConfidenceLearningRecipe):
     name = "dan"
     confidence_network = ConfidenceUNet
+    exported_architecture = "enhanced-unet-confidence"
     DEFAULTS: ClassVar[dict[str, Any]] = {
         **ConfidenceLearningRecipe.DEFAULTS,
         "focal_gamma": 2.0,
