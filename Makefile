@@ -16,7 +16,7 @@ demo: $(BIN)/.installed
 	$(BIN)/asdseg demo --output-dir demo_output
 
 test: $(BIN)/.installed
-	$(BIN)/ruff check src tests benchmarks ASDSeg ActiveAnnotate
+	$(BIN)/ruff check src tests benchmarks tools ASDSeg ActiveAnnotate
 	$(BIN)/python -m pytest -q
 
 benchmark: $(BIN)/.installed

@@ -58,8 +58,15 @@ def test_the_engine_list_matches_the_package() -> None:
     package = ROOT / "src"
     assert set(scripts) == {f"asdseg/{path}" for path in files_under(package / "asdseg", "*.py")}
     data_files = {f"asdseg/{path}" for path in files_under(package / "asdseg", "*.json")}
-    data_files |= {f"asdseg/{path}" for path in files_under(package / "asdseg", "*.pt")}
+    models = package / "asdseg" / "models"
+    data_files |= {
+        f"asdseg/models/{path}" for path in files_under(models, "*.*") if (models / path).is_file()
+    } - {"asdseg/models/.gitkeep"}
     assert set(resources) == data_files
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    packaged = project["tool"]["setuptools"]["package-data"]["asdseg"]
+    for path in data_files:  # the wheel ships them too
+        assert any(Path(path).relative_to("asdseg").match(pattern) for pattern in packaged), path
 
 
 def test_the_extension_declares_its_metadata_modules_and_pytorch() -> None:

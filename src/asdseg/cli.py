@@ -218,7 +218,7 @@ def command_finetune(args: argparse.Namespace) -> int:
 def command_demo(args: argparse.Namespace) -> int:
     from asdseg.demo import run_demo
 
-    run_demo(Path(args.output_dir))
+    run_demo(Path(args.output_dir), model=args.model)
     return 0
 
 
@@ -317,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the main job: segment a default input and evaluate it")
     demo.add_argument("--output-dir", default="demo_output", help="where to write the results")
+    demo.add_argument(
+        "--model",
+        help="the left-atrium model to run on LA 2018 (default: the one with the best validation Dice)",
+    )
     demo.set_defaults(handler=command_demo)
     return parser
 

@@ -1,9 +1,10 @@
 """The main job (``asdseg demo``): segment a default input end to end and report how well.
 
-* When a trained left-atrium model ships with the package and the LA 2018 data is found
-  (``../shared/data/la2018`` beside the repository, or ``$ASDSEG_LA2018``), it segments the
-  last case of ``train.list`` (a validation case) and evaluates it against its label.
-* Otherwise (a fresh clone without data, or before a trained model ships) it trains the small
+* When a trained left-atrium model is installed (two ship with the package) and the LA 2018
+  data is found (``../shared/data/la2018`` beside the repository, or ``$ASDSEG_LA2018``), it
+  segments the last case of ``train.list`` (a validation case none of the models trained on)
+  with the model of the best validation Dice, or the one ``--model`` names, and evaluates it.
+* Otherwise (a fresh clone without the data) it trains the small
   phantom model once (about a minute on a CPU; :mod:`asdseg.demo_model`), makes a synthetic
   phantom with non-trivial geometry, segments and evaluates it.
 
@@ -22,13 +23,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from asdseg.demo_model import ensure_demo_model
+from asdseg.errors import InputError
 from asdseg.evaluation import evaluate_label_maps, format_table, write_csv
 from asdseg.figures import save_overlay_png
 from asdseg.image_io import image_to_array, read_image, write_image
 from asdseg.model_card import ModelCard
 from asdseg.phantoms import make_phantom, phantom_image
 from asdseg.progress import tqdm_progress
-from asdseg.registry import available_models, load_network
+from asdseg.registry import available_models, find_model, load_network
 from asdseg.segment import SegmentationOptions, segment_image, write_result
 
 LA_TASK = "left-atrium"
@@ -75,13 +77,34 @@ def phantom_input() -> DemoInput:
     return DemoInput(image, label, "synthetic phantom (seed 2026, rotated, 0.9 x 1.0 x 1.1 mm)")
 
 
-def choose_model_and_input(say: Say) -> tuple[ModelCard, DemoInput]:
+def validation_dice(card: ModelCard) -> float:
+    """The held-out Dice a released card reports (largest component kept), 0 without one."""
+    validation = card.data["metrics"].get("validation", {})
+    return float(validation.get("largest_component", {}).get("dice", 0.0))
+
+
+def choose_la_model(model: str | None) -> ModelCard | None:
+    """``model`` (which must segment the left atrium), else the left-atrium model with the best
+    validation Dice, else None."""
+    if model is not None:
+        card = find_model(model)
+        if card.data["task"] != LA_TASK:
+            raise InputError(
+                f"model {model!r} segments {card.data['task']!r}; the demo runs a {LA_TASK!r} model on "
+                "LA 2018. Leave out --model, or try your model with 'asdseg segment'."
+            )
+        return card
     la_models = [card for card in available_models().values() if card.data["task"] == LA_TASK]
+    return max(la_models, key=validation_dice, default=None)
+
+
+def choose_model_and_input(say: Say, model: str | None = None) -> tuple[ModelCard, DemoInput]:
+    la_model = choose_la_model(model)
     data = find_la2018()
-    if la_models and data is not None:
-        return la_models[0], la_input(data)
-    if not la_models:
-        say("No trained left-atrium model is installed yet: running the phantom demo instead.")
+    if la_model is not None and data is not None:
+        return la_model, la_input(data)
+    if la_model is None:
+        say("No trained left-atrium model is installed: running the phantom demo instead.")
     else:
         say("LA 2018 data not found (../shared/data/la2018 or $ASDSEG_LA2018): running the phantom demo.")
     say("Training the phantom model once (about a minute on a CPU)...")
@@ -93,9 +116,12 @@ def choose_model_and_input(say: Say) -> tuple[ModelCard, DemoInput]:
     return card, phantom_input()
 
 
-def run_demo(output_dir: Path, say: Say = print, options: SegmentationOptions | None = None) -> dict:
-    """Run the main job; returns the per-label metrics it printed."""
-    card, demo_input = choose_model_and_input(say)
+def run_demo(
+    output_dir: Path, say: Say = print, options: SegmentationOptions | None = None, model: str | None = None
+) -> dict:
+    """Run the main job (with the left-atrium ``model`` when given); returns the per-label
+    metrics it printed."""
+    card, demo_input = choose_model_and_input(say, model)
     say(f"Model: {card.name}. Input: {demo_input.description}.")
     output_dir.mkdir(parents=True, exist_ok=True)
     write_image(demo_input.image, output_dir / "input.nii.gz")
@@ -120,11 +146,12 @@ def run_demo(output_dir: Path, say: Say = print, options: SegmentationOptions | 
     metrics = evaluate_label_maps(prediction, reference, demo_input.image.GetSpacing(), values)
     rows = [{"case": demo_input.description, "label": value, **m.as_dict()} for value, m in metrics.items()]
     write_csv(rows, output_dir / "metrics.csv")
-    extra, title = None, ""
+    extra, title, extra_range = None, "", None
     if result.confidence is not None:
-        extra, title = image_to_array(result.confidence), "confidence"
+        extra, title, extra_range = image_to_array(result.confidence), "confidence", (0.0, 1.0)
     elif result.sdm:
-        extra, title = image_to_array(next(iter(result.sdm.values()))), "signed distance map"
+        extra = image_to_array(next(iter(result.sdm.values())))
+        title, extra_range = "signed distance map", (-1.0, 1.0)
     save_overlay_png(
         image_to_array(demo_input.image),
         prediction,
@@ -133,6 +160,7 @@ def run_demo(output_dir: Path, say: Say = print, options: SegmentationOptions | 
         extra,
         title,
         reference,
+        extra_range,
     )
     for warning in result.warnings:
         say(f"warning: {warning}")

@@ -1,0 +1,252 @@
+"""Release a finished LA 2018 training run as a shipped left-atrium model.
+
+Rebuilds the run's exported network from its last checkpoint and evaluates the float16 weights
+that will ship. The evaluation covers the run's held-out cases (the last ``validation`` cases of
+``train.list``) at their original 0.625 mm resolution, raw and with the largest component kept.
+It also measures the calibration of the confidence map, and of the top softmax probability for
+comparison. The run's own float32 weights are evaluated as well, so the card can show what
+float16 storage changed. Then it writes into ``OUTPUT/NAME/``:
+
+- ``model.pt`` (float16) and ``card.json`` (the full model card);
+- ``validation.csv`` (per-case metrics);
+- ``calibration.json`` (reliability bins) and ``calibration.png`` (reliability diagram).
+
+Nothing is written until the evaluation has finished.
+
+    python tools/release_la_model.py benchmark_results/la_compact/dan --name la-dan \\
+        --training-minutes 121 --output src/asdseg/models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from asdseg.demo import find_la2018
+from asdseg.evaluation import COLUMNS, write_csv
+from asdseg.figures import save_reliability_diagram
+from asdseg.image_io import atomic_path
+from asdseg.model_card import ModelCard
+from asdseg.model_evaluation import (
+    CONFIDENCE_MAP,
+    ModelEvaluation,
+    ReferenceCase,
+    evaluate_model,
+    reference_cases,
+)
+from asdseg.progress import tqdm_progress
+from asdseg.registry import save_model
+from asdseg.training.data import split_names
+from asdseg.training.release import (
+    FinishedRun,
+    as_shipped,
+    calibration_metrics,
+    load_finished_run,
+    validation_metrics,
+)
+
+DATA = (
+    "LA 2018: the 2018 Atrial Segmentation Challenge's LGE-MRI (University of Utah; Xiong et al., "
+    "Medical Image Analysis 2020), 80 cases as cropped by UA-MT / SASSNet, 0.625 mm isotropic"
+)
+LICENCE = (
+    "Research use only, not for clinical use. The weights are derived from the 2018 Atrial "
+    "Segmentation Challenge data, released for research use; cite Xiong et al., Medical Image "
+    "Analysis 2020 when you report results. The code (this repository) is under Apache-2.0."
+)
+MODALITY = (
+    "3D late gadolinium-enhanced cardiac MRI, cropped in x/y around the left atrium (as in the "
+    "challenge crops of UA-MT / SASSNet), axial slices along the third image axis; any spacing "
+    "(resampled to the card's spacing)"
+)
+LEFT_ATRIUM = {
+    "value": 1,
+    "name": "left atrium",
+    "color": [220, 60, 60],
+    "terminology": {
+        "category": {"scheme": "SCT", "value": "123037004", "meaning": "Anatomical Structure"},
+        "type": {"scheme": "SCT", "value": "82471001", "meaning": "Left atrium"},
+    },
+}
+#: Above this expected calibration error the card warns that the confidence map is relative.
+CALIBRATED_ECE = 0.05
+DESCRIPTIONS = {
+    "sassnet": "SASSNet: VNet with a segmentation head and a signed-distance-map head, trained "
+    "semi-supervised with an SDM discriminator. Gives the left atrium and its signed distance map.",
+    "dan": "Difficulty-aware attention with confidence learning: enhanced UNet trained with organ-level "
+    "focal Dice and confidence-weighted voxel CE, shipped with its confidence network. Gives the left "
+    "atrium and a voxel-wise confidence map.",
+    "asdnet": "ASDNet: SVNet segmenter with a fully convolutional confidence network, trained with "
+    "sample-attention Dice, adversarial and confident-region semi-supervised losses. Gives the left "
+    "atrium and a voxel-wise confidence map.",
+}
+
+
+def preprocessing_notes(run: FinishedRun) -> str:
+    factor = run.config.data.downsample
+    resolution = f"downsampled {factor}x with linear interpolation" if factor > 1 else "at 0.625 mm"
+    return (
+        f"Trained {resolution}; at inference the input is resampled to the card's spacing and "
+        "the result back to the input grid. Intensities: the volume as given (the challenge crop) "
+        "is z-scored by its own mean and standard deviation; intensity.json is not used."
+    )
+
+
+def weights_storage(network: nn.Module) -> str:
+    """What the weights file holds, and why when it is over the 20 MB a git repository
+    comfortably keeps."""
+    parameters = sum(parameter.numel() for parameter in network.parameters())
+    megabytes = 2 * parameters / 1e6
+    text = f"float16, {parameters / 1e6:.2f} M parameters (about {megabytes:.1f} MB; twice that in float32)"
+    if megabytes > 20:
+        text += (
+            ". Over 20 MB because the paper's architecture is kept as published (base width 16, full "
+            "depth); a narrower network would be a different model."
+        )
+    return text
+
+
+def training_entry(run: FinishedRun, names: dict[str, list[str]], args: argparse.Namespace) -> dict[str, Any]:
+    config = run.config.to_dict()
+    config["data"]["root"] = "la2018"
+    used = "used" if run.config.recipe in ("sassnet", "asdnet") else "not used by this recipe"
+    return {
+        "data": DATA,
+        "protocol": (
+            f"the first {len(names['labelled'])} cases of train.list labelled, the next "
+            f"{len(names['unlabelled'])} unlabelled ({used}), the last {len(names['validation'])} "
+            "held out for validation (the challenge's own test labels are not available)"
+        ),
+        "recipe": run.config.recipe,
+        "steps": run.steps,
+        "hardware": args.hardware,
+        "training_minutes": args.training_minutes,
+        "config": config,
+        "split": names,
+        "weights_storage": weights_storage(run.network),
+        "notes": run.notes,
+    }
+
+
+def card_data(run: FinishedRun, names: dict[str, list[str]], args: argparse.Namespace) -> dict[str, Any]:
+    architecture = run.architecture
+    return {
+        "name": args.name,
+        "version": args.version,
+        "description": DESCRIPTIONS[run.config.recipe],
+        "task": "left-atrium",
+        "modality": MODALITY,
+        "architecture": architecture,
+        "outputs": {
+            "sdm": bool(architecture["params"].get("sdm_head")),
+            "confidence": architecture["name"].endswith("-confidence"),
+        },
+        "labels": [{"value": 0, "name": "background", "color": [0, 0, 0]}, LEFT_ATRIUM],
+        "preprocessing": {
+            "spacing": [0.625 * run.config.data.downsample] * 3,
+            "normalization": run.config.data.normalization,
+            "notes": preprocessing_notes(run),
+        },
+        "inference": {"patch_size": list(run.config.patch_size), "overlap": 0.5, "blend": "gaussian"},
+        "training": training_entry(run, names, args),
+        "metrics": {},
+        "license": LICENCE,
+        "weights": {"file": "model.pt", "sha256": "0" * 64},
+    }
+
+
+def with_progress(description: str, work):
+    update, close = tqdm_progress(description)
+    try:
+        return work(update)
+    finally:
+        close()
+
+
+def validate(what: str, card: ModelCard, network: nn.Module, cases: list[ReferenceCase]) -> ModelEvaluation:
+    return with_progress(
+        f"validating {what}", lambda update: evaluate_model(card, network, cases, progress=update)
+    )
+
+
+def write_release(
+    run: FinishedRun, data: dict[str, Any], shipped: ModelEvaluation, folder: Path
+) -> ModelCard:
+    card = save_model(run.network, data, folder, half_precision=True)
+    rows = [{"post_processing": kind, **row} for kind, kind_rows in shipped.rows.items() for row in kind_rows]
+    write_csv(rows, folder / "validation.csv", ("post_processing", *COLUMNS))
+    with atomic_path(folder / "calibration.json") as temporary:
+        temporary.write_text(json.dumps(shipped.calibration_summary(), indent=2) + "\n", encoding="utf-8")
+    curves = {
+        f"{name}, {region}, error AUROC {shipped.error_detection[name][region].auroc():.2f}": bins
+        for name, regions in shipped.calibration.items()
+        for region, bins in regions.items()
+    }
+    cases = data["metrics"]["validation"]["cases"]
+    save_reliability_diagram(
+        curves, folder / "calibration.png", f"{data['name']}: reliability on {cases} validation cases"
+    )
+    return card
+
+
+def confidence_caveat(shipped: ModelEvaluation) -> str:
+    """A sentence for the card's description when the confidence map is far from calibrated,
+    so that a reader of the model list knows to read it as relative."""
+    if CONFIDENCE_MAP not in shipped.calibration:
+        return ""
+    bins = shipped.calibration[CONFIDENCE_MAP]["all voxels"]
+    ece = bins.expected_calibration_error()
+    if ece <= CALIBRATED_ECE:
+        return ""
+    mean = bins.confidence_sums.sum() / bins.total
+    accuracy = bins.correct_sums.sum() / bins.total
+    return (
+        f" Its confidence map is not calibrated (on the validation cases: mean {mean:.2f} where "
+        f"{100 * accuracy:.0f} % of voxels are right, ECE {100 * ece:.0f} %): read it as relative, "
+        "lower = less sure."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("run", type=Path, help="a finished training run folder (holds checkpoint.pt)")
+    parser.add_argument("--name", required=True, help="the model's name, e.g. la-dan")
+    parser.add_argument("--version", default="1.0")
+    parser.add_argument("--output", type=Path, default=Path("src/asdseg/models"))
+    parser.add_argument("--hardware", default="2 CPU cores (x86-64), no GPU")
+    parser.add_argument("--training-minutes", type=float, required=True)
+    args = parser.parse_args()
+
+    run = load_finished_run(args.run)
+    root = Path(run.config.data.root) if Path(run.config.data.root).is_dir() else find_la2018()
+    if root is None:
+        raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
+    names = split_names(run.config.data)
+    data = card_data(run, names, args)
+    folder = args.output / args.name
+    card, cases = ModelCard(data, folder), reference_cases(root, names["validation"])
+    shipped = validate("the shipped model", card, as_shipped(run.network), cases)
+    trained = validate("the trained run", card, run.network, cases)
+    label = LEFT_ATRIUM["value"]
+    data["metrics"] = {
+        "validation": validation_metrics(shipped, label),
+        "calibration": calibration_metrics(shipped),
+        # What storing the weights as float16 changed (shipped minus the run's float32 weights).
+        "float16_change": {
+            "dice_raw": shipped.means()["raw"][label]["dice"] - trained.means()["raw"][label]["dice"]
+        },
+    }
+    data["description"] += confidence_caveat(shipped)
+    card = write_release(run, data, shipped, folder)
+    print(json.dumps(card.data["metrics"], indent=2))
+    print(f"Released {card.name} into {folder}")
+
+
+if __name__ == "__main__":
+    main()
