@@ -8,18 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from asdseg.demo_model import CARD as DEMO_CARD
 from asdseg.errors import InputError
 from asdseg.registry import load_network, save_model
 from asdseg.training.config import DataConfig, config_from_dict
 from asdseg.training.data import split_names
 from asdseg.training.release import as_shipped, load_finished_run
 from asdseg.training.trainer import Trainer
-
-PHANTOM_LABELS = [
-    {"value": 0, "name": "background", "color": [0, 0, 0]},
-    {"value": 1, "name": "ellipsoid", "color": [200, 80, 80]},
-    {"value": 2, "name": "sphere", "color": [80, 200, 80]},
-]
 
 
 def dan_config(steps: int):
@@ -28,7 +23,7 @@ def dan_config(steps: int):
             "recipe": "dan",
             "data": {"labelled": 2, "validation": 1, "cases": 4, "phantom_shape": [32, 32, 32]},
             "network": {"name": "enhanced-unet", "params": {"num_classes": 3, "base_filters": 4}},
-            "labels": PHANTOM_LABELS,
+            "labels": DEMO_CARD["labels"],
             "patch_size": [32, 32, 32],
             "batch_size": 2,
             "labelled_per_batch": 2,

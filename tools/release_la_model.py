@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from asdseg.model_evaluation import (
     evaluate_model,
     reference_cases,
 )
+from asdseg.networks import architecture_outputs
 from asdseg.progress import tqdm_progress
 from asdseg.registry import save_model
 from asdseg.training.data import split_names
@@ -141,10 +143,7 @@ def card_data(run: FinishedRun, names: dict[str, list[str]], args: argparse.Name
         "task": "left-atrium",
         "modality": MODALITY,
         "architecture": architecture,
-        "outputs": {
-            "sdm": bool(architecture["params"].get("sdm_head")),
-            "confidence": architecture["name"].endswith("-confidence"),
-        },
+        "outputs": architecture_outputs(architecture),
         "labels": [{"value": 0, "name": "background", "color": [0, 0, 0]}, LEFT_ATRIUM],
         "preprocessing": {
             "spacing": [0.625 * run.config.data.downsample] * 3,
@@ -159,18 +158,12 @@ def card_data(run: FinishedRun, names: dict[str, list[str]], args: argparse.Name
     }
 
 
-def with_progress(description: str, work):
-    update, close = tqdm_progress(description)
+def validate(what: str, card: ModelCard, network: nn.Module, cases: list[ReferenceCase]) -> ModelEvaluation:
+    update, close = tqdm_progress(f"validating {what}")
     try:
-        return work(update)
+        return evaluate_model(card, network, cases, progress=update)
     finally:
         close()
-
-
-def validate(what: str, card: ModelCard, network: nn.Module, cases: list[ReferenceCase]) -> ModelEvaluation:
-    return with_progress(
-        f"validating {what}", lambda update: evaluate_model(card, network, cases, progress=update)
-    )
 
 
 def write_release(
@@ -198,12 +191,10 @@ def confidence_caveat(shipped: ModelEvaluation) -> str:
     so that a reader of the model list knows to read it as relative."""
     if CONFIDENCE_MAP not in shipped.calibration:
         return ""
-    bins = shipped.calibration[CONFIDENCE_MAP]["all voxels"]
-    ece = bins.expected_calibration_error()
-    if ece <= CALIBRATED_ECE:
+    summary = shipped.calibration[CONFIDENCE_MAP]["all voxels"].summary()
+    if summary["ece"] <= CALIBRATED_ECE:
         return ""
-    mean = bins.confidence_sums.sum() / bins.total
-    accuracy = bins.correct_sums.sum() / bins.total
+    mean, accuracy, ece = summary["mean_confidence"], summary["accuracy"], summary["ece"]
     return (
         f" Its confidence map is not calibrated (on the validation cases: mean {mean:.2f} where "
         f"{100 * accuracy:.0f} % of voxels are right, ECE {100 * ece:.0f} %): read it as relative, "
@@ -227,7 +218,7 @@ def main() -> None:
     root = Path(run.config.data.root) if Path(run.config.data.root).is_dir() else find_la2018()
     if root is None:
         raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
-    names = split_names(run.config.data)
+    names = split_names(replace(run.config.data, root=str(root)))
     data = card_data(run, names, args)
     folder = args.output / args.name
     card, cases = ModelCard(data, folder), reference_cases(root, names["validation"])

@@ -14,6 +14,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def binned(
+    confidence: np.ndarray, correct: np.ndarray, where: np.ndarray | None, bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The counted voxels (all, or those in ``where``) as flat arrays: confidence clipped to
+    [0, 1], correctness, and the index of the equal-width bin of [0, 1] each falls in
+    (confidence 1.0 in the last bin)."""
+    if confidence.shape != correct.shape:
+        raise ValueError(f"confidence {confidence.shape} and correctness {correct.shape} differ in shape")
+    if where is not None:
+        confidence, correct = confidence[where], correct[where]
+    values = np.clip(confidence.astype(np.float64), 0.0, 1.0).ravel()
+    index = np.minimum((values * bins).astype(np.int64), bins - 1)
+    return values, correct.astype(bool).ravel(), index
+
+
 @dataclass
 class ReliabilityBins:
     """Voxel counts, summed confidence and summed correctness in ``bins`` equal-width bins of
@@ -34,16 +49,10 @@ class ReliabilityBins:
     def add(self, confidence: np.ndarray, correct: np.ndarray, where: np.ndarray | None = None) -> None:
         """Count the voxels of one case: ``confidence`` in [0, 1], ``correct`` whether the
         prediction there matches the reference, ``where`` an optional mask of voxels to count."""
-        if confidence.shape != correct.shape:
-            raise ValueError(f"confidence {confidence.shape} and correctness {correct.shape} differ in shape")
-        values = np.clip(confidence.astype(np.float64), 0.0, 1.0)
-        hits = correct.astype(np.float64)
-        if where is not None:
-            values, hits = values[where], hits[where]
-        index = np.minimum((values * self.bins).astype(np.int64), self.bins - 1).ravel()
+        values, hits, index = binned(confidence, correct, where, self.bins)
         self.counts += np.bincount(index, minlength=self.bins)
-        self.confidence_sums += np.bincount(index, weights=values.ravel(), minlength=self.bins)
-        self.correct_sums += np.bincount(index, weights=hits.ravel(), minlength=self.bins)
+        self.confidence_sums += np.bincount(index, weights=values, minlength=self.bins)
+        self.correct_sums += np.bincount(index, weights=hits, minlength=self.bins)
 
     @property
     def total(self) -> int:
@@ -105,14 +114,9 @@ class ErrorDetection:
 
     def add(self, confidence: np.ndarray, correct: np.ndarray, where: np.ndarray | None = None) -> None:
         """Count one case's voxels, as :meth:`ReliabilityBins.add`."""
-        if confidence.shape != correct.shape:
-            raise ValueError(f"confidence {confidence.shape} and correctness {correct.shape} differ in shape")
-        if where is not None:
-            confidence, correct = confidence[where], correct[where]
-        index = np.minimum((np.clip(confidence, 0.0, 1.0) * self.bins).astype(np.int64), self.bins - 1)
-        hits = correct.astype(bool)
-        self.correct_counts += np.bincount(index[hits].ravel(), minlength=self.bins)
-        self.wrong_counts += np.bincount(index[~hits].ravel(), minlength=self.bins)
+        _, hits, index = binned(confidence, correct, where, self.bins)
+        self.correct_counts += np.bincount(index[hits], minlength=self.bins)
+        self.wrong_counts += np.bincount(index[~hits], minlength=self.bins)
 
     def auroc(self) -> float | None:
         """None when every counted voxel is right (or every one wrong): nothing to detect."""

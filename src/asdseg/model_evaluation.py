@@ -5,8 +5,8 @@ Each case is segmented once at its own resolution. The label map is scored as pr
 confidence maps are scored against real per-voxel correctness: the confidence network's map
 where the model has one, and the segmenter's own top softmax probability for comparison. Each
 is judged on calibration (ECE) and on error detection (AUROC), over every voxel and over the
-voxels near the organ. Far from the organ almost every
-voxel is trivially right and certain, and those voxels would otherwise swamp the ECE.
+voxels near the organ. Far from the organ almost every voxel is trivially right and certain,
+and those voxels would otherwise swamp the ECE.
 """
 
 from __future__ import annotations

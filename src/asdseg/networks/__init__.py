@@ -36,3 +36,12 @@ def build_network(name: str, params: dict[str, Any] | None = None) -> nn.Module:
     if name not in ARCHITECTURES:
         raise KeyError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
     return ARCHITECTURES[name](**(params or {}))
+
+
+def architecture_outputs(architecture: dict[str, Any]) -> dict[str, bool]:
+    """The model card's ``outputs`` entry for an ``architecture`` entry: an SDM when the
+    network has an SDM head, a confidence map when it carries a confidence network."""
+    return {
+        "sdm": bool(architecture.get("params", {}).get("sdm_head")),
+        "confidence": architecture["name"].endswith("-confidence"),
+    }

@@ -27,6 +27,7 @@ from asdseg.image_io import atomic_path
 from asdseg.inference import WindowSettings, predict_volume
 from asdseg.metrics import dice
 from asdseg.model_card import ModelCard
+from asdseg.networks import architecture_outputs
 from asdseg.registry import save_model
 from asdseg.training.checkpoint import load_checkpoint, save_checkpoint
 from asdseg.training.config import TrainingConfig
@@ -233,10 +234,7 @@ class Trainer:
             "task": "left-atrium" if config.data.root else "phantom",
             "modality": "as the training data",
             "architecture": architecture,
-            "outputs": {
-                "sdm": bool(architecture.get("params", {}).get("sdm_head")),
-                "confidence": architecture["name"].endswith("-confidence"),
-            },
+            "outputs": architecture_outputs(architecture),
             "labels": config.labels,
             "preprocessing": {
                 "spacing": list(self.split.spacing),
