@@ -73,7 +73,7 @@ def test_sample_attention_weights_hard_samples_without_differentiating_the_weigh
     encoded = one_hot(target, 2)
     beta = 2.0
 
-    loss = sample_attention_dice_loss(torch.softmax(logits, 1), encoded, beta)
+    loss = sample_attention_dice_loss(torch.softmax(logits, 1), encoded, beta, normalize=False)
     (gradient,) = torch.autograd.grad(loss, logits)
     dice = generalized_dice(torch.softmax(logits, 1), encoded)
     assert loss.item() == pytest.approx(((1 - dice) ** (beta + 1)).mean().item(), rel=1e-5)
@@ -87,15 +87,49 @@ def test_sample_attention_weights_hard_samples_without_differentiating_the_weigh
     assert not torch.allclose(gradient, undetached_gradient)
 
 
-def test_focal_dice_by_hand() -> None:
-    # foreground: intersection 0.6, total 0.9 + 1 -> dsc 1.2 / 1.9
-    probabilities = two_class([0.1, 0.2, 0.0, 0.6])
-    dice = 1.2 / 1.9
-    loss = focal_dice_loss(probabilities, one_hot(labels([0, 0, 0, 1]), 2), gamma=2.0)
-    assert loss.item() == pytest.approx((1 - dice) ** 2, rel=1e-4)
-    assert class_dice(probabilities, one_hot(labels([0, 0, 0, 1]), 2))[1].item() == pytest.approx(
-        dice, rel=1e-4
-    )
+def test_normalised_sample_attention_weights_average_one_over_the_batch() -> None:
+    logits = torch.randn(3, 2, 4, 4, 4, generator=torch.Generator().manual_seed(2))
+    target = torch.zeros(3, 4, 4, 4, dtype=torch.long)
+    target[:, 1:3, 1:3, 1:3] = 1
+    probabilities, encoded = torch.softmax(logits, 1), one_hot(target, 2)
+    dice = generalized_dice(probabilities, encoded)
+    weights = (1 - dice) ** 2
+    expected = ((weights / weights.mean()) * (1 - dice)).mean()
+    assert sample_attention_dice_loss(probabilities, encoded, 2.0).item() == pytest.approx(expected.item(), rel=1e-5)
+    # as the segmentation improves, the normalised loss keeps the size of the plain GDL while
+    # the unnormalised one fades with (1 - dsc)^2
+    nearly_right = torch.softmax(4.0 * (encoded - 0.5) + 0.5 * logits, 1)
+    plain = 1 - generalized_dice(nearly_right, encoded).mean()
+    assert sample_attention_dice_loss(nearly_right, encoded, 2.0) > 0.5 * plain
+    assert sample_attention_dice_loss(nearly_right, encoded, 2.0, normalize=False) < 0.01 * plain
+
+
+def test_focal_dice_is_eq7_of_the_dan_paper_by_hand() -> None:
+    # One sample, four voxels; reference: background at voxels 0-2, organ at voxel 3.
+    probabilities = two_class([0.1, 0.2, 0.0, 0.6])  # foreground probabilities
+    target = one_hot(labels([0, 0, 0, 1]), 2)
+    # class Dice over the batch: background 2 * 2.7 / (3.1 + 3), organ 2 * 0.6 / (0.9 + 1)
+    dsc = [5.4 / 6.1, 1.2 / 1.9]
+    pi = [1 / 3**2, 1 / 1**2]  # 1 / (reference volume)^2
+    weight = [pi[c] * (1 - dsc[c]) ** 2 for c in range(2)]
+    intersection = weight[0] * 2.7 + weight[1] * 0.6
+    total = weight[0] * 6.1 + weight[1] * 1.9
+    expected = 1 - 2 * intersection / total
+    loss = focal_dice_loss(probabilities, target, gamma=2.0)
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+    # the old form, mean over organs of (1 - dsc_c)^gamma, is another number
+    assert loss.item() != pytest.approx((1 - dsc[1]) ** 2, rel=1e-2)
+    assert class_dice(probabilities, target)[1].item() == pytest.approx(dsc[1], rel=1e-4)
+
+
+def test_focal_dice_weights_are_not_optimised() -> None:
+    logits = torch.randn(2, 3, 4, 4, 4, requires_grad=True)
+    target = one_hot(torch.randint(0, 3, (2, 4, 4, 4)), 3)
+    (gradient,) = torch.autograd.grad(focal_dice_loss(torch.softmax(logits, 1), target, 2.0), logits)
+    attention = (1 - class_dice(torch.softmax(logits, 1), target).detach()) ** 2
+    manual = 1 - generalized_dice(torch.softmax(logits, 1), target, attention).mean()
+    (manual_gradient,) = torch.autograd.grad(manual, logits)
+    torch.testing.assert_close(gradient, manual_gradient)
 
 
 def test_confidence_weighted_cross_entropy_by_hand() -> None:
@@ -132,8 +166,9 @@ def test_voxelwise_and_adversarial_bce_by_hand() -> None:
 def test_confident_region_dice_uses_only_confident_voxels_and_the_argmax() -> None:
     probabilities = two_class([0.9, 0.3, 0.8, 0.2])
     confidence = torch.tensor([0.9, 0.9, 0.1, 0.1]).reshape(1, 1, 4, 1, 1)
-    # confident voxels 0 and 1, pseudo-labels 1 and 0: foreground dice = 2*0.9 / (0.9+0.3 + 1)
-    expected = 1 - 2 * 0.9 / (1.2 + 1)
+    # Eq. 6 on confident voxels 0 and 1, pseudo-labels 1 and 0, each class with one reference
+    # voxel (pi_c = 1): intersections bg 0.7, fg 0.9; totals bg 0.1 + 0.7 + 1, fg 0.9 + 0.3 + 1
+    expected = 1 - 2 * (0.7 + 0.9) / (1.8 + 2.2)
     assert confident_region_dice_loss(probabilities, confidence, gamma=0.5).item() == pytest.approx(
         expected, rel=1e-4
     )

@@ -30,13 +30,13 @@ RECIPE_SETUPS = {
     "supervised": ({"name": "vnet", "params": {"base_filters": 4}}, {}, 0.1, 60),
     "sassnet": (
         {"name": "vnet", "params": {"base_filters": 4, "sdm_head": True}},
-        {"discriminator_filters": 4, "steps_per_epoch": 1, "rampup_epochs": 30, "consistency": 0.01},
+        {"discriminator_filters": 4, "rampup_steps": 30, "consistency": 0.01},
         0.01,
         150,
     ),
     "asdnet": (
         {"name": "svnet", "params": {"base_filters": 4}},
-        {"confidence_filters": 4, "rampup_steps": 30},
+        {"confidence_filters": 4, "semi_supervised_start": 0.25},
         0.05,
         80,
     ),

@@ -88,8 +88,10 @@ class VNet(nn.Module):
         return outputs
 
 
-#: ASDNet's simplified VNet: one downsampling less and one conv per stage (four levels).
-SVNET_STAGE_DEPTHS = (1, 1, 1, 1)
+#: ASDNet's simplified VNet (paper, section 2.1): the VNet without its innermost
+#: pool-conv-deconv level (the bottleneck's down-conv, conv stage and up-conv); every other stage
+#: keeps its depth.
+SVNET_STAGE_DEPTHS = ENCODER_STAGE_DEPTHS[:-1]
 
 
 def svnet(
@@ -99,6 +101,6 @@ def svnet(
     dropout: float = 0.5,
     sdm_head: bool = False,
 ) -> VNet:
-    """ASDNet's segmenter (SVNet): the VNet above reduced to four resolution levels with one
-    3x3x3 conv per stage, about a tenth of its parameters; inputs must be multiples of 8."""
+    """ASDNet's segmenter (SVNet): the VNet above without its innermost level, about 40 % of its
+    parameters and half its receptive field; inputs must be multiples of 8."""
     return VNet(in_channels, num_classes, base_filters, dropout, sdm_head, SVNET_STAGE_DEPTHS)

@@ -56,6 +56,12 @@ class TrainingConfig:
     validate_every: int = 500
     checkpoint_every: int = 500
     seed: int = 1337
+    #: Autocast precision of the training step: "fp32" (none) or "bf16" (GPUs and CPUs with native
+    #: bf16; on AVX2-only CPUs it is emulated and far slower than fp32).
+    precision: str = "fp32"
+    #: Channels-last (NDHWC) memory layout for the networks and batches: faster cuDNN kernels on
+    #: recent GPUs, no gain on the CPU.
+    channels_last: bool = False
     #: Recipe-specific weights and constants (see each recipe's DEFAULTS).
     loss: dict[str, Any] = field(default_factory=dict)
 
@@ -66,6 +72,8 @@ class TrainingConfig:
             raise InputError("labelled_per_batch must be between 1 and batch_size.")
         if self.steps < 1 or self.validate_every < 1 or self.checkpoint_every < 1:
             raise InputError("steps, validate_every and checkpoint_every must be positive.")
+        if self.precision not in ("fp32", "bf16"):
+            raise InputError(f"precision {self.precision!r} is not one of fp32, bf16.")
         if len(self.patch_size) != 3 or min(self.patch_size) < 8:
             raise InputError(f"patch_size {self.patch_size} must be three sizes of at least 8 voxels.")
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asdseg.devices import select_device
+from asdseg.devices import autocast, select_device
 from asdseg.errors import InputError
 from asdseg.figures import save_training_curves
 from asdseg.image_io import atomic_path
@@ -96,6 +96,9 @@ class Trainer:
             config.patch_size, config.foreground_probability, config.augment, self.rng
         )
         self.recipe: Recipe = RECIPE_CLASSES[config.recipe](config, self.device)
+        if config.channels_last:
+            for network in self.recipe.networks.values():
+                network.to(memory_format=torch.channels_last_3d)
         if self.context.enabled:
             self.recipe.distribute()
         self.step = 0
@@ -159,10 +162,11 @@ class Trainer:
             unlabelled_count = config.batch_size - config.labelled_per_batch
             pool = self.split.unlabelled or self.split.labelled
             unlabelled = self.sampler.batch([case.without_label() for case in pool], unlabelled_count)[0]
-            unlabelled = unlabelled.to(self.device)
-        losses = self.recipe.training_step(
-            images.to(self.device), labels.to(self.device), unlabelled, self.step
-        )
+            unlabelled = self.to_device(unlabelled)
+        with autocast(self.device, config.precision):
+            losses = self.recipe.training_step(
+                self.to_device(images), labels.to(self.device), unlabelled, self.step
+            )
         self.step += 1
         row = {"step": self.step, "learning_rate": rate, **losses}
         validate = self.step % config.validate_every == 0 or self.step == config.steps
@@ -178,6 +182,11 @@ class Trainer:
         if self.context.is_main and (self.step % config.checkpoint_every == 0 or self.step == config.steps):
             self.checkpoint()
         return row
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch of images on the training device, in the networks' memory layout."""
+        layout = torch.channels_last_3d if self.config.channels_last else torch.contiguous_format
+        return images.to(self.device, non_blocking=True).contiguous(memory_format=layout)
 
     def run(
         self,

@@ -2,9 +2,12 @@
 learns to tell labelled from unlabelled inputs, and the segmenter learns to fool it, which makes
 the shapes it predicts on unlabelled images look like those on labelled ones.
 
-Per step, as in the reference: supervised Dice + beta x SDM MSE on the labelled patches, plus
-the adversarial term on the unlabelled ones weighted by ``consistency`` x the Gaussian warm-up
-over 40 "epochs" of 150 steps; then one discriminator update on the detached SDMs.
+Per step: supervised Dice + alpha x SDM MSE on the labelled patches, plus the adversarial term
+on the unlabelled ones weighted by the paper's lambda(t) = consistency x exp(-5 (1 - t/t_max)^2)
+over the whole schedule (t_max = the run's steps, so a short run reaches the full weight too;
+the reference quantises t into 40 "epochs" of 150 steps of its 6000-step run); then one
+discriminator update on the detached SDMs. The discriminator is in eval mode while it judges the
+segmenter's SDMs, as in the reference, so its dropout does not add noise to that gradient.
 ``consistency`` is 0.001 as in the paper; the reference's README commands use 0.01.
 """
 
@@ -36,8 +39,8 @@ class SassnetRecipe(Recipe):
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "beta": 0.3,
         "consistency": 0.001,
-        "rampup_epochs": 40,
-        "steps_per_epoch": 150,
+        #: Steps of the Gaussian warm-up; None = the whole run (the paper's t_max).
+        "rampup_steps": None,
         "discriminator_filters": 64,
         "auxiliary_learning_rate": 1e-4,
     }
@@ -52,13 +55,16 @@ class SassnetRecipe(Recipe):
     def card_notes(self) -> str:
         return (
             f"adversarial (consistency) weight {self.settings['consistency']} x Gaussian warm-up over "
-            f"{self.settings['rampup_epochs']} x {self.settings['steps_per_epoch']} steps; the SASSNet paper "
+            f"{self.rampup_steps} steps (the paper's lambda(t) over the whole run); the SASSNet paper "
             "gives 0.001, the reference README's commands 0.01."
         )
 
+    @property
+    def rampup_steps(self) -> int:
+        return self.settings["rampup_steps"] or self.config.steps
+
     def adversarial_weight(self, step: int) -> float:
-        epoch = step // self.settings["steps_per_epoch"]
-        return self.settings["consistency"] * gaussian_rampup(epoch, self.settings["rampup_epochs"])
+        return self.settings["consistency"] * gaussian_rampup(step, self.rampup_steps)
 
     def training_step(self, images, labels, unlabelled_images, step) -> dict[str, float]:
         discriminator = self.networks["discriminator"]
@@ -68,11 +74,13 @@ class SassnetRecipe(Recipe):
         probabilities = F.softmax(outputs["logits"][:labelled_count], dim=1)
         dice = masked_dice_loss(probabilities, labels)
         distance = sdm_loss(outputs["sdm"][:labelled_count], sdm_targets(labels, self.num_classes))
+        discriminator.eval()
         unlabelled_verdict = discriminator(outputs["sdm"][labelled_count:], unlabelled_images)
         fool = F.cross_entropy(unlabelled_verdict, self._targets(len(unlabelled_images), LABELLED))
         loss = dice + self.settings["beta"] * distance + self.adversarial_weight(step) * fool
         self.update(self.optimizers["segmenter"], loss)
 
+        discriminator.train()
         verdict = discriminator(outputs["sdm"].detach(), batch)
         truth = torch.cat(
             [self._targets(labelled_count, LABELLED), self._targets(len(unlabelled_images), UNLABELLED)]
