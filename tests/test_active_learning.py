@@ -48,8 +48,26 @@ def test_agreement_scores_by_hand() -> None:
     attention[2:4, 2:4, 3] = 2
     p_dsc, p_accuracy, both_empty = agreement_scores(final, attention, num_classes=3, min_area=2)
     np.testing.assert_allclose(p_dsc, [1.0, 4 / 6, 1.0, 0.0])
-    np.testing.assert_allclose(p_accuracy, [1.0, 2 / 4, 1.0, 0.0])
+    # Eq. 4: 2 x agreeing foreground voxels / (SR1 foreground + SR2 foreground)
+    np.testing.assert_allclose(p_accuracy, [1.0, 2 * 2 / (4 + 2), 1.0, 0.0])
     assert both_empty.tolist() == [True, False, True, False]
+
+
+def test_empty_slices_next_to_the_organ_ends_stay_candidates() -> None:
+    """Both heads see the organ in slices 3-5 only; the organ may go on beyond them."""
+    probabilities = np.zeros((2, 8, 8, 10), dtype=np.float32)
+    probabilities[0] = 1.0
+    organ, background = np.reshape([0.0, 1.0], (2, 1, 1, 1)), np.reshape([1.0, 0.0], (2, 1, 1))
+    probabilities[:, 2:6, 2:6, 3:6] = organ
+    attention = probabilities.copy()
+    attention[:, 2:6, 2:4, 3] = background  # the first organ slice is uncertain
+    scores = score_slices(probabilities, attention, min_area=1, end_margin=2)
+    assert np.flatnonzero(scores.beyond_organ_end).tolist() == [1, 2, 6, 7]
+    assert np.flatnonzero(scores.both_empty).tolist() == [0, 8, 9]
+    assert scores.p_dsc[1] == scores.p_dsc[2] == scores.p_dsc[3] < 1.0
+    assert scores.p_dsc[6] == scores.p_dsc[7] == scores.p_dsc[5] == 1.0
+    chosen = select_slices("p-dsc", [scores], [set()], 3)
+    assert sorted(query.slice for query in chosen) == [1, 2, 3]
 
 
 def test_slice_entropy_of_uniform_and_certain_predictions() -> None:
@@ -62,7 +80,7 @@ def test_slice_entropy_of_uniform_and_certain_predictions() -> None:
 def scores_for(p_dsc: list[float], entropy: list[float] | None = None) -> SliceScores:
     p_dsc = np.asarray(p_dsc, dtype=float)
     entropy = np.asarray(entropy if entropy is not None else np.zeros(len(p_dsc)), dtype=float)
-    return SliceScores(p_dsc, p_dsc.copy(), entropy, p_dsc == 1.0)
+    return SliceScores(p_dsc, p_dsc.copy(), entropy, p_dsc == 1.0, np.zeros(len(p_dsc), dtype=bool))
 
 
 def test_p_dsc_picks_least_agreement_skipping_labelled_and_empty_slices() -> None:
@@ -169,7 +187,7 @@ def test_scores_come_from_both_heads() -> None:
     probabilities = np.zeros((3, 8, 8, 3), dtype=np.float32)
     probabilities[0] = 1.0
     probabilities[:, 2:6, 2:6, 1] = [[[0.0]], [[1.0]], [[0.0]]]
-    same = score_slices(probabilities, probabilities, min_area=1)
+    same = score_slices(probabilities, probabilities, min_area=1, end_margin=0)
     assert same.p_dsc.tolist() == [1.0, 1.0, 1.0] and same.both_empty.tolist() == [True, False, True]
     flipped = probabilities[[0, 2, 1]]
     assert score_slices(probabilities, flipped, min_area=1).p_dsc[1] == 0.0

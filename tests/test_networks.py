@@ -48,7 +48,18 @@ def total(outputs: dict) -> torch.Tensor:
         ),
         ("enhanced-unet", {"base_filters": 2}, 16, {}),
         ("enhanced-unet-confidence", {"base_filters": 2, "confidence_filters": 2}, 16, {"confidence": 1}),
-        ("attention-unet", {"base_filters": 2}, 8, {"attention_logits": 3, "attention_map": 1}),
+        (
+            "attention-unet",
+            {"base_filters": 2},
+            8,
+            {
+                "attention_logits": 3,
+                "final_attention_logits": 3,
+                "coarse_attention_logits": 3,
+                "attention_map": 1,
+            },
+        ),
+        ("attention-unet", {"base_filters": 2, "sr2_source": "coarse"}, 8, {"attention_logits": 3}),
     ],
 )
 def test_segmentation_networks_give_full_resolution_outputs_and_learn(
@@ -99,3 +110,22 @@ def test_sdm_discriminator_classifies_any_patch_size(size: tuple[int, int, int])
     logits = discriminator(torch.tanh(torch.randn(2, 1, *size)), torch.randn(2, 1, *size))
     assert logits.shape == (2, 2)
     assert_every_parameter_learns(discriminator, nn.functional.cross_entropy(logits, torch.tensor([0, 1])))
+
+
+def test_sr2_comes_from_the_attention_maps_that_sr2_source_names() -> None:
+    torch.manual_seed(0)
+    image = torch.randn(1, 1, 16, 16, 16)
+    final = build_network("attention-unet", {"num_classes": 3, "base_filters": 2}).eval()
+    coarse = build_network(
+        "attention-unet", {"num_classes": 3, "base_filters": 2, "sr2_source": "coarse"}
+    ).eval()
+    coarse.load_state_dict(final.state_dict())  # the same weights: only the choice of SR2 differs
+    with torch.no_grad():
+        outputs, other = final(image), coarse(image)
+    torch.testing.assert_close(outputs["attention_logits"], outputs["final_attention_logits"])
+    torch.testing.assert_close(other["attention_logits"], outputs["coarse_attention_logits"])
+    torch.testing.assert_close(other["logits"], outputs["logits"])
+    assert not torch.allclose(outputs["final_attention_logits"], outputs["coarse_attention_logits"])
+    # the spatial weight is the final attention maps' probability of any organ
+    organ = 1 - torch.softmax(outputs["final_attention_logits"], dim=1)[:, :1]
+    torch.testing.assert_close(outputs["attention_map"], organ)

@@ -6,14 +6,19 @@ attention maps. Where the two agree the model is sure; where they disagree it is
 
 - P-DSC = 2 |SR1 and SR2| / (|SR1| + |SR2|) over the foreground, averaged over the foreground
   classes present in either prediction;
-- P-accuracy = voxels where both predict the same foreground class / voxels either predicts
-  as foreground (for several classes this also counts disagreement about *which* organ);
+- P-accuracy (the paper's Eq. 4) = 2 |voxels where both predict the same foreground class| /
+  (|SR1 != 0| + |SR2 != 0|), for several classes this also counts disagreement about *which*
+  organ;
 - entropy = the sum over the slice of the voxel-wise entropy of SR1's class probabilities.
 
 A class with fewer than ``min_area`` voxels in a slice counts as absent there, so that specks
 do not drive the ranking. A slice where both predictions are empty (after that rule) holds no
 organ for either head: it gets P-DSC and P-accuracy 1 (full agreement) and is flagged
-``both_empty``; the P-DSC and P-accuracy queries never select it.
+``both_empty``; the P-DSC and P-accuracy queries never select it. Except next to the organ's
+ends: where both heads stop early, the organ's missed tip lies in slices they both leave empty.
+The ``end_margin`` empty slices just beyond the first and the last slice where either head sees
+an organ take that end slice's scores and are flagged ``beyond_organ_end`` instead, so that an
+uncertain end makes its neighbours candidates too.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import numpy as np
 
 #: Specks smaller than this (voxels per class per slice) are ignored.
 DEFAULT_MIN_AREA = 10
+#: Empty slices beyond each end of the predicted organ that stay candidates.
+DEFAULT_END_MARGIN = 2
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class SliceScores:
     p_accuracy: np.ndarray
     entropy: np.ndarray
     both_empty: np.ndarray
+    beyond_organ_end: np.ndarray
 
     @property
     def slice_count(self) -> int:
@@ -88,9 +96,21 @@ def agreement_scores(
     both_empty = present == 0
     p_dsc = np.where(both_empty, 1.0, dice_sum / np.maximum(present, 1))
     agree = ((final == attention) & (final > 0)).sum(axis=(0, 1))
-    union = ((final > 0) | (attention > 0)).sum(axis=(0, 1))
-    p_accuracy = np.where(both_empty, 1.0, agree / np.maximum(union, 1))
+    foreground_voxels = (final > 0).sum(axis=(0, 1)) + (attention > 0).sum(axis=(0, 1))
+    p_accuracy = np.where(both_empty, 1.0, 2.0 * agree / np.maximum(foreground_voxels, 1))
     return p_dsc, p_accuracy, both_empty
+
+
+def organ_end_neighbours(both_empty: np.ndarray, margin: int = DEFAULT_END_MARGIN) -> dict[int, int]:
+    """Empty slice -> the organ end slice it lies beyond, for the ``margin`` empty slices on
+    each side of the range of slices where either head sees an organ."""
+    organ_slices = np.flatnonzero(~both_empty)
+    if not len(organ_slices) or margin < 1:
+        return {}
+    first, last = int(organ_slices[0]), int(organ_slices[-1])
+    below = {index: first for index in range(max(first - margin, 0), first)}
+    above = {index: last for index in range(last + 1, min(last + margin + 1, len(both_empty)))}
+    return {**below, **above}
 
 
 def slice_entropy(probabilities: np.ndarray) -> np.ndarray:
@@ -101,7 +121,10 @@ def slice_entropy(probabilities: np.ndarray) -> np.ndarray:
 
 
 def score_slices(
-    probabilities: np.ndarray, attention_probabilities: np.ndarray, min_area: int = DEFAULT_MIN_AREA
+    probabilities: np.ndarray,
+    attention_probabilities: np.ndarray,
+    min_area: int = DEFAULT_MIN_AREA,
+    end_margin: int = DEFAULT_END_MARGIN,
 ) -> SliceScores:
     """Every score of every slice, from the (classes, x, y, z) probabilities of the final
     prediction (SR1) and of the attention-map prediction (SR2)."""
@@ -109,4 +132,9 @@ def score_slices(
     p_dsc, p_accuracy, both_empty = agreement_scores(
         probabilities.argmax(axis=0), attention_probabilities.argmax(axis=0), num_classes, min_area
     )
-    return SliceScores(p_dsc, p_accuracy, slice_entropy(probabilities), both_empty)
+    beyond_end = np.zeros_like(both_empty)
+    for index, end in organ_end_neighbours(both_empty, end_margin).items():
+        p_dsc[index], p_accuracy[index] = p_dsc[end], p_accuracy[end]
+        beyond_end[index] = True
+    both_empty = both_empty & ~beyond_end
+    return SliceScores(p_dsc, p_accuracy, slice_entropy(probabilities), both_empty, beyond_end)

@@ -25,6 +25,7 @@ def suggestion_record(
             "p_accuracy": round(float(scores.p_accuracy[index]), 6),
             "entropy": round(float(scores.entropy[index]), 4),
             "both_empty": bool(scores.both_empty[index]),
+            "beyond_organ_end": bool(scores.beyond_organ_end[index]),
         }
 
     return {
