@@ -76,7 +76,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
             f"{len(args.pred)} predictions but {len(args.ref)} references; give one --ref per --pred."
         )
     values = [int(v) for v in args.labels.split(",")] if args.labels else None
-    rows = evaluate_files(list(zip(map(Path, args.pred), map(Path, args.ref), strict=True)), values)
+    rows = evaluate_files(list(zip(map(Path, args.pred), map(Path, args.ref))), values)
     print(format_table(rows))
     if args.csv:
         write_csv(rows, args.csv)
@@ -181,7 +181,7 @@ def command_finetune(args: argparse.Namespace) -> int:
     card = find_model(args.model)
     cases = [
         model_grid_case(read_image(image), read_sparse_labels(labels)[1], card, Path(image).name)
-        for image, labels in zip(args.image, args.labels, strict=True)
+        for image, labels in zip(args.image, args.labels)
     ]
     settings = FineTuneSettings(
         steps=args.steps, learning_rate=args.learning_rate, batch_size=args.batch_size

@@ -43,7 +43,7 @@ class WindowSettings:
 def window_count(volume_shape: Sequence[int], settings: WindowSettings) -> int:
     """Number of windows MONAI cuts from ``volume_shape`` (after padding it up to the patch)."""
     count = 1
-    for size, patch in zip(volume_shape, settings.patch_size, strict=True):
+    for size, patch in zip(volume_shape, settings.patch_size):
         size = max(size, patch)
         if size == patch:
             continue

@@ -66,7 +66,7 @@ class AttentionUNet3D(nn.Module):
         features, skips = encode(self.encoder, image)
         features = self.bottom(features)
         for upsample, block, attend, skip in zip(
-            self.upsamplers, self.decoder, self.attention, reversed(skips), strict=True
+            self.upsamplers, self.decoder, self.attention, reversed(skips)
         ):
             features, attention_map = attend(block(torch.cat([upsample(features), skip], dim=1)))
         return {
