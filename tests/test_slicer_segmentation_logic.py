@@ -18,12 +18,13 @@ import vtk.util.numpy_support
 from asdseg.background import JobState
 from asdseg.errors import AsdsegError, CancelledError, InputError, ModelError
 from asdseg.image_io import image_to_array, read_image, same_geometry
+from asdseg.labels import Label
 from asdseg.model_card import ModelCard
 from asdseg.networks import build_network
 from asdseg.registry import load_network, save_model, user_models_dir
 from asdseg.segment import SegmentationOptions, segment_image
 
-from ASDSegLib.segmentation_logic import LABEL_VALUE_TAG, RunOptions, SegmentationLogic
+from ASDSegLib.segmentation_logic import LABEL_VALUE_TAG, RunOptions, SegmentationLogic, apply_label
 from ASDSegLib.volume_nodes import image_from_volume_node, update_volume_node_from_image
 from conftest import tiny_card
 from mrml_application import SlicerCore, start_slicer_core
@@ -74,6 +75,31 @@ def engine_result(image_path: Path, card: ModelCard, largest_component: bool):
     """What the engine itself gives for the same input, in this process."""
     options = SegmentationOptions(largest_component=largest_component)
     return segment_image(read_image(image_path), card, load_network(card), options)
+
+
+def terminology_of(segment: slicer.vtkSegment) -> slicer.vtkSlicerTerminologyEntry:
+    """The segment's terminology, read from the tag every Slicer version stores it in and
+    parsed by Slicer's terminology logic."""
+    serialised = vtk.reference("")
+    assert segment.GetTag(segment.GetTerminologyEntryTagName(), serialised)
+    entry = slicer.vtkSlicerTerminologyEntry()
+    assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(str(serialised), entry)
+    return entry
+
+
+class Slicer58Segment(slicer.vtkSegment):
+    """A vtkSegment as Slicer 5.8 has it: SetTerminology first ships in 5.10."""
+
+    @property
+    def SetTerminology(self):  # noqa: N802 (Slicer's name)
+        raise AttributeError("'vtkSegment' object has no attribute 'SetTerminology'")
+
+
+def test_label_codes_are_stored_the_way_slicer_5_8_reads_them() -> None:
+    segment = Slicer58Segment()
+    apply_label(segment, Label(3, "left atrium", (200, 80, 60), LEFT_ATRIUM_CODES))
+    assert terminology_of(segment).GetTypeObject().GetCodeValue() == "82471001"
+    assert segment.GetName() == "left atrium"
 
 
 def segment_voxel_counts(segmentation_node) -> dict[str, int]:
@@ -151,8 +177,13 @@ def test_confidence_and_sdm_volumes_have_the_input_geometry_and_the_engine_value
 
     segmentation = outputs.segmentation_node.GetSegmentation()
     coded = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("ellipsoid"))
-    assert "SCT^82471001^Left atrium" in coded.GetTerminology()
-    assert "SCT^123037004^Anatomical Structure" in coded.GetTerminology()
+    entry = terminology_of(coded)
+    assert entry.GetTerminologyContextName() == "Segmentation category and type - DICOM master list"
+    assert entry.GetCategoryObject().GetCodeValue() == "123037004"
+    assert (entry.GetTypeObject().GetCodeValue(), entry.GetTypeObject().GetCodeMeaning()) == (
+        "82471001",
+        "Left atrium",
+    )
 
 
 def test_overlay_choice_sets_the_slice_views_foreground(
