@@ -94,7 +94,8 @@ def kill_process_group(process: subprocess.Popen) -> None:
 
 
 class BackgroundJob:
-    """One ``python -m asdseg <arguments> --progress json`` child process.
+    """One ``python -m asdseg <arguments> --progress json`` child process (without
+    ``--progress json`` when ``progress`` is False, for commands that only print).
 
     All methods are safe to call from the thread that created the job; two reader threads drain
     the child's pipes so that it never blocks on a full pipe. Only :meth:`wait` blocks.
@@ -105,10 +106,14 @@ class BackgroundJob:
         arguments: Sequence[str],
         python_executable: str | None = None,
         environment: dict[str, str] | None = None,
+        progress: bool = True,
     ) -> None:
-        command = [python_executable or sys.executable, "-m", "asdseg", *arguments, "--progress", "json"]
+        command = [python_executable or sys.executable, "-m", "asdseg", *arguments]
+        if progress:
+            command += ["--progress", "json"]
         self._lock = threading.Lock()
         self._progress = JobProgress()
+        self._stdout_lines: list[str] = []
         self._stderr_lines: list[str] = []
         self._cancelled = False
         self._process = subprocess.Popen(
@@ -134,8 +139,10 @@ class BackgroundJob:
         for line in self._process.stdout:
             try:
                 message = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # plain messages such as "wrote <path>"
+            except json.JSONDecodeError:  # plain messages such as "wrote <path>"
+                with self._lock:
+                    self._stdout_lines.append(line.rstrip("\n"))
+                continue
             if isinstance(message, dict) and message.get("event") == "progress":
                 details = {key: value for key, value in message.items() if key not in PROGRESS_FIELDS}
                 with self._lock:
@@ -186,6 +193,12 @@ class BackgroundJob:
     def return_code(self) -> int | None:
         """The child's exit status, or None while it runs."""
         return self._process.poll()
+
+    @property
+    def output(self) -> list[str]:
+        """The lines the child printed on stdout, progress events left out."""
+        with self._lock:
+            return list(self._stdout_lines)
 
     @property
     def warnings(self) -> list[str]:

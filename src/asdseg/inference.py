@@ -29,7 +29,7 @@ class WindowSettings:
     overlap: float = 0.5
     blend: Literal["gaussian", "constant"] = "gaussian"
     batch_size: int = 1
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
