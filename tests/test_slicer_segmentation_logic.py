@@ -71,6 +71,12 @@ def volume_node(core: SlicerCore, phantom_files: tuple[Path, Path]) -> slicer.vt
     return node
 
 
+def fp32_options(largest_component: bool) -> RunOptions:
+    """Runs compared with :func:`engine_result` (fp32) must be fp32 too: the default, ``auto``,
+    is bf16 on CPUs with native bf16."""
+    return RunOptions(precision="fp32", largest_component=largest_component)
+
+
 def engine_result(image_path: Path, card: ModelCard, largest_component: bool):
     """What the engine itself gives for the same input, in this process."""
     options = SegmentationOptions(largest_component=largest_component)
@@ -135,7 +141,7 @@ def test_volume_node_written_from_image_reads_back_the_same(core: SlicerCore, ph
 def test_segments_are_named_coloured_and_match_the_engine(
     core: SlicerCore, logic: SegmentationLogic, volume_node, demo_installed: ModelCard, phantom_files
 ) -> None:
-    outputs = logic.segment(volume_node, demo_installed.name, RunOptions(largest_component=True))
+    outputs = logic.segment(volume_node, demo_installed.name, fp32_options(largest_component=True))
     expected = engine_result(phantom_files[0], demo_installed, largest_component=True).label_array()
     segmentation = outputs.segmentation_node.GetSegmentation()
     labels = demo_installed.foreground_labels
@@ -157,7 +163,7 @@ def test_segments_are_named_coloured_and_match_the_engine(
 def test_confidence_and_sdm_volumes_have_the_input_geometry_and_the_engine_values(
     logic: SegmentationLogic, volume_node, confidence_installed: ModelCard, phantom_files
 ) -> None:
-    outputs = logic.segment(volume_node, confidence_installed.name, RunOptions(largest_component=False))
+    outputs = logic.segment(volume_node, confidence_installed.name, fp32_options(largest_component=False))
     expected = engine_result(phantom_files[0], confidence_installed, largest_component=False)
     input_image = image_from_volume_node(volume_node)
     confidence = image_from_volume_node(outputs.confidence_node)
@@ -214,7 +220,7 @@ def test_overlay_the_model_does_not_give_is_refused(logic, volume_node, demo_ins
 def test_export_equals_the_engine_label_map_whatever_the_segment_order(
     logic: SegmentationLogic, volume_node, demo_installed: ModelCard, phantom_files, tmp_path: Path
 ) -> None:
-    outputs = logic.segment(volume_node, demo_installed.name, RunOptions(largest_component=True))
+    outputs = logic.segment(volume_node, demo_installed.name, fp32_options(largest_component=True))
     expected = engine_result(phantom_files[0], demo_installed, largest_component=True)
 
     first = logic.export_segmentation(outputs.segmentation_node, tmp_path / "first.nii.gz")

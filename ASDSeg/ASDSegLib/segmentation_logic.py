@@ -45,7 +45,7 @@ LABEL_VALUE_TAG = "ASDSeg.LabelValue"
 OVERLAY_REFERENCE_ROLES = {"confidence": "ASDSeg.confidence", "sdm": "ASDSeg.sdm"}
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
-_PRECISIONS = ("fp32", "bf16", "fp16")
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Slicer's terminology contexts the codes are looked up in. The DICOM master list holds every
 #: organ ASDSeg segments (left atrium, bladder, prostate, rectum); Slicer's "General Anatomy"
 #: list lacks the left atrium and the rectum (checked in Slicer 5.8.0 and 5.10.0).
@@ -58,7 +58,7 @@ class RunOptions:
     """What the user chose in the module panel; ``overlap=None`` means "as the model card says"."""
 
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     overlap: float | None = None
     largest_component: bool = True
 
