@@ -17,6 +17,8 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks tools ASDSeg ActiveAnnotate
+	# What 3D Slicer runs must work on Python 3.9 (Slicer 5.8).
+	$(BIN)/vermin -t=3.9- --violations --eval-annotations --no-tips src ASDSeg ActiveAnnotate
 	$(BIN)/python -m pytest -q
 
 benchmark: $(BIN)/.installed

@@ -11,8 +11,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shutil
+import subprocess
 import sys
 import tempfile
+import unittest
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +36,19 @@ MODULE_DIR = Path(__file__).resolve().parent
 REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
 #: How often the panel polls a running segmentation, in milliseconds.
 POLL_INTERVAL_MS = 150
+#: The oldest Slicer these modules run in (Python 3.9); 5.10 and newer run Python 3.12.
+MINIMUM_SLICER = (5, 8)
+
+
+def slicer_version_problem() -> str | None:
+    """What to do when this Slicer is older than :data:`MINIMUM_SLICER`, else None."""
+    running = (int(slicer.app.majorVersion), int(slicer.app.minorVersion))
+    if running >= MINIMUM_SLICER:
+        return None
+    return (
+        f"SlicerASDSeg needs 3D Slicer {MINIMUM_SLICER[0]}.{MINIMUM_SLICER[1]} or newer; this is "
+        f"{slicer.app.applicationVersion}. Install the current Slicer from https://download.slicer.org."
+    )
 
 
 def make_engine_importable() -> None:
@@ -43,53 +59,74 @@ def make_engine_importable() -> None:
         sys.path.insert(0, str(source_tree_engine))
 
 
-def required_packages() -> list[str]:
-    """Requirement lines of ``Resources/requirements.txt`` (comments and blanks dropped)."""
-    lines = REQUIREMENTS_FILE.read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-
-
-def _import_name(requirement: str) -> str:
-    for separator in "<>=!~[; ":
-        requirement = requirement.split(separator)[0]
-    return requirement
-
-
 def missing_dependencies() -> list[str]:
-    """Packages the engine needs that this Slicer's Python does not have yet."""
+    """Packages the engine needs that this Slicer's Python lacks or has in too old a version."""
+    from ASDSegLib.dependencies import missing_requirements
+
     make_engine_importable()
-    missing = [] if importlib.util.find_spec("torch") else ["torch"]
-    missing += [
-        package for package in required_packages() if importlib.util.find_spec(_import_name(package)) is None
-    ]
-    return missing
+    return missing_requirements(REQUIREMENTS_FILE)
 
 
 def install_dependencies() -> bool:
-    """Ask, then install torch through the PyTorch extension and the rest with pip.
-    Returns True when everything is importable afterwards."""
+    """Ask, then install torch through the PyTorch extension and the rest with pip, without
+    replacing torch or Slicer's own packages. Returns True when everything is there afterwards;
+    a failure is shown in a message box (pip's own messages are in the Python console)."""
     missing = missing_dependencies()
     if not missing:
         return True
-    if "torch" in missing:
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
-            slicer.util.errorDisplay(
-                "ASDSeg needs PyTorch. Install the 'PyTorch' extension from the Extensions Manager, "
-                "restart Slicer and try again."
-            )
+    try:
+        if missing[0].startswith("torch") and not install_torch():
             return False
-        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
-            return False
-    others = [package for package in missing if package != "torch"]
-    if others:
-        question = f"ASDSeg needs these Python packages: {', '.join(others)}.\n\nInstall them now?"
-        if not slicer.util.confirmOkCancelDisplay(question, "ASDSeg: install dependencies"):
-            return False
+        others = missing_dependencies()
+        if others:
+            question = f"ASDSeg needs these Python packages: {', '.join(others)}.\n\nInstall them now?"
+            if not slicer.util.confirmOkCancelDisplay(question, "ASDSeg: install dependencies"):
+                return False
+            install_requirements()
+    except (subprocess.CalledProcessError, RuntimeError, ValueError, OSError) as error:
+        slicer.util.errorDisplay(
+            f"Installing ASDSeg's dependencies failed: {error}\n\nThe Python console (View > Python "
+            "Console) shows pip's messages. Check the internet connection and try again, or install "
+            f"the packages of {REQUIREMENTS_FILE} yourself with slicer.util.pip_install."
+        )
+        return False
+    still_missing = missing_dependencies()
+    if still_missing:
+        slicer.util.errorDisplay(
+            f"ASDSeg still lacks {', '.join(still_missing)} after the installation; restart Slicer and "
+            "try again."
+        )
+    return not still_missing
+
+
+def install_torch() -> bool:
+    """torch through the PyTorch extension, which picks the CUDA or CPU build for this machine."""
+    from ASDSegLib.dependencies import TORCH_REQUIREMENT
+
+    try:
+        import PyTorchUtils
+    except ModuleNotFoundError:
+        slicer.util.errorDisplay(
+            "ASDSeg needs PyTorch. Install the 'PyTorch' extension from the Extensions Manager, "
+            "restart Slicer and try again."
+        )
+        return False
+    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+        askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT
+    )
+    return torch is not None
+
+
+def install_requirements() -> None:
+    """pip-install ``requirements.txt`` constrained to the installed torch, numpy and SimpleITK:
+    a package that would replace one of them makes pip fail instead."""
+    from ASDSegLib.dependencies import protected_constraints
+
+    with tempfile.TemporaryDirectory(prefix="asdseg-") as folder:
+        constraints = Path(folder) / "constraints.txt"
+        constraints.write_text("\n".join(protected_constraints()) + "\n", encoding="utf-8")
         with slicer.util.displayPythonShell():
-            slicer.util.pip_install(["-r", str(REQUIREMENTS_FILE)])
-    return not missing_dependencies()
+            slicer.util.pip_install(["-r", str(REQUIREMENTS_FILE), "-c", str(constraints)])
 
 
 def python_slicer() -> str | None:
@@ -103,6 +140,51 @@ def python_slicer() -> str | None:
         / ("PythonSlicer.exe" if sys.platform == "win32" else "PythonSlicer")
     )
     return str(candidate) if candidate.exists() else None
+
+
+def engine_environment() -> dict[str, str]:
+    """Slicer's start-up environment with the engine on PYTHONPATH, for PythonSlicer children."""
+    make_engine_importable()
+    from asdseg.background import engine_environment as with_engine
+
+    return with_engine(slicer.util.startupEnvironment())
+
+
+@contextmanager
+def user_action(what: str):
+    """Run a user action; any exception, not only the engine's own, is shown in a message box
+    that says what failed (and logged with its traceback) instead of leaving the panel stale."""
+    try:
+        yield
+    except Exception as error:
+        logging.exception("ASDSeg: %s failed", what)
+        slicer.util.errorDisplay(f"{what} failed: {error}")
+
+
+def forget_library(package: str) -> None:
+    """Drop ``package`` and its submodules from ``sys.modules`` so that they are read again
+    from disk: Slicer's Reload re-reads only the module's main .py."""
+    for name in [name for name in sys.modules if name == package or name.startswith(f"{package}.")]:
+        del sys.modules[name]
+
+
+def skip_without_dependencies(test: unittest.TestCase) -> None:
+    """Self-tests skip (rather than fail) where the engine's dependencies are not installed,
+    as on Slicer's build machines. Called inside each test method: ctest runs them directly."""
+    missing = missing_dependencies()
+    if missing:
+        test.skipTest(f"ASDSeg's dependencies are not installed: {', '.join(missing)}")
+
+
+def run_self_tests(test: unittest.TestCase, *methods) -> None:
+    """``runTest`` for Reload and Test: runs each test method, reporting a skip as a message
+    rather than as "Reload and Test failed"."""
+    for method in methods:
+        test.setUp()
+        try:
+            method()
+        except unittest.SkipTest as reason:
+            test.delayDisplay(f"Skipped: {reason}")
 
 
 #
@@ -140,7 +222,7 @@ class ASDSegParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     modelName: str = ""
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    precision: Annotated[str, Choice(["fp32", "bf16", "fp16"])] = "fp32"
+    precision: Annotated[str, Choice(["auto", "fp32", "bf16", "fp16"])] = "auto"
     overlap: Annotated[float, WithinRange(0.0, 0.95)] = 0.5
     largestComponent: bool = True
     newSegmentation: bool = False
@@ -158,7 +240,11 @@ class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The plumbing of Slicer's scripted-module template that this extension's panels share:
     the parameter node is bound to the .ui widgets and follows the scene (closed, re-opened),
     and one engine run at a time is polled by a timer. Subclasses set ``self.logic`` and
-    ``self.ui`` in ``setup`` and implement ``updateGUIFromParameterNode`` and ``onPollRun``."""
+    ``self.ui`` in ``setupPanel`` and implement ``updateGUIFromParameterNode`` and ``onPollRun``.
+    """
+
+    #: The module's Qt-free libraries, read again from disk on Reload.
+    libraries: tuple[str, ...] = ()
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -171,6 +257,27 @@ class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.timeout.connect(self.onPollRun)
 
+    def setup(self) -> None:
+        """The panel, or on a Slicer older than :data:`MINIMUM_SLICER` a line saying what is needed."""
+        ScriptedLoadableModuleWidget.setup(self)
+        problem = slicer_version_problem()
+        if problem:
+            label = qt.QLabel(problem)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            return
+        self.setupPanel()
+        self.observeScene()
+        self.initializeParameterNode()
+
+    def setupPanel(self) -> None:
+        raise NotImplementedError
+
+    def onReload(self) -> None:
+        for package in self.libraries:
+            forget_library(package)
+        super().onReload()
+
     def observeScene(self) -> None:
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -178,6 +285,11 @@ class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         self.cancelRun()
         self.removeObservers()
+
+    def enter(self) -> None:
+        if self.logic is None:
+            return  # too old a Slicer: the panel only says what is needed
+        self.initializeParameterNode()
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -224,22 +336,35 @@ class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.start()
         self.updateGUIFromParameterNode()
 
+    def stopPolling(self):
+        """Stop polling and return the run, which has ended (or was cancelled)."""
+        run, self._run = self._run, None
+        self._timer.stop()
+        self.ui.progressBar.hide()
+        return run
+
     def cancelRun(self) -> None:
+        """Kill the running engine, if any, without waiting for it (scene close, reload, exit)."""
         if self._run is not None:
-            self._timer.stop()
-            self._run.close()
-            self._run = None
+            self.stopPolling().close()
 
 
 class ASDSegWidget(ParameterNodeWidget):
-    def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
+    libraries = ("ASDSegLib",)
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self._deviceQuery = None
+        self._deviceTimer = qt.QTimer()
+        self._deviceTimer.setInterval(POLL_INTERVAL_MS)
+        self._deviceTimer.timeout.connect(self.onPollDeviceQuery)
+
+    def setupPanel(self) -> None:
         ui_widget = slicer.util.loadUI(self.resourcePath("UI/ASDSeg.ui"))
         self.layout.addWidget(ui_widget)
         self.ui = slicer.util.childWidgetVariables(ui_widget)
         ui_widget.setMRMLScene(slicer.mrmlScene)
         self.logic = ASDSegLogic()
-        self.observeScene()
 
         self.ui.installDependenciesButton.clicked.connect(self.onInstallDependencies)
         self.ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
@@ -248,24 +373,35 @@ class ASDSegWidget(ParameterNodeWidget):
         self.ui.overlayOpacitySliderWidget.valueChanged.connect(self.onOverlayChanged)
         self.ui.exportButton.clicked.connect(self.onExport)
         self.ui.progressBar.hide()
-        self.initializeParameterNode()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
-        self.refreshEngineState()
+        super().enter()
+        if self.logic is not None:
+            with user_action("Listing the models"):
+                self.refreshEngineState()
+
+    def cleanup(self) -> None:
+        super().cleanup()
+        if self._deviceQuery is not None:
+            self._deviceTimer.stop()
+            self._deviceQuery.cancel()
+            self._deviceQuery = None
 
     # Engine and models ---------------------------------------------------------------------
 
     def refreshEngineState(self) -> None:
-        """Show what is missing, or list the models and the devices torch sees."""
+        """Show what is missing, or list the models from their cards (torch is not imported
+        into Slicer for that) and ask a child process which devices torch sees."""
         missing = missing_dependencies()
         self.ui.installDependenciesButton.setVisible(bool(missing))
         if missing:
             self.ui.statusLabel.text = f"Needs {', '.join(missing)}: click 'Install dependencies'."
             self.updateGUIFromParameterNode()
             return
-        self.ui.deviceInfoLabel.text = self.logic.describeDevices()
-        cards = self.logic.segmentation.available_models()
+        from asdseg.registry import available_models
+
+        self.queryDevices()
+        cards = available_models()
         was_blocked = self.ui.modelSelector.blockSignals(True)
         self.ui.modelSelector.clear()
         for name in sorted(cards):
@@ -278,9 +414,34 @@ class ASDSegWidget(ParameterNodeWidget):
         self.ui.modelSelector.setCurrentIndex(index if index >= 0 else 0)
         self.onModelChanged()
 
+    def queryDevices(self) -> None:
+        """Once per session: torch's view of the GPUs, asked in a PythonSlicer child so that a
+        slow or broken CUDA driver cannot freeze or break Slicer."""
+        if self._deviceQuery is not None or self.ui.deviceInfoLabel.text:
+            return
+        from asdseg.background import BackgroundJob
+
+        self.ui.deviceInfoLabel.text = "Asking torch which devices it can use..."
+        self._deviceQuery = BackgroundJob(["devices"], python_slicer(), engine_environment(), progress=False)
+        self._deviceTimer.start()
+
+    def onPollDeviceQuery(self) -> None:
+        from asdseg.background import JobState
+
+        if self._deviceQuery.state() is JobState.RUNNING:
+            return
+        self._deviceTimer.stop()
+        query, self._deviceQuery = self._deviceQuery, None
+        if query.wait() is JobState.SUCCEEDED and query.output:
+            self.ui.deviceInfoLabel.text = query.output[-1]
+        else:
+            logging.warning("ASDSeg: could not query the devices: %s", query.error)
+            self.ui.deviceInfoLabel.text = "could not query the GPUs (see the log); the CPU will be used"
+
     def onInstallDependencies(self) -> None:
-        if install_dependencies():
-            self.refreshEngineState()
+        with user_action("Installing the dependencies"):
+            if install_dependencies():
+                self.refreshEngineState()
 
     def onModelChanged(self, _index=None) -> None:
         name = self.ui.modelSelector.currentText
@@ -305,17 +466,12 @@ class ASDSegWidget(ParameterNodeWidget):
             self.ui.statusLabel.text = "Cancelling..."
             self._run.cancel()
             return
-        from asdseg.errors import AsdsegError
-
         parameters = self._parameterNode
-        try:
+        with user_action("Starting the segmentation"):
             run = self.logic.segmentation.start(
                 parameters.inputVolume, parameters.modelName, self.logic.runOptions(parameters)
             )
-        except AsdsegError as error:
-            slicer.util.errorDisplay(f"Cannot segment: {error}")
-            return
-        self.startPolling(run, "Starting the engine...")
+            self.startPolling(run, "Starting the engine...")
 
     def onPollRun(self) -> None:
         from asdseg.background import JobState
@@ -330,9 +486,7 @@ class ASDSegWidget(ParameterNodeWidget):
                     f"{progress.stage.capitalize()}: window {progress.done} of {progress.total}"
                 )
             return
-        self._timer.stop()
-        self._run = None
-        self.ui.progressBar.hide()
+        self.stopPolling()
         parameters = self._parameterNode
         try:
             target = parameters.outputSegmentation
@@ -341,7 +495,9 @@ class ASDSegWidget(ParameterNodeWidget):
             outputs = self.logic.segmentation.finish(run, target, parameters.newSegmentation)
         except CancelledError:
             self.ui.statusLabel.text = "Cancelled; the scene was not changed."
-        except AsdsegError as error:
+        except Exception as error:
+            if not isinstance(error, AsdsegError):
+                logging.exception("ASDSeg: reading the engine's results failed")
             self.ui.statusLabel.text = "Failed; the scene was not changed."
             slicer.util.errorDisplay(f"Segmentation failed: {error}")
         else:
@@ -350,7 +506,8 @@ class ASDSegWidget(ParameterNodeWidget):
             self.ui.statusLabel.text = "Done." + "".join(
                 f"\nWarning: {warning}" for warning in outputs.warnings
             )
-        self.updateGUIFromParameterNode()
+        finally:
+            self.updateGUIFromParameterNode()
 
     # Overlay and export --------------------------------------------------------------------
 
@@ -365,18 +522,17 @@ class ASDSegWidget(ParameterNodeWidget):
         parameters = self._parameterNode
         if not parameters or not parameters.outputSegmentation:
             return
-        try:
-            self.logic.segmentation.show_overlay(
-                parameters.outputSegmentation,
-                self.ui.overlaySelector.currentText,
-                self.ui.overlayOpacitySliderWidget.value,
-            )
-        except InputError as error:
-            self.ui.statusLabel.text = str(error)
+        with user_action("Showing the overlay"):
+            try:
+                self.logic.segmentation.show_overlay(
+                    parameters.outputSegmentation,
+                    self.ui.overlaySelector.currentText,
+                    self.ui.overlayOpacitySliderWidget.value,
+                )
+            except InputError as error:
+                self.ui.statusLabel.text = str(error)
 
     def onExport(self) -> None:
-        from asdseg.errors import AsdsegError
-
         segmentation_node = self._parameterNode.outputSegmentation
         suggested = str(Path(qt.QDir.homePath()) / f"{segmentation_node.GetName()}.nii.gz")
         path = qt.QFileDialog.getSaveFileName(
@@ -384,12 +540,9 @@ class ASDSegWidget(ParameterNodeWidget):
         )
         if not path:
             return
-        try:
+        with user_action("Export (nothing was written)"):
             written = self.logic.segmentation.export_segmentation(segmentation_node, path)
-        except (AsdsegError, OSError) as error:
-            slicer.util.errorDisplay(f"Export failed, nothing was written: {error}")
-            return
-        self.ui.statusLabel.text = "Wrote " + ", ".join(item.name for item in written)
+            self.ui.statusLabel.text = "Wrote " + ", ".join(item.name for item in written)
 
 
 #
@@ -412,13 +565,9 @@ class ASDSegLogic(ScriptedLoadableModuleLogic):
     def segmentation(self):
         if self._segmentation is None:
             make_engine_importable()
-            from asdseg.background import engine_environment
-
             from ASDSegLib.segmentation_logic import SegmentationLogic
 
-            self._segmentation = SegmentationLogic(
-                slicer.mrmlScene, python_slicer(), engine_environment(slicer.util.startupEnvironment())
-            )
+            self._segmentation = SegmentationLogic(slicer.mrmlScene, python_slicer(), engine_environment())
         return self._segmentation
 
     @staticmethod
@@ -432,24 +581,16 @@ class ASDSegLogic(ScriptedLoadableModuleLogic):
             largest_component=parameters.largestComponent,
         )
 
-    def modelSummary(self, model_name: str) -> str:
+    @staticmethod
+    def modelSummary(model_name: str) -> str:
+        """The model card's summary, read without importing torch."""
         from asdseg.errors import AsdsegError
+        from asdseg.registry import find_model
 
         try:
-            return self.segmentation.model_card(model_name).summary()
+            return find_model(model_name).summary()
         except AsdsegError as error:
             return str(error)
-
-    @staticmethod
-    def describeDevices() -> str:
-        """What torch can use; a CUDA build without a GPU reports the CPU instead of failing."""
-        from asdseg.devices import describe_available_devices
-
-        try:
-            return describe_available_devices()
-        except Exception as error:  # a broken driver must not break the panel
-            logging.warning("ASDSeg: could not query GPUs: %s", error)
-            return f"could not query GPUs ({error}); the CPU will be used"
 
 
 #
@@ -465,12 +606,10 @@ class ASDSegTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
-        self.setUp()
-        if missing_dependencies():
-            self.skipTest(f"ASDSeg's dependencies are not installed: {', '.join(missing_dependencies())}")
-        self.test_segment_export_and_cancel()
+        run_self_tests(self, self.test_segment_export_and_cancel)
 
     def test_segment_export_and_cancel(self) -> None:
+        skip_without_dependencies(self)
         import numpy as np
         import SimpleITK as sitk
 

@@ -10,6 +10,7 @@ the new model is used for the next suggestion. The widget is thin Qt glue over
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -22,15 +23,18 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
 )
 
 from ASDSeg import (
     ParameterNodeWidget,
+    engine_environment,
     install_dependencies,
     make_engine_importable,
     missing_dependencies,
     python_slicer,
+    run_self_tests,
+    skip_without_dependencies,
+    user_action,
 )
 
 STRATEGIES = ["p-dsc", "p-accuracy", "entropy", "random", "equal-interval"]
@@ -82,15 +86,15 @@ class ActiveAnnotateParameterNode:
 
 
 class ActiveAnnotateWidget(ParameterNodeWidget):
-    def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
+    libraries = ("ActiveAnnotateLib", "ASDSegLib")
+
+    def setupPanel(self) -> None:
         self._engineReady = False
         ui_widget = slicer.util.loadUI(self.resourcePath("UI/ActiveAnnotate.ui"))
         self.layout.addWidget(ui_widget)
         self.ui = slicer.util.childWidgetVariables(ui_widget)
         ui_widget.setMRMLScene(slicer.mrmlScene)
         self.logic = ActiveAnnotateLogic()
-        self.observeScene()
 
         self.segmentEditorWidget = slicer.qMRMLSegmentEditorWidget()
         self.segmentEditorWidget.setMRMLScene(slicer.mrmlScene)
@@ -107,11 +111,31 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
         self.ui.fineTuneButton.clicked.connect(self.onFineTuneOrCancel)
         self.ui.exportButton.clicked.connect(self.onExport)
         self.ui.progressBar.hide()
-        self.initializeParameterNode()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
-        self.refreshModels()
+        """As Slicer's Segment Editor module does: its keyboard shortcuts while the panel is shown."""
+        super().enter()
+        if self.logic is None:
+            return
+        self.segmentEditorWidget.installKeyboardShortcuts()
+        self.segmentEditorWidget.updateWidgetFromMRML()
+        with user_action("Listing the models"):
+            self.refreshModels()
+
+    def exit(self) -> None:
+        """As Slicer's Segment Editor module does: no effect (Paint, Draw...) stays active in the
+        slice views, and its shortcuts and view observations go, once the panel is left."""
+        super().exit()
+        if self.logic is None:
+            return
+        self.segmentEditorWidget.setActiveEffect(None)
+        self.segmentEditorWidget.uninstallKeyboardShortcuts()
+        self.segmentEditorWidget.removeViewObservations()
+
+    def onSceneStartClose(self, caller, event) -> None:
+        super().onSceneStartClose(caller, event)
+        self.segmentEditorWidget.setSegmentationNode(None)
+        self.segmentEditorWidget.removeViewObservations()
 
     # Models --------------------------------------------------------------------------------
 
@@ -123,9 +147,10 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
         if missing:
             self.ui.statusLabel.text = f"Needs {', '.join(missing)}: click 'Install dependencies'."
             return
-        annotation = self.logic.annotation
+        from asdseg.registry import attention_models
+
         saved = self._parameterNode.modelName if self._parameterNode else ""
-        names = sorted(annotation.attention_models())
+        names = sorted(attention_models())
         if saved and saved not in names:
             names.append(saved)
         was_blocked = self.ui.modelSelector.blockSignals(True)
@@ -140,14 +165,14 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
         self.onModelChanged()
 
     def onInstallDependencies(self) -> None:
-        if install_dependencies():
-            self.refreshModels()
+        with user_action("Installing the dependencies"):
+            if install_dependencies():
+                self.refreshModels()
 
     def onModelChanged(self, _index=None) -> None:
         name = self.ui.modelSelector.currentData
         if self._parameterNode is not None and name and self._engineReady:
             self._parameterNode.modelName = name
-            self.logic.annotation.model = name
         self.updateGUIFromParameterNode()
 
     def useModel(self, card) -> None:
@@ -155,33 +180,24 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
         self.refreshModels()
 
     def onNewModel(self) -> None:
-        from asdseg.errors import AsdsegError
-
         parameters = self._parameterNode
         if not parameters.annotation or not parameters.inputVolume:
             slicer.util.errorDisplay(
                 "Select the volume and the segmentation with the structures to label first."
             )
             return
-        try:
+        with user_action("Making a new model"):
             card = self.logic.annotation.new_model(parameters.annotation, parameters.inputVolume)
-        except AsdsegError as error:
-            slicer.util.errorDisplay(f"Cannot make a model: {error}")
-            return
-        self.useModel(card)
-        self.ui.statusLabel.text = "New untrained model: label a few slices, mark them, then Fine-tune."
+            self.useModel(card)
+            self.ui.statusLabel.text = "New untrained model: label a few slices, mark them, then Fine-tune."
 
     def onNewAnnotation(self) -> None:
-        from asdseg.errors import AsdsegError
-
         parameters = self._parameterNode
-        try:
+        with user_action("Creating the labels segmentation"):
             card = self.logic.annotation.model_card()
-            node = self.logic.annotation.create_annotation_segmentation(parameters.inputVolume, card)
-        except AsdsegError as error:
-            slicer.util.errorDisplay(f"Cannot create the segmentation: {error}")
-            return
-        parameters.annotation = node
+            parameters.annotation = self.logic.annotation.create_annotation_segmentation(
+                parameters.inputVolume, card
+            )
 
     # State ---------------------------------------------------------------------------------
 
@@ -224,28 +240,22 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
         if self._run is not None:
             self._run.cancel()
             return
-        from asdseg.errors import AsdsegError
-
         parameters = self._parameterNode
-        try:
+        with user_action("Suggesting slices"):
             run = self.logic.annotation.start_suggest(
                 parameters.annotation, parameters.strategy, parameters.budget, parameters.device
             )
-        except AsdsegError as error:
-            slicer.util.errorDisplay(f"Cannot suggest slices: {error}")
-            return
-        self.startPolling(run, "Ranking slices...")
+            self.startPolling(run, "Ranking slices...")
 
     def onSuggestionClicked(self, row: int, _column: int) -> None:
         from ActiveAnnotateLib.slice_views import show_slice
 
         parameters = self._parameterNode
         index = int(self.ui.suggestionsTable.item(row, 0).text())
-        show_slice(slicer.mrmlScene, parameters.inputVolume, index)
+        with user_action(f"Showing slice {index}"):
+            show_slice(slicer.mrmlScene, parameters.inputVolume, index)
 
     def onMarkLabelled(self) -> None:
-        from asdseg.errors import AsdsegError
-
         from ActiveAnnotateLib.slice_views import slice_under_view
 
         parameters = self._parameterNode
@@ -256,17 +266,12 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
                 "The red view is not on one of the volume's slices: click a suggested slice first."
             )
             return
-        try:
+        with user_action(f"Marking slice {index} labelled"):
             self.logic.annotation.mark_labelled(parameters.annotation, [index])
-        except AsdsegError as error:
-            slicer.util.errorDisplay(str(error))
-            return
-        self.ui.statusLabel.text = f"Slice {index} counts as labelled."
-        self.showSuggestions()
+            self.ui.statusLabel.text = f"Slice {index} counts as labelled."
+            self.showSuggestions()
 
     def onExport(self) -> None:
-        from asdseg.errors import AsdsegError
-
         segmentation_node = self._parameterNode.annotation
         suggested = str(Path(qt.QDir.homePath()) / f"{segmentation_node.GetName()}.nii.gz")
         path = qt.QFileDialog.getSaveFileName(
@@ -274,12 +279,9 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
         )
         if not path:
             return
-        try:
+        with user_action("Export (nothing was written)"):
             written = self.logic.annotation.export_labels(segmentation_node, path)
-        except (AsdsegError, OSError) as error:
-            slicer.util.errorDisplay(f"Export failed, nothing was written: {error}")
-            return
-        self.ui.statusLabel.text = "Wrote " + ", ".join(item.name for item in written)
+            self.ui.statusLabel.text = "Wrote " + ", ".join(item.name for item in written)
 
     # Fine-tuning ---------------------------------------------------------------------------
 
@@ -288,17 +290,12 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
             self.ui.statusLabel.text = "Cancelling..."
             self._run.cancel()
             return
-        from asdseg.errors import AsdsegError
-
         parameters = self._parameterNode
-        try:
+        with user_action("Starting the fine-tuning"):
             run = self.logic.annotation.start_finetune(
                 [parameters.annotation], parameters.fineTuneSteps, parameters.device
             )
-        except AsdsegError as error:
-            slicer.util.errorDisplay(f"Cannot fine-tune: {error}")
-            return
-        self.startPolling(run, "Fine-tuning...")
+            self.startPolling(run, "Fine-tuning...")
 
     # Polling -------------------------------------------------------------------------------
 
@@ -317,9 +314,7 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
                     f"about {eta:.0f} s left"
                 )
             return
-        self._timer.stop()
-        self._run = None
-        self.ui.progressBar.hide()
+        self.stopPolling()
         fine_tuning = type(run).__name__ == "FineTuneRun"
         try:
             if fine_tuning:
@@ -328,7 +323,9 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
                 self.logic.annotation.finish_suggest(run)
         except CancelledError:
             self.ui.statusLabel.text = "Cancelled; the model in use is unchanged."
-        except AsdsegError as error:
+        except Exception as error:
+            if not isinstance(error, AsdsegError):
+                logging.exception("ActiveAnnotate: reading the engine's results failed")
             self.ui.statusLabel.text = "Failed; the model in use is unchanged."
             slicer.util.errorDisplay(f"{'Fine-tuning' if fine_tuning else 'Suggesting'} failed: {error}")
         else:
@@ -360,9 +357,9 @@ class ActiveAnnotateLogic(ScriptedLoadableModuleLogic):
 
     @property
     def annotation(self):
+        """The Qt-free logic, its model in use being the parameter node's (the panel's state)."""
         if self._annotation is None:
             make_engine_importable()
-            from asdseg.background import engine_environment
             from asdseg.registry import user_models_dir
 
             from ActiveAnnotateLib.annotation_logic import AnnotationLogic
@@ -371,8 +368,9 @@ class ActiveAnnotateLogic(ScriptedLoadableModuleLogic):
                 slicer.mrmlScene,
                 user_models_dir().parent / "active-learning",
                 python_slicer(),
-                engine_environment(slicer.util.startupEnvironment()),
+                engine_environment(),
             )
+        self._annotation.model = self.getParameterNode().modelName or None
         return self._annotation
 
     @staticmethod
@@ -399,12 +397,10 @@ class ActiveAnnotateTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
-        self.setUp()
-        if missing_dependencies():
-            self.skipTest(f"dependencies are not installed: {', '.join(missing_dependencies())}")
-        self.test_one_round()
+        run_self_tests(self, self.test_one_round)
 
     def test_one_round(self) -> None:
+        skip_without_dependencies(self)
         import numpy as np
         import SimpleITK as sitk
 

@@ -6,6 +6,7 @@ lists are checked against the source tree.
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -88,3 +89,21 @@ def test_slicer_requirements_are_the_engine_dependencies_slicer_lacks() -> None:
     lines = (ROOT / "ASDSeg" / "Resources" / "requirements.txt").read_text(encoding="utf-8").splitlines()
     listed = {name(line.strip()) for line in lines if line.strip() and not line.startswith("#")}
     assert listed == engine - PROVIDED_IN_SLICER
+
+
+def cmake_setting(name: str) -> str:
+    match = re.search(rf'set\({name} "(.*?)"\)', (ROOT / "CMakeLists.txt").read_text(encoding="utf-8"))
+    assert match, f"CMakeLists.txt does not set {name}"
+    return match.group(1)
+
+
+def test_the_extensions_index_entry_matches_the_extension() -> None:
+    """SlicerASDSeg.json is the file to submit to the Slicer Extensions Index (catalog entry
+    schema v1.0.1: only these keys, category and scm_url required)."""
+    entry = json.loads((ROOT / "SlicerASDSeg.json").read_text(encoding="utf-8"))
+    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies"}
+    assert set(entry) <= allowed | {"build_subdirectory", "enabled", "tier"}
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    assert entry["category"] == cmake_setting("EXTENSION_CATEGORY")
+    assert entry["build_dependencies"] == cmake_setting("EXTENSION_DEPENDS").split()
+    assert entry["scm_url"].removesuffix(".git") in cmake_setting("EXTENSION_HOMEPAGE")

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
-from asdseg.devices import autocast, cuda_available, describe_available_devices, select_device
+from asdseg.background import engine_environment
+from asdseg.devices import (
+    auto_precision,
+    autocast,
+    cuda_available,
+    describe_available_devices,
+    select_device,
+)
 from asdseg.errors import CancelledError
 from asdseg.inference import WindowSettings, predict_volume, window_count
 from asdseg.networks import build_network
@@ -60,6 +70,23 @@ def test_bf16_autocast_runs_and_agrees_with_fp32() -> None:
     bf16 = predict_volume(network, volume, WindowSettings((16, 16, 16), precision="bf16"), CPU)
     assert bf16["probabilities"].dtype == np.float32
     assert np.abs(fp32["probabilities"] - bf16["probabilities"]).max() < 0.1
+
+
+def test_auto_precision_is_what_autocast_runs() -> None:
+    torch.manual_seed(0)
+    network = build_network("vnet", {"num_classes": 2, "base_filters": 4})
+    volume = np.random.randn(24, 24, 20)
+    auto = predict_volume(network, volume, WindowSettings((16, 16, 16), precision="auto"), CPU)
+    chosen = predict_volume(network, volume, WindowSettings((16, 16, 16), precision=auto_precision(CPU)), CPU)
+    np.testing.assert_array_equal(auto["probabilities"], chosen["probabilities"])
+
+
+def test_auto_precision_is_fp32_where_bf16_is_emulated() -> None:
+    """With torch's CPU kernels held to AVX2 (as on an AVX2-only CPU) bf16 would be emulated."""
+    code = "import torch, asdseg.devices as d; print(d.auto_precision(torch.device('cpu')))"
+    environment = {**engine_environment(), "ATEN_CPU_CAPABILITY": "avx2"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment)
+    assert result.stdout.strip() == "fp32", result.stderr
 
 
 def test_cancel_stops_before_the_next_window() -> None:

@@ -18,12 +18,13 @@ import vtk.util.numpy_support
 from asdseg.background import JobState
 from asdseg.errors import AsdsegError, CancelledError, InputError, ModelError
 from asdseg.image_io import image_to_array, read_image, same_geometry
+from asdseg.labels import Label
 from asdseg.model_card import ModelCard
 from asdseg.networks import build_network
 from asdseg.registry import load_network, save_model, user_models_dir
 from asdseg.segment import SegmentationOptions, segment_image
 
-from ASDSegLib.segmentation_logic import LABEL_VALUE_TAG, RunOptions, SegmentationLogic
+from ASDSegLib.segmentation_logic import LABEL_VALUE_TAG, RunOptions, SegmentationLogic, apply_label
 from ASDSegLib.volume_nodes import image_from_volume_node, update_volume_node_from_image
 from conftest import tiny_card
 from mrml_application import SlicerCore, start_slicer_core
@@ -70,10 +71,41 @@ def volume_node(core: SlicerCore, phantom_files: tuple[Path, Path]) -> slicer.vt
     return node
 
 
+def fp32_options(largest_component: bool) -> RunOptions:
+    """Runs compared with :func:`engine_result` (fp32) must be fp32 too: the default, ``auto``,
+    is bf16 on CPUs with native bf16."""
+    return RunOptions(precision="fp32", largest_component=largest_component)
+
+
 def engine_result(image_path: Path, card: ModelCard, largest_component: bool):
     """What the engine itself gives for the same input, in this process."""
     options = SegmentationOptions(largest_component=largest_component)
     return segment_image(read_image(image_path), card, load_network(card), options)
+
+
+def terminology_of(segment: slicer.vtkSegment) -> slicer.vtkSlicerTerminologyEntry:
+    """The segment's terminology, read from the tag every Slicer version stores it in and
+    parsed by Slicer's terminology logic."""
+    serialised = vtk.reference("")
+    assert segment.GetTag(segment.GetTerminologyEntryTagName(), serialised)
+    entry = slicer.vtkSlicerTerminologyEntry()
+    assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(str(serialised), entry)
+    return entry
+
+
+class Slicer58Segment(slicer.vtkSegment):
+    """A vtkSegment as Slicer 5.8 has it: SetTerminology first ships in 5.10."""
+
+    @property
+    def SetTerminology(self):  # noqa: N802 (Slicer's name)
+        raise AttributeError("'vtkSegment' object has no attribute 'SetTerminology'")
+
+
+def test_label_codes_are_stored_the_way_slicer_5_8_reads_them() -> None:
+    segment = Slicer58Segment()
+    apply_label(segment, Label(3, "left atrium", (200, 80, 60), LEFT_ATRIUM_CODES))
+    assert terminology_of(segment).GetTypeObject().GetCodeValue() == "82471001"
+    assert segment.GetName() == "left atrium"
 
 
 def segment_voxel_counts(segmentation_node) -> dict[str, int]:
@@ -109,7 +141,7 @@ def test_volume_node_written_from_image_reads_back_the_same(core: SlicerCore, ph
 def test_segments_are_named_coloured_and_match_the_engine(
     core: SlicerCore, logic: SegmentationLogic, volume_node, demo_installed: ModelCard, phantom_files
 ) -> None:
-    outputs = logic.segment(volume_node, demo_installed.name, RunOptions(largest_component=True))
+    outputs = logic.segment(volume_node, demo_installed.name, fp32_options(largest_component=True))
     expected = engine_result(phantom_files[0], demo_installed, largest_component=True).label_array()
     segmentation = outputs.segmentation_node.GetSegmentation()
     labels = demo_installed.foreground_labels
@@ -131,7 +163,7 @@ def test_segments_are_named_coloured_and_match_the_engine(
 def test_confidence_and_sdm_volumes_have_the_input_geometry_and_the_engine_values(
     logic: SegmentationLogic, volume_node, confidence_installed: ModelCard, phantom_files
 ) -> None:
-    outputs = logic.segment(volume_node, confidence_installed.name, RunOptions(largest_component=False))
+    outputs = logic.segment(volume_node, confidence_installed.name, fp32_options(largest_component=False))
     expected = engine_result(phantom_files[0], confidence_installed, largest_component=False)
     input_image = image_from_volume_node(volume_node)
     confidence = image_from_volume_node(outputs.confidence_node)
@@ -151,8 +183,13 @@ def test_confidence_and_sdm_volumes_have_the_input_geometry_and_the_engine_value
 
     segmentation = outputs.segmentation_node.GetSegmentation()
     coded = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("ellipsoid"))
-    assert "SCT^82471001^Left atrium" in coded.GetTerminology()
-    assert "SCT^123037004^Anatomical Structure" in coded.GetTerminology()
+    entry = terminology_of(coded)
+    assert entry.GetTerminologyContextName() == "Segmentation category and type - DICOM master list"
+    assert entry.GetCategoryObject().GetCodeValue() == "123037004"
+    assert (entry.GetTypeObject().GetCodeValue(), entry.GetTypeObject().GetCodeMeaning()) == (
+        "82471001",
+        "Left atrium",
+    )
 
 
 def test_overlay_choice_sets_the_slice_views_foreground(
@@ -183,7 +220,7 @@ def test_overlay_the_model_does_not_give_is_refused(logic, volume_node, demo_ins
 def test_export_equals_the_engine_label_map_whatever_the_segment_order(
     logic: SegmentationLogic, volume_node, demo_installed: ModelCard, phantom_files, tmp_path: Path
 ) -> None:
-    outputs = logic.segment(volume_node, demo_installed.name, RunOptions(largest_component=True))
+    outputs = logic.segment(volume_node, demo_installed.name, fp32_options(largest_component=True))
     expected = engine_result(phantom_files[0], demo_installed, largest_component=True)
 
     first = logic.export_segmentation(outputs.segmentation_node, tmp_path / "first.nii.gz")
@@ -258,7 +295,7 @@ def test_cancel_stops_the_engine_and_leaves_the_scene_unchanged(
         time.sleep(0.05)
     assert run.progress.done >= 1 and run.progress.done < run.progress.total  # cancelled mid-inference
     run.cancel()
-    assert run.job.return_code is not None  # the child has exited when cancel() returns
+    assert run.state() is JobState.CANCELLED  # at once; the child is killed, not waited for
     with pytest.raises(CancelledError):
         logic.finish(run)
     assert core.node_ids() == before

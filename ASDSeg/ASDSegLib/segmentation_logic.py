@@ -45,8 +45,11 @@ LABEL_VALUE_TAG = "ASDSeg.LabelValue"
 OVERLAY_REFERENCE_ROLES = {"confidence": "ASDSeg.confidence", "sdm": "ASDSeg.sdm"}
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
-_PRECISIONS = ("fp32", "bf16", "fp16")
-_TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Slicer's terminology contexts the codes are looked up in. The DICOM master list holds every
+#: organ ASDSeg segments (left atrium, bladder, prostate, rectum); Slicer's "General Anatomy"
+#: list lacks the left atrium and the rectum (checked in Slicer 5.8.0 and 5.10.0).
+_TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 _ANATOMY_CONTEXT = "Anatomic codes - DICOM master list"
 
 
@@ -55,7 +58,7 @@ class RunOptions:
     """What the user chose in the module panel; ``overlap=None`` means "as the model card says"."""
 
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     overlap: float | None = None
     largest_component: bool = True
 
@@ -181,7 +184,8 @@ def apply_label(segment: slicer.vtkSegment, label: Label) -> None:
     segment.SetTag(LABEL_VALUE_TAG, str(label.value))
     terminology = terminology_entry(label)
     if terminology is not None:
-        segment.SetTerminology(terminology)
+        # vtkSegment.SetTerminology only exists from Slicer 5.10; the tag it sets works in all.
+        segment.SetTag(segment.GetTerminologyEntryTagName(), terminology)
 
 
 class SegmentationLogic:

@@ -20,14 +20,14 @@ import slicer
 
 from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
 from asdseg.active.starter_model import untrained_attention_model
-from asdseg.active.suggest import ATTENTION_ARCHITECTURES, require_attention_model
+from asdseg.active.suggest import require_attention_model
 from asdseg.active.suggestion_report import read_suggestions
 from asdseg.background import FolderJob
 from asdseg.errors import InputError, ModelError
 from asdseg.image_io import write_image
 from asdseg.labels import Label
 from asdseg.model_card import ModelCard
-from asdseg.registry import available_models, find_model
+from asdseg.registry import find_model
 
 from .slice_views import mark_suggestions
 from ASDSegLib.segmentation_logic import SegmentationLogic, apply_label
@@ -73,15 +73,6 @@ class AnnotationLogic:
         self.model: str | None = None
 
     # Models ---------------------------------------------------------------------------------
-
-    @staticmethod
-    def attention_models() -> dict[str, ModelCard]:
-        """Installed models that can rank slices (they have an attention head)."""
-        return {
-            name: card
-            for name, card in available_models().items()
-            if card.data["architecture"]["name"] in ATTENTION_ARCHITECTURES
-        }
 
     def model_card(self) -> ModelCard:
         if not self.model:

@@ -1,21 +1,30 @@
 """Running an ``asdseg`` command in a child process, with progress read back and cancel.
 
-The Slicer modules run inference (and later fine-tuning) this way: the UI thread only polls, a
-cancel takes effect at once because the child is terminated rather than asked, and a crash or
-an out-of-memory kill inside torch cannot take the application down. The child is started with
+The Slicer modules run inference and fine-tuning this way: the UI thread only polls, a cancel
+takes effect at once because the child is killed rather than asked, and a crash or an
+out-of-memory kill inside torch cannot take the application down. The child is started with
 ``--progress json`` so that it prints one JSON object per progress step on stdout
 (:func:`asdseg.progress.json_progress`); errors arrive as the CLI's ``error: ...`` line on stderr.
+
+In Slicer the child is PythonSlicer, a CTK launcher that starts the real Python as its own child
+and forwards no signal: stopping the launcher alone would leave the engine running and holding
+the pipes. So the child gets a process group (Windows: a process tree) of its own, and a cancel
+kills all of it. Nothing here waits on the caller's thread once a job is cancelled.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import enum
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +34,8 @@ from asdseg.errors import AsdsegError, CancelledError
 
 #: The fields every progress event has; any others are the event's details.
 PROGRESS_FIELDS = ("event", "done", "total", "stage")
-#: How long a terminated child gets to exit before it is killed.
-TERMINATE_GRACE_S = 0.5
+#: Jobs whose child may still run; killed when this Python exits (Slicer closing).
+_LIVE_JOBS: weakref.WeakSet = weakref.WeakSet()
 
 
 class JobState(enum.Enum):
@@ -60,11 +69,36 @@ def engine_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return environment
 
 
+def own_process_group() -> dict:
+    """``subprocess.Popen`` options that give the child, and every process it starts, a group of
+    its own that :func:`kill_process_group` can end; on Windows also no console window."""
+    if sys.platform == "win32":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
+    return {"start_new_session": True}
+
+
+def kill_process_group(process: subprocess.Popen) -> None:
+    """Kill ``process`` (started with :func:`own_process_group`) and everything it started;
+    returns at once, without waiting for them to exit."""
+    if sys.platform == "win32":
+        # taskkill /T ends the tree by parent process; the job's cleanup thread reaps it.
+        subprocess.Popen(
+            ["taskkill", "/F", "/T", "/PID", str(process.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            creationflags=subprocess.CREATE_NO_WINDOW,
+        )
+        return
+    with contextlib.suppress(ProcessLookupError):  # the whole group has exited already
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 class BackgroundJob:
-    """One ``python -m asdseg <arguments> --progress json`` child process.
+    """One ``python -m asdseg <arguments> --progress json`` child process (without
+    ``--progress json`` when ``progress`` is False, for commands that only print).
 
     All methods are safe to call from the thread that created the job; two reader threads drain
-    the child's pipes so that it never blocks on a full pipe.
+    the child's pipes so that it never blocks on a full pipe. Only :meth:`wait` blocks.
     """
 
     def __init__(
@@ -72,10 +106,14 @@ class BackgroundJob:
         arguments: Sequence[str],
         python_executable: str | None = None,
         environment: dict[str, str] | None = None,
+        progress: bool = True,
     ) -> None:
-        command = [python_executable or sys.executable, "-m", "asdseg", *arguments, "--progress", "json"]
+        command = [python_executable or sys.executable, "-m", "asdseg", *arguments]
+        if progress:
+            command += ["--progress", "json"]
         self._lock = threading.Lock()
         self._progress = JobProgress()
+        self._stdout_lines: list[str] = []
         self._stderr_lines: list[str] = []
         self._cancelled = False
         self._process = subprocess.Popen(
@@ -87,7 +125,9 @@ class BackgroundJob:
             encoding="utf-8",
             errors="replace",
             env=environment if environment is not None else engine_environment(),
+            **own_process_group(),
         )
+        _LIVE_JOBS.add(self)
         self._readers = [
             threading.Thread(target=self._read_stdout, daemon=True),
             threading.Thread(target=self._read_stderr, daemon=True),
@@ -99,8 +139,10 @@ class BackgroundJob:
         for line in self._process.stdout:
             try:
                 message = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # plain messages such as "wrote <path>"
+            except json.JSONDecodeError:  # plain messages such as "wrote <path>"
+                with self._lock:
+                    self._stdout_lines.append(line.rstrip("\n"))
+                continue
             if isinstance(message, dict) and message.get("event") == "progress":
                 details = {key: value for key, value in message.items() if key not in PROGRESS_FIELDS}
                 with self._lock:
@@ -125,6 +167,10 @@ class BackgroundJob:
             return JobState.RUNNING
         return JobState.SUCCEEDED if return_code == 0 else JobState.FAILED
 
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
     def wait(self, timeout: float | None = None) -> JobState:
         """Block until the child exits (or ``timeout`` seconds pass) and its output is read."""
         try:
@@ -136,22 +182,23 @@ class BackgroundJob:
         return self.state()
 
     def cancel(self) -> None:
-        """Stop the child now: terminate, and kill if it has not exited within
-        :data:`TERMINATE_GRACE_S`."""
+        """Kill the child and every process it started; returns at once (the state is
+        CANCELLED from now on), the processes are gone a moment later."""
         if self._process.poll() is not None:
             return
         self._cancelled = True
-        self._process.terminate()
-        try:
-            self._process.wait(TERMINATE_GRACE_S)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        kill_process_group(self._process)
 
     @property
     def return_code(self) -> int | None:
         """The child's exit status, or None while it runs."""
         return self._process.poll()
+
+    @property
+    def output(self) -> list[str]:
+        """The lines the child printed on stdout, progress events left out."""
+        with self._lock:
+            return list(self._stdout_lines)
 
     @property
     def warnings(self) -> list[str]:
@@ -204,14 +251,34 @@ class FolderJob:
         self.job.cancel()
 
     def close(self) -> None:
+        """Stop the child if it still runs and delete the folder once it has exited, without
+        blocking: a killed child is waited for in a thread of its own."""
         self.job.cancel()
+        if self.job.return_code is not None:
+            self.folder.cleanup()
+        else:
+            threading.Thread(target=self._cleanup_after_exit, daemon=True).start()
+
+    def _cleanup_after_exit(self) -> None:
+        self.job.wait()
         self.folder.cleanup()
 
     def wait_for_success(self, cancelled_message: str) -> None:
         """Wait for the child; raise :class:`CancelledError` with ``cancelled_message`` when it
-        was cancelled, or :class:`AsdsegError` with its error when it failed."""
+        was cancelled (at once, without waiting for it), or :class:`AsdsegError` with its error
+        when it failed."""
+        if self.job.cancelled:
+            raise CancelledError(cancelled_message)
         state = self.job.wait()
         if state is JobState.CANCELLED:
             raise CancelledError(cancelled_message)
         if state is not JobState.SUCCEEDED:
             raise AsdsegError(self.job.error)
+
+
+@atexit.register
+def _kill_live_jobs() -> None:
+    """A child must not outlive the application that started it (Slicer closing with a run in
+    progress, where no module cleanup ran)."""
+    for job in list(_LIVE_JOBS):
+        job.cancel()

@@ -1,4 +1,4 @@
-"""The ``asdseg`` command line: segment, evaluate, models, train, suggest, finetune, demo."""
+"""The ``asdseg`` command line: segment, evaluate, models, train, suggest, finetune, devices, demo."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
             f"{len(args.pred)} predictions but {len(args.ref)} references; give one --ref per --pred."
         )
     values = [int(v) for v in args.labels.split(",")] if args.labels else None
-    rows = evaluate_files(list(zip(map(Path, args.pred), map(Path, args.ref), strict=True)), values)
+    rows = evaluate_files(list(zip(map(Path, args.pred), map(Path, args.ref))), values)
     print(format_table(rows))
     if args.csv:
         write_csv(rows, args.csv)
@@ -181,7 +181,7 @@ def command_finetune(args: argparse.Namespace) -> int:
     card = find_model(args.model)
     cases = [
         model_grid_case(read_image(image), read_sparse_labels(labels)[1], card, Path(image).name)
-        for image, labels in zip(args.image, args.labels, strict=True)
+        for image, labels in zip(args.image, args.labels)
     ]
     settings = FineTuneSettings(
         steps=args.steps, learning_rate=args.learning_rate, batch_size=args.batch_size
@@ -222,6 +222,13 @@ def command_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_devices(args: argparse.Namespace) -> int:
+    from asdseg.devices import auto_precision, describe_available_devices, select_device
+
+    print(f"{describe_available_devices()}; auto precision: {auto_precision(select_device('auto'))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asdseg", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -236,7 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--probabilities", help="also write the class probabilities here (one component per label)"
     )
     segment.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
-    segment.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    segment.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 or fp16 on GPUs that have it, bf16 on CPUs with native bf16 (AVX512-BF16, "
+        "AMX), else fp32 (bf16 is emulated and far slower on other CPUs)",
+    )
     segment.add_argument("--overlap", type=float, help="window overlap in [0, 1) (default: model card)")
     segment.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
     segment.add_argument(
@@ -314,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress", default="bar", choices=["bar", "json"], help="JSON lines: step, loss and ETA per step"
     )
     finetune.set_defaults(handler=command_finetune)
+
+    devices = commands.add_parser("devices", help="the GPU torch can use here and the auto precision")
+    devices.set_defaults(handler=command_devices)
 
     demo = commands.add_parser("demo", help="the main job: segment a default input and evaluate it")
     demo.add_argument("--output-dir", default="demo_output", help="where to write the results")

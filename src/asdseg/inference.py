@@ -29,7 +29,7 @@ class WindowSettings:
     overlap: float = 0.5
     blend: Literal["gaussian", "constant"] = "gaussian"
     batch_size: int = 1
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -43,7 +43,7 @@ class WindowSettings:
 def window_count(volume_shape: Sequence[int], settings: WindowSettings) -> int:
     """Number of windows MONAI cuts from ``volume_shape`` (after padding it up to the patch)."""
     count = 1
-    for size, patch in zip(volume_shape, settings.patch_size, strict=True):
+    for size, patch in zip(volume_shape, settings.patch_size):
         size = max(size, patch)
         if size == patch:
             continue

@@ -7,13 +7,18 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
 from asdseg.errors import ModelError
-from asdseg.inference import WindowSettings
 from asdseg.labels import Label
+
+if TYPE_CHECKING:
+    from asdseg.inference import WindowSettings
+
+#: The architectures that predict twice (final features and attention maps), as P-DSC needs.
+ATTENTION_ARCHITECTURES = ("attention-unet",)
 
 
 @cache
@@ -84,6 +89,8 @@ class ModelCard:
 
     def window_settings(self, **overrides: Any) -> WindowSettings:
         """Window layout from the card, with user overrides (overlap, batch, precision...)."""
+        from asdseg.inference import WindowSettings  # imports torch; reading a card does not
+
         inference = self.data["inference"]
         settings: dict[str, Any] = {
             "patch_size": tuple(inference["patch_size"]),

@@ -108,7 +108,7 @@ def evaluate_model(
         reference = image_to_array(case.reference, np.int64)
         spacing = case.image.GetSpacing()
         largest, _ = keep_largest_component(prediction, values)
-        for kind, label_map in zip(POST_PROCESSING, (prediction, largest), strict=True):
+        for kind, label_map in zip(POST_PROCESSING, (prediction, largest)):
             metrics = evaluate_label_maps(label_map, reference, spacing, values)
             evaluation.rows[kind] += [
                 {"case": case.name, "label": value, **case_metrics.as_dict()}

@@ -96,7 +96,7 @@ class CropBox:
 
     @property
     def slices(self) -> tuple[slice, slice, slice]:
-        return tuple(slice(a, b) for a, b in zip(self.start, self.stop, strict=True))
+        return tuple(slice(a, b) for a, b in zip(self.start, self.stop))
 
 
 def foreground_box(array: np.ndarray, margin: int) -> CropBox:

@@ -3,6 +3,9 @@
 Each model is a folder holding ``card.json`` and the weights file the card names. Shipped
 models live in the package (``asdseg/models``); installed ones under ``$ASDSEG_HOME/models``
 (default ``~/.asdseg/models``). A user-installed model of the same name overrides a shipped one.
+
+Listing and finding models reads only the cards: torch is imported by the functions that touch
+weights, so that Slicer's model list never loads torch into the application.
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ import os
 import shutil
 from importlib import resources
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from asdseg.errors import ModelError
 from asdseg.image_io import atomic_path
-from asdseg.model_card import ModelCard, validate_card
-from asdseg.networks import build_network
+from asdseg.model_card import ATTENTION_ARCHITECTURES, ModelCard, validate_card
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 CARD_FILE = "card.json"
 
@@ -46,6 +50,15 @@ def available_models() -> dict[str, ModelCard]:
             card = ModelCard.load(card_path)
             models[card.name] = card
     return models
+
+
+def attention_models() -> dict[str, ModelCard]:
+    """Installed models that can rank slices and be fine-tuned on them (an attention head)."""
+    return {
+        name: card
+        for name, card in available_models().items()
+        if card.data["architecture"]["name"] in ATTENTION_ARCHITECTURES
+    }
 
 
 def find_model(name: str) -> ModelCard:
@@ -91,6 +104,10 @@ def verify_weights(card: ModelCard, weights_path: Path | None = None) -> Path:
 
 def load_network(card: ModelCard) -> nn.Module:
     """Build the card's architecture and load its checksum-verified weights, in eval mode."""
+    import torch
+
+    from asdseg.networks import build_network
+
     path = verify_weights(card)
     network = build_network(card.data["architecture"]["name"], card.data["architecture"]["params"])
     try:
@@ -136,6 +153,8 @@ def save_model(
     """Write ``network``'s weights (as float16 with ``half_precision``) and ``card_data`` (with
     the weights' SHA-256 filled in) into ``directory``, both atomically. Used by training to
     produce an installable model and by the release of shipped models."""
+    import torch
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights_file = card_data["weights"]["file"]

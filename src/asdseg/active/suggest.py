@@ -11,12 +11,9 @@ from torch import nn
 from asdseg.active.slice_scores import DEFAULT_MIN_AREA, SliceScores, score_slices
 from asdseg.active.strategies import SliceQuery, select_slices
 from asdseg.errors import ModelError
-from asdseg.model_card import ModelCard
+from asdseg.model_card import ATTENTION_ARCHITECTURES, ModelCard
 from asdseg.progress import CancelToken, ProgressCallback
 from asdseg.segment import SegmentationOptions, SegmentationResult, channel_array, segment_image
-
-#: The architectures that predict twice (final features and attention maps), as P-DSC needs.
-ATTENTION_ARCHITECTURES = ("attention-unet",)
 
 
 def require_attention_model(card: ModelCard) -> None:

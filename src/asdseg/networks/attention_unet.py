@@ -92,7 +92,7 @@ class AttentionUNet3D(nn.Module):
         features = self.bottom(features)
         stage_maps = []
         for upsample, block, attend, skip in zip(
-            self.upsamplers, self.decoder, self.attention, reversed(skips), strict=True
+            self.upsamplers, self.decoder, self.attention, reversed(skips)
         ):
             features, map_logits = attend(block(torch.cat([upsample(features), skip], dim=1)))
             stage_maps.append(map_logits)

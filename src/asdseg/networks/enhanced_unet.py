@@ -103,16 +103,16 @@ class EnhancedUNet(nn.Module):
         features, skips = encode(self.encoder, image)
         features = self.bottleneck(features)
         decoded = []
-        transformed = [transform(skip) for transform, skip in zip(self.transforms, skips, strict=True)]
+        transformed = [transform(skip) for transform, skip in zip(self.transforms, skips)]
         for upsample, fuse, block, skip in zip(
-            self.upsamplers, self.fusions, self.decoder, reversed(transformed), strict=True
+            self.upsamplers, self.fusions, self.decoder, reversed(transformed)
         ):
             features = block(fuse(torch.cat([upsample(features), skip], dim=1)))
             decoded.append(features)
         outputs: dict[str, torch.Tensor | list[torch.Tensor]] = {"logits": self.head(features)}
         if self.training:  # only the training losses use the coarser predictions
             outputs["deep_supervision"] = [
-                head(decoded[-1 - level]) for head, level in zip(self.deep_heads, (2, 1), strict=True)
+                head(decoded[-1 - level]) for head, level in zip(self.deep_heads, (2, 1))
             ]
         return outputs
 
@@ -138,7 +138,7 @@ class ConfidenceUNet(nn.Module):
         features = torch.cat([image, probabilities], dim=1) if self.with_image else probabilities
         features, skips = encode(self.encoder, features)
         features = self.bottom(features)
-        for upsample, block, skip in zip(self.upsamplers, self.decoder, reversed(skips), strict=True):
+        for upsample, block, skip in zip(self.upsamplers, self.decoder, reversed(skips)):
             features = block(torch.cat([upsample(features), skip], dim=1))
         return self.head(features)
 

@@ -79,7 +79,7 @@ class VNet(nn.Module):
                 skips.append(features)
                 features = self.downsamplers[level](features)
         features = self.dropout(features)
-        for upsample, stage, skip in zip(self.upsamplers, self.decoder_stages, reversed(skips), strict=True):
+        for upsample, stage, skip in zip(self.upsamplers, self.decoder_stages, reversed(skips)):
             features = stage(upsample(features) + skip)
         features = self.dropout(features)
         outputs = {"logits": self.segmentation_head(features)}

@@ -127,7 +127,7 @@ class PatchSampler:
 
     def _padded(self, array: np.ndarray, value: float) -> np.ndarray:
         padding = [
-            (0, max(patch - size, 0)) for size, patch in zip(array.shape, self.patch_size, strict=True)
+            (0, max(patch - size, 0)) for size, patch in zip(array.shape, self.patch_size)
         ]
         return np.pad(array, padding, constant_values=value) if any(after for _, after in padding) else array
 
@@ -135,7 +135,7 @@ class PatchSampler:
         """Where the crop starts: centred on a foreground voxel with ``foreground_probability``;
         otherwise anywhere, except that a sparsely labelled volume is cropped around one of its
         labelled voxels so that no patch is without a label."""
-        limits = [size - patch for size, patch in zip(shape, self.patch_size, strict=True)]
+        limits = [size - patch for size, patch in zip(shape, self.patch_size)]
         centres = None
         if label is not None and self.rng.random() < self.foreground_probability:
             centres = np.argwhere(label > 0)
@@ -145,7 +145,7 @@ class PatchSampler:
             centre = centres[self.rng.integers(len(centres))]
             return [
                 int(np.clip(c - patch // 2, 0, limit))
-                for c, patch, limit in zip(centre, self.patch_size, limits, strict=True)
+                for c, patch, limit in zip(centre, self.patch_size, limits)
             ]
         return [int(self.rng.integers(0, limit + 1)) for limit in limits]
 
@@ -153,7 +153,7 @@ class PatchSampler:
         image = self._padded(case.image, float(case.image.min()))
         label = None if case.label is None else self._padded(case.label, 0)
         start = self._start(image.shape, label)
-        crop = tuple(slice(s, s + patch) for s, patch in zip(start, self.patch_size, strict=True))
+        crop = tuple(slice(s, s + patch) for s, patch in zip(start, self.patch_size))
         image, label = image[crop], None if label is None else label[crop]
         if self.augment:
             image, label = self._rotate_flip(image, label)

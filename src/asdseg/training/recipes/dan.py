@@ -81,7 +81,7 @@ class DanRecipe(ConfidenceLearningRecipe):
         deep = sum(
             weight * hybrid_dice_ce_loss(coarse, downsampled_labels(labels, coarse.shape[2:]))
             for weight, coarse in zip(
-                self.settings["deep_supervision_weights"], outputs["deep_supervision"], strict=True
+                self.settings["deep_supervision_weights"], outputs["deep_supervision"]
             )
         )
         adversarial = adversarial_bce(ratings, real=True)
