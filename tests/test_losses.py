@@ -95,7 +95,8 @@ def test_normalised_sample_attention_weights_average_one_over_the_batch() -> Non
     dice = generalized_dice(probabilities, encoded)
     weights = (1 - dice) ** 2
     expected = ((weights / weights.mean()) * (1 - dice)).mean()
-    assert sample_attention_dice_loss(probabilities, encoded, 2.0).item() == pytest.approx(expected.item(), rel=1e-5)
+    loss = sample_attention_dice_loss(probabilities, encoded, 2.0)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     # as the segmentation improves, the normalised loss keeps the size of the plain GDL while
     # the unnormalised one fades with (1 - dsc)^2
     nearly_right = torch.softmax(4.0 * (encoded - 0.5) + 0.5 * logits, 1)
