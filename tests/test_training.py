@@ -140,3 +140,37 @@ def test_train_command_rejects_unknown_settings(tmp_path: Path, capsys: pytest.C
     assert main(["train", "--config", str(config_path), "--output-dir", str(tmp_path / "out")]) == 2
     assert "unknown setting(s) stepz" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("steps", [300, 1500, 6000])
+def test_sassnet_warm_up_reaches_the_papers_weight_at_the_end_of_any_schedule(steps: int) -> None:
+    config = config_from_dict({**tiny_config("sassnet"), "steps": steps, "loss": {"consistency": 0.001}})
+    recipe = RECIPE_CLASSES["sassnet"](config, torch.device("cpu"))
+    assert recipe.adversarial_weight(steps) == pytest.approx(0.001)
+    assert recipe.adversarial_weight(steps // 2) == pytest.approx(0.001 * np.exp(-5 * 0.25))
+    assert recipe.adversarial_weight(0) == pytest.approx(0.001 * np.exp(-5))
+
+
+def test_sassnet_discriminator_judges_the_segmenter_in_eval_mode() -> None:
+    config = config_from_dict(tiny_config("sassnet"))
+    recipe = RECIPE_CLASSES["sassnet"](config, torch.device("cpu"))
+    modes = []
+    recipe.networks["discriminator"].register_forward_hook(
+        lambda module, inputs, output: modes.append(module.training)
+    )
+    images = torch.randn(1, 1, 32, 32, 32)
+    labels = torch.zeros(1, 32, 32, 32, dtype=torch.long)
+    labels[0, 8:20, 8:20, 8:20] = 1
+    recipe.training_step(images, labels, torch.randn(1, 1, 32, 32, 32), step=0)
+    assert modes == [False, True]  # judged for the segmenter's loss, then trained
+
+
+def test_dan_confidence_network_follows_the_papers_adam_rate_and_decay() -> None:
+    config = config_from_dict({**tiny_config("dan"), "learning_rate": 0.01, "lr_decay_factor": 0.1})
+    recipe = RECIPE_CLASSES["dan"](config, torch.device("cpu"))
+    rates = []
+    for segmenter_rate in (0.01, 0.001):
+        recipe.set_learning_rate(segmenter_rate)
+        rates.append(recipe.optimizers["confidence"].param_groups[0]["lr"])
+    assert rates == pytest.approx([5e-3, 1e-3])
+    assert recipe.settings["adversarial_weight"] == 0.005

@@ -101,6 +101,7 @@ def svnet(
     dropout: float = 0.5,
     sdm_head: bool = False,
 ) -> VNet:
-    """ASDNet's segmenter (SVNet): the VNet above without its innermost level, about 40 % of its
-    parameters and half its receptive field; inputs must be multiples of 8."""
+    """ASDNet's segmenter (SVNet): the VNet above without its innermost level, a quarter of its
+    parameters and half its receptive field (130 voxels against 274); inputs must be multiples
+    of 8."""
     return VNet(in_channels, num_classes, base_filters, dropout, sdm_head, SVNET_STAGE_DEPTHS)
