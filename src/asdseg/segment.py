@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from torch import nn
 
+from asdseg.confidence_calibration import ConfidenceCalibration
 from asdseg.devices import select_device
 from asdseg.errors import InputError
 from asdseg.image_io import array_to_image, atomic_path, check_volume_shape, image_to_array
@@ -59,6 +60,8 @@ class SegmentationResult:
     sdm: dict[int, sitk.Image] = field(default_factory=dict)
     component_reports: list[ComponentReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: With a calibrated confidence map: the share of voxels near the organ expected wrong.
+    expected_error: float | None = None
 
     def label_array(self) -> np.ndarray:
         return image_to_array(self.label_map, dtype=np.int64)
@@ -168,12 +171,35 @@ def segment_image(
         result.attention_probabilities = _to_input_grid(outputs["attention_probabilities"], model_grid, image)
     if "confidence" in outputs:
         confidence = channel_array(_to_input_grid(outputs["confidence"][None], model_grid, image))[0]
-        result.confidence = array_to_image(np.clip(confidence, 0.0, 1.0).astype(np.float32), image)
+        confidence = np.clip(confidence, 0.0, 1.0)
+        calibration = card.data.get("confidence_calibration")
+        if calibration is not None:
+            calibration = ConfidenceCalibration.from_card(calibration)
+            confidence = _calibrated(result, calibration, confidence, label_map)
+        result.confidence = array_to_image(confidence.astype(np.float32), image)
     if "sdm" in outputs:
         sdm = channel_array(_to_input_grid(outputs["sdm"], model_grid, image))
         for channel, label in enumerate(card.foreground_labels):
             result.sdm[label.value] = array_to_image(sdm[channel].astype(np.float32), image)
     return result
+
+
+def _calibrated(
+    result: SegmentationResult,
+    calibration: ConfidenceCalibration,
+    confidence: np.ndarray,
+    label_map: np.ndarray,
+) -> np.ndarray:
+    """The card's calibrated confidence map; records the volume's expected error near the organ
+    and, above the card's threshold, a "check this result" warning."""
+    top_probability = channel_array(result.probabilities).max(axis=0)
+    calibrated = calibration.apply(confidence, top_probability)
+    spacing = result.label_map.GetSpacing()
+    result.expected_error = calibration.expected_error(calibrated, label_map, spacing)
+    message = calibration.check_message(result.expected_error)
+    if message is not None:
+        result.warnings.append(message)
+    return calibrated
 
 
 def sdm_output_paths(path: str | Path, values: Sequence[int]) -> dict[int, Path]:
