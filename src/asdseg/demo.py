@@ -35,6 +35,21 @@ from asdseg.segment import SegmentationOptions, segment_image, write_result
 
 LA_TASK = "left-atrium"
 
+#: What the demo writes into its output folder besides the label sidecars and the SDM or
+#: confidence map; checked before any work.
+DEMO_OUTPUTS = (
+    "input.nii.gz",
+    "reference.nii.gz",
+    "segmentation.nii.gz",
+    "segmentation.labels.json",
+    "segmentation.ctbl",
+    "segmentation.itksnap.txt",
+    "confidence.nii.gz",
+    "sdm.nii.gz",
+    "metrics.csv",
+    "overlay.png",
+)
+
 #: Where the demo reports what it is doing (print in the terminal).
 Say = Callable[[str], None]
 

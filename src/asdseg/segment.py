@@ -5,7 +5,6 @@ This is the single entry point used by the CLI and by both Slicer modules' logic
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,8 @@ from torch import nn
 
 from asdseg.confidence_calibration import ConfidenceCalibration
 from asdseg.devices import select_device
-from asdseg.errors import InputError
-from asdseg.image_io import array_to_image, atomic_path, check_volume_shape, image_to_array
+from asdseg.errors import InputError, NumericalError
+from asdseg.image_io import array_to_image, atomic_paths, check_volume_shape, image_to_array, save_image
 from asdseg.inference import predict_volume
 from asdseg.labels import Label, sidecar_contents, sidecar_paths, sidecar_stem
 from asdseg.model_card import ModelCard
@@ -86,6 +85,18 @@ def _model_grid_input(image: sitk.Image, card: ModelCard) -> tuple[sitk.Image, C
     return resampled, box, normalized
 
 
+def check_finite_outputs(outputs: dict[str, np.ndarray], card: ModelCard, precision: str) -> None:
+    """Refuse a prediction with NaN/Inf: its argmax would be an empty label map presented as a
+    result. Broken weights (a diverged fine-tuning) or a half-precision overflow cause it."""
+    bad = [name for name, array in outputs.items() if not np.isfinite(array).all()]
+    if bad:
+        hint = " Try --precision fp32." if precision != "fp32" else ""
+        raise NumericalError(
+            f"model {card.name!r} produced NaN or infinite values ({', '.join(bad)}); its weights are "
+            f"broken (e.g. a training run that diverged) or the input is far outside what it expects.{hint}"
+        )
+
+
 def _to_input_grid(channels: np.ndarray, model_grid: sitk.Image, original: sitk.Image) -> sitk.Image:
     """Resample (C, x, y, z) maps from the model grid onto the original grid (linear), as a
     C-component image."""
@@ -148,8 +159,12 @@ def segment_image(
         overlap=options.overlap, batch_size=options.batch_size, precision=options.precision
     )
 
-    model_grid, box, array = _model_grid_input(image, card)
+    try:
+        model_grid, box, array = _model_grid_input(image, card)
+    except InputError as error:
+        raise InputError(f"{source}: {error}") from error
     outputs = predict_volume(network, array, settings, device, progress, cancel)
+    check_finite_outputs(outputs, card, options.precision)
     outputs = _uncrop_outputs(outputs, box, model_grid.GetSize())
 
     probabilities = _to_input_grid(outputs["probabilities"], model_grid, image)
@@ -213,6 +228,26 @@ def sdm_output_paths(path: str | Path, values: Sequence[int]) -> dict[int, Path]
     return {value: stem.with_name(f"{stem.name}-{value}{suffix}") for value in values}
 
 
+def planned_outputs(
+    labels: Sequence[Label],
+    label_path: str | Path,
+    confidence_path: str | Path | None = None,
+    sdm_path: str | Path | None = None,
+    probabilities_path: str | Path | None = None,
+) -> list[tuple[str, Path]]:
+    """Every file :func:`write_result` writes for these paths (sidecars and one SDM per label
+    included), each with the CLI option that names it, for checking them before any work."""
+    outputs = [("-o", Path(label_path)), *(("-o", path) for path in sidecar_paths(label_path).values())]
+    if confidence_path is not None:
+        outputs.append(("--confidence", Path(confidence_path)))
+    if sdm_path is not None:
+        values = [label.value for label in labels if label.value != 0]
+        outputs += [("--sdm", path) for path in sdm_output_paths(sdm_path, values).values()]
+    if probabilities_path is not None:
+        outputs.append(("--probabilities", Path(probabilities_path)))
+    return outputs
+
+
 def write_result(
     result: SegmentationResult,
     label_path: str | Path,
@@ -253,9 +288,9 @@ def write_label_map(
     images = {Path(label_path): label_map, **(extra_images or {})}
     texts = {sidecar_paths(label_path)[kind]: text for kind, text in sidecar_contents(labels).items()}
     texts.update(extra_texts or {})
-    with contextlib.ExitStack() as stack:
-        for path, image in images.items():
-            sitk.WriteImage(image, str(stack.enter_context(atomic_path(path))), useCompression=True)
-        for path, text in texts.items():
-            stack.enter_context(atomic_path(path)).write_text(text, encoding="utf-8")
+    with atomic_paths([*images, *texts]) as temporaries:
+        for temporary, (path, image) in zip(temporaries, images.items()):
+            save_image(image, temporary, path)
+        for temporary, text in zip(temporaries[len(images) :], texts.values()):
+            temporary.write_text(text, encoding="utf-8")
     return [*images, *texts]
