@@ -19,8 +19,9 @@ test: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks tools ASDSeg ActiveAnnotate
 	$(BIN)/python -m pytest -q
 
+# Writes benchmarks/results/inference_speed.json (kept in git, with the machine it ran on).
 benchmark: $(BIN)/.installed
-	$(BIN)/python benchmarks/inference_speed.py --output benchmark_results/inference_speed.json
+	$(BIN)/python benchmarks/inference_speed.py
 
 clean:
-	rm -rf $(VENV) demo_output benchmark_results
+	rm -rf $(VENV) demo_output
