@@ -16,7 +16,7 @@ demo: $(BIN)/.installed
 	$(BIN)/asdseg demo --output-dir demo_output
 
 test: $(BIN)/.installed
-	$(BIN)/ruff check src tests benchmarks tools ASDSeg ActiveAnnotate
+	$(BIN)/ruff check src Testing benchmarks tools ASDSeg ActiveAnnotate
 	$(BIN)/python -m pytest -q
 
 # Writes benchmarks/results/inference_speed.json (kept in git, with the machine it ran on).
