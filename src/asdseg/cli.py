@@ -359,16 +359,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--csv", help="also write the table as CSV")
     evaluate.set_defaults(handler=command_evaluate)
 
-    models = commands.add_parser("models", help="list, show or install models")
-    actions = models.add_subparsers(dest="action", required=True)
-    actions.add_parser("list", help="list installed and shipped models")
+    models = commands.add_parser("models", help="list (the default), show or install models")
+    actions = models.add_subparsers(dest="action")
+    actions.add_parser("list", help="list installed and shipped models (what 'asdseg models' alone does)")
     show = actions.add_parser("show", help="show a model card")
     show.add_argument("name")
     show.add_argument("--json", action="store_true", help="print the whole card as JSON")
     install = actions.add_parser("install", help="install a model from a card (and weights) file")
     install.add_argument("card", help="model card JSON")
     install.add_argument("--weights", help="weights file (default: the file the card names, beside it)")
-    models.set_defaults(handler=command_models)
+    models.set_defaults(handler=command_models, action="list")
 
     train = commands.add_parser("train", help="train a model with one of the papers' recipes")
     train.add_argument(

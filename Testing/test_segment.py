@@ -10,6 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from asdseg.confidence_calibration import ConfidenceCalibration
+from asdseg.demo_model import TARGET_DICE, validation_summary
 from asdseg.errors import InputError
 from asdseg.image_io import image_to_array, read_image, same_geometry
 from asdseg.labels import read_labels_json, sidecar_paths
@@ -44,10 +45,19 @@ def test_trained_model_segments_a_rotated_resampled_phantom(demo_model: ModelCar
     )
     prediction = result.label_array()
     assert dice(prediction == 1, phantom.label == 1) > 0.9
-    # The sphere is small (about 700 voxels) and the demo model is trained for 40 s only.
-    assert dice(prediction == 2, phantom.label == 2) > 0.5
+    # The sphere is small (about 700 voxels), and resampling this grid costs it a few points.
+    assert dice(prediction == 2, phantom.label == 2) > 0.75
     sdm = image_to_array(result.sdm[1])
     assert sdm[phantom.label == 1].mean() < 0 < sdm[phantom.label == 0].mean()
+
+
+def test_the_demo_model_trains_until_it_segments_both_structures(demo_model: ModelCard) -> None:
+    validation = demo_model.data["metrics"]["phantom_validation"]
+    assert min(validation["dice"].values()) >= TARGET_DICE, validation
+    assert "below the target" not in validation_summary(demo_model)
+    weak = {**validation, "dice": {"ellipsoid": 0.97, "sphere": 0.4}}
+    weak_card = ModelCard({**demo_model.data, "metrics": {"phantom_validation": weak}}, demo_model.directory)
+    assert "sphere 0.400; below the target 0.95" in validation_summary(weak_card)
 
 
 def test_crop_to_foreground_gives_the_same_labels_inside(demo_model: ModelCard) -> None:

@@ -12,7 +12,7 @@ from torch import nn
 
 from asdseg.demo import find_la2018
 from asdseg.demo_model import CARD as DEMO_CARD
-from asdseg.demo_model import train_demo_model
+from asdseg.demo_model import ensure_demo_model
 from asdseg.model_card import ModelCard
 from asdseg.networks import build_network
 from asdseg.phantoms import make_phantom, phantom_image
@@ -86,8 +86,8 @@ def attention_model(tmp_path: Path) -> ModelCard:
 
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory: pytest.TempPathFactory) -> ModelCard:
-    """The trained phantom model (about 40 s once per test session)."""
-    return save_model(train_demo_model(), DEMO_CARD, tmp_path_factory.mktemp("demo") / "phantom-demo")
+    """The trained phantom model, as the demo installs it (about a minute once per test session)."""
+    return ensure_demo_model(tmp_path_factory.mktemp("demo") / "phantom-demo")
 
 
 @pytest.fixture
