@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +112,16 @@ def ellipsoid_mask(shape: tuple[int, int, int], centre: tuple, radii: tuple) -> 
     centre = np.asarray(centre)[:, None, None, None]
     radii = np.asarray(radii)[:, None, None, None]
     return (((grid - centre) / radii) ** 2).sum(axis=0) <= 1.0
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 LA2018 = find_la2018()

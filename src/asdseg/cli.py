@@ -183,8 +183,9 @@ def command_train(args: argparse.Namespace) -> int:
 
 def command_suggest(args: argparse.Namespace) -> int:
     from asdseg.active.sparse_labels import read_sparse_labels
-    from asdseg.active.suggest import require_attention_model, suggest_slices
+    from asdseg.active.suggest import suggest_slices
     from asdseg.active.suggestion_report import format_suggestions, suggestion_record, write_suggestions
+    from asdseg.model_card import require_attention_model
     from asdseg.progress import json_progress, tqdm_progress
     from asdseg.registry import find_model, load_network
     from asdseg.segment import SegmentationOptions

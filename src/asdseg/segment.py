@@ -1,6 +1,6 @@
 """Segmenting one volume with one model, outputs on exactly the input's voxel grid.
 
-This is the single entry point used by the CLI and by both Slicer modules' logic.
+This is the single entry point used by the CLI, which both Slicer modules run in a child process.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from torch import nn
 from asdseg.confidence_calibration import ConfidenceCalibration
 from asdseg.devices import select_device
 from asdseg.errors import InputError, NumericalError
-from asdseg.image_io import array_to_image, atomic_paths, check_volume_shape, image_to_array, save_image
+from asdseg.image_io import array_to_image, check_volume_shape, image_to_array
 from asdseg.inference import predict_volume
-from asdseg.labels import Label, sidecar_contents, sidecar_paths, sidecar_stem
+from asdseg.labels import Label, label_pixel_type, sdm_output_paths, sidecar_paths, write_label_map
 from asdseg.model_card import ModelCard
 from asdseg.postprocessing import ComponentReport, keep_largest_component
 from asdseg.preprocessing import (
@@ -64,10 +64,6 @@ class SegmentationResult:
 
     def label_array(self) -> np.ndarray:
         return image_to_array(self.label_map, dtype=np.int64)
-
-
-def label_pixel_type(labels: Sequence[Label]) -> type:
-    return np.uint8 if max(label.value for label in labels) <= 255 else np.uint16
 
 
 def _model_grid_input(image: sitk.Image, card: ModelCard) -> tuple[sitk.Image, CropBox, np.ndarray]:
@@ -217,17 +213,6 @@ def _calibrated(
     return calibrated
 
 
-def sdm_output_paths(path: str | Path, values: Sequence[int]) -> dict[int, Path]:
-    """One SDM file per foreground label value: ``path`` itself for a single label, else
-    ``<stem>-<value><suffix>``."""
-    path = Path(path)
-    if len(values) == 1:
-        return {values[0]: path}
-    stem = sidecar_stem(path)
-    suffix = path.name[len(stem.name) :]
-    return {value: stem.with_name(f"{stem.name}-{value}{suffix}") for value in values}
-
-
 def planned_outputs(
     labels: Sequence[Label],
     label_path: str | Path,
@@ -271,26 +256,3 @@ def write_result(
         paths = sdm_output_paths(sdm_path, list(result.sdm))
         images.update({path: result.sdm[value] for value, path in paths.items()})
     return write_label_map(result.label_map, result.labels, label_path, images)
-
-
-def write_label_map(
-    label_map: sitk.Image,
-    labels: Sequence[Label],
-    label_path: str | Path,
-    extra_images: dict[Path, sitk.Image] | None = None,
-    extra_texts: dict[Path, str] | None = None,
-) -> list[Path]:
-    """Write a label map, its sidecars and any ``extra_images`` and ``extra_texts``, all or nothing.
-
-    Every file is first written to a temporary file beside its target; only when all of them
-    are complete are they renamed into place, so a failure leaves existing files untouched.
-    """
-    images = {Path(label_path): label_map, **(extra_images or {})}
-    texts = {sidecar_paths(label_path)[kind]: text for kind, text in sidecar_contents(labels).items()}
-    texts.update(extra_texts or {})
-    with atomic_paths([*images, *texts]) as temporaries:
-        for temporary, (path, image) in zip(temporaries, images.items()):
-            save_image(image, temporary, path)
-        for temporary, text in zip(temporaries[len(images) :], texts.values()):
-            temporary.write_text(text, encoding="utf-8")
-    return [*images, *texts]

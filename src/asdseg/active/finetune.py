@@ -17,11 +17,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from asdseg.active.sparse_labels import SparseLabels
-from asdseg.active.suggest import require_attention_model
 from asdseg.errors import InputError
 from asdseg.image_io import array_to_image, image_to_array
 from asdseg.losses import UNLABELLED
-from asdseg.model_card import ModelCard
+from asdseg.model_card import ModelCard, require_attention_model
 from asdseg.preprocessing import normalize_intensity, resample_like, resample_to_spacing
 from asdseg.registry import load_network
 from asdseg.training.config import DataConfig, TrainingConfig
