@@ -16,13 +16,14 @@ demo: $(BIN)/.installed
 	$(BIN)/asdseg demo --output-dir demo_output
 
 test: $(BIN)/.installed
-	$(BIN)/ruff check src tests benchmarks tools ASDSeg ActiveAnnotate
+	$(BIN)/ruff check src Testing benchmarks tools ASDSeg ActiveAnnotate
 	# What 3D Slicer runs must work on Python 3.9 (Slicer 5.8).
 	$(BIN)/vermin -t=3.9- --violations --eval-annotations --no-tips src ASDSeg ActiveAnnotate
 	$(BIN)/python -m pytest -q
 
+# Writes benchmarks/results/inference_speed.json (kept in git, with the machine it ran on).
 benchmark: $(BIN)/.installed
-	$(BIN)/python benchmarks/inference_speed.py --output benchmark_results/inference_speed.json
+	$(BIN)/python benchmarks/inference_speed.py
 
 clean:
-	rm -rf $(VENV) demo_output benchmark_results
+	rm -rf $(VENV) demo_output

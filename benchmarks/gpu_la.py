@@ -78,8 +78,6 @@ def full_config(
     values = recipe_config(recipe, "paper", Path(LA_ROOT))
     values.update(
         steps=steps,
-        batch_size=8,
-        labelled_per_batch=4,
         lr_decay_every=max(1, round(2500 * steps / FULL_STEPS)),
         checkpoint_every=10**9 if probe else 500,
         validate_every=10**9,

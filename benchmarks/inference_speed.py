@@ -2,16 +2,18 @@
 bare MONAI ``sliding_window_inference`` call on the same network and windows, fp32 and bf16.
 
 Each configuration runs in its own subprocess so that its peak memory is its own. Prints a
-table and writes the figures as JSON. Not a test: the numbers depend on the machine.
+table and writes the figures as JSON, with the machine they were measured on (CPU model and
+kernel flags, GPU, torch: :func:`asdseg.machine.describe_machine`), into
+``benchmarks/results/inference_speed.json``, which is kept in git. Not a test: the numbers depend
+on the machine.
 
-    python benchmarks/inference_speed.py --output benchmark_results/inference_speed.json
+    python benchmarks/inference_speed.py [--output benchmarks/results/inference_speed.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from pathlib import Path
 
 LA_SHAPE = (192, 144, 88)  # a typical cropped LA 2018 volume at 0.625 mm
 PATCH = (112, 112, 80)  # UA-MT / SASSNet patch
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "inference_speed.json"
 
 
 def window_flops(network, patch) -> float:
@@ -100,7 +103,7 @@ def run_one(implementation: str, precision: str, overlap: float, device_name: st
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default="benchmark_results/inference_speed.json")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=2)
@@ -111,6 +114,11 @@ def main() -> int:
         print(json.dumps(run_one(*args.one, args.overlap, args.device, args.repeats)))
         return 0
 
+    from asdseg.image_io import atomic_path
+    from asdseg.machine import describe_machine, machine_line
+
+    machine = describe_machine()
+    print(f"machine: {machine_line(machine)}", flush=True)
     rows = []
     for precision in args.precisions.split(","):
         for implementation in ("monai", "asdseg"):
@@ -154,13 +162,12 @@ def main() -> int:
         "volume_shape": LA_SHAPE,
         "patch_size": PATCH,
         "overlap": args.overlap,
-        "machine": platform.platform(),
-        "processor": platform.processor(),
+        "machine": machine,
         "rows": rows,
         "ratios": ratios,
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_path(args.output) as temporary:
+        temporary.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
     return 0
 

@@ -7,8 +7,8 @@ held-out cases at their original resolution, with and without keeping the larges
 Dice, Jaccard, 95HD and ASD in voxels and in mm. Writes ``results.json`` and ``results.md``.
 
 Two settings:
-- ``paper``: full resolution, 112x112x80 patches, batch 4 (2 labelled), 6000 steps (12-24 h per
-  recipe on two CPU cores; use a GPU).
+- ``paper``: full resolution, 112x112x80 patches, 4 labelled + 4 unlabelled patches per batch,
+  6000 steps (days per recipe on two CPU cores; use a GPU: ``benchmarks/gpu_la.py``).
 - ``compact``: volumes downsampled 2x, 64x64x32 patches, 1500 steps: about an hour per recipe on
   two CPU cores. It ranks the methods; its absolute numbers are not the papers'.
 
@@ -39,7 +39,13 @@ NETWORKS = {
     "dan": {"name": "enhanced-unet", "params": {"num_classes": 2}},
 }
 SETTINGS = {
-    "paper": {"patch_size": [112, 112, 80], "steps": 6000, "data": {"downsample": 1}},
+    "paper": {
+        "patch_size": [112, 112, 80],
+        "steps": 6000,
+        "batch_size": 8,
+        "labelled_per_batch": 4,
+        "data": {"downsample": 1},
+    },
     "compact": {
         "patch_size": [64, 64, 32],
         "steps": 1500,

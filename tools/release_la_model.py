@@ -86,6 +86,10 @@ DESCRIPTIONS = {
     "asdnet": "ASDNet: SVNet segmenter with a fully convolutional confidence network, trained with "
     "sample-attention Dice, adversarial and confident-region semi-supervised losses. Gives the left "
     "atrium and a voxel-wise confidence map.",
+    "attention-unet": "Attention-guided active learning's 3D U-Net with channel and spatial attention "
+    "(one attention map per class), trained on the 16 labelled cases: the starting model of "
+    "ActiveAnnotate on left-atrium scans. Gives the left atrium and, from its attention maps, the "
+    "second prediction whose per-slice agreement (P-DSC) ranks the slices to label.",
 }
 
 

@@ -23,10 +23,9 @@ from asdseg.background import FolderJob, JobProgress, JobState
 from asdseg.errors import AsdsegError, InputError, ModelError
 from asdseg.image_io import SUPPORTED_SUFFIXES, check_volume_shape, image_suffix, read_image, same_geometry
 from asdseg.image_io import write_image as write_image_file
-from asdseg.labels import Label
+from asdseg.labels import Label, label_pixel_type, sdm_output_paths, write_label_map
 from asdseg.model_card import ModelCard
 from asdseg.registry import available_models, find_model
-from asdseg.segment import label_pixel_type, sdm_output_paths, write_label_map
 
 from .overlays import OVERLAY_KINDS, sdm_window, show_in_slice_views, style_overlay_node
 from .volume_nodes import (

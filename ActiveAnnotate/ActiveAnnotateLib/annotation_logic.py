@@ -11,6 +11,7 @@ completed and its new model has been read back.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,14 +20,12 @@ import numpy as np
 import slicer
 
 from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
-from asdseg.active.starter_model import untrained_attention_model
-from asdseg.active.suggest import require_attention_model
 from asdseg.active.suggestion_report import read_suggestions
 from asdseg.background import FolderJob
 from asdseg.errors import InputError, ModelError
 from asdseg.image_io import write_image
 from asdseg.labels import Label
-from asdseg.model_card import ModelCard
+from asdseg.model_card import ModelCard, require_attention_model
 from asdseg.registry import find_model
 
 from .slice_views import mark_suggestions
@@ -48,9 +47,24 @@ class SuggestRun(FolderJob):
 
 
 class FineTuneRun(FolderJob):
+    """A fine-tuning round writing its checkpoints and new model to ``output_dir``, a new
+    ``round-NNN`` folder. Unless the new model is taken into use (:attr:`adopted`), closing the
+    run deletes that folder once the child has exited: a cancelled or failed round leaves
+    nothing behind."""
+
     def __init__(self, output_dir: Path, arguments, folder, **child) -> None:
         self.output_dir = output_dir
-        super().__init__(folder, arguments, **child)
+        self.adopted = False
+        try:
+            super().__init__(folder, arguments, **child)
+        except BaseException:
+            shutil.rmtree(output_dir, ignore_errors=True)
+            raise
+
+    def delete_files(self) -> None:
+        super().delete_files()
+        if not self.adopted:
+            shutil.rmtree(self.output_dir, ignore_errors=True)
 
 
 class AnnotationLogic:
@@ -84,11 +98,21 @@ class AnnotationLogic:
     def new_model(self, segmentation_node, volume_node) -> ModelCard:
         """An untrained attention U-Net for the segmentation's segments, at the volume's
         spacing, saved under the work folder and made the model in use."""
+        # The only step that builds a network in Slicer's process, so torch is loaded here and
+        # not when the module opens.
+        from asdseg.active.starter_model import untrained_attention_model
+
         labels = [label for _, label in SegmentationLogic.segment_labels(segmentation_node)]
         if not labels:
             raise InputError("the segmentation has no segments; add one per structure to label first.")
         folder = self._next_folder("start")
-        card = untrained_attention_model([BACKGROUND, *labels], volume_node.GetSpacing(), folder / "model")
+        try:
+            card = untrained_attention_model(
+                [BACKGROUND, *labels], volume_node.GetSpacing(), folder / "model"
+            )
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         self.model = str(card.directory)
         return card
 
@@ -253,6 +277,7 @@ class AnnotationLogic:
             run.wait_for_success("fine-tuning cancelled; the model in use is unchanged.")
             card = find_model(str(run.output_dir / "model"))
             require_attention_model(card)
+            run.adopted = True
         finally:
             run.close()
         self.model = str(card.directory)

@@ -251,17 +251,22 @@ class FolderJob:
         self.job.cancel()
 
     def close(self) -> None:
-        """Stop the child if it still runs and delete the folder once it has exited, without
+        """Stop the child if it still runs and delete its files once it has exited, without
         blocking: a killed child is waited for in a thread of its own."""
         self.job.cancel()
         if self.job.return_code is not None:
-            self.folder.cleanup()
+            self.delete_files()
         else:
-            threading.Thread(target=self._cleanup_after_exit, daemon=True).start()
+            threading.Thread(target=self._delete_files_after_exit, daemon=True).start()
 
-    def _cleanup_after_exit(self) -> None:
-        self.job.wait()
+    def delete_files(self) -> None:
+        """Delete the temporary folder (called once the child has exited, so that nothing
+        writes there any more); a job with outputs of its own deletes those it did not keep."""
         self.folder.cleanup()
+
+    def _delete_files_after_exit(self) -> None:
+        self.job.wait()
+        self.delete_files()
 
     def wait_for_success(self, cancelled_message: str) -> None:
         """Wait for the child; raise :class:`CancelledError` with ``cancelled_message`` when it

@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asdseg.active.strategies import STRATEGIES as STRATEGY_NAMES
 from asdseg.errors import AsdsegError, InputError
 from asdseg.image_io import SUPPORTED_SUFFIXES, image_suffix, read_image
+from asdseg.output_paths import check_output_dir, check_output_paths
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
     from asdseg.model_card import ModelCard
     from asdseg.roi import RegionOfInterest
+
+#: Exit status of a run stopped by Ctrl-C (128 + SIGINT) or SIGTERM (128 + SIGTERM).
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` (temporary files) runs."""
 
 
 def _check_output_path(path: str | None, option: str) -> None:
@@ -60,11 +72,48 @@ def _add_roi_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _number_option(
+    convert: Callable[[str], float], accept: Callable[[float], bool], requirement: str
+) -> Callable[[str], float]:
+    """An argparse ``type`` that converts and range-checks, so a bad value is refused with the
+    option's name before any work (argparse prints it and exits 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; it must be {requirement}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; it must be {requirement}")
+        return value
+
+    return parse
+
+
+positive_int = _number_option(int, lambda value: value >= 1, "a whole number of at least 1")
+non_negative_int = _number_option(int, lambda value: value >= 0, "a whole number of at least 0")
+window_overlap = _number_option(float, lambda value: 0.0 <= value < 1.0, "in [0, 1), e.g. 0.5")
+positive_float = _number_option(
+    float, lambda value: math.isfinite(value) and value > 0, "a positive finite number, e.g. 0.005"
+)
+
+
+def label_values(text: str) -> list[int]:
+    """``--labels 1,2``: label values, each a whole number in 1..65535."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated label values, e.g. 1,2") from None
+    if any(not 1 <= value <= 65535 for value in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: label values are whole numbers from 1 to 65535")
+    return values
+
+
 def command_segment(args: argparse.Namespace) -> int:
     from asdseg.progress import json_progress, tqdm_progress
     from asdseg.registry import find_model, load_network
-    from asdseg.segment import SegmentationOptions, segment_image, write_result
-    from asdseg.validation import DEFAULT_MAX_ANISOTROPY
+    from asdseg.segment import SegmentationOptions, planned_outputs, segment_image, write_result
+    from asdseg.validation import DEFAULT_MAX_ANISOTROPY, check_output_geometry
 
     outputs = (
         (args.output, "-o"),
@@ -79,7 +128,12 @@ def command_segment(args: argparse.Namespace) -> int:
         raise InputError(f"model {card.name!r} has no confidence network; drop --confidence.")
     if args.sdm and not card.has_sdm:
         raise InputError(f"model {card.name!r} has no signed-distance-map head; drop --sdm.")
+    check_output_paths(
+        planned_outputs(card.labels, args.output, args.confidence, args.sdm, args.probabilities),
+        [args.input],
+    )
     image = read_image(args.input)
+    check_output_geometry(image, args.input, [path for path, _ in outputs if path])
     roi, shown = _region_of_interest(args, image, card)
     network = load_network(card)
     options = SegmentationOptions(
@@ -120,8 +174,9 @@ def command_evaluate(args: argparse.Namespace) -> int:
         raise InputError(
             f"{len(args.pred)} predictions but {len(args.ref)} references; give one --ref per --pred."
         )
-    values = [int(v) for v in args.labels.split(",")] if args.labels else None
-    rows = evaluate_files(list(zip(map(Path, args.pred), map(Path, args.ref))), values)
+    if args.csv:
+        check_output_paths([("--csv", args.csv)], [*args.pred, *args.ref])
+    rows = evaluate_files(list(zip(map(Path, args.pred), map(Path, args.ref))), args.labels)
     print(format_table(rows))
     if args.csv:
         write_csv(rows, args.csv)
@@ -155,6 +210,7 @@ def command_train(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides["steps"] = args.steps
     config = load_config(args.config, overrides) if args.config else config_from_dict(overrides)
+    check_output_dir(args.output_dir, "--output-dir")
     trainer = Trainer(config, args.output_dir, device=args.device)
     if args.resume:
         trainer.resume()
@@ -170,17 +226,28 @@ def command_train(args: argparse.Namespace) -> int:
 
 def command_suggest(args: argparse.Namespace) -> int:
     from asdseg.active.sparse_labels import read_sparse_labels
-    from asdseg.active.suggest import require_attention_model, suggest_slices
+    from asdseg.active.suggest import suggest_slices
     from asdseg.active.suggestion_report import format_suggestions, suggestion_record, write_suggestions
+    from asdseg.model_card import require_attention_model
     from asdseg.progress import json_progress, tqdm_progress
     from asdseg.registry import find_model, load_network
     from asdseg.segment import SegmentationOptions
 
     card = find_model(args.model)
     require_attention_model(card)
+    if args.output:
+        check_output_paths([("--output", args.output)], [args.image, *([args.labels] if args.labels else [])])
     image = read_image(args.image)
     roi = _region_of_interest(args, image, card)[0]
-    labelled = read_sparse_labels(args.labels)[1].labelled_slices if args.labels else set()
+    labelled = set()
+    if args.labels:
+        labels_image, sparse = read_sparse_labels(args.labels)
+        if labels_image.GetSize() != image.GetSize():
+            raise InputError(
+                f"--labels {args.labels}: size {labels_image.GetSize()} does not match the image "
+                f"{args.image} ({image.GetSize()}); give the sparse labels drawn on this image."
+            )
+        labelled = sparse.labelled_slices
     update, close = (
         (json_progress(), lambda: None) if args.progress == "json" else tqdm_progress("segmenting")
     )
@@ -217,6 +284,7 @@ def command_finetune(args: argparse.Namespace) -> int:
     from asdseg.active.finetune import FineTuneSettings, fine_tune, model_grid_case
     from asdseg.active.sparse_labels import read_sparse_labels
     from asdseg.errors import CancelledError
+    from asdseg.model_card import check_model_name
     from asdseg.progress import emit_progress
     from asdseg.registry import find_model
 
@@ -224,7 +292,15 @@ def command_finetune(args: argparse.Namespace) -> int:
         raise InputError(
             f"{len(args.image)} images but {len(args.labels)} label maps; give one --labels per --image."
         )
+    if args.name is not None:
+        check_model_name(args.name)
     card = find_model(args.model)
+    check_output_dir(args.output_dir, "--output-dir")
+    if (Path(args.output_dir) / "model").resolve() == card.directory.resolve():
+        raise InputError(
+            f"--output-dir {args.output_dir}: its model folder is the model being fine-tuned; choose "
+            "another output folder so that the round can fail without losing that model."
+        )
     cases = [
         model_grid_case(read_image(image), read_sparse_labels(labels)[1], card, Path(image).name)
         for image, labels in zip(args.image, args.labels)
@@ -253,17 +329,24 @@ def command_finetune(args: argparse.Namespace) -> int:
             device=args.device,
             on_step=report if args.progress == "json" else None,
             show_progress=args.progress == "bar",
+            resume=args.resume,
         )
     except CancelledError as error:
-        print(f"stopped: {error} The last checkpoint in {args.output_dir} is intact.", file=sys.stderr)
+        print(
+            f"stopped: {error} The last checkpoint in {args.output_dir} is intact; run the same command "
+            "with --resume to continue from it.",
+            file=sys.stderr,
+        )
         return EXIT_STOPPED
     print(f"wrote model {result.model.directory}")
     return 0
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    from asdseg.demo import run_demo
+    from asdseg.demo import DEMO_OUTPUTS, run_demo
 
+    check_output_dir(args.output_dir, "--output-dir")
+    check_output_paths([("--output-dir", Path(args.output_dir) / name) for name in DEMO_OUTPUTS])
     run_demo(Path(args.output_dir), model=args.model)
     return 0
 
@@ -296,8 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: bf16 or fp16 on GPUs that have it, bf16 on CPUs with native bf16 (AVX512-BF16, "
         "AMX), else fp32 (bf16 is emulated and far slower on other CPUs)",
     )
-    segment.add_argument("--overlap", type=float, help="window overlap in [0, 1) (default: model card)")
-    segment.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    segment.add_argument(
+        "--overlap", type=window_overlap, help="window overlap in [0, 1) (default: model card)"
+    )
+    segment.add_argument("--batch-size", type=positive_int, default=1, help="windows per forward pass")
     segment.add_argument(
         "--largest-component", action="store_true", help="keep the largest component per label"
     )
@@ -314,20 +399,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="Dice, Jaccard, ASD, HD95 of predictions vs references")
     evaluate.add_argument("--pred", nargs="+", required=True, help="predicted label maps")
     evaluate.add_argument("--ref", nargs="+", required=True, help="reference label maps, same order")
-    evaluate.add_argument("--labels", help="comma-separated label values (default: all non-zero present)")
+    evaluate.add_argument(
+        "--labels", type=label_values, help="comma-separated label values (default: all non-zero present)"
+    )
     evaluate.add_argument("--csv", help="also write the table as CSV")
     evaluate.set_defaults(handler=command_evaluate)
 
-    models = commands.add_parser("models", help="list, show or install models")
-    actions = models.add_subparsers(dest="action", required=True)
-    actions.add_parser("list", help="list installed and shipped models")
+    models = commands.add_parser("models", help="list (the default), show or install models")
+    actions = models.add_subparsers(dest="action")
+    actions.add_parser("list", help="list installed and shipped models (what 'asdseg models' alone does)")
     show = actions.add_parser("show", help="show a model card")
     show.add_argument("name")
     show.add_argument("--json", action="store_true", help="print the whole card as JSON")
     install = actions.add_parser("install", help="install a model from a card (and weights) file")
     install.add_argument("card", help="model card JSON")
     install.add_argument("--weights", help="weights file (default: the file the card names, beside it)")
-    models.set_defaults(handler=command_models)
+    models.set_defaults(handler=command_models, action="list")
 
     train = commands.add_parser("train", help="train a model with one of the papers' recipes")
     train.add_argument(
@@ -342,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir", required=True, help="checkpoint, log.csv, curves.png and the model go here"
     )
     train.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
-    train.add_argument("--steps", type=int, help="overrides the config's number of steps")
+    train.add_argument("--steps", type=positive_int, help="overrides the config's number of steps")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     train.set_defaults(handler=command_train)
 
@@ -351,8 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("--model", required=True, help="model name, or a model folder (attention-unet)")
     suggest.add_argument("--labels", help="its sparse labels; their labelled slices are not suggested again")
     suggest.add_argument("--strategy", default="p-dsc", choices=list(STRATEGY_NAMES))
-    suggest.add_argument("-k", "--budget", type=int, default=5, help="how many slices to suggest")
-    suggest.add_argument("--min-area", type=int, default=10, help="ignore specks smaller than this (voxels)")
+    suggest.add_argument("-k", "--budget", type=positive_int, default=5, help="how many slices to suggest")
+    suggest.add_argument(
+        "--min-area", type=non_negative_int, default=10, help="ignore specks smaller than this (voxels)"
+    )
     suggest.add_argument("--output", help="also write every slice's scores and the suggestion as JSON")
     suggest.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     _add_roi_arguments(suggest)
@@ -363,13 +452,16 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--model", required=True, help="model name, or a model folder (attention-unet)")
     finetune.add_argument("--image", nargs="+", required=True, help="volumes")
     finetune.add_argument("--labels", nargs="+", required=True, help="their sparse labels, same order")
-    finetune.add_argument("--steps", type=int, default=200, help="training steps")
-    finetune.add_argument("--learning-rate", type=float, default=0.005)
-    finetune.add_argument("--batch-size", type=int, default=2)
+    finetune.add_argument("--steps", type=positive_int, default=200, help="training steps")
+    finetune.add_argument("--learning-rate", type=positive_float, default=0.005)
+    finetune.add_argument("--batch-size", type=positive_int, default=2)
     finetune.add_argument(
         "--output-dir", required=True, help="checkpoint, log and the new model (<dir>/model)"
     )
     finetune.add_argument("--name", help="name of the new model (default: <model>-finetuned)")
+    finetune.add_argument(
+        "--resume", action="store_true", help="continue a stopped round from its output folder's checkpoint"
+    )
     finetune.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     finetune.add_argument(
         "--progress", default="bar", choices=["bar", "json"], help="JSON lines: step, loss and ETA per step"
@@ -389,13 +481,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_terminated(signal_number: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into an exception for the command's duration, so that a stopped run removes
+    its temporary files like Ctrl-C does (Python's default would exit on the spot)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _os_error_message(error: OSError) -> str:
+    where = f"{error.filename}: " if error.filename else ""
+    return (
+        f"{where}{error.strerror or error}. The file being written was left as it was; free space, "
+        "fix the permissions or choose another path, then run again."
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Failures the user can act on print one line and exit 2; Ctrl-C and
+    SIGTERM exit 130 and 143. Every output is written atomically, so none of these leaves a
+    partial file behind."""
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with _terminate_as_interrupt():
+            return args.handler(args)
     except AsdsegError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"error: {_os_error_message(error)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(
+            "error: out of memory. Use a smaller --batch-size, a smaller volume, or a machine with more "
+            "memory.",
+            file=sys.stderr,
+        )
+        return 2
+    except Terminated:
+        print("stopped (SIGTERM); files being written were left as they were.", file=sys.stderr)
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        print("interrupted; files being written were left as they were.", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

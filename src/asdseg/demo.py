@@ -4,9 +4,9 @@
   data is found (``../shared/data/la2018`` beside the repository, or ``$ASDSEG_LA2018``), it
   segments the last case of ``train.list`` (a validation case none of the models trained on)
   with the model of the best validation Dice, or the one ``--model`` names, and evaluates it.
-* Otherwise (a fresh clone without the data) it trains the small
-  phantom model once (about a minute on a CPU; :mod:`asdseg.demo_model`), makes a synthetic
-  phantom with non-trivial geometry, segments and evaluates it.
+* Otherwise (a fresh clone without the data) it trains the small phantom model once, until it
+  segments held-out phantoms well (a minute or two on a CPU; :mod:`asdseg.demo_model`), makes
+  a synthetic phantom with non-trivial geometry, segments and evaluates it.
 
 Either way it writes the input, the label map with its sidecars, the SDM / confidence when the
 model has them, a metrics CSV and an overlay PNG into the output folder.
@@ -34,6 +34,21 @@ from asdseg.registry import available_models, find_model, load_network
 from asdseg.segment import SegmentationOptions, segment_image, write_result
 
 LA_TASK = "left-atrium"
+
+#: What the demo writes into its output folder besides the label sidecars and the SDM or
+#: confidence map; checked before any work.
+DEMO_OUTPUTS = (
+    "input.nii.gz",
+    "reference.nii.gz",
+    "segmentation.nii.gz",
+    "segmentation.labels.json",
+    "segmentation.ctbl",
+    "segmentation.itksnap.txt",
+    "confidence.nii.gz",
+    "sdm.nii.gz",
+    "metrics.csv",
+    "overlay.png",
+)
 
 #: Where the demo reports what it is doing (print in the terminal).
 Say = Callable[[str], None]
@@ -107,11 +122,11 @@ def choose_model_and_input(say: Say, model: str | None = None) -> tuple[ModelCar
         say("No trained left-atrium model is installed: running the phantom demo instead.")
     else:
         say("LA 2018 data not found (../shared/data/la2018 or $ASDSEG_LA2018): running the phantom demo.")
-    say("Training the phantom model once (about a minute on a CPU)...")
     card = ensure_demo_model(
         progress=lambda step, steps, loss: (
-            say(f"  step {step}/{steps} loss {loss:.3f}") if step % 40 == 0 else None
-        )
+            say(f"  step {step} (at most {steps}) loss {loss:.3f}") if step % 40 == 0 else None
+        ),
+        say=say,
     )
     return card, phantom_input()
 

@@ -17,5 +17,9 @@ class ModelError(AsdsegError):
     """A model is unknown, its card is invalid, or its weights do not match the card."""
 
 
+class NumericalError(AsdsegError):
+    """A computation gave NaN or infinite values (diverged training, broken weights, overflow)."""
+
+
 class CancelledError(AsdsegError):
     """The user cancelled a long-running operation."""

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from asdseg.errors import InputError
 from asdseg.image_io import atomic_path, image_to_array, read_image, same_geometry
@@ -28,7 +29,7 @@ def evaluate_files(
 ) -> list[dict[str, object]]:
     """One row per (case, label). ``values`` defaults to the non-zero values present in
     either file of each pair."""
-    rows = []
+    cases = []
     for prediction_path, reference_path in pairs:
         prediction_image, reference_image = read_image(prediction_path), read_image(reference_path)
         if not same_geometry(prediction_image, reference_image, tolerance=1e-3):
@@ -37,13 +38,35 @@ def evaluate_files(
                 f"(sizes {prediction_image.GetSize()} vs {reference_image.GetSize()}); "
                 "evaluate a prediction against the reference it was made for."
             )
-        prediction = image_to_array(prediction_image, np.int64)
-        reference = image_to_array(reference_image, np.int64)
-        case_values = values or sorted((set(np.unique(prediction)) | set(np.unique(reference))) - {0})
-        metrics = evaluate_label_maps(prediction, reference, reference_image.GetSpacing(), case_values)
-        for value, case_metrics in metrics.items():
+        prediction = label_array(prediction_image, prediction_path)
+        reference = label_array(reference_image, reference_path)
+        cases.append((prediction_path, prediction, reference, reference_image.GetSpacing()))
+    if values is None:
+        # Every label of any case, so that a case where both maps lack a label scores it as
+        # agreement (Dice 1) instead of leaving it out of the means.
+        values = sorted(set().union(*(np.unique(np.r_[p.ravel(), r.ravel()]) for _, p, r, _ in cases)) - {0})
+        if not values:
+            raise InputError(
+                "no label in any prediction or reference (every voxel is 0): nothing to evaluate. "
+                "To score empty maps as agreement (Dice 1), name the labels, e.g. --labels 1."
+            )
+    rows = []
+    for prediction_path, prediction, reference, spacing in cases:
+        for value, case_metrics in evaluate_label_maps(prediction, reference, spacing, values).items():
             rows.append({"case": str(prediction_path), "label": int(value), **case_metrics.as_dict()})
     return rows
+
+
+def label_array(image: sitk.Image, source: Path) -> np.ndarray:
+    """The (x, y, z) label values of a label map; a map of fractions (probabilities, an SDM) is
+    refused instead of being truncated to zeros."""
+    array = image_to_array(image, np.float64)
+    if not np.array_equal(array, np.round(array)) or array.min() < 0:
+        raise InputError(
+            f"{source}: holds values that are not label values (non-integer or negative, range "
+            f"{array.min():g} to {array.max():g}); is it a probability or distance map? Evaluate label maps."
+        )
+    return array.astype(np.int64)
 
 
 def mean_rows(rows: Sequence[dict[str, object]]) -> dict[int, dict[str, float]]:

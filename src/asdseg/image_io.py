@@ -7,11 +7,13 @@ SimpleITK's index and of NIfTI, so that patch sizes and spacings read the same e
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import os
-import tempfile
+import secrets
+import shutil
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import nibabel
@@ -91,7 +93,12 @@ def check_nifti_finite(path: Path) -> None:
 
 
 def check_volume_shape(image: sitk.Image, source: str | Path) -> None:
-    """Refuse images that are not single-channel 3D volumes."""
+    """Refuse images that are not single-channel real-valued 3D volumes."""
+    if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise InputError(
+            f"{source}: has complex voxels (e.g. raw k-space or phase data); a real-valued magnitude "
+            "image is needed. Export the magnitude image instead."
+        )
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"{source}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
@@ -139,31 +146,111 @@ def array_to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
+def _hidden_name(path: Path, tag: str) -> Path:
+    suffix = image_suffix(path) or path.suffix
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.{tag}{suffix}")
+
+
+def _create_temporary(path: Path, tag: str = "tmp") -> Path:
+    """A new empty file beside ``path``, hidden, keeping its suffix (SimpleITK picks the format
+    from it). Created with mode 0666 less the umask, as the final file should be: ``mkstemp``'s
+    0600 would survive the rename and hide every output from the user's group."""
+    while True:
+        temporary = _hidden_name(path, tag)
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return temporary
+        except FileExistsError:
+            continue
+
+
+def _backup(target: Path) -> Path | None:
+    """A hidden copy of an existing ``target`` (a hard link where the file system allows), so
+    that a rename over it can be undone; None when there is nothing to keep."""
+    if not target.exists():
+        return None
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(target))
+    backup = _hidden_name(target, "old")
+    try:
+        os.link(target, backup)
+    except OSError:
+        shutil.copy2(target, backup)
+    return backup
+
+
+def _replace_all(temporaries: Sequence[Path], targets: Sequence[Path]) -> None:
+    """Rename every temporary onto its target; if one rename fails, put back what the earlier
+    ones replaced (or remove what they created) before raising."""
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for temporary, target in zip(temporaries, targets):
+            backup = _backup(target)
+            done.append((target, backup))
+            os.replace(temporary, target)
+    except BaseException:
+        for target, backup in reversed(done):
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, target)
+                elif target.exists():
+                    target.unlink()
+        raise
+    finally:
+        for _, backup in done:
+            if backup is not None:
+                backup.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
+    """Yield one temporary path beside each of ``paths``; when the block succeeds they replace
+    their targets together, all or none.
+
+    A failure while writing removes the temporaries and leaves every target as it was; a failure
+    while renaming (a target that is a directory, an immutable file) undoes the renames already
+    made, so outputs that belong together (a label map, its sidecars, its SDM) never mix runs.
+    """
+    targets = [Path(path) for path in paths]
+    temporaries: list[Path] = []
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporaries.append(_create_temporary(target))
+        yield temporaries
+        _replace_all(temporaries, targets)
+    except OSError as error:
+        # Name the file the user asked for, not its hidden temporary.
+        if error.filename is not None and Path(error.filename) in temporaries:
+            error.filename = str(targets[temporaries.index(Path(error.filename))])
+        raise
+    finally:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+    On failure the temporary file is removed and whatever was at ``path`` is left untouched."""
+    with atomic_paths([path]) as (temporary,):
+        yield temporary
 
-    The temporary name keeps the file's suffix so that writers that pick the format from the
-    extension (SimpleITK) write the right format. On failure the temporary file is removed and
-    whatever was at ``path`` before is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = image_suffix(path) or path.suffix
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(handle)
-    temporary_path = Path(temporary)
+
+def save_image(image: sitk.Image, temporary: Path, target: Path, compress: bool = True) -> None:
+    """Write ``image`` into ``temporary`` (the atomic stand-in for ``target``). A failed write
+    (full disk, quota) is an :class:`OSError` naming ``target``: ITK reports it as RuntimeError."""
     try:
-        yield temporary_path
-        os.replace(temporary_path, path)
-    finally:
-        temporary_path.unlink(missing_ok=True)
+        sitk.WriteImage(image, str(temporary), useCompression=compress)
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
+        raise OSError(errno.EIO, f"the image could not be written ({reason})", str(target)) from error
 
 
 def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> None:
     """Write ``image`` atomically: either the whole new file is at ``path`` or nothing changed."""
     with atomic_path(path) as temporary:
-        sitk.WriteImage(image, str(temporary), useCompression=compress)
+        save_image(image, temporary, Path(path), compress)
 
 
 def same_geometry(first: sitk.Image, second: sitk.Image, tolerance: float = 1e-6) -> bool:

@@ -1,8 +1,9 @@
-"""Label definitions (value, name, colour) and the sidecar files written beside label maps.
+"""Label definitions (value, name, colour), and label maps written with their sidecar files.
 
 A label map's values are fixed by its model card, so a viewer needs the sidecar to name and
 colour them: a JSON file for programs, a Slicer colour table (``.ctbl``) that Slicer loads as a
-colour node, and an ITK-SNAP label description file.
+colour node, and an ITK-SNAP label description file. Slicer's own process writes label maps
+too (exports, the annotator's labels), so this module needs neither torch nor MONAI.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asdseg.image_io import image_suffix
+import numpy as np
+import SimpleITK as sitk
+
+from asdseg.image_io import atomic_paths, image_suffix, save_image
 
 
 @dataclass(frozen=True)
@@ -96,3 +100,41 @@ def sidecar_contents(labels: Sequence[Label]) -> dict[str, str]:
 def read_labels_json(path: str | Path) -> list[Label]:
     """Labels from a JSON sidecar written by :func:`write_label_sidecars`."""
     return [Label.from_dict(entry) for entry in json.loads(Path(path).read_text())["labels"]]
+
+
+def label_pixel_type(labels: Sequence[Label]) -> type:
+    return np.uint8 if max(label.value for label in labels) <= 255 else np.uint16
+
+
+def sdm_output_paths(path: str | Path, values: Sequence[int]) -> dict[int, Path]:
+    """One SDM file per foreground label value: ``path`` itself for a single label, else
+    ``<stem>-<value><suffix>``."""
+    path = Path(path)
+    if len(values) == 1:
+        return {values[0]: path}
+    stem = sidecar_stem(path)
+    suffix = path.name[len(stem.name) :]
+    return {value: stem.with_name(f"{stem.name}-{value}{suffix}") for value in values}
+
+
+def write_label_map(
+    label_map: sitk.Image,
+    labels: Sequence[Label],
+    label_path: str | Path,
+    extra_images: dict[Path, sitk.Image] | None = None,
+    extra_texts: dict[Path, str] | None = None,
+) -> list[Path]:
+    """Write a label map, its sidecars and any ``extra_images`` and ``extra_texts``, all or nothing.
+
+    Every file is first written to a temporary file beside its target; only when all of them
+    are complete are they renamed into place, so a failure leaves existing files untouched.
+    """
+    images = {Path(label_path): label_map, **(extra_images or {})}
+    texts = {sidecar_paths(label_path)[kind]: text for kind, text in sidecar_contents(labels).items()}
+    texts.update(extra_texts or {})
+    with atomic_paths([*images, *texts]) as temporaries:
+        for temporary, (path, image) in zip(temporaries, images.items()):
+            save_image(image, temporary, path)
+        for temporary, text in zip(temporaries[len(images) :], texts.values()):
+            temporary.write_text(text, encoding="utf-8")
+    return [*images, *texts]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -19,6 +20,17 @@ if TYPE_CHECKING:
 
 #: The architectures that predict twice (final features and attention maps), as P-DSC needs.
 ATTENTION_ARCHITECTURES = ("attention-unet",)
+#: The card's own file name, which weights must not overwrite.
+CARD_FILE = "card.json"
+
+
+def require_attention_model(card: ModelCard) -> None:
+    architecture = card.data["architecture"]["name"]
+    if architecture not in ATTENTION_ARCHITECTURES:
+        raise ModelError(
+            f"model {card.name!r} ({architecture}) has no attention head, so it cannot rank slices or be "
+            "fine-tuned on sparse slices; use a model trained with 'asdseg train --recipe attention-unet'."
+        )
 
 
 @cache
@@ -33,9 +45,25 @@ def validate_card(card: dict[str, Any], source: str | Path) -> None:
     except jsonschema.ValidationError as error:
         where = "/".join(str(part) for part in error.absolute_path) or "(top level)"
         raise ModelError(f"{source}: invalid model card at {where}: {error.message}") from error
+    weights_file = card["weights"]["file"]
+    if Path(weights_file).name != weights_file or weights_file in (".", "..", CARD_FILE):
+        raise ModelError(
+            f"{source}: weights.file {weights_file!r} must be a plain file name beside card.json "
+            "(no folders, no '..')."
+        )
     values = [entry["value"] for entry in card["labels"]]
     if len(set(values)) != len(values) or 0 not in values:
         raise ModelError(f"{source}: label values must be unique and include 0 (background).")
+
+
+def check_model_name(name: str, option: str = "--name") -> None:
+    """Refuse a model name the card schema would refuse, before a run that ends by saving it."""
+    pattern = card_schema()["properties"]["name"]["pattern"]
+    if not re.fullmatch(pattern, name):
+        raise ModelError(
+            f"{option} {name!r}: a model name uses lower-case letters, digits and '-', starting with "
+            "a letter or digit (e.g. la-round-2)."
+        )
 
 
 @dataclass(frozen=True)

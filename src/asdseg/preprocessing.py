@@ -11,9 +11,14 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
+from asdseg.errors import InputError
 from asdseg.image_io import same_geometry
 
 Normalization = Literal["zscore", "zscore-foreground", "none"]
+
+#: Largest model grid a volume may be resampled to (2^29 voxels: 2 GiB as float32, before the
+#: network's per-class outputs). Beyond it the spacing in the header is almost surely wrong.
+MAX_GRID_VOXELS = 2**29
 
 
 def resample_to_spacing(
@@ -31,6 +36,15 @@ def resample_to_spacing(
         return image
     old_size = np.asarray(image.GetSize(), dtype=float)
     new_size = np.maximum(np.round(old_size * old_spacing / new_spacing), 1).astype(int)
+    voxels = float(np.prod(new_size.astype(float)))
+    if voxels > MAX_GRID_VOXELS:
+        raise InputError(
+            f"the volume ({' x '.join(str(s) for s in image.GetSize())} voxels of "
+            f"{' x '.join(f'{s:g}' for s in old_spacing)} mm) would need a "
+            f"{' x '.join(str(s) for s in new_size)} grid ({voxels:.3g} voxels) at the model's "
+            f"{' x '.join(f'{s:g}' for s in new_spacing)} mm spacing, more than the "
+            f"{MAX_GRID_VOXELS:.3g} allowed. Check the spacing in the header (mm, not cm?)."
+        )
     return sitk.Resample(
         image,
         [int(s) for s in new_size],
@@ -83,8 +97,15 @@ def normalize_intensity(array: np.ndarray, mode: Normalization) -> np.ndarray:
             region = array
     else:
         raise ValueError(f"unknown normalisation {mode!r}")
-    std = float(region.std())
-    return (array - float(region.mean())) / (std if std > 0 else 1.0)
+    # float64 statistics: the sum of squares of float32 intensities overflows from about 1e17 on.
+    std = float(region.std(dtype=np.float64))
+    normalized = (array - float(region.mean(dtype=np.float64))) / (std if std > 0 else 1.0)
+    if not np.isfinite(normalized).all():
+        raise InputError(
+            f"intensities up to {float(np.abs(array).max()):g} are too large to normalise in 32-bit "
+            "floating point; rescale the image (e.g. to 0-4095) and try again."
+        )
+    return normalized
 
 
 @dataclass(frozen=True)

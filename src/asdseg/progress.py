@@ -6,6 +6,7 @@ import json
 import sys
 import threading
 from collections.abc import Callable
+from typing import TextIO
 
 from asdseg.errors import CancelledError
 
@@ -31,20 +32,45 @@ class CancelToken:
             raise CancelledError("cancelled by the user; nothing was written or changed.")
 
 
-def tqdm_progress(description: str = "") -> tuple[ProgressCallback, Callable[[], None]]:
-    """A progress callback that drives a terminal progress bar, and a function to close it."""
+def tqdm_progress(
+    description: str = "", stream: TextIO | None = None
+) -> tuple[ProgressCallback, Callable[[], None]]:
+    """A progress callback that drives one progress bar on ``stream`` (stderr by default), and a
+    function to close it.
+
+    The bar appears with the first update (so there is no empty bar before the total is known)
+    and is drawn once per update at most. Where the stream is not a terminal (output captured
+    by ``make demo > log`` or a CI job), every drawing stays in the log: it is drawn at most
+    once a second and its final state is kept on its own line.
+    """
     from tqdm import tqdm
 
-    bar = tqdm(total=0, desc=description, unit="win", leave=False)
+    stream = stream or sys.stderr
+    terminal = stream.isatty()
+    bar: tqdm | None = None
 
     def update(done: int, total: int, stage: str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(
+                total=total,
+                desc=stage or description,
+                unit="win",
+                file=stream,
+                leave=not terminal,
+                mininterval=0.1 if terminal else 1.0,
+            )
         if bar.total != total:
-            bar.reset(total=total)
-        bar.set_description(stage)
-        bar.n = done
-        bar.refresh()
+            bar.total = total
+        if stage and bar.desc != stage:
+            bar.set_description_str(stage, refresh=False)
+        bar.update(done - bar.n)
 
-    return update, bar.close
+    def close() -> None:
+        if bar is not None:
+            bar.close()
+
+    return update, close
 
 
 def emit_progress(done: int, total: int, stage: str, stream=None, **details: float) -> None:

@@ -14,19 +14,19 @@ import hashlib
 import json
 import os
 import shutil
+import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asdseg.errors import ModelError
 from asdseg.image_io import atomic_path
-from asdseg.model_card import ATTENTION_ARCHITECTURES, ModelCard, validate_card
+from asdseg.model_card import ATTENTION_ARCHITECTURES, CARD_FILE, ModelCard, validate_card
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-CARD_FILE = "card.json"
 
 
 def shipped_models_dir() -> Path:
@@ -42,12 +42,21 @@ def model_dirs() -> list[Path]:
     return [shipped_models_dir(), user_models_dir()]
 
 
-def available_models() -> dict[str, ModelCard]:
-    """Every model whose card is present, by name."""
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def available_models(warn: Callable[[str], None] = _warn) -> dict[str, ModelCard]:
+    """Every model whose card is present and valid, by name. A broken card (hand-edited, half
+    copied) is skipped with a ``warn``-ing rather than making every other model unusable."""
     models: dict[str, ModelCard] = {}
     for directory in model_dirs():
         for card_path in sorted(directory.glob(f"*/{CARD_FILE}")):
-            card = ModelCard.load(card_path)
+            try:
+                card = ModelCard.load(card_path)
+            except ModelError as error:
+                warn(f"skipping a broken model: {error}")
+                continue
             models[card.name] = card
     return models
 
@@ -102,19 +111,43 @@ def verify_weights(card: ModelCard, weights_path: Path | None = None) -> Path:
     return path
 
 
-def load_network(card: ModelCard) -> nn.Module:
-    """Build the card's architecture and load its checksum-verified weights, in eval mode."""
+def network_from_architecture(architecture: dict, source: str) -> nn.Module:
+    """Build an ``architecture`` entry (``name``, ``params``) of a card or training config, with
+    a :class:`ModelError` naming ``source`` for an unknown name or parameters it does not take."""
+    from asdseg.networks import ARCHITECTURES, build_network
+
+    name, params = architecture.get("name"), architecture.get("params", {})
+    if name not in ARCHITECTURES:
+        raise ModelError(f"{source}: unknown network {name!r}; known: {', '.join(sorted(ARCHITECTURES))}.")
+    try:
+        return build_network(name, params)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ModelError(
+            f"{source}: cannot build network {name!r} with parameters {params}: {error}."
+        ) from error
+
+
+def load_network(card: ModelCard, weights_path: Path | None = None) -> nn.Module:
+    """Build the card's architecture and load its checksum-verified weights (``weights_path``,
+    default the card's), in eval mode."""
     import torch
 
-    from asdseg.networks import build_network
-
-    path = verify_weights(card)
-    network = build_network(card.data["architecture"]["name"], card.data["architecture"]["params"])
+    path = verify_weights(card, weights_path)
+    network = network_from_architecture(card.data["architecture"], f"model {card.name!r}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         network.load_state_dict(state)
-    except (RuntimeError, KeyError, EOFError, OSError) as error:
-        raise ModelError(f"model {card.name!r}: cannot load weights {path}: {error}") from error
+    except Exception as error:  # torch.load raises many types (UnpicklingError, RuntimeError...)
+        raise ModelError(
+            f"model {card.name!r}: cannot load weights {path} into {card.data['architecture']['name']}: "
+            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from error
+    broken = [name for name, tensor in network.state_dict().items() if not torch.isfinite(tensor).all()]
+    if broken:
+        raise ModelError(
+            f"model {card.name!r}: weights {path} hold NaN or infinite values ({broken[0]}...); the "
+            "training run that wrote them diverged. Retrain with a lower learning rate."
+        )
     return network.eval()
 
 
@@ -128,6 +161,7 @@ def install_model(card_path: str | Path, weights_path: str | Path | None = None)
     source_card = ModelCard.load(card_path)
     data = source_card.data
     source_weights = verify_weights(source_card, Path(weights_path) if weights_path else None)
+    load_network(source_card, source_weights)  # refuse now what segment would refuse later
     target = user_models_dir() / source_card.name
     target.mkdir(parents=True, exist_ok=True)
     with atomic_path(target / data["weights"]["file"]) as temporary:

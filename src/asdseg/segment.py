@@ -1,11 +1,10 @@
 """Segmenting one volume with one model, outputs on exactly the input's voxel grid.
 
-This is the single entry point used by the CLI and by both Slicer modules' logic.
+This is the single entry point used by the CLI, which both Slicer modules run in a child process.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +14,12 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
+from asdseg.confidence_calibration import ConfidenceCalibration
 from asdseg.devices import select_device
-from asdseg.errors import InputError
-from asdseg.image_io import array_to_image, atomic_path, check_volume_shape, image_to_array
+from asdseg.errors import InputError, NumericalError
+from asdseg.image_io import array_to_image, check_volume_shape, image_to_array
 from asdseg.inference import predict_volume
-from asdseg.labels import Label, sidecar_contents, sidecar_paths, sidecar_stem
+from asdseg.labels import Label, label_pixel_type, sdm_output_paths, sidecar_paths, write_label_map
 from asdseg.model_card import ModelCard
 from asdseg.postprocessing import ComponentReport, keep_largest_component
 from asdseg.preprocessing import (
@@ -65,6 +65,8 @@ class SegmentationResult:
     warnings: list[str] = field(default_factory=list)
     #: The index box of the input that was segmented (its ROI); None: the whole volume.
     region: CropBox | None = None
+    #: With a calibrated confidence map: the share of voxels near the organ expected wrong.
+    expected_error: float | None = None
 
     def label_array(self) -> np.ndarray:
         return image_to_array(self.label_map, dtype=np.int64)
@@ -74,10 +76,6 @@ class SegmentationResult:
         if self.region is None:
             return set()
         return {*range(self.region.start[2]), *range(self.region.stop[2], self.label_map.GetSize()[2])}
-
-
-def label_pixel_type(labels: Sequence[Label]) -> type:
-    return np.uint8 if max(label.value for label in labels) <= 255 else np.uint16
 
 
 def _model_grid_input(image: sitk.Image, card: ModelCard) -> tuple[sitk.Image, CropBox, np.ndarray]:
@@ -93,6 +91,18 @@ def _model_grid_input(image: sitk.Image, card: ModelCard) -> tuple[sitk.Image, C
     box = foreground_box(array, margin) if margin is not None else CropBox((0, 0, 0), array.shape)
     normalized = normalize_intensity(array[box.slices], card.data["preprocessing"]["normalization"])
     return resampled, box, normalized
+
+
+def check_finite_outputs(outputs: dict[str, np.ndarray], card: ModelCard, precision: str) -> None:
+    """Refuse a prediction with NaN/Inf: its argmax would be an empty label map presented as a
+    result. Broken weights (a diverged fine-tuning) or a half-precision overflow cause it."""
+    bad = [name for name, array in outputs.items() if not np.isfinite(array).all()]
+    if bad:
+        hint = " Try --precision fp32." if precision != "fp32" else ""
+        raise NumericalError(
+            f"model {card.name!r} produced NaN or infinite values ({', '.join(bad)}); its weights are "
+            f"broken (e.g. a training run that diverged) or the input is far outside what it expects.{hint}"
+        )
 
 
 def _to_input_grid(channels: np.ndarray, model_grid: sitk.Image, original: sitk.Image) -> sitk.Image:
@@ -163,7 +173,7 @@ def segment_image(
     except ValueError as error:
         raise InputError(str(error)) from error
 
-    result = _segment_region(region, card, network, options, device, progress, cancel)
+    result = _segment_region(region, card, network, options, device, source, progress, cancel)
     result.warnings[:0] = warnings
     return result if options.roi is None else _on_full_grid(result, box, image)
 
@@ -174,6 +184,7 @@ def _segment_region(
     network: nn.Module,
     options: SegmentationOptions,
     device: torch.device,
+    source: str | Path,
     progress: ProgressCallback | None,
     cancel: CancelToken | None,
 ) -> SegmentationResult:
@@ -181,8 +192,12 @@ def _segment_region(
     settings = card.window_settings(
         overlap=options.overlap, batch_size=options.batch_size, precision=options.precision
     )
-    model_grid, box, array = _model_grid_input(image, card)
+    try:
+        model_grid, box, array = _model_grid_input(image, card)
+    except InputError as error:
+        raise InputError(f"{source}: {error}") from error
     outputs = predict_volume(network, array, settings, device, progress, cancel)
+    check_finite_outputs(outputs, card, options.precision)
     outputs = _uncrop_outputs(outputs, box, model_grid.GetSize())
 
     probabilities = _to_input_grid(outputs["probabilities"], model_grid, image)
@@ -204,7 +219,12 @@ def _segment_region(
         result.attention_probabilities = _to_input_grid(outputs["attention_probabilities"], model_grid, image)
     if "confidence" in outputs:
         confidence = channel_array(_to_input_grid(outputs["confidence"][None], model_grid, image))[0]
-        result.confidence = array_to_image(np.clip(confidence, 0.0, 1.0).astype(np.float32), image)
+        confidence = np.clip(confidence, 0.0, 1.0)
+        calibration = card.data.get("confidence_calibration")
+        if calibration is not None:
+            calibration = ConfidenceCalibration.from_card(calibration)
+            confidence = _calibrated(result, calibration, confidence, label_map)
+        result.confidence = array_to_image(confidence.astype(np.float32), image)
     if "sdm" in outputs:
         sdm = channel_array(_to_input_grid(outputs["sdm"], model_grid, image))
         for channel, label in enumerate(card.foreground_labels):
@@ -233,6 +253,7 @@ def _on_full_grid(result: SegmentationResult, box: CropBox, image: sitk.Image) -
         component_reports=result.component_reports,
         warnings=result.warnings,
         region=box,
+        expected_error=result.expected_error,
     )
     if "attention_probabilities" in full:
         placed.attention_probabilities = _vector_image(full["attention_probabilities"], image)
@@ -243,15 +264,42 @@ def _on_full_grid(result: SegmentationResult, box: CropBox, image: sitk.Image) -
     return placed
 
 
-def sdm_output_paths(path: str | Path, values: Sequence[int]) -> dict[int, Path]:
-    """One SDM file per foreground label value: ``path`` itself for a single label, else
-    ``<stem>-<value><suffix>``."""
-    path = Path(path)
-    if len(values) == 1:
-        return {values[0]: path}
-    stem = sidecar_stem(path)
-    suffix = path.name[len(stem.name) :]
-    return {value: stem.with_name(f"{stem.name}-{value}{suffix}") for value in values}
+def _calibrated(
+    result: SegmentationResult,
+    calibration: ConfidenceCalibration,
+    confidence: np.ndarray,
+    label_map: np.ndarray,
+) -> np.ndarray:
+    """The card's calibrated confidence map; records the volume's expected error near the organ
+    and, above the card's threshold, a "check this result" warning."""
+    top_probability = channel_array(result.probabilities).max(axis=0)
+    calibrated = calibration.apply(confidence, top_probability)
+    spacing = result.label_map.GetSpacing()
+    result.expected_error = calibration.expected_error(calibrated, label_map, spacing)
+    message = calibration.check_message(result.expected_error)
+    if message is not None:
+        result.warnings.append(message)
+    return calibrated
+
+
+def planned_outputs(
+    labels: Sequence[Label],
+    label_path: str | Path,
+    confidence_path: str | Path | None = None,
+    sdm_path: str | Path | None = None,
+    probabilities_path: str | Path | None = None,
+) -> list[tuple[str, Path]]:
+    """Every file :func:`write_result` writes for these paths (sidecars and one SDM per label
+    included), each with the CLI option that names it, for checking them before any work."""
+    outputs = [("-o", Path(label_path)), *(("-o", path) for path in sidecar_paths(label_path).values())]
+    if confidence_path is not None:
+        outputs.append(("--confidence", Path(confidence_path)))
+    if sdm_path is not None:
+        values = [label.value for label in labels if label.value != 0]
+        outputs += [("--sdm", path) for path in sdm_output_paths(sdm_path, values).values()]
+    if probabilities_path is not None:
+        outputs.append(("--probabilities", Path(probabilities_path)))
+    return outputs
 
 
 def write_result(
@@ -277,26 +325,3 @@ def write_result(
         paths = sdm_output_paths(sdm_path, list(result.sdm))
         images.update({path: result.sdm[value] for value, path in paths.items()})
     return write_label_map(result.label_map, result.labels, label_path, images)
-
-
-def write_label_map(
-    label_map: sitk.Image,
-    labels: Sequence[Label],
-    label_path: str | Path,
-    extra_images: dict[Path, sitk.Image] | None = None,
-    extra_texts: dict[Path, str] | None = None,
-) -> list[Path]:
-    """Write a label map, its sidecars and any ``extra_images`` and ``extra_texts``, all or nothing.
-
-    Every file is first written to a temporary file beside its target; only when all of them
-    are complete are they renamed into place, so a failure leaves existing files untouched.
-    """
-    images = {Path(label_path): label_map, **(extra_images or {})}
-    texts = {sidecar_paths(label_path)[kind]: text for kind, text in sidecar_contents(labels).items()}
-    texts.update(extra_texts or {})
-    with contextlib.ExitStack() as stack:
-        for path, image in images.items():
-            sitk.WriteImage(image, str(stack.enter_context(atomic_path(path))), useCompression=True)
-        for path, text in texts.items():
-            stack.enter_context(atomic_path(path)).write_text(text, encoding="utf-8")
-    return [*images, *texts]

@@ -17,11 +17,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from asdseg.active.sparse_labels import SparseLabels
-from asdseg.active.suggest import require_attention_model
 from asdseg.errors import InputError
 from asdseg.image_io import array_to_image, image_to_array
 from asdseg.losses import UNLABELLED
-from asdseg.model_card import ModelCard
+from asdseg.model_card import ModelCard, require_attention_model
 from asdseg.preprocessing import normalize_intensity, resample_like, resample_to_spacing
 from asdseg.registry import load_network
 from asdseg.training.config import DataConfig, TrainingConfig
@@ -42,6 +41,23 @@ class FineTuneSettings:
     seed: int = 1337
 
 
+def class_indices(target: np.ndarray, card: ModelCard, name: str) -> np.ndarray:
+    """The training target in the network's class indices (the position of each value in the
+    card's labels); a value the model has no label for is refused, naming it."""
+    values = [label.value for label in card.labels]
+    present = set(np.unique(target).tolist()) - {UNLABELLED}
+    unknown = sorted(present - set(values))
+    if unknown:
+        raise InputError(
+            f"{name}: label value(s) {unknown} are not labels of model {card.name!r} (values "
+            f"{values}); relabel them or fine-tune a model made for these labels."
+        )
+    indices = np.full(target.shape, UNLABELLED, dtype=np.int64)
+    for index, value in enumerate(values):
+        indices[target == value] = index
+    return indices
+
+
 def model_grid_case(image: sitk.Image, sparse: SparseLabels, card: ModelCard, name: str) -> Case:
     """A training case on the model's grid: the resampled, normalised image and the training
     target (UNLABELLED off the labelled slices) resampled by nearest neighbour."""
@@ -53,7 +69,9 @@ def model_grid_case(image: sitk.Image, sparse: SparseLabels, card: ModelCard, na
         )
     resampled = resample_to_spacing(sitk.Cast(image, sitk.sitkFloat32), card.spacing)
     target = resample_like(
-        array_to_image(sparse.training_target(), image), resampled, sitk.sitkNearestNeighbor
+        array_to_image(class_indices(sparse.training_target(), card, name), image),
+        resampled,
+        sitk.sitkNearestNeighbor,
     )
     normalization = card.data["preprocessing"]["normalization"]
     array = normalize_intensity(image_to_array(resampled), normalization)
@@ -84,9 +102,11 @@ def fine_tune(
     on_step: Callable[[dict[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     show_progress: bool = False,
+    resume: bool = False,
 ) -> TrainingResult:
     """Train ``card``'s model further on ``cases`` (from :func:`model_grid_case`) into
-    ``output_dir``; its ``model`` folder holds the new model when the run completes."""
+    ``output_dir``; its ``model`` folder holds the new model when the run completes. With
+    ``resume``, a stopped round continues from the checkpoint in ``output_dir``."""
     require_attention_model(card)
     if not cases:
         raise InputError("nothing to fine-tune on: give at least one labelled volume.")
@@ -112,4 +132,6 @@ def fine_tune(
     base_card = fine_tuned_card(card, name or f"{card.name}-finetuned", cases)
     trainer = Trainer(config, output_dir, device=device, split=split, base_card=base_card)
     trainer.recipe.networks["segmenter"].load_state_dict(load_network(card).state_dict())
+    if resume:
+        trainer.resume()
     return trainer.run(show_progress=show_progress, on_step=on_step, should_stop=should_stop)

@@ -19,9 +19,7 @@ import SimpleITK as sitk
 
 from asdseg.errors import InputError
 from asdseg.image_io import array_to_image, image_to_array, read_image
-from asdseg.labels import Label, sidecar_stem
-from asdseg.losses import UNLABELLED
-from asdseg.segment import label_pixel_type, write_label_map
+from asdseg.labels import Label, label_pixel_type, sidecar_stem, write_label_map
 
 SLICES_FORMAT_VERSION = 1
 
@@ -53,6 +51,10 @@ class SparseLabels:
 
     def training_target(self) -> np.ndarray:
         """int64 (x, y, z): the label on labelled slices, UNLABELLED everywhere else."""
+        # Imported here: the losses need torch, which Slicer's process (reading and writing
+        # sparse labels) must not load.
+        from asdseg.losses import UNLABELLED
+
         target = np.full(self.label.shape, UNLABELLED, dtype=np.int64)
         indices = sorted(self.labelled_slices)
         target[:, :, indices] = self.label[:, :, indices]

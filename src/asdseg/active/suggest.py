@@ -11,18 +11,9 @@ from torch import nn
 from asdseg.active.slice_scores import DEFAULT_MIN_AREA, SliceScores, score_slices
 from asdseg.active.strategies import SliceQuery, select_slices
 from asdseg.errors import ModelError
-from asdseg.model_card import ATTENTION_ARCHITECTURES, ModelCard
+from asdseg.model_card import ModelCard, require_attention_model
 from asdseg.progress import CancelToken, ProgressCallback
 from asdseg.segment import SegmentationOptions, SegmentationResult, channel_array, segment_image
-
-
-def require_attention_model(card: ModelCard) -> None:
-    architecture = card.data["architecture"]["name"]
-    if architecture not in ATTENTION_ARCHITECTURES:
-        raise ModelError(
-            f"model {card.name!r} ({architecture}) has no attention head, so it cannot rank slices or be "
-            "fine-tuned on sparse slices; use a model trained with 'asdseg train --recipe attention-unet'."
-        )
 
 
 @dataclass

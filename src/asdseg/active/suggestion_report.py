@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from asdseg.active.suggest import SliceSuggestion
 from asdseg.errors import InputError
 from asdseg.image_io import atomic_path
+
+if TYPE_CHECKING:  # suggest needs torch; Slicer's process only reads the record
+    from asdseg.active.suggest import SliceSuggestion
 
 
 def suggestion_record(

@@ -1,15 +1,38 @@
 """Training configuration: one JSON file per run, every field with the papers' default."""
 
-from __future__ import annotations
-
+import copy
 import json
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union
+
+import jsonschema
 
 from asdseg.errors import InputError
+from asdseg.model_card import card_schema
 
 RECIPES = ("supervised", "asdnet", "sassnet", "dan", "attention-unet")
+
+#: Each recipe's segmenter as in its paper: the ``network`` of a config that names none.
+DEFAULT_NETWORKS: dict[str, dict[str, Any]] = {
+    "supervised": {"name": "vnet", "params": {"num_classes": 2}},
+    "sassnet": {"name": "vnet", "params": {"num_classes": 2, "sdm_head": True}},
+    "asdnet": {"name": "svnet", "params": {"num_classes": 2}},
+    "dan": {"name": "enhanced-unet", "params": {"num_classes": 2}},
+    "attention-unet": {"name": "attention-unet", "params": {"num_classes": 2}},
+}
+#: The segmenters each recipe's losses can train (None: any): SASSNet needs an SDM head, DAN the
+#: enhanced U-Net's deep supervision, the attention recipe the attention maps.
+RECIPE_ARCHITECTURES: dict[str, Optional[tuple[str, ...]]] = {
+    "supervised": None,
+    "sassnet": ("vnet", "svnet"),
+    "asdnet": ("vnet", "svnet"),
+    "dan": ("enhanced-unet",),
+    "attention-unet": ("attention-unet",),
+}
 
 
 @dataclass
@@ -17,11 +40,11 @@ class DataConfig:
     """Where the cases come from. ``root`` is a folder with ``train/<case>/{image,label}.nii.gz``
     and a ``train.list`` (the LA 2018 layout); without it, synthetic phantoms are generated."""
 
-    root: str | None = None
+    root: Optional[str] = None
     labelled: int = 16
     validation: int = 8
     #: Cases used in all (labelled + unlabelled + validation); None = every listed case.
-    cases: int | None = None
+    cases: Optional[int] = None
     #: Integer factor the volumes are downsampled by before training (the compact CPU setting).
     downsample: int = 1
     normalization: str = "zscore"
@@ -32,7 +55,8 @@ class DataConfig:
 class TrainingConfig:
     recipe: str = "supervised"
     data: DataConfig = field(default_factory=DataConfig)
-    network: dict[str, Any] = field(default_factory=lambda: {"name": "vnet", "params": {"num_classes": 2}})
+    #: Empty: the recipe's own (:data:`DEFAULT_NETWORKS`).
+    network: dict[str, Any] = field(default_factory=dict)
     labels: list[dict[str, Any]] = field(
         default_factory=lambda: [
             {"value": 0, "name": "background", "color": [0, 0, 0]},
@@ -65,11 +89,25 @@ class TrainingConfig:
     #: Recipe-specific weights and constants (see each recipe's DEFAULTS).
     loss: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not self.network:
+            self.network = copy.deepcopy(DEFAULT_NETWORKS.get(self.recipe, DEFAULT_NETWORKS["supervised"]))
+
     def check(self) -> None:
         if self.recipe not in RECIPES:
             raise InputError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}.")
+        self.check_network()
         if not 0 < self.labelled_per_batch <= self.batch_size:
             raise InputError("labelled_per_batch must be between 1 and batch_size.")
+        positive = {"learning_rate": self.learning_rate, "lr_decay_factor": self.lr_decay_factor}
+        non_negative = {"momentum": self.momentum, "weight_decay": self.weight_decay}
+        bad = [name for name, value in positive.items() if not (math.isfinite(value) and value > 0)]
+        bad += [name for name, value in non_negative.items() if not (math.isfinite(value) and value >= 0)]
+        if bad:
+            raise InputError(
+                f"{', '.join(bad)}: must be finite, learning_rate and lr_decay_factor above 0, momentum "
+                "and weight_decay at least 0."
+            )
         if self.steps < 1 or self.validate_every < 1 or self.checkpoint_every < 1:
             raise InputError("steps, validate_every and checkpoint_every must be positive.")
         if self.precision not in ("fp32", "bf16"):
@@ -77,11 +115,78 @@ class TrainingConfig:
         if len(self.patch_size) != 3 or min(self.patch_size) < 8:
             raise InputError(f"patch_size {self.patch_size} must be three sizes of at least 8 voxels.")
 
+    def check_network(self) -> None:
+        """Refuse a segmenter the recipe's losses cannot train, or that cannot be built, before
+        any data is loaded."""
+        from asdseg.registry import network_from_architecture  # torch, only once a run is set up
+
+        name, params = self.network.get("name"), self.network.get("params", {})
+        allowed = RECIPE_ARCHITECTURES[self.recipe]
+        if allowed is not None and name not in allowed:
+            raise InputError(
+                f"recipe {self.recipe!r} cannot train network {name!r}; use {' or '.join(allowed)} "
+                "(or leave out network for the recipe's default)."
+            )
+        network_from_architecture(self.network, "network")
+        if self.recipe == "sassnet" and not params.get("sdm_head"):
+            raise InputError('recipe "sassnet" needs network.params.sdm_head = true.')
+        if not isinstance(params.get("num_classes"), int) or params["num_classes"] < 2:
+            raise InputError("network.params.num_classes must be an integer of at least 2.")
+        labels_schema = card_schema()["properties"]["labels"]
+        try:
+            jsonschema.validate(self.labels, labels_schema)
+        except jsonschema.ValidationError as error:
+            raise InputError(f"labels: {error.message} (each label needs value, name and color).") from error
+        if len(self.labels) != params["num_classes"]:
+            raise InputError(
+                f"labels lists {len(self.labels)} labels but network.params.num_classes is "
+                f"{params['num_classes']}; give one label per class."
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+#: ``Optional[X]`` and, from Python 3.10 on, ``X | None``. No ``from __future__ import
+#: annotations`` here: the field types are read at run time, which Python 3.9 (Slicer 5.8) can
+#: only do for ``Optional`` / ``Union`` spelt out.
+UNION_TYPES = tuple(kind for kind in (typing.Union, getattr(types, "UnionType", None)) if kind is not None)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a dataclass field's type (ints count as floats, bools as
+    neither, lists as tuples)."""
+    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in UNION_TYPES:
+        return any(_matches(value, argument) for argument in arguments)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is tuple:
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == len(arguments)
+            and all(_matches(item, argument) for item, argument in zip(value, arguments))
+        )
+    if origin is list:
+        return isinstance(value, list) and all(_matches(item, arguments[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, origin or hint)
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint) if typing.get_args(hint) else getattr(hint, "__name__", str(hint))
+
+
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise InputError(f"{where}: expected a JSON object of settings, got {values!r}.")
     known = {item.name for item in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -91,6 +196,13 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     values = dict(values)
     if cls is TrainingConfig and "data" in values:
         values["data"] = _build(DataConfig, values["data"], f"{where} data")
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if name != "data" and not _matches(value, hints[name]):
+            raise InputError(
+                f"{where}: setting {name!r} is {value!r} ({type(value).__name__}); it must be "
+                f"{_type_name(hints[name])}."
+            )
     for name in ("patch_size", "phantom_shape"):
         if name in values:
             values[name] = tuple(values[name])
@@ -103,11 +215,15 @@ def config_from_dict(values: dict[str, Any], where: str = "config") -> TrainingC
     return config
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainingConfig:
+def load_config(path: Union[str, Path], overrides: Optional[dict[str, Any]] = None) -> TrainingConfig:
     """Read a JSON config; ``overrides`` (e.g. the recipe from the command line) win."""
     path = Path(path)
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise InputError(f"{path}: cannot read the training config: {error}") from error
+    if not isinstance(values, dict):
+        raise InputError(
+            f"{path}: a training config is a JSON object of settings, not {type(values).__name__}."
+        )
     return config_from_dict({**values, **(overrides or {})}, str(path))

@@ -68,8 +68,11 @@ def load_case(root: Path, name: str, data: DataConfig, labelled: bool) -> Case:
     return Case(name, array, image_to_array(label, np.int64) if labelled else None, image.GetSpacing())
 
 
-def phantom_case(index: int, data: DataConfig, labelled: bool) -> Case:
-    phantom = make_phantom(shape=data.phantom_shape, seed=10_000 + index)
+def phantom_case(index: int, data: DataConfig, labelled: bool, num_classes: int | None = None) -> Case:
+    """A synthetic case holding the ellipsoid (label 1) and, unless the network has only two
+    classes (background and one structure, as the default config's), the sphere (label 2)."""
+    with_sphere = num_classes is None or num_classes > 2
+    phantom = make_phantom(shape=data.phantom_shape, seed=10_000 + index, with_sphere=with_sphere)
     label = phantom.label.astype(np.int64) if labelled else None
     return Case(f"phantom-{index:03d}", normalize_intensity(phantom.image, data.normalization), label)
 
@@ -94,13 +97,22 @@ def split_names(data: DataConfig) -> dict[str, list]:
     }
 
 
-def load_split(data: DataConfig) -> CaseSplit:
-    """The cases of :func:`split_names`, loaded and normalised (unlabelled ones without labels)."""
+def load_split(data: DataConfig, num_classes: int | None = None) -> CaseSplit:
+    """The cases of :func:`split_names`, loaded and normalised (unlabelled ones without labels).
+    With ``num_classes``, a label value the network has no class for is refused here rather
+    than failing inside the loss."""
 
     def load(name, labelled: bool) -> Case:
         if data.root is None:
-            return phantom_case(name, data, labelled)
-        return load_case(Path(data.root), name, data, labelled)
+            return phantom_case(name, data, labelled, num_classes)
+        case = load_case(Path(data.root), name, data, labelled)
+        if labelled and num_classes is not None and int(case.label.max()) >= num_classes:
+            raise InputError(
+                f"{Path(data.root) / 'train' / name}: label value {int(case.label.max())} but the network "
+                f"has {num_classes} classes (0 to {num_classes - 1}); set network.params.num_classes "
+                "and labels in the config to match the data."
+            )
+        return case
 
     names = split_names(data)
     return CaseSplit(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from asdseg.devices import autocast, select_device
-from asdseg.errors import InputError
+from asdseg.errors import InputError, NumericalError
 from asdseg.figures import save_training_curves
 from asdseg.image_io import atomic_path
 from asdseg.inference import WindowSettings, predict_volume
@@ -91,7 +92,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         #: Each process draws its own patches.
         self.rng = np.random.default_rng([config.seed, self.context.rank])
-        self.split: CaseSplit = split if split is not None else load_split(config.data)
+        num_classes = config.network.get("params", {}).get("num_classes")
+        self.split: CaseSplit = split if split is not None else load_split(config.data, num_classes)
         self.sampler = PatchSampler(
             config.patch_size, config.foreground_probability, config.augment, self.rng
         )
@@ -166,6 +168,11 @@ class Trainer:
         with autocast(self.device, config.precision):
             losses = self.recipe.training_step(
                 self.to_device(images), labels.to(self.device), unlabelled, self.step
+            )
+        if not all(math.isfinite(value) for value in losses.values()):
+            raise NumericalError(
+                f"training diverged at step {self.step + 1} (loss {losses}); nothing of this step was "
+                f"saved. Lower the learning rate (now {rate:g}) and start again."
             )
         self.step += 1
         row = {"step": self.step, "learning_rate": rate, **losses}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from torch import nn
 
 from asdseg.demo import find_la2018
 from asdseg.demo_model import CARD as DEMO_CARD
-from asdseg.demo_model import train_demo_model
+from asdseg.demo_model import ensure_demo_model
 from asdseg.model_card import ModelCard
 from asdseg.networks import build_network
 from asdseg.phantoms import make_phantom, phantom_image
@@ -86,8 +88,8 @@ def attention_model(tmp_path: Path) -> ModelCard:
 
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory: pytest.TempPathFactory) -> ModelCard:
-    """The trained phantom model (about 40 s once per test session)."""
-    return save_model(train_demo_model(), DEMO_CARD, tmp_path_factory.mktemp("demo") / "phantom-demo")
+    """The trained phantom model, as the demo installs it (about a minute once per test session)."""
+    return ensure_demo_model(tmp_path_factory.mktemp("demo") / "phantom-demo")
 
 
 @pytest.fixture
@@ -110,6 +112,16 @@ def ellipsoid_mask(shape: tuple[int, int, int], centre: tuple, radii: tuple) -> 
     centre = np.asarray(centre)[:, None, None, None]
     radii = np.asarray(radii)[:, None, None, None]
     return (((grid - centre) / radii) ** 2).sum(axis=0) <= 1.0
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 LA2018 = find_la2018()

@@ -14,7 +14,7 @@ import vtk
 from asdseg.active.sparse_labels import read_sparse_labels
 from asdseg.active.suggest import suggest_slices
 from asdseg.background import JobState
-from asdseg.errors import CancelledError, InputError, ModelError
+from asdseg.errors import AsdsegError, CancelledError, InputError, ModelError
 from asdseg.image_io import image_to_array, read_image, same_geometry
 from asdseg.model_card import ModelCard
 from asdseg.registry import load_network
@@ -22,6 +22,7 @@ from asdseg.registry import load_network
 from ActiveAnnotateLib.annotation_logic import AnnotationLogic
 from ActiveAnnotateLib.slice_views import show_slice, slice_centre_ras, slice_under_view
 from ASDSegLib.volume_nodes import image_from_volume_node, oriented_image_from_array
+from conftest import wait_until
 from mrml_application import SlicerCore, start_slicer_core
 
 
@@ -158,7 +159,28 @@ def test_a_cancelled_finetuning_round_keeps_the_model(
     with pytest.raises(CancelledError):
         logic.finish_finetune(run)
     assert logic.model == previous
-    assert not (run.output_dir / "model").exists()
+    assert wait_until(lambda: not run.output_dir.exists(), 10.0), "the cancelled round's folder is left"
+    assert not list(logic.work_dir.glob("round-*"))
+
+
+def test_a_failed_finetuning_round_keeps_the_model_and_leaves_no_folder(
+    logic: AnnotationLogic, attention_model: ModelCard, volume_node, phantom_files, tmp_path: Path
+) -> None:
+    segmentation_node = logic.create_annotation_segmentation(volume_node, logic.model_card())
+    paint_reference(segmentation_node, volume_node, phantom_files[1])
+    logic.mark_labelled(segmentation_node, [8, 16])
+    no_engine = AnnotationLogic(logic.scene, logic.work_dir, python_executable=str(tmp_path / "no-python"))
+    no_engine.model = logic.model
+    with pytest.raises(OSError):
+        no_engine.start_finetune([segmentation_node], steps=2)
+    assert not list(logic.work_dir.glob("round-*")), "a round that could not start left its folder"
+    attention_model.weights_path.write_bytes(b"not the model's weights")
+    run = logic.start_finetune([segmentation_node], steps=2, device="cpu")
+    assert run.output_dir.is_dir()
+    with pytest.raises(AsdsegError, match="do not match their model card"):
+        logic.finish_finetune(run)
+    assert logic.model == str(attention_model.directory)
+    assert not list(logic.work_dir.glob("round-*"))
 
 
 def test_segments_the_model_does_not_know_are_refused(logic: AnnotationLogic, volume_node) -> None:

@@ -39,7 +39,7 @@ def test_every_command_has_help() -> None:
 
 
 def test_segment_writes_all_outputs_with_input_geometry(
-    installed: str, phantom_files, tmp_path: Path
+    installed: str, phantom_files, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     image_path, _ = phantom_files
     out = tmp_path / "results"
@@ -62,6 +62,7 @@ def test_segment_writes_all_outputs_with_input_geometry(
         ]
     )
     assert code == 0
+    assert_one_progress_bar(capsys.readouterr().err)
     names = sorted(path.name for path in out.iterdir())
     assert names == [
         "prob.nii.gz",
@@ -76,6 +77,15 @@ def test_segment_writes_all_outputs_with_input_geometry(
     assert all(
         same_geometry(sitk.ReadImage(str(out / name)), source) for name in names if name.endswith(".nii.gz")
     )
+
+
+def assert_one_progress_bar(stderr: str) -> None:
+    """Captured (not a terminal), the bar is drawn once per count at most and ends on its own
+    line at 100 %."""
+    drawings = [drawing for drawing in stderr.split("\r") if drawing.strip()]
+    counts = [drawing.split("|")[-1].split()[0] for drawing in drawings]
+    assert drawings and len(counts) == len(set(counts)), drawings
+    assert drawings[-1].startswith("segmenting: 100%") and stderr.endswith("\n"), drawings
 
 
 BAD_INPUTS = {
@@ -181,10 +191,14 @@ def test_evaluate_prints_a_table_and_writes_csv(phantom_files, tmp_path: Path, c
 
 def test_models_list_show_install(tiny_model: ModelCard, capsys) -> None:
     assert main(["models", "install", str(tiny_model.directory / "card.json")]) == 0
+    assert "installed tiny" in capsys.readouterr().out
     assert main(["models", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert main(["models"]) == 0
+    assert capsys.readouterr().out == listed
     assert main(["models", "show", "tiny"]) == 0
     out = capsys.readouterr().out
-    assert "installed tiny" in out and "tiny " in out and "labels: 1=ellipsoid, 2=sphere" in out
+    assert "tiny " in listed and "labels: 1=ellipsoid, 2=sphere" in out
 
 
 def test_parser_knows_the_documented_segment_options() -> None:

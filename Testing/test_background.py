@@ -11,7 +11,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,8 @@ import SimpleITK as sitk
 from asdseg.background import FolderJob, JobState, engine_environment
 from asdseg.errors import CancelledError
 from asdseg.model_card import ModelCard
+
+from conftest import wait_until
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)"
@@ -44,15 +45,6 @@ def process_running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return status.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def wait_until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.fixture
@@ -90,7 +82,6 @@ def test_cancel_ends_the_launcher_and_the_engine_it_started(
     assert wait_until(lambda: not process_running(engine), 1.0), "the engine outlived the cancel"
     assert run.job.wait(1.0) is JobState.CANCELLED, "the launcher outlived the cancel"
     assert wait_until(lambda: not Path(folder.name).exists(), 5.0)
-
 
 
 PARENT = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from importlib import metadata
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from asdseg.background import engine_environment
+from asdseg.model_card import ModelCard
 
 from ASDSegLib.dependencies import PROTECTED_PACKAGES, missing_requirements, protected_constraints
 
@@ -54,3 +56,45 @@ def test_listing_models_and_reading_their_cards_does_not_import_torch() -> None:
     command = [sys.executable, "-c", code]
     result = subprocess.run(command, capture_output=True, text=True, env=engine_environment())
     assert result.stdout.strip() == "[]", result.stderr
+
+
+PANEL = """
+import sys
+from ActiveAnnotateLib.annotation_logic import AnnotationLogic
+from ASDSegLib.segmentation_logic import SegmentationLogic
+from asdseg.registry import attention_models
+from mrml_application import start_slicer_core
+
+model, image, work = sys.argv[1:]
+core = start_slicer_core()
+volume = core.volumes_logic.AddArchetypeVolume(image, "phantom")
+segmentation_logic = SegmentationLogic(core.scene)
+assert segmentation_logic.available_models()
+attention_models()
+segmentation_logic.check_input_volume(volume)
+logic = AnnotationLogic(core.scene, work)
+logic.model = model
+card = logic.model_card()
+labels = logic.create_annotation_segmentation(volume, card)
+assert logic.mark_labelled(labels, [3, 12]) == {3, 12}
+logic.export_labels(labels, work + "/labels.nii.gz", card)
+segmentation_logic.export_segmentation(labels, work + "/segmentation.nii.gz")
+print(sorted(name for name in ("torch", "monai") if name in sys.modules))
+"""
+
+
+def test_the_panels_work_in_slicers_process_without_torch(
+    attention_model: ModelCard, phantom_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Listing models, reading a card, checking the volume, making the labels segmentation,
+    marking and exporting slices all run in Slicer's own process; only the engine's child
+    process may load torch and MONAI."""
+    environment = engine_environment()
+    folders = [str(ROOT / folder) for folder in ("ASDSeg", "ActiveAnnotate", "Testing")]
+    environment["PYTHONPATH"] = os.pathsep.join([*folders, environment["PYTHONPATH"]])
+    arguments = [str(attention_model.directory), str(phantom_files[0]), str(tmp_path)]
+    command = [sys.executable, "-c", PANEL, *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert (tmp_path / "labels.slices.json").is_file() and (tmp_path / "segmentation.nii.gz").is_file()

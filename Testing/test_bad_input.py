@@ -1,0 +1,1054 @@
+"""Off the happy path: every command refuses bad input with exit 2 and a message naming the
+file or option and the problem, without a traceback, and leaves the disk as it was.
+
+The matrix runs ``asdseg`` in-process (an uncaught exception fails the test) against a
+workspace of small volumes and an isolated model folder, and compares every file under both
+before and after the run: nothing new, nothing changed, nothing removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
+from asdseg.cli import main
+from asdseg.errors import InputError
+from asdseg.image_io import atomic_paths, read_image, same_geometry, write_image
+from asdseg.labels import Label
+from asdseg.model_card import ModelCard
+from asdseg.networks import build_network
+from asdseg.phantoms import make_phantom, phantom_image
+from asdseg.registry import available_models, install_model, save_model, user_models_dir
+from asdseg.training.config import DEFAULT_NETWORKS, RECIPES, config_from_dict
+from asdseg.training.data import load_split
+from asdseg.training.trainer import Trainer
+
+from conftest import ROTATED, attention_card, tiny_card
+
+SHEARED = (1.0, 0.3, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, model_home: Path) -> Path:
+    """Inputs (a phantom, its label, sparse labels) and three installed models: ``tiny`` (two
+    foreground labels, SDM head), ``tiny1`` (one foreground label) and ``tiny-attention``."""
+    torch.manual_seed(0)
+    models = tmp_path / "models"
+    single = tiny_card("tiny1")
+    single["architecture"]["params"]["num_classes"] = 2
+    single["labels"] = single["labels"][:2]
+    for card in (tiny_card(), single, attention_card()):
+        network = build_network(card["architecture"]["name"], card["architecture"]["params"])
+        install_model(save_model(network, card, models / card["name"]).directory / "card.json")
+    work = tmp_path / "work"
+    work.mkdir()
+    image, label = phantom_image(
+        make_phantom((24, 22, 20), seed=3),
+        spacing=(0.95, 1.05, 1.1),
+        origin=(12.5, -40.0, 3.0),
+        direction=ROTATED,
+    )
+    sitk.WriteImage(image, str(work / "img.nii.gz"))
+    sitk.WriteImage(label, str(work / "lab.nii.gz"))
+    labels = [Label.from_dict(entry) for entry in attention_card()["labels"]]
+    sparse = SparseLabels(sitk.GetArrayFromImage(label).transpose(2, 1, 0).astype(np.int64), {4, 9})
+    write_sparse_labels(sparse, label, labels, work / "sparse.nii.gz")
+    return work
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every file and folder under ``roots`` (hidden ones too) with its content hash."""
+    state = {}
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            state[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+    return state
+
+
+def volume(work: Path, name: str, array: np.ndarray, like: str = "img.nii.gz", direction=None) -> str:
+    """Write an (z, y, x) ``array`` with the geometry of ``like`` (or a given direction)."""
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(sitk.ReadImage(str(work / like)))
+    if direction is not None:
+        image.SetDirection(direction)
+    sitk.WriteImage(image, str(work / name))
+    return str(work / name)
+
+
+def phantom_array(work: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(work / "img.nii.gz")))
+
+
+def card_copy(work: Path, **changes) -> str:
+    """A copy of the installed ``tiny`` model's card and weights with ``changes`` to the card."""
+    source = user_models_dir() / "tiny"
+    folder = work / "candidate"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(source / "model.pt", folder / "model.pt")
+    data = {**json.loads((source / "card.json").read_text()), **changes}
+    (folder / "card.json").write_text(json.dumps(data))
+    return str(folder / "card.json")
+
+
+def sparse_file(work: Path, name: str, size, value: int, reference: str | None = None) -> str:
+    if reference is None:
+        reference_image = sitk.Image(list(size), sitk.sitkUInt8)
+    else:
+        reference_image = sitk.ReadImage(str(work / reference))
+    array = np.full(reference_image.GetSize(), value, dtype=np.int64)
+    labels = [Label(0, "background", (0, 0, 0)), Label(value, "thing", (9, 9, 9))]
+    write_sparse_labels(SparseLabels(array, {1}), reference_image, labels, work / name)
+    return str(work / name)
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def folder(path: Path) -> str:
+    path.mkdir(parents=True)
+    return str(path)
+
+
+SEGMENT = ["segment", "--model", "tiny", "--device", "cpu", "--progress", "json"]
+SEGMENT_1 = ["segment", "--model", "tiny1", "--device", "cpu", "--progress", "json"]
+SUGGEST = ["suggest", "--model", "tiny-attention", "--device", "cpu", "--progress", "json"]
+
+
+def finetune(w: Path, *extra: str) -> list[str]:
+    return [
+        "finetune",
+        "--model",
+        "tiny-attention",
+        "--image",
+        str(w / "img.nii.gz"),
+        "--labels",
+        str(w / "sparse.nii.gz"),
+        "--device",
+        "cpu",
+        "--progress",
+        "json",
+        "--output-dir",
+        str(w / "round"),
+        *extra,
+    ]
+
+
+def evaluate(w: Path, *extra: str) -> list[str]:
+    return ["evaluate", "--pred", str(w / "lab.nii.gz"), "--ref", str(w / "lab.nii.gz"), *extra]
+
+
+#: name -> (argv built in the workspace, fragments the error message must contain).
+CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
+    # Inputs segment cannot use.
+    "truncated .nii": (
+        lambda w: [*SEGMENT, "-i", write(w / "t.nii", "x"), "-o", str(w / "o.nii.gz")],
+        ("t.nii", "not a readable image"),
+    ),
+    "complex voxels": (
+        lambda w: [
+            *SEGMENT,
+            "-i",
+            volume(w, "c.nii.gz", phantom_array(w).astype(np.complex64)),
+            "-o",
+            str(w / "o.nii.gz"),
+        ],
+        ("c.nii.gz", "complex voxels"),
+    ),
+    "100 mm spacing": (
+        lambda w: (
+            [*SEGMENT, "-i", str(w / "s.mha"), "-o", str(w / "o.nii.gz")]
+            if sitk.WriteImage(spaced(w, 100.0), str(w / "s.mha")) is None
+            else []
+        ),
+        ("s.mha", "grid", "spacing in the header"),
+    ),
+    "one voxel at 3e38": (
+        lambda w: [
+            *SEGMENT,
+            "-i",
+            volume(w, "b.nii.gz", with_voxel(phantom_array(w), 3e38)),
+            "-o",
+            str(w / "o.nii.gz"),
+        ],
+        ("b.nii.gz", "extreme values"),
+    ),
+    "input is a folder": (
+        lambda w: [*SEGMENT, "-i", folder(w / "d.nii.gz"), "-o", str(w / "o.nii.gz")],
+        ("d.nii.gz", "is not a file"),
+    ),
+    "sheared direction to NIfTI": (
+        lambda w: [
+            *SEGMENT,
+            "-i",
+            volume(w, "sh.mha", phantom_array(w), direction=SHEARED),
+            "-o",
+            str(w / "o.nii.gz"),
+        ],
+        ("sh.mha", "not a rotation", "o.nii.gz", ".mha"),
+    ),
+    "sheared direction to NRRD SDM": (
+        lambda w: [
+            *SEGMENT,
+            "-i",
+            volume(w, "sh.mha", phantom_array(w), direction=SHEARED),
+            "-o",
+            str(w / "o.mha"),
+            "--sdm",
+            str(w / "s.nrrd"),
+        ],
+        ("sh.mha", "not a rotation", "s.nrrd"),
+    ),
+    # Options out of range, refused by the parser before any work.
+    "overlap 1.5": (
+        lambda w: [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "o.nii.gz"), "--overlap", "1.5"],
+        ("--overlap", "[0, 1)"),
+    ),
+    "overlap nan": (
+        lambda w: [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "o.nii.gz"), "--overlap", "nan"],
+        ("--overlap", "[0, 1)"),
+    ),
+    "batch size 0": (
+        lambda w: [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "o.nii.gz"), "--batch-size", "0"],
+        ("--batch-size", "at least 1"),
+    ),
+    "batch size text": (
+        lambda w: [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "o.nii.gz"), "--batch-size", "two"],
+        ("--batch-size", "not a number"),
+    ),
+    "unknown device": (
+        lambda w: [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "o.nii.gz"), "--device", "tpu"],
+        ("tpu",),
+    ),
+    # Outputs that collide with the input, with each other, or cannot be written.
+    "-o is the input": (
+        lambda w: [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "img.nii.gz")],
+        ("-o", "img.nii.gz", "is the input"),
+    ),
+    "-o is the input through a symlink": (
+        lambda w: [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", link(w / "l.nii.gz", w / "img.nii.gz")],
+        ("l.nii.gz", "is the input"),
+    ),
+    "--probabilities is the input": (
+        lambda w: [
+            *SEGMENT,
+            "-i",
+            str(w / "img.nii.gz"),
+            "-o",
+            str(w / "o.nii.gz"),
+            "--probabilities",
+            str(w / "." / "img.nii.gz"),
+        ],
+        ("--probabilities", "is the input"),
+    ),
+    "-o x --sdm x": (
+        lambda w: [
+            *SEGMENT_1,
+            "-i",
+            str(w / "img.nii.gz"),
+            "-o",
+            str(w / "x.nii.gz"),
+            "--sdm",
+            str(w / "x.nii.gz"),
+        ],
+        ("--sdm", "x.nii.gz", "-o already writes"),
+    ),
+    "-o x --probabilities x": (
+        lambda w: [
+            *SEGMENT,
+            "-i",
+            str(w / "img.nii.gz"),
+            "-o",
+            str(w / "x.nii.gz"),
+            "--probabilities",
+            str(w / "x.nii.gz"),
+        ],
+        ("--probabilities", "-o already writes"),
+    ),
+    "--sdm meets a per-label SDM name": (
+        lambda w: [
+            *SEGMENT,
+            "-i",
+            str(w / "img.nii.gz"),
+            "-o",
+            str(w / "s-1.nii.gz"),
+            "--sdm",
+            str(w / "s.nii.gz"),
+        ],
+        ("--sdm", "s-1.nii.gz", "-o already writes"),
+    ),
+    "-o is a folder": (
+        lambda w: [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", folder(w / "o.nii.gz")],
+        ("-o", "o.nii.gz", "is a folder"),
+    ),
+    "a sidecar is a folder": (
+        lambda w: (
+            [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "o.nii.gz")] if folder(w / "o.ctbl") else []
+        ),
+        ("o.ctbl", "is a folder"),
+    ),
+    "--sdm is a folder": (
+        lambda w: [
+            *SEGMENT_1,
+            "-i",
+            str(w / "img.nii.gz"),
+            "-o",
+            str(w / "o.nii.gz"),
+            "--sdm",
+            folder(w / "s.nii.gz"),
+        ],
+        ("--sdm", "s.nii.gz", "is a folder"),
+    ),
+    "-o inside a file": (
+        lambda w: [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(Path(write(w / "f", "x")) / "o.nii.gz")],
+        ("-o", "is a file, not a folder"),
+    ),
+    "-o without an image suffix": (
+        lambda w: [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "o.txt")],
+        ("-o", "o.txt", "image suffix"),
+    ),
+    "--confidence with a model without one": (
+        lambda w: [
+            *SEGMENT,
+            "-i",
+            str(w / "img.nii.gz"),
+            "-o",
+            str(w / "o.nii.gz"),
+            "--confidence",
+            str(w / "c.nii.gz"),
+        ],
+        ("tiny", "no confidence network"),
+    ),
+    # evaluate
+    "evaluate --labels a,b": (lambda w: evaluate(w, "--labels", "a,b"), ("--labels", "a,b")),
+    "evaluate --labels 0": (lambda w: evaluate(w, "--labels", "0"), ("--labels", "1 to 65535")),
+    "evaluate a probability map": (
+        lambda w: [
+            "evaluate",
+            "--pred",
+            volume(w, "p.nii.gz", fraction_of(w)),
+            "--ref",
+            str(w / "lab.nii.gz"),
+        ],
+        ("p.nii.gz", "not label values"),
+    ),
+    "evaluate negative labels": (
+        lambda w: [
+            "evaluate",
+            "--pred",
+            volume(w, "n.nii.gz", -label_of(w).astype(np.int16)),
+            "--ref",
+            str(w / "lab.nii.gz"),
+        ],
+        ("n.nii.gz", "not label values"),
+    ),
+    "evaluate two empty maps without --labels": (
+        lambda w: [
+            "evaluate",
+            "--pred",
+            volume(w, "a.nii.gz", 0 * label_of(w)),
+            "--ref",
+            volume(w, "b.nii.gz", 0 * label_of(w)),
+        ],
+        ("no label", "--labels 1"),
+    ),
+    "evaluate --csv is a folder": (
+        lambda w: evaluate(w, "--csv", folder(w / "m.csv")),
+        ("--csv", "m.csv", "is a folder"),
+    ),
+    "evaluate --csv is the prediction": (
+        lambda w: [
+            "evaluate",
+            "--pred",
+            str(w / "lab.nii.gz"),
+            "--ref",
+            str(w / "img.nii.gz"),
+            "--csv",
+            str(w / "lab.nii.gz"),
+        ],
+        ("--csv", "is the input"),
+    ),
+    "evaluate grids differ": (
+        lambda w: ["evaluate", "--pred", str(w / "lab.nii.gz"), "--ref", str(spaced_label(w))],
+        ("do not share one voxel grid",),
+    ),
+    "evaluate counts differ": (
+        lambda w: [
+            "evaluate",
+            "--pred",
+            str(w / "lab.nii.gz"),
+            str(w / "lab.nii.gz"),
+            "--ref",
+            str(w / "lab.nii.gz"),
+        ],
+        ("2 predictions but 1 references",),
+    ),
+    # models
+    "install: weights.file escapes the folder": (
+        lambda w: [
+            "models",
+            "install",
+            card_copy(
+                w,
+                name="escape",
+                weights={
+                    **json.loads((user_models_dir() / "tiny" / "card.json").read_text())["weights"],
+                    "file": "../../x.pt",
+                },
+            ),
+            "--weights",
+            str(user_models_dir() / "tiny" / "model.pt"),
+        ],
+        ("weights.file", "../../x.pt", "plain file name"),
+    ),
+    "install: weights.file is card.json": (
+        lambda w: [
+            "models",
+            "install",
+            card_copy(
+                w,
+                name="self",
+                weights={
+                    **json.loads((user_models_dir() / "tiny" / "card.json").read_text())["weights"],
+                    "file": "card.json",
+                },
+            ),
+            "--weights",
+            str(user_models_dir() / "tiny" / "model.pt"),
+        ],
+        ("weights.file", "card.json"),
+    ),
+    "install: unknown architecture": (
+        lambda w: [
+            "models",
+            "install",
+            card_copy(w, name="unknown-net", architecture={"name": "xnet", "params": {}}),
+        ],
+        ("unknown-net", "unknown network 'xnet'"),
+    ),
+    "install: parameters the network does not take": (
+        lambda w: [
+            "models",
+            "install",
+            card_copy(w, name="odd", architecture={"name": "vnet", "params": {"x": 1}}),
+        ],
+        ("odd", "cannot build network 'vnet'"),
+    ),
+    "install: weights of another architecture": (
+        lambda w: [
+            "models",
+            "install",
+            card_copy(
+                w,
+                name="other",
+                architecture={"name": "vnet", "params": {"num_classes": 3, "base_filters": 4}},
+            ),
+        ],
+        ("other", "cannot load weights"),
+    ),
+    "install: weights that do not unpickle": (
+        lambda w: [
+            "models",
+            "install",
+            card_copy(
+                w,
+                name="garbage",
+                weights={"file": "model.pt", "sha256": hashlib.sha256(b"garbage").hexdigest()},
+            ),
+            "--weights",
+            write(w / "g.pt", "garbage"),
+        ],
+        ("garbage", "cannot load weights"),
+    ),
+    "install: NaN weights": (
+        lambda w: ["models", "install", nan_model(w)],
+        ("nan-model", "NaN or infinite"),
+    ),
+    "install: card is a folder": (
+        lambda w: ["models", "install", folder(w / "card.json")],
+        ("card.json", "cannot read the model card"),
+    ),
+    "install: card is not JSON": (
+        lambda w: ["models", "install", write(w / "card.json", "{")],
+        ("card.json", "cannot read the model card"),
+    ),
+    "show: unknown model": (lambda w: ["models", "show", "nope"], ("unknown model 'nope'",)),
+    # train
+    "train: config value of the wrong type": (
+        lambda w: [
+            "train",
+            "--config",
+            write(w / "c.json", '{"steps": "ten"}'),
+            "--output-dir",
+            str(w / "r"),
+        ],
+        ("c.json", "'steps'", "must be int"),
+    ),
+    "train: bool for an int": (
+        lambda w: [
+            "train",
+            "--config",
+            write(w / "c.json", '{"data": {"labelled": true}}'),
+            "--output-dir",
+            str(w / "r"),
+        ],
+        ("c.json data", "'labelled'"),
+    ),
+    "train: patch size of two numbers": (
+        lambda w: [
+            "train",
+            "--config",
+            write(w / "c.json", '{"patch_size": [64, 64]}'),
+            "--output-dir",
+            str(w / "r"),
+        ],
+        ("'patch_size'", "tuple[int, int, int]"),
+    ),
+    "train: config is a list": (
+        lambda w: ["train", "--config", write(w / "c.json", "[1]"), "--output-dir", str(w / "r")],
+        ("c.json", "JSON object"),
+    ),
+    "train: learning rate NaN": (
+        lambda w: [
+            "train",
+            "--config",
+            write(w / "c.json", '{"learning_rate": NaN}'),
+            "--output-dir",
+            str(w / "r"),
+        ],
+        ("learning_rate", "finite"),
+    ),
+    "train: a network the recipe cannot train": (
+        lambda w: [
+            "train",
+            "--recipe",
+            "attention-unet",
+            "--config",
+            write(w / "c.json", '{"network": {"name": "vnet", "params": {"num_classes": 2}}}'),
+            "--output-dir",
+            str(w / "r"),
+        ],
+        ("attention-unet", "cannot train network 'vnet'"),
+    ),
+    "train: sassnet without an SDM head": (
+        lambda w: [
+            "train",
+            "--recipe",
+            "sassnet",
+            "--config",
+            write(w / "c.json", '{"network": {"name": "vnet", "params": {"num_classes": 2}}}'),
+            "--output-dir",
+            str(w / "r"),
+        ],
+        ("sdm_head",),
+    ),
+    "train: labels and classes disagree": (
+        lambda w: [
+            "train",
+            "--config",
+            write(w / "c.json", '{"network": {"name": "vnet", "params": {"num_classes": 3}}}'),
+            "--output-dir",
+            str(w / "r"),
+        ],
+        ("num_classes is 3",),
+    ),
+    "train: a label without a name": (
+        lambda w: [
+            "train",
+            "--config",
+            write(w / "c.json", '{"labels": [{"value": 0}, {"value": 1}]}'),
+            "--output-dir",
+            str(w / "r"),
+        ],
+        ("labels", "'name' is a required property"),
+    ),
+    "train: --steps 0": (
+        lambda w: ["train", "--steps", "0", "--output-dir", str(w / "r")],
+        ("--steps", "at least 1"),
+    ),
+    "train: --output-dir is a file": (
+        lambda w: ["train", "--steps", "1", "--output-dir", write(w / "r", "x")],
+        ("--output-dir", "is a file, not a folder"),
+    ),
+    # suggest
+    "suggest: --output is a folder": (
+        lambda w: [*SUGGEST, "-i", str(w / "img.nii.gz"), "--output", folder(w / "s.json")],
+        ("--output", "s.json", "is a folder"),
+    ),
+    "suggest: --output is the image": (
+        lambda w: [*SUGGEST, "-i", str(w / "img.nii.gz"), "--output", str(w / "img.nii.gz")],
+        ("--output", "is the input"),
+    ),
+    "suggest: labels of another shape": (
+        lambda w: [
+            *SUGGEST,
+            "-i",
+            str(w / "img.nii.gz"),
+            "--labels",
+            sparse_file(w, "s.nii.gz", (9, 9, 9), 1),
+        ],
+        ("--labels", "s.nii.gz", "does not match the image"),
+    ),
+    "suggest: -k 0": (
+        lambda w: [*SUGGEST, "-i", str(w / "img.nii.gz"), "-k", "0"],
+        ("--budget", "at least 1"),
+    ),
+    "suggest: --min-area -1": (
+        lambda w: [*SUGGEST, "-i", str(w / "img.nii.gz"), "--min-area", "-1"],
+        ("--min-area", "at least 0"),
+    ),
+    "suggest: a model without attention": (
+        lambda w: ["suggest", "--model", "tiny", "-i", str(w / "img.nii.gz")],
+        ("tiny", "no attention head"),
+    ),
+    # finetune
+    "finetune: --learning-rate nan": (lambda w: finetune(w, "--learning-rate", "nan"), ("--learning-rate",)),
+    "finetune: --learning-rate -1": (lambda w: finetune(w, "--learning-rate", "-1"), ("--learning-rate",)),
+    "finetune: --batch-size 0": (lambda w: finetune(w, "--batch-size", "0"), ("--batch-size", "at least 1")),
+    "finetune: --steps 0": (lambda w: finetune(w, "--steps", "0"), ("--steps", "at least 1")),
+    "finetune: invalid --name": (lambda w: finetune(w, "--name", "My Model"), ("--name", "'My Model'")),
+    "finetune: --output-dir is a file": (
+        lambda w: finetune(w) if write(w / "round", "x") else [],
+        ("--output-dir", "is a file, not a folder"),
+    ),
+    "finetune: a label value the model lacks": (
+        lambda w: [
+            "finetune",
+            "--model",
+            "tiny-attention",
+            "--image",
+            str(w / "img.nii.gz"),
+            "--labels",
+            sparse_file(w, "s.nii.gz", None, 7, "img.nii.gz"),
+            "--output-dir",
+            str(w / "round"),
+        ],
+        ("label value(s) [7]", "tiny-attention"),
+    ),
+    "finetune: labels of another shape": (
+        lambda w: [
+            "finetune",
+            "--model",
+            "tiny-attention",
+            "--image",
+            str(w / "img.nii.gz"),
+            "--labels",
+            sparse_file(w, "s.nii.gz", (9, 9, 9), 1),
+            "--output-dir",
+            str(w / "round"),
+        ],
+        ("do not match the image",),
+    ),
+    "finetune: new model over the one it starts from": (
+        lambda w: [
+            "finetune",
+            "--model",
+            copy_model(w / "r1" / "model"),
+            "--image",
+            str(w / "img.nii.gz"),
+            "--labels",
+            str(w / "sparse.nii.gz"),
+            "--output-dir",
+            str(w / "r1"),
+        ],
+        ("--output-dir", "model being fine-tuned"),
+    ),
+    "finetune: --resume without a checkpoint": (
+        lambda w: finetune(w, "--resume", "--steps", "1"),
+        ("no checkpoint there",),
+    ),
+    # demo
+    "demo: --output-dir is a file": (
+        lambda w: ["demo", "--output-dir", write(w / "d", "x")],
+        ("--output-dir", "is a file, not a folder"),
+    ),
+    "demo: an output is a folder": (
+        lambda w: ["demo", "--output-dir", str(Path(folder(w / "d" / "metrics.csv")).parent)],
+        ("metrics.csv", "is a folder"),
+    ),
+    "demo: a model of another task": (
+        lambda w: ["demo", "--output-dir", str(w / "d"), "--model", "tiny"],
+        ("tiny", "left-atrium"),
+    ),
+}
+
+
+def spaced(w: Path, spacing: float) -> sitk.Image:
+    image = sitk.ReadImage(str(w / "img.nii.gz"))
+    image.SetSpacing((spacing,) * 3)
+    return image
+
+
+def spaced_label(w: Path) -> Path:
+    label = sitk.ReadImage(str(w / "lab.nii.gz"))
+    label.SetSpacing((2.0, 2.0, 2.0))
+    sitk.WriteImage(label, str(w / "coarse.nii.gz"))
+    return w / "coarse.nii.gz"
+
+
+def with_voxel(array: np.ndarray, value: float) -> np.ndarray:
+    array = array.copy()
+    array[3, 3, 3] = value
+    return array
+
+
+def label_of(w: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(w / "lab.nii.gz")))
+
+
+def fraction_of(w: Path) -> np.ndarray:
+    """The label map scaled into [0, 0.8]: what truncation to integers would turn into zeros."""
+    return label_of(w).astype(np.float32) * 0.4
+
+
+def link(path: Path, target: Path) -> str:
+    path.symlink_to(target)
+    return str(path)
+
+
+def copy_model(folder_path: Path) -> str:
+    shutil.copytree(user_models_dir() / "tiny-attention", folder_path)
+    return str(folder_path)
+
+
+def nan_model(w: Path) -> str:
+    card = {**tiny_card("nan-model")}
+    network = build_network("vnet", card["architecture"]["params"])
+    with torch.no_grad():
+        next(network.parameters()).fill_(float("nan"))
+    return str(save_model(network, card, w / "nan-model").directory / "card.json")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_refused_cleanly(
+    case: str, workspace: Path, model_home: Path, capsys: pytest.CaptureFixture
+) -> None:
+    make_argv, fragments = CASES[case]
+    argv = make_argv(workspace)
+    before = snapshot(workspace, model_home)
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse refuses options this way
+        code = exit_.code
+    error = capsys.readouterr().err
+    assert code == 2, error
+    assert "Traceback" not in error
+    for fragment in fragments:
+        assert fragment in error, (fragment, error)
+    assert snapshot(workspace, model_home) == before, "a refused run must leave every file as it was"
+
+
+def test_a_broken_user_card_is_skipped_with_a_warning(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    broken = user_models_dir() / "broken"
+    broken.mkdir()
+    (broken / "card.json").write_text("{")
+    assert main(["models", "list"]) == 0
+    captured = capsys.readouterr()
+    assert "tiny-attention" in captured.out and "la-dan" in captured.out
+    assert "skipping a broken model" in captured.err and str(broken / "card.json") in captured.err
+    assert "broken" not in available_models(warn=lambda message: None)
+
+
+# Writing: all outputs of a run or none, with the user's umask ----------------------------------
+
+
+def test_a_failed_rename_puts_back_every_output_already_replaced(tmp_path: Path) -> None:
+    targets = [tmp_path / "seg.nii.gz", tmp_path / "seg.labels.json", tmp_path / "sdm.nii.gz"]
+    targets[0].write_text("old label map")
+    with pytest.raises(IsADirectoryError), atomic_paths(targets) as temporaries:
+        for temporary in temporaries:
+            temporary.write_text("new")
+        targets[2].mkdir()  # appears while the run writes: the third rename must fail
+    assert targets[0].read_text() == "old label map"
+    assert not targets[1].exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["sdm.nii.gz", "seg.nii.gz"]
+
+
+def test_an_interrupted_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "prob.nii.gz"
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt), atomic_paths([target]) as (temporary,):
+        temporary.write_bytes(b"\0" * 1000)
+        raise KeyboardInterrupt
+    assert [path.name for path in tmp_path.iterdir()] == ["prob.nii.gz"]
+    assert target.read_text() == "old"
+
+
+def test_sigterm_while_writing_removes_the_temporary_files(tmp_path: Path) -> None:
+    """The CLI turns SIGTERM into an exception, so the half-written file goes with it."""
+    script = f"""
+import os, signal, sys, time
+from pathlib import Path
+import asdseg.cli as cli
+from asdseg.image_io import atomic_path
+
+def stopped_while_writing(args):
+    with atomic_path(Path({str(tmp_path)!r}) / "seg.nii.gz") as temporary:
+        temporary.write_bytes(b"x" * 100000)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+    return 0
+
+cli.command_models = stopped_while_writing
+sys.exit(cli.main(["models", "list"]))
+"""
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert completed.returncode == 143, completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_take_the_users_umask(workspace: Path, umask: int) -> None:
+    previous = os.umask(umask)
+    try:
+        out = workspace / "out"
+        code = main(
+            [
+                *SEGMENT,
+                "-i",
+                str(workspace / "img.nii.gz"),
+                "-o",
+                str(out / "seg.nii.gz"),
+                "--sdm",
+                str(out / "sdm.nii.gz"),
+            ]
+        )
+        assert code == 0
+        modes = {path.name: path.stat().st_mode & 0o777 for path in out.iterdir()}
+        assert set(modes.values()) == {0o666 & ~umask}, modes
+        card = install_model(user_models_dir() / "tiny" / "card.json")
+        assert card.weights_path.stat().st_mode & 0o777 == 0o666 & ~umask
+    finally:
+        os.umask(previous)
+
+
+def test_a_full_disk_is_an_error_naming_the_file_and_changes_nothing(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    out = workspace / "out"
+    out.mkdir()
+    (out / "seg.nii.gz").write_text("previous run")
+    real_write = sitk.WriteImage
+
+    def write_until_full(image, path, *args, **kwargs):
+        if "prob" in Path(path).name:
+            Path(path).write_bytes(b"\0" * 4096)
+            raise RuntimeError("ImageIO: could not write: No space left on device")
+        real_write(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(sitk, "WriteImage", write_until_full)
+    before = snapshot(workspace)
+    code = main(
+        [
+            *SEGMENT,
+            "-i",
+            str(workspace / "img.nii.gz"),
+            "-o",
+            str(out / "seg.nii.gz"),
+            "--probabilities",
+            str(out / "prob.nii.gz"),
+        ]
+    )
+    error = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in error
+    assert str(out / "prob.nii.gz") in error and "No space left on device" in error
+    assert snapshot(workspace) == before
+
+
+def test_a_read_only_folder_is_refused_before_any_work(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    read_only = workspace / "mnt"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != read_only and real_access(path, mode))
+    code = main([*SEGMENT, "-i", str(workspace / "img.nii.gz"), "-o", str(read_only / "sub" / "o.nii.gz")])
+    error = capsys.readouterr().err
+    assert code == 2 and "read-only file system or no permission" in error and str(read_only) in error
+    assert list(read_only.iterdir()) == []
+
+
+# Silent wrong results ------------------------------------------------------------------------
+
+
+def test_intensity_scale_does_not_change_the_segmentation(workspace: Path) -> None:
+    """z-scoring is scale-free: a volume scaled by 1e17 (whose float32 sum of squares overflows)
+    must be segmented exactly like the original, not as an empty map."""
+    scaled = volume(workspace, "scaled.nii.gz", phantom_array(workspace) * np.float32(1e17))
+    for source, output in ((str(workspace / "img.nii.gz"), "a.nii.gz"), (scaled, "b.nii.gz")):
+        assert main([*SEGMENT, "-i", source, "-o", str(workspace / output)]) == 0
+    first, second = (
+        sitk.GetArrayFromImage(read_image(workspace / name)) for name in ("a.nii.gz", "b.nii.gz")
+    )
+    assert np.count_nonzero(first) > 0
+    np.testing.assert_array_equal(first, second)
+
+
+def test_a_model_that_outputs_nan_is_an_error_not_an_empty_map(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import asdseg.segment
+
+    real_predict = asdseg.segment.predict_volume
+
+    def predict_nan(*args, **kwargs):
+        outputs = real_predict(*args, **kwargs)
+        outputs["probabilities"][:] = np.nan
+        return outputs
+
+    monkeypatch.setattr(asdseg.segment, "predict_volume", predict_nan)
+    code = main([*SEGMENT, "-i", str(workspace / "img.nii.gz"), "-o", str(workspace / "o.nii.gz")])
+    assert code == 2 and "produced NaN or infinite values" in capsys.readouterr().err
+    assert not (workspace / "o.nii.gz").exists()
+
+
+def test_a_diverging_fine_tuning_writes_no_model(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(finetune(workspace, "--steps", "3", "--batch-size", "1", "--learning-rate", "1e30"))
+    assert code == 2 and "training diverged" in capsys.readouterr().err
+    assert not (workspace / "round" / "model").exists()
+
+
+def test_two_empty_maps_score_dice_1_when_the_label_is_named(workspace: Path, tmp_path: Path) -> None:
+    empty = volume(workspace, "empty.nii.gz", 0 * label_of(workspace))
+    assert (
+        main(["evaluate", "--pred", empty, "--ref", empty, "--labels", "1", "--csv", str(tmp_path / "m.csv")])
+        == 0
+    )
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].split(",")[1:4] == ["1", "1.0", "1.0"]
+
+
+def test_a_label_absent_from_one_case_counts_as_agreement(workspace: Path, tmp_path: Path) -> None:
+    label = label_of(workspace)
+    only_ellipsoid = volume(workspace, "e.nii.gz", np.where(label == 2, 0, label).astype(np.uint8))
+    full = str(workspace / "lab.nii.gz")
+    args = ["evaluate", "--pred", full, only_ellipsoid, "--ref", full, only_ellipsoid]
+    assert main([*args, "--csv", str(tmp_path / "m.csv")]) == 0
+    rows = [line.split(",")[:3] for line in (tmp_path / "m.csv").read_text().splitlines()[1:]]
+    assert [row[1:] for row in rows] == [["1", "1.0"], ["2", "1.0"], ["1", "1.0"], ["2", "1.0"]]
+
+
+# Fine-tuning ---------------------------------------------------------------------------------
+
+
+def test_fine_tuning_maps_label_values_to_the_models_classes(attention_model: ModelCard) -> None:
+    from asdseg.active.finetune import class_indices
+
+    card = ModelCard(
+        {
+            **attention_model.data,
+            "labels": [
+                {"value": 0, "name": "background", "color": [0, 0, 0]},
+                {"value": 5, "name": "a", "color": [1, 1, 1]},
+                {"value": 9, "name": "b", "color": [2, 2, 2]},
+            ],
+        },
+        attention_model.directory,
+    )
+    target = np.array([[[-1, 0, 5, 9]]])
+    np.testing.assert_array_equal(class_indices(target, card, "x"), [[[-1, 0, 1, 2]]])
+    with pytest.raises(InputError, match=r"label value\(s\) \[3\]"):
+        class_indices(np.array([[[3]]]), card, "x")
+
+
+def test_a_stopped_round_continues_with_resume(workspace: Path) -> None:
+    assert main(finetune(workspace, "--steps", "2", "--batch-size", "1")) == 0
+    (workspace / "round" / "model" / "card.json").unlink()
+    assert main(finetune(workspace, "--steps", "2", "--batch-size", "1")) == 2  # already holds a checkpoint
+    assert main(finetune(workspace, "--steps", "2", "--batch-size", "1", "--resume")) == 0
+    assert (workspace / "round" / "model" / "card.json").is_file()
+
+
+# Training with the default config ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_default_config_trains_on_the_phantoms(recipe: str, tmp_path: Path) -> None:
+    """Every setting left at its default (network, labels, classes) except the sizes that make
+    a step fast: the phantoms it trains on must fit the network it builds."""
+    config = config_from_dict(
+        {
+            "recipe": recipe,
+            "steps": 1,
+            "patch_size": [16, 16, 16],
+            "batch_size": 4,
+            "labelled_per_batch": 2,
+            "data": {"labelled": 1, "validation": 1, "cases": 3, "phantom_shape": [20, 20, 20]},
+        }
+    )
+    assert config.network == DEFAULT_NETWORKS[recipe]
+    split = load_split(config.data, config.network["params"]["num_classes"])
+    assert max(int(case.label.max()) for case in split.labelled) == 1
+    result = Trainer(config, tmp_path, device="cpu").run(show_progress=False)
+    assert result.model is not None and np.isfinite(result.history[-1]["loss"])
+
+
+# Geometry ------------------------------------------------------------------------------------
+
+
+def random_geometry(seed: int) -> tuple[tuple, tuple, tuple]:
+    """Random spacing, origin and orthonormal direction (rotations and reflections)."""
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    direction = q * np.sign(np.diag(r))
+    spacing = tuple(float(s) for s in rng.uniform(0.3, 3.0, 3))
+    origin = tuple(float(o) for o in rng.uniform(-300, 300, 3))
+    return spacing, origin, tuple(float(d) for d in direction.ravel())
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_geometry_round_trips_for_random_orthonormal_grids(tmp_path: Path, seed: int, suffix: str) -> None:
+    spacing, origin, direction = random_geometry(seed)
+    image = sitk.GetImageFromArray(np.random.default_rng(seed).random((5, 6, 7), dtype=np.float32))
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    write_image(image, tmp_path / f"v{suffix}")
+    assert same_geometry(read_image(tmp_path / f"v{suffix}"), image, tolerance=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_segment_outputs_keep_a_random_input_geometry(workspace: Path, seed: int) -> None:
+    spacing, origin, direction = random_geometry(seed)
+    image = sitk.ReadImage(str(workspace / "img.nii.gz"))
+    image.SetSpacing(tuple(0.8 + 0.4 * s / 3 for s in spacing))
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(workspace / "r.nii.gz"))
+    out = workspace / "out"
+    code = main(
+        [
+            *SEGMENT,
+            "-i",
+            str(workspace / "r.nii.gz"),
+            "-o",
+            str(out / "seg.nii.gz"),
+            "--sdm",
+            str(out / "sdm.nrrd"),
+        ]
+    )
+    assert code == 0
+    source = read_image(workspace / "r.nii.gz")
+    for name in ("seg.nii.gz", "sdm-1.nrrd", "sdm-2.nrrd"):
+        assert same_geometry(read_image(out / name), source, tolerance=1e-4), name
+
+
+def test_a_sheared_volume_keeps_its_direction_in_metaimage(workspace: Path) -> None:
+    sheared = volume(workspace, "sh.mha", phantom_array(workspace), direction=SHEARED)
+    assert main([*SEGMENT, "-i", sheared, "-o", str(workspace / "o.mha")]) == 0
+    assert np.allclose(sitk.ReadImage(str(workspace / "o.mha")).GetDirection(), SHEARED)
