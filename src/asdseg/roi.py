@@ -74,6 +74,11 @@ class RegionOfInterest:
             raise InputError(f"--roi takes 6 numbers (x0 y0 z0 x1 y1 z1); got {len(values)}.")
         return cls(tuple(values[:3]), tuple(values[3:]), space)
 
+    def cli_arguments(self) -> list[str]:
+        """The ``--roi`` and ``--roi-space`` options that give the engine this ROI."""
+        values = [f"{float(value):.17g}" for value in (*self.first, *self.last)]
+        return ["--roi", *values, "--roi-space", self.space]
+
     def describe(self) -> str:
         unit = "voxels" if self.space == "voxel" else f"mm {self.space.upper()}"
         return f"{_point(self.first)} to {_point(self.last)} ({unit})"
