@@ -159,16 +159,64 @@ def command_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_train(args: argparse.Namespace) -> int:
-    from asdseg.training.config import config_from_dict, load_config
-    from asdseg.training.trainer import Trainer
+#: ``asdseg train`` options that only mean something with ``--dataset``.
+DATASET_OPTIONS = ("labelled", "validation", "unlabelled", "splits", "data_licence", "data_source")
 
-    overrides = {"recipe": args.recipe} if args.recipe else {}
+
+def dataset_run_values(args: argparse.Namespace, values: dict) -> dict:
+    """The config settings for ``--dataset``: the folder read and checked case by case, the
+    split chosen (flags, splits file, the config's counts or a fifth held out), all before any
+    training."""
+    from asdseg.datasets import check_dataset, read_dataset
+    from asdseg.training.dataset_training import (
+        dataset_config_values,
+        default_counts,
+        read_split_file,
+        split_by_counts,
+    )
+
+    dataset = read_dataset(args.dataset)
+    if args.splits:
+        split = read_split_file(args.splits, dataset)
+    else:
+        data = values.get("data", {})
+        labelled, validation = default_counts(len(dataset.cases))
+        labelled = args.labelled if args.labelled is not None else data.get("labelled", labelled)
+        validation = args.validation if args.validation is not None else data.get("validation", validation)
+        split = split_by_counts(dataset, labelled, validation, args.unlabelled)
+    check_dataset(dataset)
+    licence = args.data_licence or dataset.info.get("licence")
+    if not licence:
+        print(
+            "warning: dataset.json states no licence; the model card will say so. Pass --data-licence.",
+            file=sys.stderr,
+        )
+    return dataset_config_values(values, dataset, split, args.data_licence, args.data_source)
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from asdseg.training.config import config_from_dict, read_config_values
+    from asdseg.training.dataset_training import write_split
+    from asdseg.training.trainer import CHECKPOINT_FILE, Trainer
+
+    values = read_config_values(args.config) if args.config else {}
+    if args.recipe:
+        values["recipe"] = args.recipe
     if args.steps is not None:
-        overrides["steps"] = args.steps
-    config = load_config(args.config, overrides) if args.config else config_from_dict(overrides)
+        values["steps"] = args.steps
+    if args.dataset is not None:
+        values = dataset_run_values(args, values)
+    else:
+        given = [f"--{name.replace('_', '-')}" for name in DATASET_OPTIONS if getattr(args, name) is not None]
+        if given:
+            raise InputError(f"{', '.join(given)}: only with --dataset DIR.")
+    config = config_from_dict(values, args.config or "config")
     check_output_dir(args.output_dir, "--output-dir")
     trainer = Trainer(config, args.output_dir, device=args.device)
+    new_run = not (Path(args.output_dir) / CHECKPOINT_FILE).exists()
+    if config.data.split is not None and new_run and trainer.context.is_main:
+        print(f"split: {', '.join(f'{len(names)} {part}' for part, names in config.data.split.items())}")
+        print(f"wrote {write_split(args.output_dir, config.data.split)}")
     if args.resume:
         trainer.resume()
         print(f"resuming {config.recipe} at step {trainer.step}")
@@ -384,6 +432,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir", required=True, help="checkpoint, log.csv, curves.png and the model go here"
     )
     train.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
+    train.add_argument(
+        "--dataset",
+        help="train on a dataset folder: nnU-Net v2 raw (imagesTr/, labelsTr/, dataset.json) or Medical "
+        "Segmentation Decathlon layout; labels and classes come from its dataset.json",
+    )
+    train.add_argument(
+        "--labelled", type=positive_int, help="with --dataset: the first N cases (by name) are labelled"
+    )
+    train.add_argument(
+        "--validation", type=non_negative_int, help="with --dataset: the last N cases are held out"
+    )
+    train.add_argument(
+        "--unlabelled",
+        type=non_negative_int,
+        help="with --dataset: use at most N of the cases between as unlabelled (default: all of them)",
+    )
+    train.add_argument(
+        "--splits",
+        help='with --dataset: a JSON split by case name, {"labelled": [...], "unlabelled": [...], '
+        '"validation": [...]}, or nnU-Net\'s splits_final.json (first fold)',
+    )
+    train.add_argument(
+        "--data-licence",
+        help="with --dataset: the data's licence for the model card (wins over dataset.json's)",
+    )
+    train.add_argument(
+        "--data-source",
+        help="with --dataset: where the data came from (institution, approval, export), for the model card",
+    )
     train.add_argument("--steps", type=positive_int, help="overrides the config's number of steps")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     train.set_defaults(handler=command_train)
