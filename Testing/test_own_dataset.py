@@ -11,14 +11,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import slicer
+import vtk
 
 from asdseg.cli import main
 from asdseg.datasets import DECATHLON, NNUNET, read_dataset
 from asdseg.image_io import read_image
 from asdseg.labels import read_labels_json
 from asdseg.metrics import dice
+from asdseg.model_card import ModelCard
 from asdseg.phantoms import BLADDER, PROSTATE, RECTUM, make_synthetic_pelvis, write_synthetic_pelvis_dataset
+from asdseg.registry import load_network, user_models_dir
+from asdseg.segment import SegmentationOptions, segment_image
 from asdseg.training.dataset_training import split_by_counts
+
+from ASDSegLib.segmentation_logic import RunOptions, SegmentationLogic
+from mrml_application import start_slicer_core
 
 CASES = 5
 SHAPE = (40, 40, 32)
@@ -99,13 +107,24 @@ def test_both_layouts_read_as_the_same_cases_labels_and_codes(layout: str, tmp_p
     )
 
 
-def test_train_on_a_dataset_folder_then_segment_gives_the_named_organs(
-    dataset: Path, tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    run = tmp_path / "run"
-    assert (
-        train(dataset, tiny_config, run, "--steps", "60", "--data-source", "synthetic, made by the test") == 0
+@pytest.fixture(scope="module")
+def pelvis_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The synthetic pelvis set and a 60-step run on it, made once for this file's tests."""
+    folder = tmp_path_factory.mktemp("pelvis-run")
+    dataset = write_synthetic_pelvis_dataset(
+        folder / "pelvis", cases=CASES, shape=SHAPE, spacing=(1.0, 1.0, 1.5)
     )
+    config = folder / "tiny.json"
+    config.write_text(json.dumps(TINY_RUN))
+    source = ["--steps", "60", "--data-source", "synthetic, made by the test"]
+    assert train(dataset, config, folder / "run", *source) == 0
+    return dataset, folder / "run"
+
+
+def test_a_run_on_a_dataset_folder_records_the_split_and_the_data_in_its_card(
+    pelvis_run: tuple[Path, Path],
+) -> None:
+    _, run = pelvis_run
     split = json.loads((run / "split.json").read_text())
     assert split == {
         "labelled": [f"synthpelvis_{index:03d}" for index in range(4)],
@@ -117,16 +136,20 @@ def test_train_on_a_dataset_folder_then_segment_gives_the_named_organs(
     assert card["training"]["split"] == split
     assert card["training"]["data_licence"] == "CC0-1.0 (synthetic)"
     assert card["training"]["data_source"] == "synthetic, made by the test"
+    assert card["training"]["data"].startswith("SyntheticPelvis (nnU-Net v2 layout, 5 cases, T2)")
     assert "CC0-1.0 (synthetic)" in card["license"]
     assert card["architecture"]["params"]["num_classes"] == 4
 
+
+def test_the_trained_model_installs_and_segments_the_named_organs(
+    pelvis_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    dataset, run = pelvis_run
     assert main(["models", "install", str(run / "model" / "card.json")]) == 0
     output = tmp_path / "seg" / "pelvis.nii.gz"
     image = dataset / "imagesTr" / "synthpelvis_004_0000.nii.gz"
-    assert (
-        main(["segment", "-i", str(image), "-o", str(output), "--model", card["name"], "--device", "cpu"])
-        == 0
-    )
+    model = "syntheticpelvis-supervised"
+    assert main(["segment", "-i", str(image), "-o", str(output), "--model", model, "--device", "cpu"]) == 0
     prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(output)))
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / "labelsTr" / "synthpelvis_004.nii.gz")))
     assert set(np.unique(prediction)) <= {0, 1, 2, 3}
@@ -136,6 +159,45 @@ def test_train_on_a_dataset_folder_then_segment_gives_the_named_organs(
     assert [label.terminology["type"]["value"] for label in labels[1:]] == list(SNOMED.values())
     slicer_table = (tmp_path / "seg" / "pelvis.ctbl").read_text()
     assert all(f"{value} {name} " in slicer_table for value, name in enumerate(SNOMED, start=1))
+
+
+def test_in_slicer_the_model_gives_one_coded_segment_per_organ_and_exports_their_values(
+    pelvis_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    dataset, run = pelvis_run
+    card = ModelCard.load(
+        shutil.copytree(run / "model", user_models_dir() / "syntheticpelvis-supervised") / "card.json"
+    )
+    core = start_slicer_core()
+    image = dataset / "imagesTr" / "synthpelvis_004_0000.nii.gz"
+    volume = core.volumes_logic.AddArchetypeVolume(str(image), "pelvis")
+    logic = SegmentationLogic(core.scene)
+    outputs = logic.segment(volume, card.name, RunOptions(precision="fp32", largest_component=False))
+
+    segmentation = outputs.segmentation_node.GetSegmentation()
+    segments = [segmentation.GetNthSegment(index) for index in range(segmentation.GetNumberOfSegments())]
+    assert [segment.GetName() for segment in segments] == ["bladder", "prostate", "rectum"]
+    for segment, label in zip(segments, card.foreground_labels, strict=True):
+        np.testing.assert_allclose(segment.GetColor(), np.array(label.color) / 255.0, atol=1e-6)
+        serialised = vtk.reference("")
+        assert segment.GetTag(segment.GetTerminologyEntryTagName(), serialised)
+        entry = slicer.vtkSlicerTerminologyEntry()
+        assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(str(serialised), entry)
+        assert entry.GetTypeObject().GetCodeValue() == SNOMED[label.name]
+
+    logic.export_segmentation(outputs.segmentation_node, tmp_path / "export.nii.gz")
+    exported = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "export.nii.gz")))
+    options = SegmentationOptions(precision="fp32", largest_component=False)
+    engine = segment_image(read_image(image), card, load_network(card), options).label_array()
+    np.testing.assert_array_equal(exported, engine.transpose(2, 1, 0))
+    assert BLADDER in np.unique(exported) and set(np.unique(exported)) <= {0, 1, 2, 3}
+    sidecar = read_labels_json(tmp_path / "export.labels.json")
+    assert [(label.value, label.name) for label in sidecar] == [
+        (0, "background"),
+        (1, "bladder"),
+        (2, "prostate"),
+        (3, "rectum"),
+    ]
 
 
 def test_a_splits_file_and_the_licence_flag_go_into_the_run(
