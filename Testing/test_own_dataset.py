@@ -327,6 +327,15 @@ def test_a_splits_file_naming_unknown_cases_is_refused(
     assert "cases not in the dataset: case_99" in error and "in more than one part: synthpelvis_000" in error
 
 
+def test_a_splits_file_and_counts_together_are_refused(
+    dataset: Path, tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps({"labelled": ["synthpelvis_000"]}))
+    assert train(dataset, tiny_config, tmp_path / "run", "--splits", str(splits), "--validation", "1") == 2
+    assert "leave out --validation" in capsys.readouterr().err
+
+
 def test_split_options_need_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--labelled", "3", "--output-dir", str(tmp_path / "run")]) == 2
     assert "--labelled: only with --dataset DIR" in capsys.readouterr().err

@@ -159,8 +159,9 @@ def command_models(args: argparse.Namespace) -> int:
     return 0
 
 
-#: ``asdseg train`` options that only mean something with ``--dataset``.
-DATASET_OPTIONS = ("labelled", "validation", "unlabelled", "splits", "data_licence", "data_source")
+#: ``asdseg train`` options that only mean something with ``--dataset``; the counts of a split.
+SPLIT_COUNTS = ("labelled", "validation", "unlabelled")
+DATASET_OPTIONS = (*SPLIT_COUNTS, "splits", "data_licence", "data_source")
 
 
 def dataset_run_values(args: argparse.Namespace, values: dict) -> dict:
@@ -175,15 +176,21 @@ def dataset_run_values(args: argparse.Namespace, values: dict) -> dict:
         split_by_counts,
     )
 
+    counts = [f"--{part}" for part in SPLIT_COUNTS if getattr(args, part) is not None]
+    if args.splits and counts:
+        raise InputError(f"--splits names every case's part; leave out {', '.join(counts)}.")
     dataset = read_dataset(args.dataset)
     if args.splits:
         split = read_split_file(args.splits, dataset)
     else:
-        data = values.get("data", {})
-        labelled, validation = default_counts(len(dataset.cases))
-        labelled = args.labelled if args.labelled is not None else data.get("labelled", labelled)
-        validation = args.validation if args.validation is not None else data.get("validation", validation)
-        split = split_by_counts(dataset, labelled, validation, args.unlabelled)
+        configured = values.get("data") if isinstance(values.get("data"), dict) else {}
+        chosen = dict(zip(("labelled", "validation"), default_counts(len(dataset.cases))))
+        for part in chosen:
+            if getattr(args, part) is not None:
+                chosen[part] = getattr(args, part)
+            elif isinstance(configured.get(part), int):
+                chosen[part] = configured[part]
+        split = split_by_counts(dataset, chosen["labelled"], chosen["validation"], args.unlabelled)
     check_dataset(dataset)
     licence = args.data_licence or dataset.info.get("licence")
     if not licence:
@@ -434,31 +441,42 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
     train.add_argument(
         "--dataset",
+        metavar="DIR",
         help="train on a dataset folder: nnU-Net v2 raw (imagesTr/, labelsTr/, dataset.json) or Medical "
         "Segmentation Decathlon layout; labels and classes come from its dataset.json",
     )
     train.add_argument(
-        "--labelled", type=positive_int, help="with --dataset: the first N cases (by name) are labelled"
+        "--labelled",
+        type=positive_int,
+        metavar="N",
+        help="with --dataset: the first N cases (by name) are labelled",
     )
     train.add_argument(
-        "--validation", type=non_negative_int, help="with --dataset: the last N cases are held out"
+        "--validation",
+        type=non_negative_int,
+        metavar="N",
+        help="with --dataset: the last N cases are held out",
     )
     train.add_argument(
         "--unlabelled",
         type=non_negative_int,
+        metavar="N",
         help="with --dataset: use at most N of the cases between as unlabelled (default: all of them)",
     )
     train.add_argument(
         "--splits",
+        metavar="FILE",
         help='with --dataset: a JSON split by case name, {"labelled": [...], "unlabelled": [...], '
         '"validation": [...]}, or nnU-Net\'s splits_final.json (first fold)',
     )
     train.add_argument(
         "--data-licence",
+        metavar="TEXT",
         help="with --dataset: the data's licence for the model card (wins over dataset.json's)",
     )
     train.add_argument(
         "--data-source",
+        metavar="TEXT",
         help="with --dataset: where the data came from (institution, approval, export), for the model card",
     )
     train.add_argument("--steps", type=positive_int, help="overrides the config's number of steps")

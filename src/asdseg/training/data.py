@@ -92,6 +92,8 @@ def split_names(data: DataConfig) -> dict[str, list]:
     cases are labelled (the papers' LA setting: the first 16 of ``train.list``), the last
     ``validation`` ones are held out, the rest are unlabelled; or the config's own ``split``."""
     if data.split is not None:
+        if data.root is None:
+            raise InputError("data.split names cases of a data folder; set data.root (or use --dataset).")
         return {part: list(data.split.get(part, [])) for part in ("labelled", "unlabelled", "validation")}
     if data.root is None:
         names: list = list(range(data.cases or data.labelled + data.validation + 4))
