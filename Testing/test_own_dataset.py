@@ -23,6 +23,8 @@ from asdseg.model_card import ModelCard
 from asdseg.phantoms import BLADDER, PROSTATE, RECTUM, make_synthetic_pelvis, write_synthetic_pelvis_dataset
 from asdseg.registry import load_network, user_models_dir
 from asdseg.segment import SegmentationOptions, segment_image
+from asdseg.training.config import config_from_dict
+from asdseg.training.data import load_split
 from asdseg.training.dataset_training import split_by_counts
 
 from ASDSegLib.segmentation_logic import RunOptions, SegmentationLogic
@@ -221,6 +223,27 @@ def test_a_splits_file_and_the_licence_flag_go_into_the_run(
     assert json.loads((run / "config.json").read_text())["data"]["split"] == chosen
     card = json.loads((run / "model" / "card.json").read_text())
     assert card["training"]["data_licence"] == "CC-BY-4.0"
+
+
+def test_cases_are_trained_at_the_median_spacing(dataset: Path, tiny_config: Path, tmp_path: Path) -> None:
+    for folder, name in (("imagesTr", "synthpelvis_001_0000"), ("labelsTr", "synthpelvis_001")):
+        path = dataset / folder / f"{name}.nii.gz"
+        image = sitk.ReadImage(str(path))
+        image.SetSpacing((2.0, 2.0, 3.0))  # the same voxels over twice the field of view
+        sitk.WriteImage(image, str(path))
+    run = tmp_path / "run"
+    assert train(dataset, tiny_config, run, "--steps", "1", "--labelled", "2", "--validation", "0") == 0
+    config = config_from_dict(json.loads((run / "config.json").read_text()))
+    assert config.data.spacing == (1.0, 1.0, 1.5)
+    cases = {case.name: case for case in load_split(config.data).labelled}
+    assert cases["synthpelvis_001"].image.shape == (80, 80, 64)
+    assert cases["synthpelvis_001"].spacing == cases["synthpelvis_000"].spacing == (1.0, 1.0, 1.5)
+    assert sorted(np.unique(cases["synthpelvis_001"].label)) == [0, BLADDER, PROSTATE, RECTUM]
+    assert json.loads((run / "model" / "card.json").read_text())["preprocessing"]["spacing"] == [
+        1.0,
+        1.0,
+        1.5,
+    ]
 
 
 def test_counts_give_labelled_first_and_validation_last(dataset: Path) -> None:

@@ -191,14 +191,14 @@ def dataset_run_values(args: argparse.Namespace, values: dict) -> dict:
             elif isinstance(configured.get(part), int):
                 chosen[part] = configured[part]
         split = split_by_counts(dataset, chosen["labelled"], chosen["validation"], args.unlabelled)
-    check_dataset(dataset)
+    spacing = check_dataset(dataset)
     licence = args.data_licence or dataset.info.get("licence")
     if not licence:
         print(
             "warning: dataset.json states no licence; the model card will say so. Pass --data-licence.",
             file=sys.stderr,
         )
-    return dataset_config_values(values, dataset, split, args.data_licence, args.data_source)
+    return dataset_config_values(values, dataset, split, spacing, args.data_licence, args.data_source)
 
 
 def command_train(args: argparse.Namespace) -> int:

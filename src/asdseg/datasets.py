@@ -283,7 +283,8 @@ def _geometry(path: Path) -> dict[str, tuple]:
     }
 
 
-def _check_geometry(case: DatasetCase) -> None:
+def _check_geometry(case: DatasetCase) -> tuple[float, ...]:
+    """Refuse an image with several channels or a label on another grid; return the spacing."""
     image, label = _geometry(case.image), _geometry(case.label)
     channels = image["components"][0] * (image["size"][3] if len(image["size"]) == 4 else 1)
     if channels > 1:
@@ -300,6 +301,7 @@ def _check_geometry(case: DatasetCase) -> None:
                 "the label must be on the image's voxel grid. Resample it onto the image (nearest "
                 "neighbour) or export both again from the same volume."
             )
+    return image["spacing"][:3]
 
 
 def _check_label_values(case: DatasetCase, labels: tuple[Label, ...]) -> None:
@@ -317,9 +319,12 @@ def _check_label_values(case: DatasetCase, labels: tuple[Label, ...]) -> None:
         )
 
 
-def check_dataset(dataset: Dataset) -> None:
+def check_dataset(dataset: Dataset) -> tuple[float, float, float]:
     """Read every case's image header and label: one channel, the label on the image's grid,
-    only the label values dataset.json declares."""
+    only the label values dataset.json declares. Returns the median spacing (mm, per axis),
+    which the cases are trained at, as nnU-Net does."""
+    spacings = []
     for case in dataset.cases:
-        _check_geometry(case)
+        spacings.append(_check_geometry(case))
         _check_label_values(case, dataset.labels)
+    return tuple(round(float(value), 4) for value in np.median(spacings, axis=0))

@@ -49,6 +49,8 @@ class DataConfig:
     #: Integer factor the volumes are downsampled by before training (the compact CPU setting).
     downsample: int = 1
     normalization: str = "zscore"
+    #: Spacing (mm) every case is resampled to before training; None = each as stored.
+    spacing: Optional[tuple[float, float, float]] = None
     phantom_shape: tuple[int, int, int] = (48, 48, 40)
     #: The cases of each part (labelled, unlabelled, validation) by name; None = by the counts.
     split: Optional[dict[str, list[str]]] = None
@@ -117,6 +119,9 @@ class TrainingConfig:
             raise InputError("steps, validate_every and checkpoint_every must be positive.")
         if self.precision not in ("fp32", "bf16"):
             raise InputError(f"precision {self.precision!r} is not one of fp32, bf16.")
+        spacing = self.data.spacing
+        if spacing is not None and not all(math.isfinite(value) and value > 0 for value in spacing):
+            raise InputError(f"data.spacing {list(spacing)} must be three positive sizes in mm.")
         if len(self.patch_size) != 3 or min(self.patch_size) < 8:
             raise InputError(f"patch_size {self.patch_size} must be three sizes of at least 8 voxels.")
 
@@ -209,8 +214,8 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
                 f"{where}: setting {name!r} is {value!r} ({type(value).__name__}); it must be "
                 f"{_type_name(hints[name])}."
             )
-    for name in ("patch_size", "phantom_shape"):
-        if name in values:
+    for name in ("patch_size", "phantom_shape", "spacing"):
+        if values.get(name) is not None:
             values[name] = tuple(values[name])
     return cls(**values)
 

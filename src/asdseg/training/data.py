@@ -56,10 +56,16 @@ def case_names(root: Path) -> list[str]:
     return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
 
 
-def downsample_pair(image: sitk.Image, label: sitk.Image, factor: int) -> tuple[sitk.Image, sitk.Image]:
-    spacing = [s * factor for s in image.GetSpacing()]
+def resample_pair(
+    image: sitk.Image, label: sitk.Image, spacing: tuple[float, ...] | list[float]
+) -> tuple[sitk.Image, sitk.Image]:
+    """Image (linear) and label (nearest neighbour) on a grid of ``spacing``."""
     image = resample_to_spacing(sitk.Cast(image, sitk.sitkFloat32), spacing)
     return image, resample_like(label, image, sitk.sitkNearestNeighbor)
+
+
+def downsample_pair(image: sitk.Image, label: sitk.Image, factor: int) -> tuple[sitk.Image, sitk.Image]:
+    return resample_pair(image, label, [s * factor for s in image.GetSpacing()])
 
 
 def case_paths(root: Path, name: str) -> tuple[Path, Path]:
@@ -72,6 +78,8 @@ def case_paths(root: Path, name: str) -> tuple[Path, Path]:
 
 def load_case(root: Path, name: str, data: DataConfig, labelled: bool) -> Case:
     image, label = (read_image(path) for path in case_paths(root, name))
+    if data.spacing is not None:
+        image, label = resample_pair(image, label, data.spacing)
     if data.downsample > 1:
         image, label = downsample_pair(image, label, data.downsample)
     array = normalize_intensity(image_to_array(image), data.normalization)

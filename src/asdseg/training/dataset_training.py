@@ -85,14 +85,18 @@ def dataset_config_values(
     values: dict[str, Any],
     dataset: Dataset,
     split: dict[str, list[str]],
+    spacing: tuple[float, float, float],
     licence: str | None = None,
     source: str | None = None,
 ) -> dict[str, Any]:
     """``values`` (a config's settings) for a run on ``dataset``: its labels, a network with one
-    class per label (the recipe's own unless the config names one), the split and what the card
-    says about the data. ``licence`` and ``source`` are the user's: the data's licence (it wins
-    over dataset.json's) and where the data came from."""
+    class per label (the recipe's own unless the config names one), the split, the ``spacing``
+    the cases are resampled to (unless the config gives one) and what the card says about the
+    data. ``licence`` and ``source`` are the user's: the data's licence (it wins over
+    dataset.json's) and where the data came from."""
     values = copy.deepcopy(values)
+    if not isinstance(values.get("data", {}), dict):
+        raise InputError(f"config data: expected a JSON object of settings, got {values['data']!r}.")
     values["labels"] = [label.to_dict() for label in dataset.labels]
     if values.get("network"):
         values["network"].setdefault("params", {}).setdefault("num_classes", len(dataset.labels))
@@ -107,6 +111,7 @@ def dataset_config_values(
     if source:
         provenance["source"] = source
     values["data"] = {
+        "spacing": list(spacing),
         **values.get("data", {}),
         "root": str(dataset.root.resolve()),
         "labelled": len(split["labelled"]),
