@@ -16,7 +16,7 @@ import vtk
 
 from asdseg.cli import main
 from asdseg.datasets import DECATHLON, NNUNET, read_dataset
-from asdseg.image_io import read_image
+from asdseg.image_io import image_to_array, read_image
 from asdseg.labels import read_labels_json
 from asdseg.metrics import dice
 from asdseg.model_card import ModelCard
@@ -161,6 +161,45 @@ def test_the_trained_model_installs_and_segments_the_named_organs(
     assert [label.terminology["type"]["value"] for label in labels[1:]] == list(SNOMED.values())
     slicer_table = (tmp_path / "seg" / "pelvis.ctbl").read_text()
     assert all(f"{value} {name} " in slicer_table for value, name in enumerate(SNOMED, start=1))
+
+
+def test_a_release_judges_the_shipped_weights_per_organ_on_the_validation_cases(
+    pelvis_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    dataset, run = pelvis_run
+    models = tmp_path / "models"
+    assert main(["release", str(run), "--name", "pelvis-test", "--output-dir", str(models)]) == 0
+    card = ModelCard.load(models / "pelvis-test" / "card.json")
+    validation = card.data["metrics"]["validation"]
+    assert validation["cases"] == 1 and list(validation["organs"]) == ["bladder", "prostate", "rectum"]
+    prediction = segment_image(
+        read_image(dataset / "imagesTr" / "synthpelvis_004_0000.nii.gz"), card, load_network(card)
+    ).label_array()
+    reference = image_to_array(read_image(dataset / "labelsTr" / "synthpelvis_004.nii.gz"), np.int64)
+    for value, organ in enumerate(SNOMED, start=1):
+        assert validation["organs"][organ]["raw"]["dice"] == pytest.approx(
+            dice(prediction == value, reference == value), abs=1e-4
+        )
+    assert validation["organs"]["bladder"]["raw"]["dice"] > 0.8
+    assert card.data["training"]["data_licence"] == "CC0-1.0 (synthetic)"
+    assert card.weights_path.stat().st_size < 0.6 * (run / "model" / "model.pt").stat().st_size  # float16
+    rows = (models / "pelvis-test" / "validation.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 3  # raw and largest component, three organs
+    assert "bladder: Dice" in capsys.readouterr().out
+
+    assert main(["release", str(run), "--name", "pelvis-test", "--output-dir", str(models)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert sorted(path.name for path in models.iterdir()) == ["pelvis-test"]
+
+
+def test_a_run_without_validation_cases_is_not_released(
+    dataset: Path, tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = tmp_path / "run"
+    assert train(dataset, tiny_config, run, "--steps", "1", "--validation", "0") == 0
+    assert main(["release", str(run), "--name", "unjudged", "--output-dir", str(tmp_path / "models")]) == 2
+    assert "held out no validation case" in capsys.readouterr().err
+    assert not (tmp_path / "models" / "unjudged").exists()
 
 
 def test_in_slicer_the_model_gives_one_coded_segment_per_organ_and_exports_their_values(

@@ -236,6 +236,23 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_release(args: argparse.Namespace) -> int:
+    from asdseg.progress import tqdm_progress
+    from asdseg.registry import user_models_dir
+    from asdseg.training.release import release_run
+
+    output = Path(args.output_dir) if args.output_dir else user_models_dir()
+    check_output_dir(output, "--output-dir")
+    update, close = tqdm_progress("validating")
+    try:
+        card = release_run(args.run, args.name, output, args.version, progress=update)
+    finally:
+        close()
+    print(card.summary())
+    print(f"released {card.name} into {card.directory}")
+    return 0
+
+
 def command_suggest(args: argparse.Namespace) -> int:
     from asdseg.active.sparse_labels import read_sparse_labels
     from asdseg.active.suggest import suggest_slices
@@ -482,6 +499,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=positive_int, help="overrides the config's number of steps")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     train.set_defaults(handler=command_train)
+
+    release = commands.add_parser(
+        "release", help="a finished run on a data folder -> a model with its validation figures per organ"
+    )
+    release.add_argument("run", help="the run's --output-dir (it holds checkpoint.pt and model/)")
+    release.add_argument("--name", required=True, help="the model's name, e.g. pelvis-dan")
+    release.add_argument("--version", default="1.0")
+    release.add_argument(
+        "--output-dir", help="where the model folder goes (default: your model folder, where Slicer finds it)"
+    )
+    release.set_defaults(handler=command_release)
 
     suggest = commands.add_parser("suggest", help="rank a volume's slices to label next (attention models)")
     suggest.add_argument("-i", "--image", required=True, help="the volume to rank the slices of")
