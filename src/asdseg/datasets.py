@@ -286,6 +286,8 @@ def _geometry(path: Path) -> dict[str, tuple]:
 def _check_geometry(case: DatasetCase) -> tuple[float, ...]:
     """Refuse an image with several channels or a label on another grid; return the spacing."""
     image, label = _geometry(case.image), _geometry(case.label)
+    if len(image["size"]) < 3:
+        raise InputError(f"{case.image}: a {len(image['size'])}D image; the recipes train on 3D volumes.")
     channels = image["components"][0] * (image["size"][3] if len(image["size"]) == 4 else 1)
     if channels > 1:
         raise InputError(

@@ -98,12 +98,13 @@ def dataset_config_values(
     if not isinstance(values.get("data", {}), dict):
         raise InputError(f"config data: expected a JSON object of settings, got {values['data']!r}.")
     values["labels"] = [label.to_dict() for label in dataset.labels]
-    if values.get("network"):
-        values["network"].setdefault("params", {}).setdefault("num_classes", len(dataset.labels))
-    else:
+    network = values.get("network")
+    if not network:
         recipe = values.get("recipe", "supervised")
         values["network"] = copy.deepcopy(DEFAULT_NETWORKS.get(recipe, DEFAULT_NETWORKS["supervised"]))
         values["network"]["params"]["num_classes"] = len(dataset.labels)
+    elif isinstance(network, dict) and isinstance(network.setdefault("params", {}), dict):
+        network["params"].setdefault("num_classes", len(dataset.labels))  # a malformed one: the check says so
     provenance = {**dataset.info, "layout": dataset.layout, "channel": dataset.channel}
     provenance["cases"] = len(dataset.cases)
     if licence:

@@ -188,11 +188,12 @@ def release_run(
             "again with --validation N (or a splits file with validation cases)."
         )
     base = ModelCard.load(Path(run_dir) / "model" / CARD_FILE).data
-    data = {**base, "name": name, "version": version}
+    card = ModelCard({**base, "name": name, "version": version}, folder)
     cases = reference_cases(Path(run.config.data.root), names["validation"])
-    shipped = evaluate_model(ModelCard(data, folder), as_shipped(run.network), cases, progress=progress)
+    shipped = evaluate_model(card, as_shipped(run.network), cases, progress=progress)
+    data = card.data
     data["metrics"] = {
-        "validation": organ_metrics(shipped, ModelCard(data, folder).foreground_labels),
+        "validation": organ_metrics(shipped, card.foreground_labels),
         "calibration": calibration_metrics(shipped),
     }
     data["description"] += confidence_caveat(shipped)
