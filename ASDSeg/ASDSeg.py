@@ -22,7 +22,7 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -220,6 +220,7 @@ class ASDSegParameterNode:
     """The panel's state, saved with the scene."""
 
     inputVolume: vtkMRMLScalarVolumeNode
+    roi: vtkMRMLMarkupsROINode
     modelName: str = ""
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     precision: Annotated[str, Choice(["auto", "fp32", "bf16", "fp16"])] = "auto"
@@ -368,6 +369,7 @@ class ASDSegWidget(ParameterNodeWidget):
 
         self.ui.installDependenciesButton.clicked.connect(self.onInstallDependencies)
         self.ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
+        self.ui.addRoiButton.clicked.connect(self.onAddRoi)
         self.ui.segmentButton.clicked.connect(self.onSegmentOrCancel)
         self.ui.overlaySelector.currentIndexChanged.connect(self.onOverlayChanged)
         self.ui.overlayOpacitySliderWidget.valueChanged.connect(self.onOverlayChanged)
@@ -460,6 +462,13 @@ class ASDSegWidget(ParameterNodeWidget):
         self.ui.segmentButton.enabled = running or (ready and not self.ui.installDependenciesButton.visible)
         self.ui.segmentButton.toolTip = "" if ready or running else "Select an input volume and a model."
         self.ui.exportButton.enabled = bool(parameters and parameters.outputSegmentation) and not running
+        self.ui.addRoiButton.enabled = bool(parameters and parameters.inputVolume) and not running
+
+    def onAddRoi(self) -> None:
+        parameters = self._parameterNode
+        with user_action("Adding a region of interest"):
+            segmentation = self.logic.segmentation
+            parameters.roi = segmentation.add_roi(parameters.inputVolume, parameters.modelName or None)
 
     def onSegmentOrCancel(self) -> None:
         if self._run is not None:
@@ -469,7 +478,10 @@ class ASDSegWidget(ParameterNodeWidget):
         parameters = self._parameterNode
         with user_action("Starting the segmentation"):
             run = self.logic.segmentation.start(
-                parameters.inputVolume, parameters.modelName, self.logic.runOptions(parameters)
+                parameters.inputVolume,
+                parameters.modelName,
+                self.logic.runOptions(parameters),
+                roi_node=parameters.roi,
             )
             self.startPolling(run, "Starting the engine...")
 

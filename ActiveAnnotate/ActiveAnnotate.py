@@ -17,7 +17,7 @@ from typing import Annotated
 
 import qt
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -72,6 +72,7 @@ class ActiveAnnotateParameterNode:
     """The panel's state, saved with the scene."""
 
     inputVolume: vtkMRMLScalarVolumeNode
+    roi: vtkMRMLMarkupsROINode
     annotation: vtkMRMLSegmentationNode
     modelName: str = ""
     strategy: Annotated[str, Choice(STRATEGIES)] = "p-dsc"
@@ -243,7 +244,11 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
         parameters = self._parameterNode
         with user_action("Suggesting slices"):
             run = self.logic.annotation.start_suggest(
-                parameters.annotation, parameters.strategy, parameters.budget, parameters.device
+                parameters.annotation,
+                parameters.strategy,
+                parameters.budget,
+                parameters.device,
+                roi_node=parameters.roi,
             )
             self.startPolling(run, "Ranking slices...")
 

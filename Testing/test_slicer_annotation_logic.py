@@ -23,7 +23,7 @@ from ActiveAnnotateLib.annotation_logic import AnnotationLogic
 from ActiveAnnotateLib.slice_views import show_slice, slice_centre_ras, slice_under_view
 from ASDSegLib.volume_nodes import image_from_volume_node, oriented_image_from_array
 from conftest import wait_until
-from mrml_application import SlicerCore, start_slicer_core
+from mrml_application import SlicerCore, roi_around_voxels, start_slicer_core
 
 
 @pytest.fixture
@@ -124,6 +124,24 @@ def test_suggestions_match_the_engine_and_are_marked_in_the_views(
         np.testing.assert_allclose(position, slice_centre_ras(volume_node, row["slice"]), atol=1e-6)
     logic.mark_labelled(segmentation_node, [rows[0]["slice"]])
     assert logic.suggestions(segmentation_node)[0]["status"] == "labelled"
+
+
+def test_with_an_roi_only_its_slices_are_suggested(
+    logic: AnnotationLogic, core: SlicerCore, volume_node, phantom_files: tuple[Path, Path]
+) -> None:
+    segmentation_node = logic.create_annotation_segmentation(volume_node, logic.model_card())
+    paint_reference(segmentation_node, volume_node, phantom_files[1])
+    size = volume_node.GetImageData().GetDimensions()
+    roi_node = roi_around_voxels(core.scene, volume_node, (0, 0, 12), (size[0] - 1, size[1] - 1, 20))
+    rows = logic.finish_suggest(
+        logic.start_suggest(segmentation_node, "p-dsc", budget=5, device="cpu", roi_node=roi_node)
+    )
+    assert len(rows) == 5 and all(12 <= row["slice"] <= 20 for row in rows), rows
+    far = core.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "far away")
+    far.SetCenterWorld(5000.0, 0.0, 0.0)
+    far.SetSizeWorld(10.0, 10.0, 10.0)
+    with pytest.raises(InputError, match="holds no voxel"):
+        logic.start_suggest(segmentation_node, roi_node=far)
 
 
 def test_a_finetuning_round_is_picked_up(logic: AnnotationLogic, volume_node, phantom_files) -> None:

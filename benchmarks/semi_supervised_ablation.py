@@ -47,6 +47,21 @@ ROWS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
         {},
         "supervised (VNet)",
     ),
+    # Diagnostics: the recipe with its unlabelled-data term switched off, which tells whether a
+    # loss to supervised training comes from that term or from the rest of the recipe (SASSNet's
+    # Dice-only + SDM loss; ASDNet's sample attention and adversarial term).
+    "SASSNet without the adversarial term (lambda 0)": (
+        "sassnet",
+        {"name": "vnet", "params": {"num_classes": 2, "sdm_head": True}},
+        {"consistency": 0.0},
+        "supervised (VNet)",
+    ),
+    "ASDNet without the semi-supervised term (lambda2 0)": (
+        "asdnet",
+        {"name": "svnet", "params": {"num_classes": 2}},
+        {"semi_supervised_weight": 0.0},
+        "supervised (SVNet)",
+    ),
     "SASSNet (VNet, lambda 0.01)": (
         "sassnet",
         {"name": "vnet", "params": {"num_classes": 2, "sdm_head": True}},

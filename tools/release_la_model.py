@@ -37,6 +37,7 @@ from asdseg.model_evaluation import (
 )
 from asdseg.networks import architecture_outputs
 from asdseg.progress import tqdm_progress
+from asdseg.roi import median_field_of_view
 from asdseg.training.data import split_names
 from asdseg.training.release import (
     FinishedRun,
@@ -133,7 +134,9 @@ def training_entry(run: FinishedRun, names: dict[str, list[str]], args: argparse
     }
 
 
-def card_data(run: FinishedRun, names: dict[str, list[str]], args: argparse.Namespace) -> dict[str, Any]:
+def card_data(
+    run: FinishedRun, root: Path, names: dict[str, list[str]], args: argparse.Namespace
+) -> dict[str, Any]:
     architecture = run.architecture
     return {
         "name": args.name,
@@ -147,6 +150,9 @@ def card_data(run: FinishedRun, names: dict[str, list[str]], args: argparse.Name
         "preprocessing": {
             "spacing": [0.625 * run.config.data.downsample] * 3,
             "normalization": run.config.data.normalization,
+            "field_of_view_mm": median_field_of_view(
+                root / "train" / name / "image.nii.gz" for name in names["labelled"] + names["unlabelled"]
+            ),
             "notes": preprocessing_notes(run),
         },
         "inference": {"patch_size": list(run.config.patch_size), "overlap": 0.5, "blend": "gaussian"},
@@ -182,7 +188,7 @@ def main() -> None:
     if root is None:
         raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
     names = split_names(replace(run.config.data, root=str(root)))
-    data = card_data(run, names, args)
+    data = card_data(run, root, names, args)
     folder = args.output / args.name
     card, cases = ModelCard(data, folder), reference_cases(root, names["validation"])
     shipped = validate("the shipped model", card, as_shipped(run.network), cases)

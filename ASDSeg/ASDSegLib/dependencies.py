@@ -47,4 +47,3 @@ def protected_constraints() -> list[str]:
     """pip constraint lines that pin the installed protected packages to their versions."""
     pins = ((name, installed_version(name)) for name in PROTECTED_PACKAGES)
     return [f"{name}=={version}" for name, version in pins if version is not None]
-

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +26,10 @@ from asdseg.image_io import write_image as write_image_file
 from asdseg.labels import Label, label_pixel_type, sdm_output_paths, write_label_map
 from asdseg.model_card import ModelCard
 from asdseg.registry import available_models, find_model
+from asdseg.roi import RegionOfInterest
 
 from .overlays import OVERLAY_KINDS, sdm_window, show_in_slice_views, style_overlay_node
+from .roi_nodes import add_roi_for_volume, check_roi_node, roi_region
 from .volume_nodes import (
     array_from_image_data,
     ijk_to_ras_matrix,
@@ -105,14 +107,20 @@ class SegmentationRun(FolderJob):
         options: RunOptions,
         python_executable: str | None = None,
         environment: dict[str, str] | None = None,
+        roi: RegionOfInterest | None = None,
+        roi_warnings: Sequence[str] = (),
     ) -> None:
         self.volume_node = volume_node
         self.card = card
+        #: Said about the ROI before the run (it was clipped to the volume), shown with the result.
+        self.roi_warnings = list(roi_warnings)
         self.input_image = image_from_volume_node(volume_node)
         folder = tempfile.TemporaryDirectory(prefix="asdseg-")
         path = Path(folder.name)
         self._paths = {"input": path / "input.nrrd", "label": path / "label.nrrd"}
         arguments = ["segment", "--model", card.name, *options.cli_arguments()]
+        if roi is not None:
+            arguments += roi.cli_arguments()
         if card.has_confidence:
             self._paths["confidence"] = path / "confidence.nrrd"
             arguments += ["--confidence", str(self._paths["confidence"])]
@@ -238,18 +246,31 @@ class SegmentationLogic:
             raise InputError(f"{name!r} is under a non-linear transform; harden the transform first.")
         check_volume_shape(image_from_volume_node(volume_node), repr(name))
 
+    def add_roi(self, volume_node: slicer.vtkMRMLNode | None, model_name: str | None = None):
+        """A new markups ROI centred on ``volume_node``, the size of the volumes the model was
+        trained on (when its card says), for the user to move over the organ."""
+        self.check_input_volume(volume_node)
+        card = self.model_card(model_name) if model_name else None
+        return add_roi_for_volume(self.scene, volume_node, card)
+
     def start(
         self,
         volume_node: slicer.vtkMRMLNode | None,
         model_name: str | None,
         options: RunOptions | None = None,
+        roi_node: slicer.vtkMRMLNode | None = None,
     ) -> SegmentationRun:
-        """Check the input and start the engine; nothing in the scene changes."""
+        """Check the input and start the engine; nothing in the scene changes. With ``roi_node``
+        (a markups ROI) only the voxels inside it are segmented, the rest is background."""
         options = options or RunOptions()
         self.check_input_volume(volume_node)
         options.check()
+        check_roi_node(roi_node)
+        roi, roi_warnings = roi_region(roi_node, volume_node) if roi_node is not None else (None, [])
         card = self.model_card(model_name)
-        return SegmentationRun(volume_node, card, options, self.python_executable, self.environment)
+        return SegmentationRun(
+            volume_node, card, options, self.python_executable, self.environment, roi, roi_warnings
+        )
 
     def finish(
         self,
@@ -270,7 +291,7 @@ class SegmentationLogic:
             if target is None and not new_node:
                 target = self.find_segmentation(run.volume_node, run.card.name)
             result = self._apply(run, outputs, target)
-            result.warnings = run.job.warnings
+            result.warnings = [*run.roi_warnings, *run.job.warnings]
             return result
         finally:
             run.close()
@@ -285,11 +306,12 @@ class SegmentationLogic:
         progress: Callable[[JobProgress], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
         poll_interval: float = 0.1,
+        roi_node: slicer.vtkMRMLNode | None = None,
     ) -> SegmentationOutputs:
         """Start, wait (reporting progress, honouring ``should_cancel``) and finish in one call,
         for scripts and tests; the module panel drives :meth:`start` and :meth:`finish` from a
         timer instead."""
-        run = self.start(volume_node, model_name, options)
+        run = self.start(volume_node, model_name, options, roi_node)
         try:
             while run.state() is JobState.RUNNING:
                 if should_cancel is not None and should_cancel():

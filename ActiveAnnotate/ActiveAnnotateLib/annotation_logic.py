@@ -29,6 +29,7 @@ from asdseg.model_card import ModelCard, require_attention_model
 from asdseg.registry import find_model
 
 from .slice_views import mark_suggestions
+from ASDSegLib.roi_nodes import check_roi_node, roi_region
 from ASDSegLib.segmentation_logic import SegmentationLogic, apply_label
 from ASDSegLib.volume_nodes import image_from_volume_node
 
@@ -198,18 +199,26 @@ class AnnotationLogic:
     # Suggesting -----------------------------------------------------------------------------
 
     def start_suggest(
-        self, segmentation_node, strategy: str = "p-dsc", budget: int = 5, device: str = "auto"
+        self,
+        segmentation_node,
+        strategy: str = "p-dsc",
+        budget: int = 5,
+        device: str = "auto",
+        roi_node=None,
     ) -> SuggestRun:
-        """Rank the unlabelled slices of the segmentation's volume with the model in use."""
+        """Rank the unlabelled slices of the segmentation's volume with the model in use; with
+        ``roi_node`` (a markups ROI) the model sees only the box and ranks only its slices."""
         card = self.model_card()
         volume_node = self._source_volume(segmentation_node)
+        check_roi_node(roi_node)
+        roi = roi_region(roi_node, volume_node)[0] if roi_node is not None else None
         folder = tempfile.TemporaryDirectory(prefix="activeannotate-")
         paths = {
             name: Path(folder.name) / file for name, file in (("image", "image.nrrd"), ("output", "out.json"))
         }
         arguments = ["suggest", "--model", str(card.directory), "--image", str(paths["image"])]
         arguments += ["--strategy", strategy, "-k", str(budget), "--output", str(paths["output"])]
-        arguments += ["--device", device]
+        arguments += ["--device", device, *(roi.cli_arguments() if roi is not None else [])]
         try:
             write_image(image_from_volume_node(volume_node), paths["image"], compress=False)
             if self.labelled_slices(segmentation_node):

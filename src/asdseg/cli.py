@@ -10,11 +10,18 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from asdseg.active.strategies import STRATEGIES as STRATEGY_NAMES
 from asdseg.errors import AsdsegError, InputError
 from asdseg.image_io import SUPPORTED_SUFFIXES, image_suffix, read_image
 from asdseg.output_paths import check_output_dir, check_output_paths
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+    from asdseg.model_card import ModelCard
+    from asdseg.roi import RegionOfInterest
 
 #: Exit status of a run stopped by Ctrl-C (128 + SIGINT) or SIGTERM (128 + SIGTERM).
 EXIT_INTERRUPTED = 130
@@ -28,6 +35,41 @@ class Terminated(KeyboardInterrupt):
 def _check_output_path(path: str | None, option: str) -> None:
     if path is not None and image_suffix(path) not in SUPPORTED_SUFFIXES:
         raise InputError(f"{option} {path}: use an image suffix ({', '.join(SUPPORTED_SUFFIXES)}).")
+
+
+def _region_of_interest(
+    args: argparse.Namespace, image: sitk.Image, card: ModelCard
+) -> tuple[RegionOfInterest | None, list[str]]:
+    """The ``--roi`` box (None without it), checked against the image before any work, and the
+    warnings about the region to segment (clipping, too large a field of view), printed at once
+    rather than after a long run."""
+    from asdseg.roi import RegionOfInterest, segmentation_region
+
+    roi = RegionOfInterest.from_values(args.roi, args.roi_space) if args.roi is not None else None
+    warnings = segmentation_region(image, roi, card)[1]
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return roi, warnings
+
+
+def _add_roi_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--roi",
+        nargs=6,
+        type=float,
+        metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"),
+        help="segment only inside this box, given by its minimum and maximum corners; the rest of "
+        "the outputs is background. Physical coordinates in mm, LPS by default (the world frame of "
+        "ITK, SimpleITK and NIfTI read through ITK); see --roi-space. Boxes reaching past the "
+        "volume are clipped",
+    )
+    parser.add_argument(
+        "--roi-space",
+        default="lps",
+        choices=["lps", "ras", "voxel"],
+        help="how --roi is given: LPS mm (default), RAS mm (the coordinates 3D Slicer shows), or "
+        "the first and last voxel index (0-based, both included) along the image's i, j, k axes",
+    )
 
 
 def _number_option(
@@ -61,9 +103,7 @@ def label_values(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give comma-separated label values, e.g. 1,2"
-        ) from None
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated label values, e.g. 1,2") from None
     if any(not 1 <= value <= 65535 for value in values):
         raise argparse.ArgumentTypeError(f"{text!r}: label values are whole numbers from 1 to 65535")
     return values
@@ -94,6 +134,7 @@ def command_segment(args: argparse.Namespace) -> int:
     )
     image = read_image(args.input)
     check_output_geometry(image, args.input, [path for path, _ in outputs if path])
+    roi, shown = _region_of_interest(args, image, card)
     network = load_network(card)
     options = SegmentationOptions(
         device=args.device,
@@ -102,6 +143,7 @@ def command_segment(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         largest_component=args.largest_component,
         max_anisotropy=None if args.allow_anisotropic else DEFAULT_MAX_ANISOTROPY,
+        roi=roi,
     )
     if args.progress == "json":
         update, close = json_progress(), lambda: None
@@ -112,7 +154,8 @@ def command_segment(args: argparse.Namespace) -> int:
     finally:
         close()
     for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        if warning not in shown:
+            print(f"warning: {warning}", file=sys.stderr)
     for report in result.component_reports:
         if report.components > 1:
             print(
@@ -267,6 +310,7 @@ def command_suggest(args: argparse.Namespace) -> int:
     if args.output:
         check_output_paths([("--output", args.output)], [args.image, *([args.labels] if args.labels else [])])
     image = read_image(args.image)
+    roi = _region_of_interest(args, image, card)[0]
     labelled = set()
     if args.labels:
         labels_image, sparse = read_sparse_labels(args.labels)
@@ -287,7 +331,7 @@ def command_suggest(args: argparse.Namespace) -> int:
             labelled,
             args.strategy,
             args.budget,
-            SegmentationOptions(device=args.device),
+            SegmentationOptions(device=args.device, roi=roi),
             args.min_area,
             progress=update,
         )
@@ -415,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--largest-component", action="store_true", help="keep the largest component per label"
     )
     segment.add_argument("--allow-anisotropic", action="store_true", help="accept very thick slices")
+    _add_roi_arguments(segment)
     segment.add_argument(
         "--progress",
         default="bar",
@@ -522,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     suggest.add_argument("--output", help="also write every slice's scores and the suggestion as JSON")
     suggest.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    _add_roi_arguments(suggest)
     suggest.add_argument("--progress", default="bar", choices=["bar", "json"])
     suggest.set_defaults(handler=command_suggest)
 

@@ -128,6 +128,13 @@ class ModelCard:
         settings.update({key: value for key, value in overrides.items() if value is not None})
         return WindowSettings(**settings)
 
+    def _field_of_view_lines(self) -> list[str]:
+        field_of_view = self.data["preprocessing"].get("field_of_view_mm")
+        if field_of_view is None:
+            return []
+        size = " x ".join(f"{value:.0f}" for value in field_of_view)
+        return [f"  trained on volumes of about {size} mm: set a region of interest on larger scans"]
+
     def summary(self) -> str:
         """A few lines for a person choosing a model (CLI ``models show``, Slicer's selector)."""
         labels = ", ".join(f"{label.value}={label.name}" for label in self.foreground_labels)
@@ -135,6 +142,7 @@ class ModelCard:
         lines = [
             f"{self.name} (v{self.data['version']}): {self.data['description']}",
             f"  input: {self.data['modality']}",
+            *self._field_of_view_lines(),
             f"  labels: {labels}",
             f"  extra outputs: {', '.join(extras) or 'none'}",
             f"  training data: {self.data['training']['data']}",

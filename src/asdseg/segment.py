@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from torch import nn
 
 from asdseg.confidence_calibration import ConfidenceCalibration
@@ -30,6 +31,7 @@ from asdseg.preprocessing import (
     uncrop,
 )
 from asdseg.progress import CancelToken, ProgressCallback
+from asdseg.roi import RegionOfInterest, segmentation_region
 from asdseg.validation import DEFAULT_MAX_ANISOTROPY, check_intensities, check_spacing
 
 
@@ -43,6 +45,8 @@ class SegmentationOptions:
     batch_size: int = 1
     largest_component: bool = False
     max_anisotropy: float | None = DEFAULT_MAX_ANISOTROPY
+    #: Segment only inside this region; None: the whole volume.
+    roi: RegionOfInterest | None = None
 
 
 @dataclass
@@ -59,11 +63,19 @@ class SegmentationResult:
     sdm: dict[int, sitk.Image] = field(default_factory=dict)
     component_reports: list[ComponentReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: The index box of the input that was segmented (its ROI); None: the whole volume.
+    region: CropBox | None = None
     #: With a calibrated confidence map: the share of voxels near the organ expected wrong.
     expected_error: float | None = None
 
     def label_array(self) -> np.ndarray:
         return image_to_array(self.label_map, dtype=np.int64)
+
+    def slices_outside_region(self) -> set[int]:
+        """The slices ``k`` (third axis) an ROI left out: nothing was segmented there."""
+        if self.region is None:
+            return set()
+        return {*range(self.region.start[2]), *range(self.region.stop[2], self.label_map.GetSize()[2])}
 
 
 def _model_grid_input(image: sitk.Image, card: ModelCard) -> tuple[sitk.Image, CropBox, np.ndarray]:
@@ -142,19 +154,44 @@ def segment_image(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> SegmentationResult:
-    """Segment ``image`` (3D scalar) with ``network`` as described by ``card``."""
+    """Segment ``image`` (3D scalar) with ``network`` as described by ``card``.
+
+    With ``options.roi`` only the voxels inside the region of interest are seen (resampled,
+    normalised and cut into windows): the result is the one the region cropped out beforehand
+    would give, put back on ``image``'s grid as certain background beyond the region.
+    """
     options = options or SegmentationOptions()
     check_volume_shape(image, source)
     check_spacing(image, source, options.max_anisotropy)
-    check_intensities(sitk.GetArrayViewFromImage(image), source)
+    box, warnings = segmentation_region(image, options.roi, card)
+    region = image if options.roi is None else image[box.slices]
+    check_intensities(
+        sitk.GetArrayViewFromImage(region), source if options.roi is None else f"{source} inside the ROI"
+    )
     try:
         device = select_device(options.device)
     except ValueError as error:
         raise InputError(str(error)) from error
+
+    result = _segment_region(region, card, network, options, device, source, progress, cancel)
+    result.warnings[:0] = warnings
+    return result if options.roi is None else _on_full_grid(result, box, image)
+
+
+def _segment_region(
+    image: sitk.Image,
+    card: ModelCard,
+    network: nn.Module,
+    options: SegmentationOptions,
+    device: torch.device,
+    source: str | Path,
+    progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+) -> SegmentationResult:
+    """The whole of ``image`` (already checked) segmented, outputs on its grid."""
     settings = card.window_settings(
         overlap=options.overlap, batch_size=options.batch_size, precision=options.precision
     )
-
     try:
         model_grid, box, array = _model_grid_input(image, card)
     except InputError as error:
@@ -193,6 +230,38 @@ def segment_image(
         for channel, label in enumerate(card.foreground_labels):
             result.sdm[label.value] = array_to_image(sdm[channel].astype(np.float32), image)
     return result
+
+
+def _on_full_grid(result: SegmentationResult, box: CropBox, image: sitk.Image) -> SegmentationResult:
+    """A region's result placed on the grid of the ``image`` it was cropped from: beyond the
+    region, background with certainty, as for the engine's own crops (:func:`_uncrop_outputs`)."""
+    arrays = {"probabilities": channel_array(result.probabilities)}
+    if result.attention_probabilities is not None:
+        arrays["attention_probabilities"] = channel_array(result.attention_probabilities)
+    if result.confidence is not None:
+        arrays["confidence"] = image_to_array(result.confidence)
+    if result.sdm:
+        arrays["sdm"] = np.stack([image_to_array(sdm) for sdm in result.sdm.values()])
+    full = _uncrop_outputs(arrays, box, image.GetSize())
+    label_map = uncrop(
+        image_to_array(result.label_map, label_pixel_type(result.labels)), box, image.GetSize(), 0
+    )
+    placed = SegmentationResult(
+        array_to_image(label_map, image),
+        result.labels,
+        _vector_image(full["probabilities"], image),
+        component_reports=result.component_reports,
+        warnings=result.warnings,
+        region=box,
+        expected_error=result.expected_error,
+    )
+    if "attention_probabilities" in full:
+        placed.attention_probabilities = _vector_image(full["attention_probabilities"], image)
+    if "confidence" in full:
+        placed.confidence = array_to_image(full["confidence"], image)
+    for channel, value in enumerate(result.sdm):
+        placed.sdm[value] = array_to_image(full["sdm"][channel], image)
+    return placed
 
 
 def _calibrated(

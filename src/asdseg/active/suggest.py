@@ -51,5 +51,6 @@ def suggest_slices(
     require_attention_model(card)
     result = segment_image(image, card, network, options, progress=progress, cancel=cancel)
     scores = scores_of(result, min_area)
-    queries = select_slices(strategy, [scores], [labelled_slices], budget, rng)
+    excluded = labelled_slices | result.slices_outside_region()
+    queries = select_slices(strategy, [scores], [excluded], budget, rng)
     return SliceSuggestion(queries, scores, result)
