@@ -28,12 +28,8 @@ from typing import Any
 from torch import nn
 
 from asdseg.demo import find_la2018
-from asdseg.evaluation import COLUMNS, write_csv
-from asdseg.figures import save_reliability_diagram
-from asdseg.image_io import atomic_path
 from asdseg.model_card import ModelCard
 from asdseg.model_evaluation import (
-    CONFIDENCE_MAP,
     ModelEvaluation,
     ReferenceCase,
     evaluate_model,
@@ -41,15 +37,16 @@ from asdseg.model_evaluation import (
 )
 from asdseg.networks import architecture_outputs
 from asdseg.progress import tqdm_progress
-from asdseg.registry import save_model
 from asdseg.roi import median_field_of_view
 from asdseg.training.data import split_names
 from asdseg.training.release import (
     FinishedRun,
     as_shipped,
     calibration_metrics,
+    confidence_caveat,
     load_finished_run,
     validation_metrics,
+    write_release,
 )
 
 DATA = (
@@ -75,8 +72,6 @@ LEFT_ATRIUM = {
         "type": {"scheme": "SCT", "value": "82471001", "meaning": "Left atrium"},
     },
 }
-#: Above this expected calibration error the card warns that the confidence map is relative.
-CALIBRATED_ECE = 0.05
 DESCRIPTIONS = {
     "sassnet": "SASSNet: VNet with a segmentation head and a signed-distance-map head, trained "
     "semi-supervised with an SDM discriminator. Gives the left atrium and its signed distance map.",
@@ -174,42 +169,6 @@ def validate(what: str, card: ModelCard, network: nn.Module, cases: list[Referen
         return evaluate_model(card, network, cases, progress=update)
     finally:
         close()
-
-
-def write_release(
-    run: FinishedRun, data: dict[str, Any], shipped: ModelEvaluation, folder: Path
-) -> ModelCard:
-    card = save_model(run.network, data, folder, half_precision=True)
-    rows = [{"post_processing": kind, **row} for kind, kind_rows in shipped.rows.items() for row in kind_rows]
-    write_csv(rows, folder / "validation.csv", ("post_processing", *COLUMNS))
-    with atomic_path(folder / "calibration.json") as temporary:
-        temporary.write_text(json.dumps(shipped.calibration_summary(), indent=2) + "\n", encoding="utf-8")
-    curves = {
-        f"{name}, {region}, error AUROC {shipped.error_detection[name][region].auroc():.2f}": bins
-        for name, regions in shipped.calibration.items()
-        for region, bins in regions.items()
-    }
-    cases = data["metrics"]["validation"]["cases"]
-    save_reliability_diagram(
-        curves, folder / "calibration.png", f"{data['name']}: reliability on {cases} validation cases"
-    )
-    return card
-
-
-def confidence_caveat(shipped: ModelEvaluation) -> str:
-    """A sentence for the card's description when the confidence map is far from calibrated,
-    so that a reader of the model list knows to read it as relative."""
-    if CONFIDENCE_MAP not in shipped.calibration:
-        return ""
-    summary = shipped.calibration[CONFIDENCE_MAP]["all voxels"].summary()
-    if summary["ece"] <= CALIBRATED_ECE:
-        return ""
-    mean, accuracy, ece = summary["mean_confidence"], summary["accuracy"], summary["ece"]
-    return (
-        f" Its confidence map is not calibrated (on the validation cases: mean {mean:.2f} where "
-        f"{100 * accuracy:.0f} % of voxels are right, ECE {100 * ece:.0f} %): read it as relative, "
-        "lower = less sure."
-    )
 
 
 def main() -> None:

@@ -202,16 +202,71 @@ def command_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_train(args: argparse.Namespace) -> int:
-    from asdseg.training.config import config_from_dict, load_config
-    from asdseg.training.trainer import Trainer
+#: ``asdseg train`` options that only mean something with ``--dataset``; the counts of a split.
+SPLIT_COUNTS = ("labelled", "validation", "unlabelled")
+DATASET_OPTIONS = (*SPLIT_COUNTS, "splits", "data_licence", "data_source")
 
-    overrides = {"recipe": args.recipe} if args.recipe else {}
+
+def dataset_run_values(args: argparse.Namespace, values: dict) -> dict:
+    """The config settings for ``--dataset``: the folder read and checked case by case, the
+    split chosen (flags, splits file, the config's counts or a fifth held out), all before any
+    training."""
+    from asdseg.datasets import check_dataset, read_dataset
+    from asdseg.training.dataset_training import (
+        dataset_config_values,
+        default_counts,
+        read_split_file,
+        split_by_counts,
+    )
+
+    counts = [f"--{part}" for part in SPLIT_COUNTS if getattr(args, part) is not None]
+    if args.splits and counts:
+        raise InputError(f"--splits names every case's part; leave out {', '.join(counts)}.")
+    dataset = read_dataset(args.dataset)
+    if args.splits:
+        split = read_split_file(args.splits, dataset)
+    else:
+        configured = values.get("data") if isinstance(values.get("data"), dict) else {}
+        chosen = dict(zip(("labelled", "validation"), default_counts(len(dataset.cases))))
+        for part in chosen:
+            if getattr(args, part) is not None:
+                chosen[part] = getattr(args, part)
+            elif isinstance(configured.get(part), int):
+                chosen[part] = configured[part]
+        split = split_by_counts(dataset, chosen["labelled"], chosen["validation"], args.unlabelled)
+    spacing = check_dataset(dataset)
+    licence = args.data_licence or dataset.info.get("licence")
+    if not licence:
+        print(
+            "warning: dataset.json states no licence; the model card will say so. Pass --data-licence.",
+            file=sys.stderr,
+        )
+    return dataset_config_values(values, dataset, split, spacing, args.data_licence, args.data_source)
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from asdseg.training.config import config_from_dict, read_config_values
+    from asdseg.training.dataset_training import write_split
+    from asdseg.training.trainer import CHECKPOINT_FILE, Trainer
+
+    values = read_config_values(args.config) if args.config else {}
+    if args.recipe:
+        values["recipe"] = args.recipe
     if args.steps is not None:
-        overrides["steps"] = args.steps
-    config = load_config(args.config, overrides) if args.config else config_from_dict(overrides)
+        values["steps"] = args.steps
+    if args.dataset is not None:
+        values = dataset_run_values(args, values)
+    else:
+        given = [f"--{name.replace('_', '-')}" for name in DATASET_OPTIONS if getattr(args, name) is not None]
+        if given:
+            raise InputError(f"{', '.join(given)}: only with --dataset DIR.")
+    config = config_from_dict(values, args.config or "config")
     check_output_dir(args.output_dir, "--output-dir")
     trainer = Trainer(config, args.output_dir, device=args.device)
+    new_run = not (Path(args.output_dir) / CHECKPOINT_FILE).exists()
+    if config.data.split is not None and new_run and trainer.context.is_main:
+        print(f"split: {', '.join(f'{len(names)} {part}' for part, names in config.data.split.items())}")
+        print(f"wrote {write_split(args.output_dir, config.data.split)}")
     if args.resume:
         trainer.resume()
         print(f"resuming {config.recipe} at step {trainer.step}")
@@ -221,6 +276,23 @@ def command_train(args: argparse.Namespace) -> int:
     print(f"wrote {result.output_dir / 'log.csv'} and {result.output_dir / 'curves.png'}")
     if result.model is not None:
         print(f"trained model: {result.model.directory} (install with asdseg models install)")
+    return 0
+
+
+def command_release(args: argparse.Namespace) -> int:
+    from asdseg.progress import tqdm_progress
+    from asdseg.registry import user_models_dir
+    from asdseg.training.release import release_run
+
+    output = Path(args.output_dir) if args.output_dir else user_models_dir()
+    check_output_dir(output, "--output-dir")
+    update, close = tqdm_progress("validating")
+    try:
+        card = release_run(args.run, args.name, output, args.version, progress=update)
+    finally:
+        close()
+    print(card.summary())
+    print(f"released {card.name} into {card.directory}")
     return 0
 
 
@@ -429,9 +501,60 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir", required=True, help="checkpoint, log.csv, curves.png and the model go here"
     )
     train.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
+    train.add_argument(
+        "--dataset",
+        metavar="DIR",
+        help="train on a dataset folder: nnU-Net v2 raw (imagesTr/, labelsTr/, dataset.json) or Medical "
+        "Segmentation Decathlon layout; labels and classes come from its dataset.json",
+    )
+    train.add_argument(
+        "--labelled",
+        type=positive_int,
+        metavar="N",
+        help="with --dataset: the first N cases (by name) are labelled",
+    )
+    train.add_argument(
+        "--validation",
+        type=non_negative_int,
+        metavar="N",
+        help="with --dataset: the last N cases are held out",
+    )
+    train.add_argument(
+        "--unlabelled",
+        type=non_negative_int,
+        metavar="N",
+        help="with --dataset: use at most N of the cases between as unlabelled (default: all of them)",
+    )
+    train.add_argument(
+        "--splits",
+        metavar="FILE",
+        help='with --dataset: a JSON split by case name, {"labelled": [...], "unlabelled": [...], '
+        '"validation": [...]}, or nnU-Net\'s splits_final.json (first fold)',
+    )
+    train.add_argument(
+        "--data-licence",
+        metavar="TEXT",
+        help="with --dataset: the data's licence for the model card (wins over dataset.json's)",
+    )
+    train.add_argument(
+        "--data-source",
+        metavar="TEXT",
+        help="with --dataset: where the data came from (institution, approval, export), for the model card",
+    )
     train.add_argument("--steps", type=positive_int, help="overrides the config's number of steps")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     train.set_defaults(handler=command_train)
+
+    release = commands.add_parser(
+        "release", help="a finished run on a data folder -> a model with its validation figures per organ"
+    )
+    release.add_argument("run", help="the run's --output-dir (it holds checkpoint.pt and model/)")
+    release.add_argument("--name", required=True, help="the model's name, e.g. pelvis-dan")
+    release.add_argument("--version", default="1.0")
+    release.add_argument(
+        "--output-dir", help="where the model folder goes (default: your model folder, where Slicer finds it)"
+    )
+    release.set_defaults(handler=command_release)
 
     suggest = commands.add_parser("suggest", help="rank a volume's slices to label next (attention models)")
     suggest.add_argument("-i", "--image", required=True, help="the volume to rank the slices of")

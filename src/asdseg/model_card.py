@@ -153,5 +153,8 @@ class ModelCard:
                 f"  validation: Dice {100 * validation['raw']['dice']:.1f} % "
                 f"({100 * validation['largest_component']['dice']:.1f} % keeping the largest component) "
                 f"on {validation['cases']} held-out cases"
+                + (" (mean over the organs)" if "organs" in validation else "")
             )
+            for organ, entry in validation.get("organs", {}).items():
+                lines.append(f"    {organ}: Dice {100 * entry['raw']['dice']:.1f} %")
         return "\n".join([*lines, f"  licence: {self.data['license']}"])

@@ -27,6 +27,7 @@ from asdseg.model_card import ModelCard
 from asdseg.postprocessing import keep_largest_component
 from asdseg.progress import ProgressCallback
 from asdseg.segment import SegmentationOptions, channel_array, segment_image
+from asdseg.training.data import case_paths
 
 POST_PROCESSING = ("raw", "largest_component")
 CONFIDENCE_MAP = "confidence network"
@@ -41,16 +42,9 @@ class ReferenceCase:
 
 
 def reference_cases(root: Path, names: Sequence[str]) -> list[ReferenceCase]:
-    """Cases of a data folder in the training layout (``train/<name>/{image,label}.nii.gz``,
-    as LA 2018), at their original resolution."""
-    return [
-        ReferenceCase(
-            name,
-            read_image(root / "train" / name / "image.nii.gz"),
-            read_image(root / "train" / name / "label.nii.gz"),
-        )
-        for name in names
-    ]
+    """Cases of a data folder in a training layout (LA 2018's ``train/<name>/``, or a dataset
+    folder: :mod:`asdseg.datasets`), at their original resolution."""
+    return [ReferenceCase(name, *(read_image(path) for path in case_paths(root, name))) for name in names]
 
 
 @dataclass

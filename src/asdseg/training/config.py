@@ -38,7 +38,8 @@ RECIPE_ARCHITECTURES: dict[str, Optional[tuple[str, ...]]] = {
 @dataclass
 class DataConfig:
     """Where the cases come from. ``root`` is a folder with ``train/<case>/{image,label}.nii.gz``
-    and a ``train.list`` (the LA 2018 layout); without it, synthetic phantoms are generated."""
+    and a ``train.list`` (the LA 2018 layout) or a dataset folder (``dataset.json``: the nnU-Net
+    v2 or Decathlon layout, :mod:`asdseg.datasets`); without it, synthetic phantoms are generated."""
 
     root: Optional[str] = None
     labelled: int = 16
@@ -48,7 +49,13 @@ class DataConfig:
     #: Integer factor the volumes are downsampled by before training (the compact CPU setting).
     downsample: int = 1
     normalization: str = "zscore"
+    #: Spacing (mm) every case is resampled to before training; None = each as stored.
+    spacing: Optional[tuple[float, float, float]] = None
     phantom_shape: tuple[int, int, int] = (48, 48, 40)
+    #: The cases of each part (labelled, unlabelled, validation) by name; None = by the counts.
+    split: Optional[dict[str, list[str]]] = None
+    #: What dataset.json and the user say about the data (licence, reference...), for the card.
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,6 +119,9 @@ class TrainingConfig:
             raise InputError("steps, validate_every and checkpoint_every must be positive.")
         if self.precision not in ("fp32", "bf16"):
             raise InputError(f"precision {self.precision!r} is not one of fp32, bf16.")
+        spacing = self.data.spacing
+        if spacing is not None and not all(math.isfinite(value) and value > 0 for value in spacing):
+            raise InputError(f"data.spacing {list(spacing)} must be three positive sizes in mm.")
         if len(self.patch_size) != 3 or min(self.patch_size) < 8:
             raise InputError(f"patch_size {self.patch_size} must be three sizes of at least 8 voxels.")
 
@@ -132,7 +142,8 @@ class TrainingConfig:
             raise InputError('recipe "sassnet" needs network.params.sdm_head = true.')
         if not isinstance(params.get("num_classes"), int) or params["num_classes"] < 2:
             raise InputError("network.params.num_classes must be an integer of at least 2.")
-        labels_schema = card_schema()["properties"]["labels"]
+        # The card's $defs come along: a label's terminology refers to them.
+        labels_schema = {**card_schema()["properties"]["labels"], "$defs": card_schema()["$defs"]}
         try:
             jsonschema.validate(self.labels, labels_schema)
         except jsonschema.ValidationError as error:
@@ -203,8 +214,8 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
                 f"{where}: setting {name!r} is {value!r} ({type(value).__name__}); it must be "
                 f"{_type_name(hints[name])}."
             )
-    for name in ("patch_size", "phantom_shape"):
-        if name in values:
+    for name in ("patch_size", "phantom_shape", "spacing"):
+        if values.get(name) is not None:
             values[name] = tuple(values[name])
     return cls(**values)
 
@@ -217,6 +228,11 @@ def config_from_dict(values: dict[str, Any], where: str = "config") -> TrainingC
 
 def load_config(path: Union[str, Path], overrides: Optional[dict[str, Any]] = None) -> TrainingConfig:
     """Read a JSON config; ``overrides`` (e.g. the recipe from the command line) win."""
+    return config_from_dict({**read_config_values(path), **(overrides or {})}, str(path))
+
+
+def read_config_values(path: Union[str, Path]) -> dict[str, Any]:
+    """The settings of a JSON config file, not yet checked."""
     path = Path(path)
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
@@ -226,4 +242,4 @@ def load_config(path: Union[str, Path], overrides: Optional[dict[str, Any]] = No
         raise InputError(
             f"{path}: a training config is a JSON object of settings, not {type(values).__name__}."
         )
-    return config_from_dict({**values, **(overrides or {})}, str(path))
+    return values

@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from asdseg.datasets import is_dataset_folder, read_dataset
 from asdseg.errors import InputError
 from asdseg.image_io import image_to_array, read_image
 from asdseg.losses import UNLABELLED
@@ -47,21 +48,38 @@ class CaseSplit:
 
 
 def case_names(root: Path) -> list[str]:
+    if is_dataset_folder(root):
+        return read_dataset(root).names
     listing = root / "train.list"
     if not listing.is_file():
         raise InputError(f"{root}: no train.list; the data folder needs train.list and train/<case>/.")
     return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
 
 
-def downsample_pair(image: sitk.Image, label: sitk.Image, factor: int) -> tuple[sitk.Image, sitk.Image]:
-    spacing = [s * factor for s in image.GetSpacing()]
+def resample_pair(
+    image: sitk.Image, label: sitk.Image, spacing: tuple[float, ...] | list[float]
+) -> tuple[sitk.Image, sitk.Image]:
+    """Image (linear) and label (nearest neighbour) on a grid of ``spacing``."""
     image = resample_to_spacing(sitk.Cast(image, sitk.sitkFloat32), spacing)
     return image, resample_like(label, image, sitk.sitkNearestNeighbor)
 
 
+def downsample_pair(image: sitk.Image, label: sitk.Image, factor: int) -> tuple[sitk.Image, sitk.Image]:
+    return resample_pair(image, label, [s * factor for s in image.GetSpacing()])
+
+
+def case_paths(root: Path, name: str) -> tuple[Path, Path]:
+    """The image and label files of a case of the LA layout or of a dataset folder."""
+    if is_dataset_folder(root):
+        case = read_dataset(root).case(name)
+        return case.image, case.label
+    return root / "train" / name / "image.nii.gz", root / "train" / name / "label.nii.gz"
+
+
 def load_case(root: Path, name: str, data: DataConfig, labelled: bool) -> Case:
-    folder = root / "train" / name
-    image, label = read_image(folder / "image.nii.gz"), read_image(folder / "label.nii.gz")
+    image, label = (read_image(path) for path in case_paths(root, name))
+    if data.spacing is not None:
+        image, label = resample_pair(image, label, data.spacing)
     if data.downsample > 1:
         image, label = downsample_pair(image, label, data.downsample)
     array = normalize_intensity(image_to_array(image), data.normalization)
@@ -80,7 +98,11 @@ def phantom_case(index: int, data: DataConfig, labelled: bool, num_classes: int 
 def split_names(data: DataConfig) -> dict[str, list]:
     """The case names (indices for phantoms) of each part of the split: the first ``labelled``
     cases are labelled (the papers' LA setting: the first 16 of ``train.list``), the last
-    ``validation`` ones are held out, the rest are unlabelled."""
+    ``validation`` ones are held out, the rest are unlabelled; or the config's own ``split``."""
+    if data.split is not None:
+        if data.root is None:
+            raise InputError("data.split names cases of a data folder; set data.root (or use --dataset).")
+        return {part: list(data.split.get(part, [])) for part in ("labelled", "unlabelled", "validation")}
     if data.root is None:
         names: list = list(range(data.cases or data.labelled + data.validation + 4))
     else:
@@ -108,8 +130,8 @@ def load_split(data: DataConfig, num_classes: int | None = None) -> CaseSplit:
         case = load_case(Path(data.root), name, data, labelled)
         if labelled and num_classes is not None and int(case.label.max()) >= num_classes:
             raise InputError(
-                f"{Path(data.root) / 'train' / name}: label value {int(case.label.max())} but the network "
-                f"has {num_classes} classes (0 to {num_classes - 1}); set network.params.num_classes "
+                f"{case_paths(Path(data.root), name)[1]}: label value {int(case.label.max())} but the "
+                f"network has {num_classes} classes (0 to {num_classes - 1}); set network.params.num_classes "
                 "and labels in the config to match the data."
             )
         return case

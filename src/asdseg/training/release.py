@@ -11,18 +11,34 @@ that anyone can check which cases a model has seen.
 from __future__ import annotations
 
 import copy
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from asdseg.errors import InputError
-from asdseg.model_evaluation import ModelEvaluation
-from asdseg.registry import half_precision_state
+from asdseg.evaluation import COLUMNS, write_csv
+from asdseg.figures import save_reliability_diagram
+from asdseg.image_io import atomic_path
+from asdseg.labels import Label
+from asdseg.model_card import CARD_FILE, ModelCard, check_model_name
+from asdseg.model_evaluation import (
+    CONFIDENCE_MAP,
+    POST_PROCESSING,
+    ModelEvaluation,
+    evaluate_model,
+    reference_cases,
+)
+from asdseg.progress import ProgressCallback
+from asdseg.registry import half_precision_state, save_model
 from asdseg.training.checkpoint import load_checkpoint
 from asdseg.training.config import TrainingConfig, config_from_dict
+from asdseg.training.data import split_names
 from asdseg.training.recipes import RECIPE_CLASSES
 from asdseg.training.trainer import CHECKPOINT_FILE
 
@@ -86,3 +102,106 @@ def calibration_metrics(evaluation: ModelEvaluation) -> dict[str, dict[str, dict
         }
         for name, regions in evaluation.calibration_summary().items()
     }
+
+
+#: Above this expected calibration error the card warns that the confidence map is relative.
+CALIBRATED_ECE = 0.05
+
+
+def write_release(
+    run: FinishedRun, data: dict[str, Any], shipped: ModelEvaluation, folder: Path
+) -> ModelCard:
+    """The run's network as float16 weights with the card ``data``, ``validation.csv`` (per case
+    and organ), ``calibration.json`` and ``calibration.png``, into ``folder``."""
+    card = save_model(run.network, data, folder, half_precision=True)
+    rows = [{"post_processing": kind, **row} for kind, kind_rows in shipped.rows.items() for row in kind_rows]
+    write_csv(rows, folder / "validation.csv", ("post_processing", *COLUMNS))
+    with atomic_path(folder / "calibration.json") as temporary:
+        temporary.write_text(json.dumps(shipped.calibration_summary(), indent=2) + "\n", encoding="utf-8")
+    curves = {
+        f"{name}, {region}, error AUROC {shipped.error_detection[name][region].auroc():.2f}": bins
+        for name, regions in shipped.calibration.items()
+        for region, bins in regions.items()
+    }
+    cases = data["metrics"]["validation"]["cases"]
+    save_reliability_diagram(
+        curves, folder / "calibration.png", f"{data['name']}: reliability on {cases} validation cases"
+    )
+    return card
+
+
+def confidence_caveat(shipped: ModelEvaluation) -> str:
+    """A sentence for the card's description when the confidence map is far from calibrated,
+    so that a reader of the model list knows to read it as relative."""
+    if CONFIDENCE_MAP not in shipped.calibration:
+        return ""
+    summary = shipped.calibration[CONFIDENCE_MAP]["all voxels"].summary()
+    if summary["ece"] <= CALIBRATED_ECE:
+        return ""
+    mean, accuracy, ece = summary["mean_confidence"], summary["accuracy"], summary["ece"]
+    return (
+        f" Its confidence map is not calibrated (on the validation cases: mean {mean:.2f} where "
+        f"{100 * accuracy:.0f} % of voxels are right, ECE {100 * ece:.0f} %): read it as relative, "
+        "lower = less sure."
+    )
+
+
+def organ_metrics(evaluation: ModelEvaluation, labels: list[Label]) -> dict[str, Any]:
+    """The card's ``metrics.validation``: :func:`validation_metrics` for a one-organ model; for
+    several organs, each organ's under ``organs`` (by name) and the mean Dice and Jaccard over
+    the organs at the top, which the model list shows."""
+    if len(labels) == 1:
+        return validation_metrics(evaluation, labels[0].value)
+    organs = {label.name: validation_metrics(evaluation, label.value) for label in labels}
+    first = organs[labels[0].name]
+    entry: dict[str, Any] = {"cases": first["cases"]}
+    for kind in POST_PROCESSING:
+        entry[kind] = {
+            column: round(float(np.mean([organ[kind][column] for organ in organs.values()])), 4)
+            for column in ("dice", "jaccard")
+        }
+    return {**entry, "organs": organs}
+
+
+def release_run(
+    run_dir: str | Path,
+    name: str,
+    output_dir: str | Path,
+    version: str = "1.0",
+    progress: ProgressCallback | None = None,
+) -> ModelCard:
+    """A finished run on a data folder as a model in ``output_dir/name``: its card (the
+    trainer's, with the data's licence and provenance) gets the float16 weights' figures on the
+    run's validation cases at their stored resolution, per organ. Nothing is in place until all
+    of it is written: the model is assembled in a hidden folder beside it and renamed."""
+    check_model_name(name)
+    folder = Path(output_dir) / name
+    if folder.exists():
+        raise InputError(f"{folder} already exists; choose another --name or remove that model first.")
+    run = load_finished_run(run_dir)
+    if run.config.data.root is None:
+        raise InputError(f"{run_dir}: trained on synthetic phantoms; a release needs a run on a data folder.")
+    names = split_names(run.config.data)
+    if not names["validation"]:
+        raise InputError(
+            f"{run_dir}: the run held out no validation case, so the model cannot be judged; train "
+            "again with --validation N (or a splits file with validation cases)."
+        )
+    base = ModelCard.load(Path(run_dir) / "model" / CARD_FILE).data
+    card = ModelCard({**base, "name": name, "version": version}, folder)
+    cases = reference_cases(Path(run.config.data.root), names["validation"])
+    shipped = evaluate_model(card, as_shipped(run.network), cases, progress=progress)
+    data = card.data
+    data["metrics"] = {
+        "validation": organ_metrics(shipped, card.foreground_labels),
+        "calibration": calibration_metrics(shipped),
+    }
+    data["description"] += confidence_caveat(shipped)
+    assembly = folder.with_name(f".{name}.release")
+    shutil.rmtree(assembly, ignore_errors=True)
+    try:
+        write_release(run, data, shipped, assembly)
+        assembly.rename(folder)
+    finally:
+        shutil.rmtree(assembly, ignore_errors=True)
+    return ModelCard.load(folder / CARD_FILE)

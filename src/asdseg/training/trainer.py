@@ -33,6 +33,7 @@ from asdseg.registry import save_model
 from asdseg.training.checkpoint import load_checkpoint, save_checkpoint
 from asdseg.training.config import TrainingConfig
 from asdseg.training.data import Case, CaseSplit, PatchSampler, load_split
+from asdseg.training.dataset_training import dataset_card
 from asdseg.training.distributed import check_replicas_agree, device_for, init_distributed
 from asdseg.training.recipes import RECIPE_CLASSES
 from asdseg.training.recipes.base import Recipe
@@ -269,6 +270,7 @@ class Trainer:
             "license": "as the training data",
             "weights": {"file": "model.pt", "sha256": "0" * 64},
         }
+        card = dataset_card(card, config.recipe, config.data)
         if self.base_card is not None:
             kept = {key: card[key] for key in ("architecture", "metrics", "weights")}
             training = {**card["training"], **self.base_card.get("training", {}), "steps": self.step}

@@ -1,0 +1,171 @@
+"""``asdseg train --dataset``: a training run on a dataset folder (:mod:`asdseg.datasets`).
+
+The dataset decides the labels (names from dataset.json, colours and codes where a name is
+recognised) and the number of classes; the split is chosen by counts or read from a splits file
+and kept by case name in the run's config (``data.split``) and in ``split.json``; the dataset's
+licence and provenance go into the model card.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from asdseg.datasets import Dataset
+from asdseg.errors import InputError
+from asdseg.image_io import atomic_path
+from asdseg.training.config import DEFAULT_NETWORKS, DataConfig
+
+PARTS = ("labelled", "unlabelled", "validation")
+SPLIT_FILE = "split.json"
+
+
+def default_counts(cases: int) -> tuple[int, int]:
+    """Labelled and validation counts when neither flags nor config give them: a fifth of the
+    cases (at least one, where there are two) held out, every other case labelled."""
+    validation = max(1, round(cases / 5)) if cases >= 2 else 0
+    return cases - validation, validation
+
+
+def split_by_counts(
+    dataset: Dataset, labelled: int, validation: int, unlabelled: int | None = None
+) -> dict[str, list[str]]:
+    """The first ``labelled`` cases (by name) labelled, the last ``validation`` held out, the
+    ones between unlabelled (at most ``unlabelled`` of them)."""
+    names = dataset.names
+    between = len(names) - labelled - validation
+    needed = labelled + validation + (unlabelled or 0)
+    if labelled < 1 or between < 0 or needed > len(names):
+        wanted = f"{labelled} labelled, {validation} validation" + (
+            f" and {unlabelled} unlabelled" if unlabelled else ""
+        )
+        raise InputError(
+            f"{dataset.root}: {len(names)} cases cannot give {wanted} cases (at least 1 labelled); lower "
+            "--labelled / --validation / --unlabelled or add cases."
+        )
+    kept = between if unlabelled is None else unlabelled
+    return {
+        "labelled": names[:labelled],
+        "unlabelled": names[labelled : labelled + kept],
+        "validation": names[len(names) - validation :],
+    }
+
+
+def read_split_file(path: str | Path, dataset: Dataset) -> dict[str, list[str]]:
+    """A split by case name: ``{"labelled": [...], "unlabelled": [...], "validation": [...]}``,
+    or nnU-Net's ``splits_final.json`` (its first fold: ``train`` labelled, ``val`` validation)."""
+    path = Path(path)
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"--splits {path}: not readable JSON ({error}).") from error
+    if isinstance(split, list) and split and isinstance(split[0], dict) and "train" in split[0]:
+        split = {"labelled": split[0]["train"], "validation": split[0].get("val", [])}
+    if not isinstance(split, dict) or set(split) - set(PARTS):
+        raise InputError(
+            f'--splits {path}: give {{"labelled": [...], "unlabelled": [...], "validation": [...]}} '
+            "(case names) or nnU-Net's splits_final.json."
+        )
+    split = {part: [str(name) for name in split.get(part, [])] for part in PARTS}
+    listed = [name for part in PARTS for name in split[part]]
+    unknown = sorted(set(listed) - set(dataset.names))
+    twice = sorted({name for name in listed if listed.count(name) > 1})
+    if unknown or twice or not split["labelled"]:
+        problems = [f"cases not in the dataset: {', '.join(unknown)}"] if unknown else []
+        problems += [f"cases in more than one part: {', '.join(twice)}"] if twice else []
+        problems += ["no labelled case"] if not split["labelled"] else []
+        raise InputError(f"--splits {path}: {'; '.join(problems)}.")
+    return split
+
+
+def dataset_config_values(
+    values: dict[str, Any],
+    dataset: Dataset,
+    split: dict[str, list[str]],
+    spacing: tuple[float, float, float],
+    licence: str | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """``values`` (a config's settings) for a run on ``dataset``: its labels, a network with one
+    class per label (the recipe's own unless the config names one), the split, the ``spacing``
+    the cases are resampled to (unless the config gives one) and what the card says about the
+    data. ``licence`` and ``source`` are the user's: the data's licence (it wins over
+    dataset.json's) and where the data came from."""
+    values = copy.deepcopy(values)
+    if not isinstance(values.get("data", {}), dict):
+        raise InputError(f"config data: expected a JSON object of settings, got {values['data']!r}.")
+    values["labels"] = [label.to_dict() for label in dataset.labels]
+    network = values.get("network")
+    if not network:
+        recipe = values.get("recipe", "supervised")
+        values["network"] = copy.deepcopy(DEFAULT_NETWORKS.get(recipe, DEFAULT_NETWORKS["supervised"]))
+        values["network"]["params"]["num_classes"] = len(dataset.labels)
+    elif isinstance(network, dict) and isinstance(network.setdefault("params", {}), dict):
+        network["params"].setdefault("num_classes", len(dataset.labels))  # a malformed one: the check says so
+    provenance = {**dataset.info, "layout": dataset.layout, "channel": dataset.channel}
+    provenance["cases"] = len(dataset.cases)
+    if licence:
+        provenance["licence"] = licence
+    if source:
+        provenance["source"] = source
+    values["data"] = {
+        "spacing": list(spacing),
+        **values.get("data", {}),
+        "root": str(dataset.root.resolve()),
+        "labelled": len(split["labelled"]),
+        "validation": len(split["validation"]),
+        "split": split,
+        "provenance": provenance,
+    }
+    return values
+
+
+def write_split(output_dir: str | Path, split: dict[str, list[str]]) -> Path:
+    """``split.json`` in the run folder, in the form ``--splits`` reads back."""
+    path = Path(output_dir) / SPLIT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(split, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def dataset_card(card: dict[str, Any], recipe: str, data: DataConfig) -> dict[str, Any]:
+    """The trainer's card of a run on a dataset folder, with what it segments, the data's
+    licence and provenance, and the split by case name; other cards are returned as they are."""
+    info = data.provenance
+    if not info:
+        return card
+    name = info.get("name") or Path(str(data.root)).name
+    organs = [label["name"] for label in card["labels"] if label["value"] != 0]
+    licence = info.get("licence") or "not stated in dataset.json or by --data-licence"
+    described = f": {info['description']}" if info.get("description") else ""
+    training = {
+        **card["training"],
+        "data": f"{name} ({info['layout']} layout, {info['cases']} cases, {info['channel']}){described}",
+        "protocol": (
+            f"{len(data.split['labelled'])} labelled, {len(data.split['unlabelled'])} unlabelled and "
+            f"{len(data.split['validation'])} validation cases (training.split), recipe {recipe}"
+        ),
+        "split": data.split,
+        "data_licence": licence,
+    }
+    training.update({f"data_{key}": info[key] for key in ("reference", "release", "source") if info.get(key)})
+    return {
+        **card,
+        "name": _slug(f"{name}-{recipe}") or card["name"],
+        "description": f"Segments {', '.join(organs)}; trained by asdseg train --recipe {recipe} on {name}.",
+        "task": _slug("-".join(organs)) or card["task"],
+        "modality": f"{info['channel']} images like those of {name}; any spacing (resampled to the card's)",
+        "license": (
+            f"The weights derive from {name}, whose licence is: {licence}. Use and share them only as "
+            "that licence allows. Not validated for clinical use."
+        ),
+        "training": training,
+    }
