@@ -1,23 +1,35 @@
-"""Simulation study of attention-guided active learning on LA 2018.
+"""Simulation study of attention-guided active learning on LA 2018, in the product's setting.
 
-Every volume of a training pool starts with labels on every ``initial_every``-th axial slice.
-An attention 3D U-Net is trained on them; then, round after round, each query strategy picks
-``budget`` more slices over the pool, their ground truth is revealed (the simulated annotator)
-and the model of that strategy is fine-tuned on everything labelled so far. After each round the
-model is scored on held-out volumes, and the mean P-DSC over the pool is recorded for the stop
-criterion (change below sigma). A model trained on every slice of the pool, for as many steps
-as a strategy's whole chain, gives the full-annotation Dice.
+An annotator opens ActiveAnnotate on new left-atrium scans with the attention U-Net trained on
+the 16 labelled LA volumes (``--model``; the first 16 cases of ``train.list``). The study's pool
+is the next ``pool`` cases, never seen by that model; each pool volume starts with an equal
+interval of labelled axial slices (``start_fraction`` of its slices). Round after round, each
+query strategy picks ``budget_fraction`` of the pool's slices, their ground truth is revealed
+(the simulated annotator), and the strategy's model is fine-tuned on every slice labelled so far
+(``round_steps`` steps), until ``max_fraction`` of the slices are labelled. After each round the
+model is scored on the held-out cases (the last ``validation`` of ``train.list``) and the mean
+P-DSC over the pool is recorded for the stop criterion (change below sigma). "full-annotation"
+fine-tunes on every slice of the pool for the same steps: the reference the strategies approach.
 
-Reported: Dice against the fraction of slices labelled (``rows.csv`` and ``curves.png``), per
-strategy the smallest fraction reaching full-annotation Dice minus 1 point and the round where
-the stop criterion fired, and the Spearman rank correlation between per-slice P-DSC and the real
-per-slice Dice on the held-out volumes (``summary.json``, ``summary.md``).
+Strategies: p-dsc, p-accuracy, entropy, random, equal-interval, and full-annotation; each chain
+runs ``repeats`` times with different seeds (fine-tuning's sampling, and random's picks). Every
+chain saves its state after each round under ``OUTPUT/runs/``, so that the study stops and
+continues per strategy, repeat and round, and several processes can share the work
+(``--strategies``, ``--repeats``). ``--report`` (also run at the end) writes:
 
-Volumes are cropped around the left atrium (a margin of ``margin`` voxels, as the UA-MT / SASSNet
-preprocessing crops around the label) and downsampled by ``downsample``; slice fractions count
-slices of those volumes.
+- ``rows.csv``: every round of every chain;
+- ``curves.csv`` and ``curves.png``: Dice against slices labelled, mean and spread per strategy,
+  the stop criterion marked;
+- ``summary.json`` and ``summary.md``: per budget and strategy, and the answers to "is P-DSC at
+  least as good as random and equal-interval" and "how few slices come within 1 point of full
+  annotation".
 
-    python benchmarks/active_learning_study.py --setting compact --output benchmark_results/active_learning
+Volumes are cropped around the atrium (``margin`` voxels, as the UA-MT / SASSNet preprocessing
+crops around the label) and put on the model's grid (1.25 mm); slice fractions count that grid's
+slices (each is two slices of the original 0.625 mm scans).
+
+    python benchmarks/active_learning_study.py --setting cpu --output benchmark_results/active_learning
+    python benchmarks/active_learning_study.py --report --output benchmark_results/active_learning
 """
 
 from __future__ import annotations
@@ -25,92 +37,87 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 import torch
-from scipy.stats import spearmanr
 
 from asdseg.active.finetune import FineTuneSettings, fine_tune
 from asdseg.active.slice_scores import SliceScores, mean_agreement, score_slices
 from asdseg.active.sparse_labels import SparseLabels
-from asdseg.active.starter_model import untrained_attention_model
 from asdseg.active.stopping import DEFAULT_SIGMA, has_converged
 from asdseg.active.strategies import STRATEGIES, select_slices
 from asdseg.demo import find_la2018
 from asdseg.figures import save_active_learning_curves
-from asdseg.image_io import image_to_array, read_image
+from asdseg.image_io import atomic_path, image_to_array, read_image
 from asdseg.inference import predict_volume
-from asdseg.labels import Label
+from asdseg.machine import describe_machine, machine_line
 from asdseg.metrics import dice
 from asdseg.model_card import ModelCard
-from asdseg.preprocessing import foreground_box, normalize_intensity
+from asdseg.preprocessing import foreground_box, normalize_intensity, resample_like, resample_to_spacing
 from asdseg.registry import load_network
-from asdseg.training.data import Case, case_names, downsample_pair
+from asdseg.training.data import Case, case_names
 
-LABELS = [Label(0, "background", (0, 0, 0)), Label(1, "left atrium", (220, 60, 60))]
+FULL_ANNOTATION = "full-annotation"
+ALL_STRATEGIES = [*STRATEGIES, FULL_ANNOTATION]
+#: Cases of train.list the starting model was trained on (the papers' 16 labelled LA volumes).
+STARTING_MODEL_CASES = 16
 
 
 @dataclass(frozen=True)
 class StudySettings:
-    downsample: int
-    pool: int  #: training volumes (the first of train.list)
+    pool: int  #: volumes after the starting model's training cases
     validation: int  #: held-out volumes (the last of train.list)
-    initial_every: int  #: label every n-th slice to start with
-    budget: int  #: slices queried per round, over the whole pool
-    rounds: int
-    initial_steps: int
+    start_fraction: float  #: slices labelled at the start, at equal intervals
+    budget_fraction: float  #: slices queried per round, as a fraction of the pool's slices
+    max_fraction: float  #: the study stops once this fraction is labelled
     round_steps: int
-    base_filters: int
-    patch_size: tuple[int, int, int]
-    margin: int = 16  #: voxels around the label kept when cropping (full resolution)
-    learning_rate: float = 0.01
+    learning_rate: float
+    repeats: int
     batch_size: int = 2
+    margin: int = 16  #: voxels around the label kept when cropping (original resolution)
 
 
 SETTINGS = {
-    # Every 8th slice of the 2x-downsampled volumes is every 16th slice at full resolution.
-    "compact": StudySettings(
-        downsample=2,
-        pool=8,
-        validation=4,
-        initial_every=8,
-        budget=8,
-        rounds=5,
-        initial_steps=400,
-        round_steps=100,
-        base_filters=8,
-        patch_size=(48, 48, 32),
-    ),
+    # The paper's round schedule (section 3: SGD, rate 0.001, momentum 0.9, weight decay 1e-4,
+    # 500 steps per round): hours of GPU.
     "paper": StudySettings(
-        downsample=1,
-        pool=60,
+        pool=16,
         validation=20,
-        initial_every=16,
-        budget=40,
-        rounds=10,
-        initial_steps=4000,
-        round_steps=1000,
-        base_filters=16,
-        patch_size=(112, 112, 80),
-        batch_size=4,
+        start_fraction=0.05,
+        budget_fraction=0.05,
+        max_fraction=0.40,
+        round_steps=500,
+        learning_rate=0.001,
+        repeats=3,
+    ),
+    # What 2 CPU cores finish in about two hours: 40 steps per round (the paper: 500) at
+    # ActiveAnnotate's own fine-tuning rate (FineTuneSettings), 10 held-out cases.
+    "cpu": StudySettings(
+        pool=16,
+        validation=10,
+        start_fraction=0.05,
+        budget_fraction=0.05,
+        max_fraction=0.40,
+        round_steps=40,
+        learning_rate=FineTuneSettings().learning_rate,
+        repeats=3,
     ),
     # Checks that the script runs end to end; its numbers mean nothing.
     "smoke": StudySettings(
-        downsample=4,
         pool=2,
         validation=1,
-        initial_every=4,
-        budget=2,
-        rounds=2,
-        initial_steps=4,
+        start_fraction=0.1,
+        budget_fraction=0.1,
+        max_fraction=0.3,
         round_steps=2,
-        base_filters=4,
-        patch_size=(16, 16, 16),
+        learning_rate=0.001,
+        repeats=1,
     ),
 }
 
@@ -118,169 +125,331 @@ SETTINGS = {
 @dataclass
 class Volume:
     name: str
-    image: np.ndarray  #: normalised (x, y, z)
+    image: np.ndarray  #: normalised, on the model's grid (x, y, z)
     label: np.ndarray  #: int64 (x, y, z)
     spacing: tuple[float, float, float]
 
 
-def load_volume(root: Path, name: str, settings: StudySettings) -> Volume:
+def load_volume(root: Path, name: str, card: ModelCard, margin: int) -> Volume:
+    """One case cropped around the atrium and put on the model's grid."""
     folder = root / "train" / name
     image, label = read_image(folder / "image.nii.gz"), read_image(folder / "label.nii.gz")
-    box = foreground_box(image_to_array(label), settings.margin)
+    box = foreground_box(image_to_array(label), margin)
     size = [stop - start for start, stop in zip(box.start, box.stop, strict=True)]
-    image = sitk.RegionOfInterest(image, size, list(box.start))
-    label = sitk.RegionOfInterest(label, size, list(box.start))
-    if settings.downsample > 1:
-        image, label = downsample_pair(image, label, settings.downsample)
-    array = normalize_intensity(image_to_array(image), "zscore")
+    image = resample_to_spacing(
+        sitk.Cast(sitk.RegionOfInterest(image, size, list(box.start)), sitk.sitkFloat32), card.spacing
+    )
+    label = resample_like(
+        sitk.RegionOfInterest(label, size, list(box.start)), image, sitk.sitkNearestNeighbor
+    )
+    array = normalize_intensity(image_to_array(image), card.data["preprocessing"]["normalization"])
     return Volume(name, array, image_to_array(label, np.int64), image.GetSpacing())
 
 
-def training_cases(volumes: list[Volume], labelled: list[set[int]]) -> list[Case]:
-    return [
-        Case(volume.name, volume.image, SparseLabels(volume.label, slices).training_target(), volume.spacing)
-        for volume, slices in zip(volumes, labelled, strict=True)
-    ]
+def equal_interval_slices(count: int, fraction: float) -> set[int]:
+    """``fraction`` of ``count`` slices (at least one), spread at equal intervals."""
+    wanted = max(1, round(fraction * count))
+    return {int(index) for index in np.linspace(0, count, wanted, endpoint=False) + count / wanted / 2}
 
 
-def train(card: ModelCard, cases: list[Case], steps: int, settings: StudySettings, folder: Path) -> ModelCard:
-    tuning = FineTuneSettings(
-        steps=steps,
-        learning_rate=settings.learning_rate,
-        batch_size=settings.batch_size,
-        checkpoint_every=steps,
-    )
-    return fine_tune(card, cases, folder, tuning, name=card.name, device="cpu").model
+class Study:
+    """The pool, the held-out cases and the settings one chain needs."""
 
+    def __init__(
+        self, card: ModelCard, pool: list[Volume], validation: list[Volume], settings: StudySettings
+    ):
+        self.card, self.pool, self.validation, self.settings = card, pool, validation, settings
+        self.total_slices = sum(volume.label.shape[2] for volume in pool)
+        self.budget = max(1, round(settings.budget_fraction * self.total_slices))
+        self.start = [
+            equal_interval_slices(volume.label.shape[2], settings.start_fraction) for volume in pool
+        ]
 
-def predictions(card: ModelCard, volumes: list[Volume]) -> list[dict[str, np.ndarray]]:
-    network = load_network(card)
-    window = card.window_settings()
-    return [predict_volume(network, volume.image, window, torch.device("cpu")) for volume in volumes]
+    def rounds(self) -> int:
+        started = sum(len(slices) for slices in self.start)
+        return round((self.settings.max_fraction * self.total_slices - started) / self.budget)
 
+    def predictions(self, card: ModelCard, volumes: list[Volume]) -> list[dict[str, np.ndarray]]:
+        network, window = load_network(card), card.window_settings()
+        return [predict_volume(network, volume.image, window, torch.device("cpu")) for volume in volumes]
 
-def pool_scores(card: ModelCard, volumes: list[Volume]) -> list[SliceScores]:
-    return [
-        score_slices(output["probabilities"], output["attention_probabilities"])
-        for output in predictions(card, volumes)
-    ]
+    def pool_scores(self, card: ModelCard) -> list[SliceScores]:
+        return [
+            score_slices(output["probabilities"], output["attention_probabilities"])
+            for output in self.predictions(card, self.pool)
+        ]
 
-
-def validation_dice(card: ModelCard, volumes: list[Volume]) -> float:
-    return float(
-        np.mean(
-            [
-                dice(output["probabilities"].argmax(axis=0) == 1, volume.label == 1)
-                for output, volume in zip(predictions(card, volumes), volumes, strict=True)
-            ]
+    def validation_dice(self, card: ModelCard) -> float:
+        outputs = self.predictions(card, self.validation)
+        return float(
+            np.mean(
+                [
+                    dice(output["probabilities"].argmax(axis=0) == 1, volume.label == 1)
+                    for output, volume in zip(outputs, self.validation, strict=True)
+                ]
+            )
         )
-    )
+
+    def fine_tune(self, card: ModelCard, labelled: list[set[int]], seed: int, folder: Path) -> ModelCard:
+        cases = [
+            Case(
+                volume.name,
+                volume.image,
+                SparseLabels(volume.label, slices).training_target(),
+                volume.spacing,
+            )
+            for volume, slices in zip(self.pool, labelled, strict=True)
+        ]
+        tuning = FineTuneSettings(
+            steps=self.settings.round_steps,
+            learning_rate=self.settings.learning_rate,
+            batch_size=self.settings.batch_size,
+            checkpoint_every=self.settings.round_steps,
+            seed=seed,
+        )
+        return fine_tune(card, cases, folder, tuning, name=card.name, device="cpu").model
 
 
-def rank_correlation(card: ModelCard, volumes: list[Volume]) -> dict[str, float]:
-    """Spearman correlation between P-DSC and the real Dice of each held-out slice where the
-    reference or the prediction holds the atrium."""
-    p_dsc, real = [], []
-    for output, volume in zip(predictions(card, volumes), volumes, strict=True):
-        scores = score_slices(output["probabilities"], output["attention_probabilities"])
-        prediction = output["probabilities"].argmax(axis=0) == 1
-        for index in range(volume.label.shape[2]):
-            reference = volume.label[:, :, index] == 1
-            if reference.any() or prediction[:, :, index].any():
-                p_dsc.append(scores.p_dsc[index])
-                real.append(dice(prediction[:, :, index], reference))
-    result = spearmanr(p_dsc, real)
-    return {"spearman": float(result.statistic), "p_value": float(result.pvalue), "slices": len(real)}
+def chain_folder(output: Path, strategy: str, repeat: int) -> Path:
+    return output / "runs" / f"{strategy}-repeat{repeat}"
 
 
-def run_strategy(
-    strategy: str,
-    initial: ModelCard,
-    pool: list[Volume],
-    validation: list[Volume],
-    initial_labelled: list[set[int]],
-    initial_scores: list[SliceScores],
-    settings: StudySettings,
-    folder: Path,
-    first_row: dict[str, Any],
-) -> tuple[list[dict[str, Any]], ModelCard]:
-    """The rounds of one strategy. The pool is scored once per model: the scores of a round's
-    new model give both its mean P-DSC and the next round's query."""
-    total_slices = sum(volume.label.shape[2] for volume in pool)
-    labelled = [set(slices) for slices in initial_labelled]
-    rng = np.random.default_rng(2024)
-    model, scores = initial, initial_scores
-    rows, history = [{**first_row, "strategy": strategy}], [first_row["mean_p_dsc"]]
-    for round_index in range(1, settings.rounds + 1):
+def load_state(folder: Path) -> dict[str, Any] | None:
+    path = folder / "state.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save_state(folder: Path, state: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "state.json") as temporary:
+        temporary.write_text(json.dumps(state, indent=1) + "\n")
+
+
+def start_state(study: Study, strategy: str, repeat: int, initial: dict[str, Any]) -> dict[str, Any]:
+    count = sum(len(slices) for slices in study.start)
+    row = {
+        "strategy": strategy,
+        "repeat": repeat,
+        "round": 0,
+        "labelled_slices": count,
+        "labelled_fraction": count / study.total_slices,
+        "dice": initial["dice"],
+        "mean_p_dsc": initial["mean_p_dsc"],
+        "stopped_here": False,
+        "seconds": 0.0,
+    }
+    return {"labelled": [sorted(slices) for slices in study.start], "rows": [row], "model": None}
+
+
+def next_labelled(
+    study: Study, strategy: str, labelled: list[set[int]], scores: list[SliceScores], rng: np.random.Generator
+) -> list[set[int]]:
+    if strategy == FULL_ANNOTATION:
+        return [set(range(volume.label.shape[2])) for volume in study.pool]
+    chosen = [set(slices) for slices in labelled]
+    for query in select_slices(strategy, scores, chosen, study.budget, rng):
+        chosen[query.volume].add(query.slice)
+    return chosen
+
+
+def run_chain(study: Study, strategy: str, repeat: int, output: Path, initial: dict[str, Any]) -> None:
+    """Every round of one strategy and repeat, continuing from its saved state. Only the last
+    round's model is kept."""
+    folder = chain_folder(output, strategy, repeat)
+    state = load_state(folder) or start_state(study, strategy, repeat, initial)
+    seed = 1000 + repeat
+    card = ModelCard.load(Path(state["model"])) if state["model"] else study.card
+    scores = study.pool_scores(card) if state["model"] else initial["scores"]
+    while len(state["rows"]) <= study.rounds():
+        round_index = len(state["rows"])
         started = time.monotonic()
-        queries = select_slices(strategy, scores, labelled, settings.budget, rng)
-        for query in queries:
-            labelled[query.volume].add(query.slice)
-        model = train(
-            model,
-            training_cases(pool, labelled),
-            settings.round_steps,
-            settings,
-            folder / f"round-{round_index}",
-        )
-        scores = pool_scores(model, pool)
-        history.append(mean_agreement(scores))
+        rng = np.random.default_rng((seed, round_index))
+        labelled = next_labelled(study, strategy, [set(s) for s in state["labelled"]], scores, rng)
+        round_folder = folder / f"round-{round_index}"
+        card = study.fine_tune(card, labelled, seed + round_index, round_folder)
+        scores = study.pool_scores(card) if strategy != FULL_ANNOTATION else scores
+        history = [row["mean_p_dsc"] for row in state["rows"]] + [mean_agreement(scores)]
         count = sum(len(slices) for slices in labelled)
-        rows.append(
+        state["rows"].append(
             {
                 "strategy": strategy,
+                "repeat": repeat,
                 "round": round_index,
                 "labelled_slices": count,
-                "labelled_fraction": count / total_slices,
-                "dice": validation_dice(model, validation),
+                "labelled_fraction": count / study.total_slices,
+                "dice": study.validation_dice(card),
                 "mean_p_dsc": history[-1],
-                "stopped_here": has_converged(history, DEFAULT_SIGMA)
-                and not any(row["stopped_here"] for row in rows),
+                "stopped_here": strategy != FULL_ANNOTATION
+                and has_converged(history, DEFAULT_SIGMA)
+                and not any(row["stopped_here"] for row in state["rows"]),
                 "seconds": time.monotonic() - started,
             }
         )
-        print(f"{strategy} round {round_index}: {rows[-1]}", flush=True)
-    return rows, model
+        state["labelled"] = [sorted(slices) for slices in labelled]
+        state["model"] = str(round_folder / "model" / "card.json")
+        save_state(folder, state)
+        shutil.rmtree(folder / f"round-{round_index - 1}", ignore_errors=True)
+        print(f"{strategy} repeat {repeat} round {round_index}: {state['rows'][-1]}", flush=True)
 
 
-def first_reaching(rows: list[dict[str, Any]], target: float) -> float | None:
-    reached = [row["labelled_fraction"] for row in rows if row["dice"] >= target]
-    return min(reached) if reached else None
+def initial_figures(study: Study, output: Path) -> dict[str, Any]:
+    """The starting model's held-out Dice, its pool scores and their mean P-DSC (cached)."""
+    scores = study.pool_scores(study.card)
+    path = output / "initial.json"
+    if path.is_file():
+        figures = json.loads(path.read_text())
+    else:
+        figures = {"dice": study.validation_dice(study.card), "mean_p_dsc": mean_agreement(scores)}
+        output.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as temporary:
+            temporary.write_text(json.dumps(figures, indent=1) + "\n")
+    return {**figures, "scores": scores}
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def read_rows(output: Path) -> list[dict[str, Any]]:
+    rows = []
+    for path in sorted((output / "runs").glob("*/state.json")):
+        rows += json.loads(path.read_text())["rows"]
+    return rows
+
+
+def curve_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per strategy and round: mean, minimum and maximum Dice and labelled fraction over the
+    repeats, and how many repeats' stop criterion fired at that round."""
+    points = []
+    for strategy in dict.fromkeys(row["strategy"] for row in rows):
+        own = [row for row in rows if row["strategy"] == strategy]
+        for round_index in sorted({row["round"] for row in own}):
+            at = [row for row in own if row["round"] == round_index]
+            values = [row["dice"] for row in at]
+            points.append(
+                {
+                    "strategy": strategy,
+                    "round": round_index,
+                    "repeats": len(at),
+                    "labelled_fraction": float(np.mean([row["labelled_fraction"] for row in at])),
+                    "dice": float(np.mean(values)),
+                    "dice_min": min(values),
+                    "dice_max": max(values),
+                    "stops": sum(row["stopped_here"] for row in at),
+                }
+            )
+    return points
+
+
+def comparisons(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's questions, answered from the curves."""
+    by = {(point["strategy"], point["round"]): point for point in points}
+    rounds = sorted({point["round"] for point in points if point["round"] > 0})
+    full = [by[(FULL_ANNOTATION, r)]["dice"] for r in rounds if (FULL_ANNOTATION, r) in by]
+    full_dice = full[-1] if full else None
+    answers: dict[str, Any] = {"full_annotation_dice": full_dice, "strategies": {}}
+    for strategy in dict.fromkeys(point["strategy"] for point in points):
+        if strategy == FULL_ANNOTATION:
+            continue
+        own = [by[(strategy, r)] for r in rounds if (strategy, r) in by]
+        reached = [
+            p["labelled_fraction"] for p in own if full_dice is not None and p["dice"] >= full_dice - 0.01
+        ]
+        answers["strategies"][strategy] = {
+            "final_dice": own[-1]["dice"] if own else None,
+            "min_fraction_within_1_point_of_full": min(reached) if reached else None,
+            "rounds": len(own),
+        }
+    for other in ("random", "equal-interval"):
+        pairs = [
+            (by[("p-dsc", r)], by[(other, r)]) for r in rounds if ("p-dsc", r) in by and (other, r) in by
+        ]
+        answers[f"p-dsc_minus_{other}"] = [round(100 * (a["dice"] - b["dice"]), 2) for a, b in pairs]
+    return answers
+
+
+def report(output: Path) -> None:
+    rows = read_rows(output)
+    if not rows:
+        raise SystemExit(f"no finished round under {output / 'runs'}")
+    points = curve_points(rows)
+    write_csv(output / "rows.csv", rows)
+    write_csv(output / "curves.csv", points)
+    answers = comparisons(points)
+    run = json.loads((output / "run.json").read_text())
+    summary = {**run, "points": points, "answers": answers}
+    (output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (output / "summary.md").write_text(summary_markdown(summary))
+    save_active_learning_curves(points, answers["full_annotation_dice"], output / "curves.png")
+    print(summary_markdown(summary))
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
-    settings = summary["settings"]
+    settings, answers = summary["settings"], summary["answers"]
+    points = summary["points"]
+    strategies = list(dict.fromkeys(point["strategy"] for point in points))
+    rounds = sorted({point["round"] for point in points})
+    by = {(point["strategy"], point["round"]): point for point in points}
     lines = [
-        f"LA 2018 active-learning simulation, setting `{summary['setting']}`: {settings['pool']} pool "
-        f"volumes, {settings['validation']} held out, cropped around the atrium and downsampled "
-        f"{settings['downsample']}x; start: every {settings['initial_every']}th slice; {settings['budget']} "
-        f"slices per round, {settings['rounds']} rounds of {settings['round_steps']} fine-tuning steps. "
-        f"Wall time {summary['minutes']:.0f} min.",
+        f"LA 2018 active-learning simulation, setting `{summary['setting']}`: starting model "
+        f"`{summary['model']}` (trained on the first {STARTING_MODEL_CASES} cases of train.list, held-out "
+        f"Dice {100 * summary['initial_dice']:.2f} %); pool of {settings['pool']} further cases "
+        f"({summary['pool_slices']} slices at 1.25 mm), {settings['validation']} held-out cases; start "
+        f"{100 * settings['start_fraction']:.0f} % of slices at equal intervals, "
+        f"{summary['budget']} slices ({100 * settings['budget_fraction']:.0f} %) per round up to "
+        f"{100 * settings['max_fraction']:.0f} %, {settings['round_steps']} fine-tuning steps per round "
+        f"at rate {settings['learning_rate']}; {settings['repeats']} repeats (seeds). "
+        f"{summary['machine_line']}.",
         "",
-        f"Full-annotation Dice: {100 * summary['full_annotation_dice']:.2f} % "
-        f"({summary['full_annotation_steps']} steps on every slice).",
+        "Held-out Dice % per round, mean over repeats [min - max]:",
         "",
-        "| strategy | final Dice % | final slices labelled % | min. fraction reaching full - 1 point "
-        "| stop criterion fired at |",
-        "|---|---|---|---|---|",
+        "| strategy | " + " | ".join(f"round {r}" for r in rounds) + " |",
+        "|---|" + "---|" * len(rounds),
     ]
-    for strategy, entry in summary["strategies"].items():
-        reached = entry["min_fraction_reaching_full_minus_1"]
-        reached = "not reached" if reached is None else f"{100 * reached:.1f} %"
-        stopped = entry["stopped_at"]
-        stopped = (
-            "not within the rounds" if stopped is None else f"round {stopped[0]} ({100 * stopped[1]:.1f} %)"
-        )
+    for strategy in strategies:
+        cells = []
+        for r in rounds:
+            point = by.get((strategy, r))
+            cells.append(
+                "—"
+                if point is None
+                else f"{100 * point['dice']:.2f} "
+                f"[{100 * point['dice_min']:.2f}-{100 * point['dice_max']:.2f}]"
+                + (f" stop x{point['stops']}" if point["stops"] else "")
+            )
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    fractions = [
+        f"{percent(by[(strategies[0], r)]['labelled_fraction'])} %"
+        for r in rounds
+        if (strategies[0], r) in by
+    ]
+    lines += [
+        "",
+        "Slices labelled per round (non-full strategies): " + ", ".join(fractions) + ".",
+        "",
+        f"Full annotation, final round: {percent(answers['full_annotation_dice'])} % Dice.",
+        "",
+        "| strategy | final Dice % | smallest fraction within 1 point of full annotation |",
+        "|---|---|---|",
+    ]
+    for strategy, entry in answers["strategies"].items():
+        reached = entry["min_fraction_within_1_point_of_full"]
         lines.append(
-            f"| {strategy} | {100 * entry['final_dice']:.2f} | {100 * entry['final_fraction']:.1f} | "
-            f"{reached} | {stopped} |"
+            f"| {strategy} | {percent(entry['final_dice'])} | "
+            f"{'not reached' if reached is None else percent(reached) + ' %'} |"
         )
-    for name, correlation in summary["rank_correlation"].items():
-        lines.append(
-            f"\nSpearman rank correlation between P-DSC and real slice Dice ({name} model, "
-            f"{correlation['slices']} held-out slices): {correlation['spearman']:.3f} "
-            f"(p = {correlation['p_value']:.1e})."
-        )
+    for other in ("random", "equal-interval"):
+        lines.append(f"\nP-DSC minus {other}, Dice points per round: {answers[f'p-dsc_minus_{other}']}.")
     return "\n".join(lines) + "\n"
 
 
@@ -288,107 +457,51 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--setting", choices=sorted(SETTINGS), default="compact")
-    parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
-    parser.add_argument("--rounds", type=int, help="overrides the setting's number of rounds")
-    parser.add_argument("--output", default="benchmark_results/active_learning")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="paper")
+    parser.add_argument(
+        "--model", default="src/asdseg/models/la-attention", help="the starting model's folder"
+    )
+    parser.add_argument("--strategies", nargs="+", choices=ALL_STRATEGIES, default=ALL_STRATEGIES)
+    parser.add_argument("--repeats", nargs="+", type=int, help="which repeats (0-based) this process runs")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--output", type=Path, default=Path("benchmark_results/active_learning"))
+    parser.add_argument("--report", action="store_true", help="only summarise the chains finished so far")
     args = parser.parse_args()
+    if args.report:
+        report(args.output)
+        return
     root = find_la2018()
     if root is None:
         raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
+    torch.set_num_threads(args.threads)
     settings = SETTINGS[args.setting]
-    if args.rounds:
-        settings = replace(settings, rounds=args.rounds)
-    output = Path(args.output)
-    started = time.monotonic()
+    card = ModelCard.load(Path(args.model) / "card.json")
     names = case_names(root)
-    pool = [load_volume(root, name, settings) for name in names[: settings.pool]]
-    validation = [load_volume(root, name, settings) for name in names[-settings.validation :]]
-    initial_labelled = [
-        set(range(settings.initial_every // 2, volume.label.shape[2], settings.initial_every))
-        for volume in pool
-    ]
-    untrained = untrained_attention_model(
-        LABELS,
-        pool[0].spacing,
-        output / "untrained",
-        "la-attention-study",
-        settings.patch_size,
-        settings.base_filters,
-    )
-    initial = train(
-        untrained,
-        training_cases(pool, initial_labelled),
-        settings.initial_steps,
+    pool_names = names[STARTING_MODEL_CASES : STARTING_MODEL_CASES + settings.pool]
+    if set(pool_names) & set(names[-settings.validation :]):
+        raise SystemExit("the pool and the held-out cases overlap; lower --pool or --validation.")
+    study = Study(
+        card,
+        [load_volume(root, name, card, settings.margin) for name in pool_names],
+        [load_volume(root, name, card, settings.margin) for name in names[-settings.validation :]],
         settings,
-        output / "initial",
     )
-    count = sum(len(slices) for slices in initial_labelled)
-    initial_scores = pool_scores(initial, pool)
-    first_row = {
-        "round": 0,
-        "labelled_slices": count,
-        "labelled_fraction": count / sum(volume.label.shape[2] for volume in pool),
-        "dice": validation_dice(initial, validation),
-        "mean_p_dsc": mean_agreement(initial_scores),
-        "stopped_here": False,
-        "seconds": time.monotonic() - started,
-    }
-    print(f"initial model: {first_row}", flush=True)
-    full_steps = settings.initial_steps + settings.rounds * settings.round_steps
-    everything = [set(range(volume.label.shape[2])) for volume in pool]
-    full = train(
-        untrained, training_cases(pool, everything), full_steps, settings, output / "full-annotation"
-    )
-    full_dice = validation_dice(full, validation)
-    print(f"full annotation: Dice {full_dice:.4f}", flush=True)
-
-    rows, strategies, final_models = [], {}, {}
-    for strategy in args.strategies:
-        own, final_models[strategy] = run_strategy(
-            strategy,
-            initial,
-            pool,
-            validation,
-            initial_labelled,
-            initial_scores,
-            settings,
-            output / strategy,
-            first_row,
-        )
-        rows += own
-        stops = [row for row in own if row["stopped_here"]]
-        strategies[strategy] = {
-            "final_dice": own[-1]["dice"],
-            "final_fraction": own[-1]["labelled_fraction"],
-            "min_fraction_reaching_full_minus_1": first_reaching(own, full_dice - 0.01),
-            "stopped_at": (stops[0]["round"], stops[0]["labelled_fraction"]) if stops else None,
-        }
-        write_outputs(output, rows, full_dice)
-    correlations = {"initial": rank_correlation(initial, validation)}
-    if "p-dsc" in final_models:
-        correlations["final p-dsc"] = rank_correlation(final_models["p-dsc"], validation)
-    summary = {
+    initial = initial_figures(study, args.output)
+    run = {
         "setting": args.setting,
-        "settings": {key: value for key, value in vars(settings).items()},
-        "minutes": (time.monotonic() - started) / 60,
-        "full_annotation_dice": full_dice,
-        "full_annotation_steps": full_steps,
-        "strategies": strategies,
-        "rank_correlation": correlations,
+        "settings": asdict(settings),
+        "model": card.name,
+        "initial_dice": initial["dice"],
+        "pool_slices": study.total_slices,
+        "budget": study.budget,
+        "machine_line": machine_line(describe_machine()),
     }
-    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (output / "summary.md").write_text(summary_markdown(summary))
-    print(summary_markdown(summary))
-
-
-def write_outputs(output: Path, rows: list[dict[str, Any]], full_dice: float) -> None:
-    output.mkdir(parents=True, exist_ok=True)
-    with (output / "rows.csv").open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    save_active_learning_curves(rows, full_dice, output / "curves.png")
+    with atomic_path(args.output / "run.json") as temporary:
+        temporary.write_text(json.dumps(run, indent=1) + "\n")
+    for strategy in args.strategies:
+        for repeat in args.repeats if args.repeats is not None else range(settings.repeats):
+            run_chain(study, strategy, repeat, args.output, initial)
+    report(args.output)
 
 
 if __name__ == "__main__":

@@ -103,42 +103,52 @@ def save_training_curves(history: Sequence[dict[str, float]], path: str | Path) 
 
 
 def save_active_learning_curves(
-    rows: Sequence[dict[str, float | str]], full_annotation_dice: float, path: str | Path
+    points: Sequence[dict[str, float | str]], full_annotation_dice: float | None, path: str | Path
 ) -> Path:
-    """Validation Dice against the fraction of slices labelled, one curve per query strategy,
-    with full-annotation Dice (and 1 point below it) as horizontal lines; a hollow marker shows
-    the round where the stop criterion fired."""
+    """Validation Dice against the fraction of slices labelled, one curve per query strategy
+    (the mean over repeats, with their range shaded where ``points`` carry ``dice_min`` and
+    ``dice_max``), with full-annotation Dice (and 1 point below it) as horizontal lines; a hollow
+    marker shows the first round where a repeat's stop criterion fired (``stops`` > 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    strategies = list(dict.fromkeys(row["strategy"] for row in rows))
+    figure, axis = plt.subplots(figsize=(8, 5))
+    strategies = list(dict.fromkeys(point["strategy"] for point in points))
     for index, strategy in enumerate(strategies):
-        own = [row for row in rows if row["strategy"] == strategy]
-        fractions = [100 * row["labelled_fraction"] for row in own]
+        own = [point for point in points if point["strategy"] == strategy]
+        fractions = [100 * point["labelled_fraction"] for point in own]
         # Distinct markers and shrinking sizes keep curves that coincide (P-DSC and P-accuracy
         # rank alike for a single organ) visible on top of each other.
-        style = {"marker": "osD^v"[index % 5], "markersize": 9 - index, "linewidth": 2.5 - 0.3 * index}
-        line = axis.plot(fractions, [100 * row["dice"] for row in own], label=strategy, **style)[0]
-        stops = [row for row in own if row["stopped_here"]]
+        style = {"marker": "osD^v<"[index % 6], "markersize": 8 - index, "linewidth": 2.2 - 0.25 * index}
+        line = axis.plot(fractions, [100 * point["dice"] for point in own], label=strategy, **style)[0]
+        if all("dice_min" in point for point in own):
+            axis.fill_between(
+                fractions,
+                [100 * point["dice_min"] for point in own],
+                [100 * point["dice_max"] for point in own],
+                color=line.get_color(),
+                alpha=0.15,
+            )
+        stops = [point for point in own if point.get("stops")]
         if stops:
             axis.plot(
                 100 * stops[0]["labelled_fraction"],
                 100 * stops[0]["dice"],
                 "o",
-                markersize=11,
+                markersize=13,
                 markerfacecolor="none",
                 color=line.get_color(),
             )
-    axis.axhline(100 * full_annotation_dice, color="black", linewidth=1, label="full annotation")
-    axis.axhline(
-        100 * full_annotation_dice - 1, color="black", linewidth=1, linestyle=":", label="full - 1 point"
-    )
+    if full_annotation_dice is not None:
+        axis.axhline(100 * full_annotation_dice, color="black", linewidth=1, label="full annotation (final)")
+        axis.axhline(
+            100 * full_annotation_dice - 1, color="black", linewidth=1, linestyle=":", label="full - 1 point"
+        )
     axis.set_xlabel("slices labelled (%)")
-    axis.set_ylabel("validation Dice (%)")
-    axis.set_title("active learning: Dice vs. labelling effort (circle: stop criterion)")
+    axis.set_ylabel("held-out Dice (%)")
+    axis.set_title("active learning: Dice vs. labelling effort (shaded: range over repeats; circle: stop)")
     axis.legend(fontsize=8)
     return _save_png(figure, path)
 
