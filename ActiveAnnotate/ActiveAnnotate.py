@@ -298,7 +298,7 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
         parameters = self._parameterNode
         with user_action("Starting the fine-tuning"):
             run = self.logic.annotation.start_finetune(
-                [parameters.annotation], parameters.fineTuneSteps, parameters.device
+                [parameters.annotation], parameters.fineTuneSteps, parameters.device, parameters.roi
             )
             self.startPolling(run, "Fine-tuning...")
 

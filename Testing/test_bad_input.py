@@ -128,6 +128,10 @@ SEGMENT_1 = ["segment", "--model", "tiny1", "--device", "cpu", "--progress", "js
 SUGGEST = ["suggest", "--model", "tiny-attention", "--device", "cpu", "--progress", "json"]
 
 
+#: A voxel box holding the workspace's labelled slices (4 and 9) of its 24 x 22 x 20 phantom.
+VOXEL_ROI = ("--roi", "2", "2", "0", "21", "19", "12", "--roi-space", "voxel")
+
+
 def finetune(w: Path, *extra: str) -> list[str]:
     return [
         "finetune",
@@ -620,6 +624,18 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
     "finetune: --batch-size 0": (lambda w: finetune(w, "--batch-size", "0"), ("--batch-size", "at least 1")),
     "finetune: --steps 0": (lambda w: finetune(w, "--steps", "0"), ("--steps", "at least 1")),
     "finetune: invalid --name": (lambda w: finetune(w, "--name", "My Model"), ("--name", "'My Model'")),
+    "finetune: two --roi boxes for one image": (
+        lambda w: finetune(w, *VOXEL_ROI, "--roi", "0", "0", "0", "9", "9", "9", "--roi-space", "voxel"),
+        ("2 --roi boxes for 1 images", "one per --image"),
+    ),
+    "finetune: an --roi outside the image": (
+        lambda w: finetune(w, "--roi", "50", "50", "50", "60", "60", "60", "--roi-space", "voxel"),
+        ("img.nii.gz", "holds no voxel"),
+    ),
+    "finetune: an --roi without a labelled slice": (
+        lambda w: finetune(w, "--roi", "0", "0", "10", "23", "21", "19", "--roi-space", "voxel"),
+        ("no labelled slice lies inside the ROI", "slices 10 to 19"),
+    ),
     "finetune: --output-dir is a file": (
         lambda w: finetune(w) if write(w / "round", "x") else [],
         ("--output-dir", "is a file, not a folder"),

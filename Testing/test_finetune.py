@@ -22,6 +22,7 @@ from asdseg.image_io import image_to_array, write_image
 from asdseg.metrics import dice
 from asdseg.model_card import ModelCard
 from asdseg.phantoms import make_phantom, phantom_image
+from asdseg.preprocessing import CropBox
 from asdseg.registry import find_model, load_network
 from asdseg.segment import segment_image
 from asdseg.training.checkpoint import load_checkpoint
@@ -65,6 +66,28 @@ def test_fine_tuning_needs_a_labelled_slice(attention_model: ModelCard) -> None:
     image, _label, sparse = sparse_phantom(1)
     with pytest.raises(InputError, match="no slice is marked labelled"):
         model_grid_case(image, SparseLabels(sparse.label, set()), attention_model, "empty")
+
+
+def test_with_an_roi_only_the_box_is_trained_on(attention_model: ModelCard, tmp_path: Path) -> None:
+    image, _label, sparse = sparse_phantom(1)
+    region = CropBox((3, 2, 4), (21, 20, 18))
+    case = model_grid_case(image, sparse, attention_model, "with roi", region)
+    # The same volume cut out beforehand, its labelled slices (5, 9, 13, 17) counted from slice 4.
+    cut = SparseLabels(sparse.label[region.slices], {1, 5, 9, 13})
+    expected = model_grid_case(image[region.slices], cut, attention_model, "cut out")
+    np.testing.assert_array_equal(case.image, expected.image)
+    np.testing.assert_array_equal(case.label, expected.label)
+    assert case.image.shape != model_grid_case(image, sparse, attention_model, "whole").image.shape
+    assert (case.label >= 1).any(), "the box holds labelled organ voxels"
+    # The round runs on the box and gives a model.
+    result = fine_tune(attention_model, [case], tmp_path / "round", FineTuneSettings(steps=2), device="cpu")
+    assert result.model is not None
+
+
+def test_an_roi_between_the_labelled_slices_is_refused(attention_model: ModelCard) -> None:
+    image, _label, sparse = sparse_phantom(1)
+    with pytest.raises(InputError, match=r"no labelled slice lies inside the ROI \(slices 2 to 4\)"):
+        model_grid_case(image, sparse, attention_model, "between", CropBox((0, 0, 2), (24, 24, 5)))
 
 
 def write_inputs(folder: Path, card: ModelCard) -> list[str]:

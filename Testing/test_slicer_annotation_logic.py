@@ -159,6 +159,27 @@ def test_a_finetuning_round_is_picked_up(logic: AnnotationLogic, volume_node, ph
     assert logic.finish_finetune(second).name == "annotation-round-002"
 
 
+def test_with_an_roi_a_round_trains_on_the_box_only(
+    logic: AnnotationLogic, core: SlicerCore, volume_node, phantom_files
+) -> None:
+    segmentation_node = logic.create_annotation_segmentation(volume_node, logic.model_card())
+    paint_reference(segmentation_node, volume_node, phantom_files[1])
+    logic.mark_labelled(segmentation_node, [8, 16, 24])
+    size = volume_node.GetImageData().GetDimensions()
+    roi_node = roi_around_voxels(core.scene, volume_node, (0, 0, 12), (size[0] - 1, size[1] - 1, 20))
+    whole = logic.finish_finetune(logic.start_finetune([segmentation_node], steps=2, device="cpu"))
+    boxed = logic.finish_finetune(
+        logic.start_finetune([segmentation_node], steps=2, device="cpu", roi_node=roi_node)
+    )
+    # Of the labelled slices 8, 16 and 24 only 16 lies in the box (slices 12 to 20); the card
+    # counts the labelled slices the round trained on.
+    assert "with 3 labelled slice(s)" in whole.data["training"]["data"]
+    assert "with 1 labelled slice(s)" in boxed.data["training"]["data"]
+    roi_node.SetCenterWorld(5000.0, 0.0, 0.0)
+    with pytest.raises(InputError, match="holds no voxel"):
+        logic.start_finetune([segmentation_node], steps=2, device="cpu", roi_node=roi_node)
+
+
 def test_a_cancelled_finetuning_round_keeps_the_model(
     logic: AnnotationLogic, volume_node, phantom_files
 ) -> None:

@@ -253,20 +253,24 @@ class AnnotationLogic:
         return folder
 
     def start_finetune(
-        self, segmentation_nodes: Sequence, steps: int = 200, device: str = "auto"
+        self, segmentation_nodes: Sequence, steps: int = 200, device: str = "auto", roi_node=None
     ) -> FineTuneRun:
         """Fine-tune the model in use on the labelled slices of each segmentation (on its own
-        volume) for ``steps`` steps; the new model goes to a new ``round-NNN`` folder."""
+        volume) for ``steps`` steps; the new model goes to a new ``round-NNN`` folder. With
+        ``roi_node`` (a markups ROI) each volume is trained on inside the box only."""
         if steps < 1:
             raise InputError(f"the number of fine-tuning steps must be positive, got {steps}.")
         card = self.model_card()
+        check_roi_node(roi_node)
+        volumes = [self._source_volume(segmentation_node) for segmentation_node in segmentation_nodes]
+        regions = [roi_region(roi_node, volume)[0] for volume in volumes] if roi_node is not None else []
         folder = tempfile.TemporaryDirectory(prefix="activeannotate-")
         images, labels = [], []
         try:
-            for index, segmentation_node in enumerate(segmentation_nodes):
+            for index, (segmentation_node, volume_node) in enumerate(zip(segmentation_nodes, volumes)):
                 image_path = Path(folder.name) / f"image-{index}.nrrd"
                 label_path = Path(folder.name) / f"labels-{index}.nii.gz"
-                write_image(image_from_volume_node(self._source_volume(segmentation_node)), image_path, False)
+                write_image(image_from_volume_node(volume_node), image_path, False)
                 self.export_labels(segmentation_node, label_path, card)
                 images.append(str(image_path))
                 labels.append(str(label_path))
@@ -275,6 +279,7 @@ class AnnotationLogic:
             folder.cleanup()
             raise
         arguments = ["finetune", "--model", str(card.directory), "--image", *images, "--labels", *labels]
+        arguments += [argument for region in regions for argument in region.cli_arguments()]
         arguments += ["--steps", str(steps), "--output-dir", str(output_dir), "--device", device]
         arguments += ["--name", f"annotation-{output_dir.name}"]
         return FineTuneRun(output_dir, arguments, folder, **self.child)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import SimpleITK as sitk
 
     from asdseg.model_card import ModelCard
+    from asdseg.preprocessing import CropBox
     from asdseg.roi import RegionOfInterest
 
 #: Exit status of a run stopped by Ctrl-C (128 + SIGINT) or SIGTERM (128 + SIGTERM).
@@ -52,16 +53,21 @@ def _region_of_interest(
     return roi, warnings
 
 
-def _add_roi_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_roi_arguments(parser: argparse.ArgumentParser, per_image: bool = False) -> None:
+    what = (
+        "train only inside this box (once for every --image, or once per --image in their order)"
+        if per_image
+        else "segment only inside this box"
+    )
     parser.add_argument(
         "--roi",
         nargs=6,
         type=float,
+        action="append" if per_image else "store",
         metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"),
-        help="segment only inside this box, given by its minimum and maximum corners; the rest of "
-        "the outputs is background. Physical coordinates in mm, LPS by default (the world frame of "
-        "ITK, SimpleITK and NIfTI read through ITK); see --roi-space. Boxes reaching past the "
-        "volume are clipped",
+        help=f"{what}, given by its minimum and maximum corners; the rest of the outputs is "
+        "background. Physical coordinates in mm, LPS by default (the world frame of ITK, SimpleITK "
+        "and NIfTI read through ITK); see --roi-space. Boxes reaching past the volume are clipped",
     )
     parser.add_argument(
         "--roi-space",
@@ -345,6 +351,31 @@ def command_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_regions(args: argparse.Namespace, images: list[sitk.Image]) -> list[CropBox | None]:
+    """The index box of each ``--image`` inside its ``--roi`` (one box for all images, or one
+    per image), None for each image without ``--roi``; clipping warnings are printed at once."""
+    from asdseg.roi import RegionOfInterest
+
+    boxes = args.roi or []
+    if len(boxes) not in (0, 1, len(images)):
+        raise InputError(
+            f"{len(boxes)} --roi boxes for {len(images)} images; give one box for every image, or "
+            "one per --image in the same order."
+        )
+    if not boxes:
+        return [None] * len(images)
+    regions = []
+    for image, path, values in zip(images, args.image, boxes * len(images) if len(boxes) == 1 else boxes):
+        try:
+            region, warnings = RegionOfInterest.from_values(values, args.roi_space).index_box(image)
+        except InputError as error:
+            raise InputError(f"{path}: {error}") from error
+        for warning in warnings:
+            print(f"warning: {path}: {warning}", file=sys.stderr)
+        regions.append(region)
+    return regions
+
+
 #: Exit status of a fine-tuning run stopped by SIGTERM (the parent's Cancel).
 EXIT_STOPPED = 3
 
@@ -373,9 +404,12 @@ def command_finetune(args: argparse.Namespace) -> int:
             f"--output-dir {args.output_dir}: its model folder is the model being fine-tuned; choose "
             "another output folder so that the round can fail without losing that model."
         )
+    images = [read_image(image) for image in args.image]
     cases = [
-        model_grid_case(read_image(image), read_sparse_labels(labels)[1], card, Path(image).name)
-        for image, labels in zip(args.image, args.labels)
+        model_grid_case(image, read_sparse_labels(labels)[1], card, Path(path).name, region)
+        for image, path, labels, region in zip(
+            images, args.image, args.labels, _training_regions(args, images)
+        )
     ]
     settings = FineTuneSettings(
         steps=args.steps, learning_rate=args.learning_rate, batch_size=args.batch_size
@@ -589,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument(
         "--progress", default="bar", choices=["bar", "json"], help="JSON lines: step, loss and ETA per step"
     )
+    _add_roi_arguments(finetune, per_image=True)
     finetune.set_defaults(handler=command_finetune)
 
     devices = commands.add_parser("devices", help="the GPU torch can use here and the auto precision")

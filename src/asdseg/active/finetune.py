@@ -21,7 +21,7 @@ from asdseg.errors import InputError
 from asdseg.image_io import array_to_image, image_to_array
 from asdseg.losses import UNLABELLED
 from asdseg.model_card import ModelCard, require_attention_model
-from asdseg.preprocessing import normalize_intensity, resample_like, resample_to_spacing
+from asdseg.preprocessing import CropBox, normalize_intensity, resample_like, resample_to_spacing
 from asdseg.registry import load_network
 from asdseg.training.config import DataConfig, TrainingConfig
 from asdseg.training.data import Case, CaseSplit
@@ -58,15 +58,26 @@ def class_indices(target: np.ndarray, card: ModelCard, name: str) -> np.ndarray:
     return indices
 
 
-def model_grid_case(image: sitk.Image, sparse: SparseLabels, card: ModelCard, name: str) -> Case:
+def model_grid_case(
+    image: sitk.Image, sparse: SparseLabels, card: ModelCard, name: str, region: CropBox | None = None
+) -> Case:
     """A training case on the model's grid: the resampled, normalised image and the training
-    target (UNLABELLED off the labelled slices) resampled by nearest neighbour."""
+    target (UNLABELLED off the labelled slices) resampled by nearest neighbour. With ``region``
+    (an index box of ``image``, from an ROI) only the box is trained on: the annotator's ROI
+    keeps the round on the organ's region, as it keeps the suggestions there."""
     if not sparse.labelled_slices:
         raise InputError(f"{name}: no slice is marked labelled; label and mark at least one slice first.")
     if tuple(image.GetSize()) != sparse.label.shape:
         raise InputError(
             f"{name}: the labels ({sparse.label.shape}) do not match the image ({image.GetSize()})."
         )
+    if region is not None:
+        image, sparse = image[region.slices], sparse.cropped(region.start, region.stop)
+        if not sparse.labelled_slices:
+            raise InputError(
+                f"{name}: no labelled slice lies inside the ROI (slices {region.start[2]} to "
+                f"{region.stop[2] - 1}); move the ROI over labelled slices or label slices inside it."
+            )
     resampled = resample_to_spacing(sitk.Cast(image, sitk.sitkFloat32), card.spacing)
     target = resample_like(
         array_to_image(class_indices(sparse.training_target(), card, name), image),

@@ -49,6 +49,15 @@ class SparseLabels:
     def slice_count(self) -> int:
         return int(self.label.shape[2])
 
+    def cropped(self, start: Sequence[int], stop: Sequence[int]) -> SparseLabels:
+        """The labels of the index box ``[start, stop)`` (x, y, z), its labelled slices counted
+        from the box's first slice."""
+        box = tuple(slice(first, last) for first, last in zip(start, stop))
+        return SparseLabels(
+            self.label[box],
+            {index - start[2] for index in self.labelled_slices if start[2] <= index < stop[2]},
+        )
+
     def training_target(self) -> np.ndarray:
         """int64 (x, y, z): the label on labelled slices, UNLABELLED everywhere else."""
         # Imported here: the losses need torch, which Slicer's process (reading and writing
