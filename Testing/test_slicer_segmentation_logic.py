@@ -174,6 +174,16 @@ def test_confidence_and_sdm_volumes_have_the_input_geometry_and_the_engine_value
     np.testing.assert_allclose(image_to_array(confidence), image_to_array(expected.confidence), atol=1e-4)
     nearest_surface = np.minimum(*(image_to_array(expected.sdm[value]) for value in (1, 2)))
     np.testing.assert_allclose(image_to_array(sdm), nearest_surface, atol=1e-4)
+    # Each organ's own SDM too, named after the organ.
+    organs = {label.name: label.value for label in confidence_installed.foreground_labels}
+    assert set(outputs.organ_sdm_nodes) == set(organs) and len(organs) == 2
+    for name, node in outputs.organ_sdm_nodes.items():
+        assert node.GetName() == f"{volume_node.GetName()} signed distance {name}"
+        organ_sdm = image_from_volume_node(node)
+        assert same_geometry(organ_sdm, input_image, tolerance=1e-5)
+        np.testing.assert_allclose(
+            image_to_array(organ_sdm), image_to_array(expected.sdm[organs[name]]), atol=1e-4
+        )
     assert image_to_array(confidence).min() >= 0.0 and image_to_array(confidence).max() <= 1.0
 
     display = outputs.confidence_node.GetDisplayNode()
@@ -275,6 +285,7 @@ def test_running_again_updates_the_same_nodes_unless_a_new_one_is_asked_for(
     second = logic.segment(volume_node, confidence_installed.name, RunOptions(overlap=0.5))
     assert second.segmentation_node is first.segmentation_node
     assert second.confidence_node is first.confidence_node and second.sdm_node is first.sdm_node
+    assert second.organ_sdm_nodes == first.organ_sdm_nodes and len(first.organ_sdm_nodes) == 2
     assert core.node_ids() == nodes_after_first
     assert second.segmentation_node.GetSegmentation().GetNumberOfSegments() == 2
 

@@ -44,6 +44,8 @@ MODEL_ATTRIBUTE = "ASDSeg.Model"
 LABEL_VALUE_TAG = "ASDSeg.LabelValue"
 #: Node reference roles from the segmentation node to its overlay volumes.
 OVERLAY_REFERENCE_ROLES = {"confidence": "ASDSeg.confidence", "sdm": "ASDSeg.sdm"}
+#: The label values whose own SDM volume the segmentation references (comma-separated).
+ORGAN_SDMS_ATTRIBUTE = "ASDSeg.organSDMs"
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -86,7 +88,11 @@ class SegmentationOutputs:
 
     segmentation_node: slicer.vtkMRMLSegmentationNode
     confidence_node: slicer.vtkMRMLScalarVolumeNode | None = None
+    #: The SDM overlay: the organ's signed distance, or with several organs the distance to the
+    #: nearest organ surface.
     sdm_node: slicer.vtkMRMLScalarVolumeNode | None = None
+    #: With several organs, each organ's own signed distance map, by organ name.
+    organ_sdm_nodes: dict[str, slicer.vtkMRMLScalarVolumeNode] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -95,6 +101,7 @@ class _EngineOutputs:
     label_map: sitk.Image
     confidence: sitk.Image | None
     sdm: sitk.Image | None
+    organ_sdms: dict[int, sitk.Image]  #: by label value
 
 
 class SegmentationRun(FolderJob):
@@ -138,17 +145,22 @@ class SegmentationRun(FolderJob):
     def read_outputs(self) -> _EngineOutputs:
         """The engine's outputs, checked to lie on the input's voxel grid."""
         images = {"label": read_image(self._paths["label"]), "confidence": None, "sdm": None}
+        organ_sdms = {}
         if "confidence" in self._paths:
             images["confidence"] = read_image(self._paths["confidence"])
         if "sdm" in self._paths:
             values = [label.value for label in self.card.foreground_labels]
-            maps = [read_image(path) for path in sdm_output_paths(self._paths["sdm"], values).values()]
+            organ_sdms = {
+                value: read_image(path)
+                for value, path in sdm_output_paths(self._paths["sdm"], values).items()
+            }
             # One overlay for all organs: the signed distance to the nearest organ surface.
+            maps = list(organ_sdms.values())
             images["sdm"] = maps[0] if len(maps) == 1 else _voxelwise_minimum(maps)
-        for name, image in images.items():
+        for name, image in [*images.items(), *((f"SDM {value}", sdm) for value, sdm in organ_sdms.items())]:
             if image is not None and not same_geometry(image, self.input_image, tolerance=1e-4):
                 raise AsdsegError(f"the engine's {name} output does not match the input's voxel grid.")
-        return _EngineOutputs(images["label"], images["confidence"], images["sdm"])
+        return _EngineOutputs(images["label"], images["confidence"], images["sdm"], organ_sdms)
 
 
 def _voxelwise_minimum(images: list[sitk.Image]) -> sitk.Image:
@@ -372,6 +384,9 @@ class SegmentationLogic:
             for kind, image in (("confidence", outputs.confidence), ("sdm", outputs.sdm)):
                 node = self._overlay_node(segmentation_node, kind, image, volume_node, created)
                 setattr(result, f"{kind}_node", node)
+            result.organ_sdm_nodes = self._organ_sdm_nodes(
+                segmentation_node, run.card.foreground_labels, outputs.organ_sdms, volume_node, created
+            )
             return result
         except BaseException:
             for node in created:
@@ -431,10 +446,55 @@ class SegmentationLogic:
         if image is None:
             segmentation_node.RemoveNodeReferenceIDs(role)
             return None
+        suffix = "confidence" if kind == "confidence" else "signed distance"
+        return self._referenced_map(
+            segmentation_node, role, f"{volume_node.GetName()} {suffix}", kind, image, volume_node, created
+        )
+
+    def _organ_sdm_nodes(
+        self,
+        segmentation_node: slicer.vtkMRMLSegmentationNode,
+        organs: list[Label],
+        images: dict[int, sitk.Image],
+        volume_node: slicer.vtkMRMLScalarVolumeNode,
+        created: list[slicer.vtkMRMLNode],
+    ) -> dict[str, slicer.vtkMRMLScalarVolumeNode]:
+        """With several organs, one SDM volume per organ, named after it and referenced by the
+        segmentation (role ``ASDSeg.sdm.<label value>``); references of organs this model does
+        not give are dropped."""
+        shown = {label.value: label for label in organs if label.value in images} if len(images) > 1 else {}
+        before = segmentation_node.GetAttribute(ORGAN_SDMS_ATTRIBUTE) or ""
+        for value in {int(text) for text in before.split(",") if text} - set(shown):
+            segmentation_node.RemoveNodeReferenceIDs(f"{OVERLAY_REFERENCE_ROLES['sdm']}.{value}")
+        segmentation_node.SetAttribute(ORGAN_SDMS_ATTRIBUTE, ",".join(str(value) for value in shown))
+        return {
+            label.name: self._referenced_map(
+                segmentation_node,
+                f"{OVERLAY_REFERENCE_ROLES['sdm']}.{value}",
+                f"{volume_node.GetName()} signed distance {label.name}",
+                "sdm",
+                images[value],
+                volume_node,
+                created,
+            )
+            for value, label in shown.items()
+        }
+
+    def _referenced_map(
+        self,
+        segmentation_node: slicer.vtkMRMLSegmentationNode,
+        role: str,
+        name: str,
+        kind: str,
+        image: sitk.Image,
+        volume_node: slicer.vtkMRMLScalarVolumeNode,
+        created: list[slicer.vtkMRMLNode],
+    ) -> slicer.vtkMRMLScalarVolumeNode:
+        """The segmentation's ``role`` volume (created as ``name`` the first time), holding
+        ``image`` on the volume's grid, styled as a ``kind`` map."""
         node = segmentation_node.GetNodeReference(role)
         if node is None:
-            suffix = "confidence" if kind == "confidence" else "signed distance"
-            node = self._add_node("vtkMRMLScalarVolumeNode", f"{volume_node.GetName()} {suffix}")
+            node = self._add_node("vtkMRMLScalarVolumeNode", name)
             created.append(node)
             segmentation_node.SetNodeReferenceID(role, node.GetID())
         update_volume_node_from_image(node, sitk.Cast(image, sitk.sitkFloat32))
