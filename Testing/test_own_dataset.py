@@ -294,6 +294,47 @@ def test_counts_give_labelled_first_and_validation_last(dataset: Path) -> None:
     }
 
 
+def _make_unlabelled(folder: Path, name: str) -> None:
+    """Case ``name`` becomes an image without a label, in imagesUnlabelled."""
+    (folder / "imagesUnlabelled").mkdir(exist_ok=True)
+    (folder / "imagesTr" / f"{name}_0000.nii.gz").rename(folder / "imagesUnlabelled" / f"{name}_0000.nii.gz")
+    (folder / "labelsTr" / f"{name}.nii.gz").unlink()
+    description = json.loads((folder / "dataset.json").read_text())
+    description["numTraining"] -= 1
+    (folder / "dataset.json").write_text(json.dumps(description))
+
+
+def test_images_without_labels_are_unlabelled_cases(dataset: Path, tiny_config: Path, tmp_path: Path) -> None:
+    _make_unlabelled(dataset, "synthpelvis_001")
+    folder = read_dataset(dataset)
+    assert folder.unlabelled_names == ["synthpelvis_001"] and len(folder.labelled_names) == 4
+    split = split_by_counts(folder, labelled=2, validation=1)
+    assert split == {
+        "labelled": ["synthpelvis_000", "synthpelvis_002"],
+        "unlabelled": ["synthpelvis_003", "synthpelvis_001"],
+        "validation": ["synthpelvis_004"],
+    }
+    assert train(dataset, tiny_config, tmp_path / "run", "--labelled", "2", "--steps", "2") == 0
+    assert json.loads((tmp_path / "run" / "split.json").read_text()) == split
+    config = config_from_dict(json.loads((tmp_path / "run" / "config.json").read_text()))
+    unlabelled = {case.name: case for case in load_split(config.data).unlabelled}
+    assert unlabelled["synthpelvis_001"].label is None
+    assert unlabelled["synthpelvis_001"].image.shape == SHAPE
+
+
+def test_an_image_without_label_is_refused_as_labelled(
+    dataset: Path, tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _make_unlabelled(dataset, "synthpelvis_001")
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps({"labelled": ["synthpelvis_000", "synthpelvis_001"]}))
+    assert train(dataset, tiny_config, tmp_path / "run", "--splits", str(splits)) == 2
+    assert "images of imagesUnlabelled (no label) can only be unlabelled: synthpelvis_001" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def _drop_label(folder: Path) -> None:
     (folder / "labelsTr" / "synthpelvis_002.nii.gz").unlink()
 
@@ -344,7 +385,7 @@ MALFORMED: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
     "too few cases for the split": (
         lambda folder: None,
         ["--labelled", "4", "--validation", "2"],
-        "5 cases cannot give",
+        "5 cases with labels cannot give",
     ),
     "too few cases with unlabelled": (
         lambda folder: None,

@@ -233,7 +233,7 @@ def dataset_run_values(args: argparse.Namespace, values: dict) -> dict:
         split = read_split_file(args.splits, dataset)
     else:
         configured = values.get("data") if isinstance(values.get("data"), dict) else {}
-        chosen = dict(zip(("labelled", "validation"), default_counts(len(dataset.cases))))
+        chosen = dict(zip(("labelled", "validation"), default_counts(len(dataset.labelled_names))))
         for part in chosen:
             if getattr(args, part) is not None:
                 chosen[part] = getattr(args, part)

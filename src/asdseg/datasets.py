@@ -9,6 +9,12 @@ Two layouts, both a folder with a ``dataset.json``:
   ``{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}``, ``labels`` as value ->
   name and ``modality`` as index -> name.
 
+Images without labels, for the semi-supervised recipes, go in ``imagesUnlabelled/`` beside
+``imagesTr/``, named as ``imagesTr``'s images are (nnU-Net: ``<case>_0000<file_ending>``). They
+are cases without a label: only the unlabelled part of a split can take them. A missing label
+in ``labelsTr`` stays an error, so that a forgotten file is not silently trained on as
+unlabelled.
+
 :func:`read_dataset` pairs images and labels and reads the labels and the channel;
 :func:`check_dataset` reads every case's header and label voxels. Between them, everything a
 training run would trip over later (a missing label, a label on another grid, a label value the
@@ -31,6 +37,8 @@ from asdseg.errors import InputError
 from asdseg.labels import Label
 
 DATASET_FILE = "dataset.json"
+#: The folder of images without labels, beside imagesTr.
+UNLABELLED_FOLDER = "imagesUnlabelled"
 NNUNET, DECATHLON = "nnU-Net v2", "Medical Segmentation Decathlon"
 #: The descriptive fields of a dataset.json copied into the model card, under one spelling each:
 #: nnU-Net and the Decathlon write "licence"; the Decathlon's own files spell release "relase".
@@ -52,7 +60,7 @@ SHOWN = 5
 class DatasetCase:
     name: str
     image: Path
-    label: Path
+    label: Path | None  #: None for an image of imagesUnlabelled
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,16 @@ class Dataset:
     @property
     def names(self) -> list[str]:
         return [case.name for case in self.cases]
+
+    @property
+    def labelled_names(self) -> list[str]:
+        """The cases with a label, in name order."""
+        return [case.name for case in self.cases if case.label is not None]
+
+    @property
+    def unlabelled_names(self) -> list[str]:
+        """The images of imagesUnlabelled, in name order."""
+        return [case.name for case in self.cases if case.label is None]
 
     def case(self, name: str) -> DatasetCase:
         for case in self.cases:
@@ -112,6 +130,7 @@ def read_dataset(root: str | Path) -> Dataset:
         )
     if not cases:
         raise InputError(f"{root}: no training cases found.")
+    cases += _unlabelled_cases(root, description, {case.name for case in cases})
     info = {
         key: str(description[spelling])
         for key, spellings in INFO_FIELDS.items()
@@ -214,7 +233,8 @@ def _unpaired(root: Path, images_only: list[str], labels_only: list[str]) -> Non
     if problems:
         raise InputError(
             f"{root}: images and labels do not pair ({'; '.join(problems)}). Every case needs both; "
-            "move unpaired files out of the folder."
+            f"move unpaired files out of the folder (images without labels, for the semi-supervised "
+            f"recipes, go in {UNLABELLED_FOLDER}/)."
         )
 
 
@@ -240,6 +260,30 @@ def _nnunet_cases(root: Path, description: dict[str, Any]) -> list[DatasetCase]:
     return [
         DatasetCase(name, root / "imagesTr" / f"{name}_0000{ending}", labels[name]) for name in sorted(labels)
     ]
+
+
+def _unlabelled_cases(root: Path, description: dict[str, Any], labelled: set[str]) -> list[DatasetCase]:
+    """The images of imagesUnlabelled, named as the layout names its training images."""
+    nnunet = "file_ending" in description
+    ending = str(description["file_ending"]) if nnunet else ""
+    cases = []
+    for path in _visible_files(root / UNLABELLED_FOLDER, ending):
+        if nnunet:
+            if not path.name.endswith(f"_0000{ending}"):
+                raise InputError(
+                    f"{path}: an nnU-Net image is named <case>_0000{ending}; only channel 0000 is taken."
+                )
+            name = path.name[: -len(f"_0000{ending}")]
+        else:
+            name = _case_name(path.name)
+        cases.append(DatasetCase(name, path, None))
+    clashes = sorted({case.name for case in cases} & labelled)
+    if clashes:
+        raise InputError(
+            f"{root / UNLABELLED_FOLDER}: cases {_listed(clashes)} also have a label in the training set; "
+            "a case is either labelled or unlabelled. Remove or rename one of them."
+        )
+    return cases
 
 
 def _case_name(path: str) -> str:
@@ -285,7 +329,7 @@ def _geometry(path: Path) -> dict[str, tuple]:
 
 def _check_geometry(case: DatasetCase) -> tuple[float, ...]:
     """Refuse an image with several channels or a label on another grid; return the spacing."""
-    image, label = _geometry(case.image), _geometry(case.label)
+    image = _geometry(case.image)
     if len(image["size"]) < 3:
         raise InputError(f"{case.image}: a {len(image['size'])}D image; the recipes train on 3D volumes.")
     channels = image["components"][0] * (image["size"][3] if len(image["size"]) == 4 else 1)
@@ -294,6 +338,9 @@ def _check_geometry(case: DatasetCase) -> tuple[float, ...]:
             f"{case.image}: {channels} channels in one file (size {image['size']}), but the recipes take "
             "one; keep one channel (e.g. T2) per image."
         )
+    if case.label is None:
+        return image["spacing"][:3]
+    label = _geometry(case.label)
     for key in ("size", "spacing", "origin", "direction"):
         same_size = len(image[key]) == len(label[key])
         close = same_size and np.allclose(image[key], label[key], rtol=0.0, atol=GEOMETRY_TOLERANCE)
@@ -323,10 +370,13 @@ def _check_label_values(case: DatasetCase, labels: tuple[Label, ...]) -> None:
 
 def check_dataset(dataset: Dataset) -> tuple[float, float, float]:
     """Read every case's image header and label: one channel, the label on the image's grid,
-    only the label values dataset.json declares. Returns the median spacing (mm, per axis),
-    which the cases are trained at, as nnU-Net does."""
+    only the label values dataset.json declares (unlabelled images: their header). Returns the
+    median spacing (mm, per axis) of the labelled cases, which the cases are trained at, as
+    nnU-Net does."""
     spacings = []
     for case in dataset.cases:
-        spacings.append(_check_geometry(case))
-        _check_label_values(case, dataset.labels)
+        spacing = _check_geometry(case)
+        if case.label is not None:
+            spacings.append(spacing)
+            _check_label_values(case, dataset.labels)
     return tuple(round(float(value), 4) for value in np.median(spacings, axis=0))

@@ -8,6 +8,7 @@ oversampling), which matters most for small organs and small patches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,19 +58,16 @@ def case_names(root: Path) -> list[str]:
 
 
 def resample_pair(
-    image: sitk.Image, label: sitk.Image, spacing: tuple[float, ...] | list[float]
-) -> tuple[sitk.Image, sitk.Image]:
-    """Image (linear) and label (nearest neighbour) on a grid of ``spacing``."""
+    image: sitk.Image, label: sitk.Image | None, spacing: Sequence[float]
+) -> tuple[sitk.Image, sitk.Image | None]:
+    """Image (linear) and label (nearest neighbour; None stays None) on a grid of ``spacing``."""
     image = resample_to_spacing(sitk.Cast(image, sitk.sitkFloat32), spacing)
-    return image, resample_like(label, image, sitk.sitkNearestNeighbor)
+    return image, None if label is None else resample_like(label, image, sitk.sitkNearestNeighbor)
 
 
-def downsample_pair(image: sitk.Image, label: sitk.Image, factor: int) -> tuple[sitk.Image, sitk.Image]:
-    return resample_pair(image, label, [s * factor for s in image.GetSpacing()])
-
-
-def case_paths(root: Path, name: str) -> tuple[Path, Path]:
-    """The image and label files of a case of the LA layout or of a dataset folder."""
+def case_paths(root: Path, name: str) -> tuple[Path, Path | None]:
+    """The image and label files of a case of the LA layout or of a dataset folder (no label
+    for an image of a dataset's imagesUnlabelled)."""
     if is_dataset_folder(root):
         case = read_dataset(root).case(name)
         return case.image, case.label
@@ -77,13 +75,19 @@ def case_paths(root: Path, name: str) -> tuple[Path, Path]:
 
 
 def load_case(root: Path, name: str, data: DataConfig, labelled: bool) -> Case:
-    image, label = (read_image(path) for path in case_paths(root, name))
+    """A case on the training grid; an unlabelled one is loaded without its label, which it
+    may not have."""
+    image_path, label_path = case_paths(root, name)
+    if labelled and label_path is None:
+        raise InputError(f"{image_path}: an image without a label can only be an unlabelled case.")
+    image = read_image(image_path)
+    label = read_image(label_path) if labelled else None
     if data.spacing is not None:
         image, label = resample_pair(image, label, data.spacing)
     if data.downsample > 1:
-        image, label = downsample_pair(image, label, data.downsample)
+        image, label = resample_pair(image, label, [value * data.downsample for value in image.GetSpacing()])
     array = normalize_intensity(image_to_array(image), data.normalization)
-    return Case(name, array, image_to_array(label, np.int64) if labelled else None, image.GetSpacing())
+    return Case(name, array, None if label is None else image_to_array(label, np.int64), image.GetSpacing())
 
 
 def phantom_case(index: int, data: DataConfig, labelled: bool, num_classes: int | None = None) -> Case:
@@ -160,9 +164,7 @@ class PatchSampler:
         self.rng = rng
 
     def _padded(self, array: np.ndarray, value: float) -> np.ndarray:
-        padding = [
-            (0, max(patch - size, 0)) for size, patch in zip(array.shape, self.patch_size)
-        ]
+        padding = [(0, max(patch - size, 0)) for size, patch in zip(array.shape, self.patch_size)]
         return np.pad(array, padding, constant_values=value) if any(after for _, after in padding) else array
 
     def _start(self, shape: tuple[int, ...], label: np.ndarray | None) -> list[int]:

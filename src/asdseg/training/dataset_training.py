@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from asdseg.datasets import Dataset
+from asdseg.datasets import UNLABELLED_FOLDER, Dataset
 from asdseg.errors import InputError
 from asdseg.image_io import atomic_path
 from asdseg.training.config import DEFAULT_NETWORKS, DataConfig
@@ -33,23 +33,24 @@ def default_counts(cases: int) -> tuple[int, int]:
 def split_by_counts(
     dataset: Dataset, labelled: int, validation: int, unlabelled: int | None = None
 ) -> dict[str, list[str]]:
-    """The first ``labelled`` cases (by name) labelled, the last ``validation`` held out, the
-    ones between unlabelled (at most ``unlabelled`` of them)."""
-    names = dataset.names
+    """Of the cases with a label (by name), the first ``labelled`` labelled, the last
+    ``validation`` held out, the ones between unlabelled, followed by the images of
+    imagesUnlabelled (at most ``unlabelled`` in all)."""
+    names = dataset.labelled_names
     between = len(names) - labelled - validation
-    needed = labelled + validation + (unlabelled or 0)
-    if labelled < 1 or between < 0 or needed > len(names):
+    spare = [*names[labelled : len(names) - validation], *dataset.unlabelled_names]
+    if labelled < 1 or between < 0 or (unlabelled or 0) > len(spare):
         wanted = f"{labelled} labelled, {validation} validation" + (
             f" and {unlabelled} unlabelled" if unlabelled else ""
         )
+        extra = f" and {len(dataset.unlabelled_names)} unlabelled images" if dataset.unlabelled_names else ""
         raise InputError(
-            f"{dataset.root}: {len(names)} cases cannot give {wanted} cases (at least 1 labelled); lower "
-            "--labelled / --validation / --unlabelled or add cases."
+            f"{dataset.root}: {len(names)} cases with labels{extra} cannot give {wanted} cases (at least "
+            "1 labelled); lower --labelled / --validation / --unlabelled or add cases."
         )
-    kept = between if unlabelled is None else unlabelled
     return {
         "labelled": names[:labelled],
-        "unlabelled": names[labelled : labelled + kept],
+        "unlabelled": spare if unlabelled is None else spare[:unlabelled],
         "validation": names[len(names) - validation :],
     }
 
@@ -73,9 +74,15 @@ def read_split_file(path: str | Path, dataset: Dataset) -> dict[str, list[str]]:
     listed = [name for part in PARTS for name in split[part]]
     unknown = sorted(set(listed) - set(dataset.names))
     twice = sorted({name for name in listed if listed.count(name) > 1})
-    if unknown or twice or not split["labelled"]:
+    without_label = sorted(set(split["labelled"] + split["validation"]) & set(dataset.unlabelled_names))
+    if unknown or twice or without_label or not split["labelled"]:
         problems = [f"cases not in the dataset: {', '.join(unknown)}"] if unknown else []
         problems += [f"cases in more than one part: {', '.join(twice)}"] if twice else []
+        problems += (
+            [f"images of {UNLABELLED_FOLDER} (no label) can only be unlabelled: {', '.join(without_label)}"]
+            if without_label
+            else []
+        )
         problems += ["no labelled case"] if not split["labelled"] else []
         raise InputError(f"--splits {path}: {'; '.join(problems)}.")
     return split
