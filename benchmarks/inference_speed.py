@@ -1,176 +1,191 @@
-"""Whole-volume inference speed of the LA-style VNet: asdseg's ``predict_volume`` against a
-bare MONAI ``sliding_window_inference`` call on the same network and windows, fp32 and bf16.
+"""Inference speed of every shipped model on an LA-sized volume: ``asdseg segment`` end to end
+(process start to files written) against the network's own time over the same windows, at fp32
+and at ``auto`` precision (bf16 where the CPU computes it natively, fp32 elsewhere).
 
-Each configuration runs in its own subprocess so that its peak memory is its own. Prints a
-table and writes the figures as JSON, with the machine they were measured on (CPU model and
-kernel flags, GPU, torch: :func:`asdseg.machine.describe_machine`), into
-``benchmarks/results/inference_speed.json``, which is kept in git. Not a test: the numbers depend
-on the machine.
+End to end is the wall time of ``python -m asdseg segment`` writing the label map and the
+model's extra map (confidence or SDM), with the peak resident memory of that process. The
+network's time is measured in a separate process that runs the same pipeline
+(:func:`asdseg.segment.segment_image`) with a timer around each forward pass, so the windows,
+batches and precision are the same; their ratio is the overhead of everything else (starting
+Python and torch, reading, resampling, blending, writing). The volume is the first held-out LA
+2018 case when ``../shared`` is there, else a synthetic volume of the same size and spacing.
 
-    python benchmarks/inference_speed.py [--output benchmarks/results/inference_speed.json]
+Prints a table and writes the figures, with the machine (CPU model and flags, GPU, torch:
+:func:`asdseg.machine.describe_machine`), to ``benchmarks/results/inference_speed.json``, which
+is kept in git. Not a test: the numbers depend on the machine.
+
+    python benchmarks/inference_speed.py [--models la-dan la-sassnet la-attention] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-LA_SHAPE = (192, 144, 88)  # a typical cropped LA 2018 volume at 0.625 mm
-PATCH = (112, 112, 80)  # UA-MT / SASSNet patch
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "inference_speed.json"
+SHIPPED = ("la-dan", "la-sassnet", "la-attention")
+LA_SIZE = (206, 143, 88)  # the first held-out LA 2018 case, voxels of 0.625 mm
+LA_SPACING = (0.625, 0.625, 0.625)
 
 
-def window_flops(network, patch) -> float:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+def benchmark_volume(folder: Path) -> tuple[Path, str]:
+    """The first held-out LA 2018 case, or a synthetic volume of its size and spacing."""
+    from asdseg.demo import find_la2018
+    from asdseg.training.data import case_names
 
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        network(torch.zeros(1, 1, *patch))
-    return float(counter.get_total_flops())
-
-
-def run_one(implementation: str, precision: str, overlap: float, device_name: str, repeats: int) -> dict:
-    """Time one configuration in this process (called in a subprocess)."""
+    root = find_la2018()
+    if root is not None:
+        name = case_names(root)[-20]
+        return root / "train" / name / "image.nii.gz", f"LA 2018 case {name}"
     import numpy as np
+    import SimpleITK as sitk
+
+    array = np.random.default_rng(0).normal(100.0, 20.0, size=LA_SIZE[::-1]).astype(np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(LA_SPACING)
+    path = folder / "synthetic.nii.gz"
+    sitk.WriteImage(image, str(path))
+    return path, "synthetic volume of LA size"
+
+
+def extra_output_option(model: str) -> list[str]:
+    """The option that writes the model's extra map, as a user asks for it in Slicer."""
+    from asdseg.registry import find_model
+
+    card = find_model(model)
+    return ["--confidence"] if card.has_confidence else ["--sdm"] if card.has_sdm else []
+
+
+def end_to_end(model: str, volume: Path, precision: str, folder: Path, threads: int) -> dict:
+    """Wall time and peak RSS of ``asdseg segment`` in its own process."""
+    extra = extra_output_option(model)
+    command = [
+        sys.executable,
+        "-m",
+        "asdseg",
+        "segment",
+        "-i",
+        str(volume),
+        "-o",
+        str(folder / "labels.nii.gz"),
+    ]
+    command += ["--model", model, "--device", "cpu", "--precision", precision]
+    if extra:
+        command += [extra[0], str(folder / "extra.nii.gz")]
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    with (folder / "segment.log").open("w+") as log:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env=environment, stdout=log, stderr=log)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            log.seek(0)
+            raise SystemExit(f"{' '.join(command)} failed:\n{log.read()}")
+    return {"end_to_end_s": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def network_time(model: str, volume: Path, precision: str) -> dict:
+    """The network's own time over the windows of one segmentation (run in a subprocess)."""
     import torch
-    from monai.inferers import sliding_window_inference
+    from torch import nn
 
-    from asdseg.devices import autocast, select_device
-    from asdseg.inference import WindowSettings, predict_volume, window_count
-    from asdseg.networks import build_network
+    from asdseg.image_io import read_image
+    from asdseg.registry import find_model, load_network
+    from asdseg.segment import SegmentationOptions, segment_image
 
-    torch.manual_seed(0)
-    device = select_device(device_name)
-    network = build_network("vnet", {"num_classes": 2, "base_filters": 16}).to(device).eval()
-    volume = np.random.default_rng(0).normal(size=LA_SHAPE).astype(np.float32)
-    settings = WindowSettings(PATCH, overlap=overlap, blend="gaussian", precision=precision)
+    class TimedNetwork(nn.Module):
+        def __init__(self, network: nn.Module) -> None:
+            super().__init__()
+            self.network, self.seconds, self.calls = network, 0.0, 0
 
-    def bare_monai() -> None:
-        def predictor(windows):
-            with autocast(device, precision):
-                return torch.softmax(network(windows)["logits"].float(), dim=1)
+        def forward(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
+            started = time.perf_counter()
+            outputs = self.network(windows)
+            self.seconds += time.perf_counter() - started
+            self.calls += 1
+            return outputs
 
-        with torch.inference_mode():
-            sliding_window_inference(
-                torch.from_numpy(volume)[None, None].to(device),
-                PATCH,
-                1,
-                predictor,
-                overlap=overlap,
-                mode="gaussian",
-            )
-
-    def ours() -> None:
-        predict_volume(network, volume, settings, device)
-
-    work = ours if implementation == "asdseg" else bare_monai
-    work()  # warm-up (allocator, kernels)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    windows = window_count(LA_SHAPE, settings)
-    seconds = min(times)
-    flops = window_flops(network.cpu(), PATCH) * windows
-    peak = (
-        torch.cuda.max_memory_allocated()
-        if device.type == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    )
+    card = find_model(model)
+    timed = TimedNetwork(load_network(card))
+    image = read_image(volume)
+    started = time.perf_counter()
+    segment_image(image, card, timed, SegmentationOptions(device="cpu", precision=precision))
     return {
-        "implementation": implementation,
-        "precision": precision,
-        "device": str(device),
-        "windows": windows,
-        "seconds": seconds,
-        "gflop_per_s": flops / seconds / 1e9,
-        "peak_memory_mb": peak / 2**20,
-        "peak_memory_kind": "CUDA allocated" if device.type == "cuda" else "process max RSS",
+        "network_s": timed.seconds,
+        "segment_in_process_s": time.perf_counter() - started,
+        "windows": timed.calls,  # one window per forward pass (batch size 1, the CLI's default)
+        "resolved_precision": resolved_precision(precision),
     }
 
 
+def resolved_precision(precision: str) -> str:
+    import torch
+
+    from asdseg.devices import auto_precision
+
+    return auto_precision(torch.device("cpu")) if precision == "auto" else precision
+
+
+def measure(model: str, volume: Path, precision: str, folder: Path, threads: int) -> dict:
+    command = [sys.executable, __file__, "--network-only", model, str(volume), precision]
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    completed = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+    row = {"model": model, "precision": precision, **json.loads(completed.stdout.strip().splitlines()[-1])}
+    row.update(end_to_end(model, volume, precision, folder, threads))
+    row["end_to_end_over_network"] = row["end_to_end_s"] / row["network_s"]
+    return row
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=list(SHIPPED))
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--overlap", type=float, default=0.25)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--precisions", default="fp32,bf16")
-    parser.add_argument("--one", nargs=2, metavar=("IMPLEMENTATION", "PRECISION"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--network-only", nargs=3, metavar=("MODEL", "VOLUME", "PRECISION"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
-    if args.one:
-        print(json.dumps(run_one(*args.one, args.overlap, args.device, args.repeats)))
+    if args.network_only:
+        model, volume, precision = args.network_only
+        print(json.dumps(network_time(model, Path(volume), precision)))
         return 0
 
     from asdseg.image_io import atomic_path
     from asdseg.machine import describe_machine, machine_line
 
     machine = describe_machine()
-    print(f"machine: {machine_line(machine)}", flush=True)
+    print(f"machine: {machine_line(machine)}, {args.threads} threads", flush=True)
     rows = []
-    for precision in args.precisions.split(","):
-        for implementation in ("monai", "asdseg"):
-            command = [
-                sys.executable,
-                __file__,
-                "--one",
-                implementation,
-                precision,
-                "--overlap",
-                str(args.overlap),
-                "--device",
-                args.device,
-                "--repeats",
-                str(args.repeats),
-            ]
-            completed = subprocess.run(command, capture_output=True, text=True, check=True)
-            rows.append(json.loads(completed.stdout.strip().splitlines()[-1]))
-            row = rows[-1]
-            print(
-                f"{implementation:>7} {precision:>5} {row['device']:>5} {row['windows']:>3} windows "
-                f"{row['seconds']:8.2f} s {row['gflop_per_s']:8.1f} GFLOP/s {row['peak_memory_mb']:8.0f} MB",
-                flush=True,
-            )
-    by_key = {(row["implementation"], row["precision"]): row for row in rows}
-    ratios = {
-        precision: {
-            "asdseg_over_monai_seconds": by_key["asdseg", precision]["seconds"]
-            / by_key["monai", precision]["seconds"],
-            "asdseg_over_monai_peak_memory": by_key["asdseg", precision]["peak_memory_mb"]
-            / by_key["monai", precision]["peak_memory_mb"],
-        }
-        for precision in args.precisions.split(",")
-    }
-    if "fp32" in ratios and "bf16" in ratios:
-        ratios["bf16_over_fp32_seconds_asdseg"] = (
-            by_key["asdseg", "bf16"]["seconds"] / by_key["asdseg", "fp32"]["seconds"]
-        )
-    print(json.dumps(ratios, indent=2))
-    report = {
-        "volume_shape": LA_SHAPE,
-        "patch_size": PATCH,
-        "overlap": args.overlap,
-        "machine": machine,
-        "rows": rows,
-        "ratios": ratios,
-    }
-    with atomic_path(args.output) as temporary:
-        temporary.write_text(json.dumps(report, indent=2) + "\n")
+    with tempfile.TemporaryDirectory() as temporary:
+        volume, described = benchmark_volume(Path(temporary))
+        print(f"volume: {described}", flush=True)
+        for model in args.models:
+            for precision in args.precisions:
+                rows.append(measure(model, volume, precision, Path(temporary), args.threads))
+                row = rows[-1]
+                print(
+                    f"{model:13s} {precision:4s} ({row['resolved_precision']}): end to end "
+                    f"{row['end_to_end_s']:6.1f} s, network {row['network_s']:6.1f} s "
+                    f"({row['windows']} windows), ratio {row['end_to_end_over_network']:.2f}, "
+                    f"peak RSS {row['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
+    result = {"volume": described, "threads": args.threads, "rows": rows, "machine": machine}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.output) as path:
+        path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.output}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -383,6 +383,7 @@ EXIT_STOPPED = 3
 def command_finetune(args: argparse.Namespace) -> int:
     import signal
     import time
+    from dataclasses import replace
 
     from asdseg.active.finetune import FineTuneSettings, fine_tune, model_grid_case
     from asdseg.active.sparse_labels import read_sparse_labels
@@ -411,9 +412,9 @@ def command_finetune(args: argparse.Namespace) -> int:
             images, args.image, args.labels, _training_regions(args, images)
         )
     ]
-    settings = FineTuneSettings(
-        steps=args.steps, learning_rate=args.learning_rate, batch_size=args.batch_size
-    )
+    settings = FineTuneSettings(steps=args.steps, batch_size=args.batch_size)
+    if args.learning_rate is not None:
+        settings = replace(settings, learning_rate=args.learning_rate)
     started = time.monotonic()
 
     def report(row: dict[str, float]) -> None:
@@ -610,7 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--image", nargs="+", required=True, help="volumes")
     finetune.add_argument("--labels", nargs="+", required=True, help="their sparse labels, same order")
     finetune.add_argument("--steps", type=positive_int, default=200, help="training steps")
-    finetune.add_argument("--learning-rate", type=positive_float, default=0.005)
+    finetune.add_argument(
+        "--learning-rate", type=positive_float, help="SGD learning rate (default: the paper's 0.001)"
+    )
     finetune.add_argument("--batch-size", type=positive_int, default=2)
     finetune.add_argument(
         "--output-dir", required=True, help="checkpoint, log and the new model (<dir>/model)"
