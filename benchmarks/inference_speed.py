@@ -42,7 +42,7 @@ def run_one(implementation: str, precision: str, overlap: float, device_name: st
     from monai.inferers import sliding_window_inference
 
     from asdseg.devices import autocast, select_device
-    from asdseg.inference import WindowSettings, predict_volume, window_count
+    from asdseg.inference.sliding_window import WindowSettings, predict_volume, window_count
     from asdseg.networks import build_network
 
     torch.manual_seed(0)
@@ -114,7 +114,7 @@ def main() -> int:
         print(json.dumps(run_one(*args.one, args.overlap, args.device, args.repeats)))
         return 0
 
-    from asdseg.image_io import atomic_path
+    from asdseg.io.image_io import atomic_path
     from asdseg.machine import describe_machine, machine_line
 
     machine = describe_machine()

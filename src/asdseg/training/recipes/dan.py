@@ -21,14 +21,14 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from asdseg.losses import (
+from asdseg.networks.enhanced_unet import ConfidenceUNet
+from asdseg.training.losses import (
     adversarial_bce,
     confidence_weighted_cross_entropy,
     focal_dice_loss,
     hybrid_dice_ce_loss,
     one_hot,
 )
-from asdseg.networks.enhanced_unet import ConfidenceUNet
 from asdseg.training.recipes.base import ConfidenceLearningRecipe
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from asdseg.image_io import array_to_image
+from asdseg.io.image_io import array_to_image
 
 #: Label values of the phantom and their intensities relative to the background.
 ELLIPSOID, SPHERE = 1, 2
@@ -142,8 +142,8 @@ def make_synthetic_pelvis(
 SYNTHETIC_PELVIS_INFO = {
     "name": "SyntheticPelvis",
     "description": "Synthetic male-pelvis phantoms (bladder, prostate, rectum on a T2-like volume) "
-    "made by asdseg.phantoms for tests; not patient data, no anatomy to learn.",
-    "reference": "asdseg.phantoms.make_synthetic_pelvis",
+    "made by asdseg.demo.phantoms for tests; not patient data, no anatomy to learn.",
+    "reference": "asdseg.demo.phantoms.make_synthetic_pelvis",
     "licence": "CC0-1.0 (synthetic)",
     "release": "1.0",
 }
