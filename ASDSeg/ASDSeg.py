@@ -625,10 +625,10 @@ class ASDSegTest(ScriptedLoadableModuleTest):
         import numpy as np
         import SimpleITK as sitk
 
-        from asdseg.demo_model import ensure_demo_model
+        from asdseg.demo.phantom_model import ensure_demo_model
+        from asdseg.demo.phantoms import make_phantom, phantom_image
         from asdseg.errors import CancelledError
-        from asdseg.image_io import read_image, same_geometry
-        from asdseg.phantoms import make_phantom, phantom_image
+        from asdseg.io.image_io import read_image, same_geometry
 
         from ASDSegLib.segmentation_logic import RunOptions
         from ASDSegLib.volume_nodes import update_volume_node_from_image

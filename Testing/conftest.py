@@ -12,13 +12,13 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from asdseg.demo import find_la2018
-from asdseg.demo_model import CARD as DEMO_CARD
-from asdseg.demo_model import ensure_demo_model
-from asdseg.model_card import ModelCard
+from asdseg.demo.end_to_end import find_la2018
+from asdseg.demo.phantom_model import CARD as DEMO_CARD
+from asdseg.demo.phantom_model import ensure_demo_model
+from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.networks import build_network
-from asdseg.phantoms import make_phantom, phantom_image
 from asdseg.registry import save_model
+from asdseg.registry.model_card import ModelCard
 
 torch.set_num_threads(2)
 

@@ -21,14 +21,14 @@ from asdseg.active.stopping import has_converged
 from asdseg.active.strategies import select_slices
 from asdseg.active.suggest import suggest_slices
 from asdseg.active.suggestion_report import read_suggestions, suggestion_record, write_suggestions
+from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.errors import InputError, ModelError
-from asdseg.image_io import image_to_array
-from asdseg.labels import Label
-from asdseg.losses import UNLABELLED
-from asdseg.model_card import ModelCard
-from asdseg.phantoms import make_phantom, phantom_image
+from asdseg.io.image_io import image_to_array
+from asdseg.io.labels import Label
 from asdseg.registry import load_network
+from asdseg.registry.model_card import ModelCard
 from asdseg.training.data import Case, PatchSampler
+from asdseg.training.losses import UNLABELLED
 
 from conftest import ROTATED
 

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from asdseg.background import FolderJob, JobState, engine_environment
 from asdseg.errors import CancelledError
-from asdseg.model_card import ModelCard
+from asdseg.registry.model_card import ModelCard
 
 from conftest import wait_until
 

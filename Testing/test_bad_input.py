@@ -24,13 +24,13 @@ import torch
 
 from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
 from asdseg.cli import main
+from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.errors import InputError
-from asdseg.image_io import atomic_paths, read_image, same_geometry, write_image
-from asdseg.labels import Label
-from asdseg.model_card import ModelCard
+from asdseg.io.image_io import atomic_paths, read_image, same_geometry, write_image
+from asdseg.io.labels import Label
 from asdseg.networks import build_network
-from asdseg.phantoms import make_phantom, phantom_image
 from asdseg.registry import available_models, install_model, save_model, user_models_dir
+from asdseg.registry.model_card import ModelCard
 from asdseg.training.config import DEFAULT_NETWORKS, RECIPES, config_from_dict
 from asdseg.training.data import load_split
 from asdseg.training.trainer import Trainer
@@ -809,7 +809,7 @@ def test_sigterm_while_writing_removes_the_temporary_files(tmp_path: Path) -> No
 import os, signal, sys, time
 from pathlib import Path
 import asdseg.cli as cli
-from asdseg.image_io import atomic_path
+from asdseg.io.image_io import atomic_path
 
 def stopped_while_writing(args):
     with atomic_path(Path({str(tmp_path)!r}) / "seg.nii.gz") as temporary:
@@ -917,16 +917,16 @@ def test_intensity_scale_does_not_change_the_segmentation(workspace: Path) -> No
 def test_a_model_that_outputs_nan_is_an_error_not_an_empty_map(
     workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    import asdseg.segment
+    import asdseg.inference.segment
 
-    real_predict = asdseg.segment.predict_volume
+    real_predict = asdseg.inference.segment.predict_volume
 
     def predict_nan(*args, **kwargs):
         outputs = real_predict(*args, **kwargs)
         outputs["probabilities"][:] = np.nan
         return outputs
 
-    monkeypatch.setattr(asdseg.segment, "predict_volume", predict_nan)
+    monkeypatch.setattr(asdseg.inference.segment, "predict_volume", predict_nan)
     code = main([*SEGMENT, "-i", str(workspace / "img.nii.gz"), "-o", str(workspace / "o.nii.gz")])
     assert code == 2 and "produced NaN or infinite values" in capsys.readouterr().err
     assert not (workspace / "o.nii.gz").exists()

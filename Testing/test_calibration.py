@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asdseg.calibration import ErrorDetection, ReliabilityBins
-from asdseg.figures import save_reliability_diagram
+from asdseg.evaluation.calibration import ErrorDetection, ReliabilityBins
+from asdseg.evaluation.figures import save_reliability_diagram
 
 
 def test_a_calibrated_map_has_an_ece_near_zero_and_an_overconfident_one_its_gap() -> None:

@@ -12,9 +12,9 @@ import pytest
 import SimpleITK as sitk
 
 from asdseg.cli import build_parser, main
-from asdseg.image_io import read_image, same_geometry
-from asdseg.model_card import ModelCard
+from asdseg.io.image_io import read_image, same_geometry
 from asdseg.registry import install_model
+from asdseg.registry.model_card import ModelCard
 
 
 @pytest.fixture

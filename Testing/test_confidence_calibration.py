@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asdseg.calibration import ReliabilityBins
-from asdseg.confidence_calibration import (
+from asdseg.evaluation.calibration import ReliabilityBins
+from asdseg.inference.confidence_calibration import (
     ConfidenceCalibration,
     best_flag_threshold,
     features,

@@ -17,14 +17,14 @@ from asdseg.active.finetune import FineTuneSettings, fine_tune, model_grid_case
 from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
 from asdseg.background import BackgroundJob, JobState, engine_environment
 from asdseg.cli import EXIT_STOPPED
+from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.errors import InputError
-from asdseg.image_io import image_to_array, write_image
-from asdseg.metrics import dice
-from asdseg.model_card import ModelCard
-from asdseg.phantoms import make_phantom, phantom_image
-from asdseg.preprocessing import CropBox
+from asdseg.evaluation.metrics import dice
+from asdseg.inference.segment import segment_image
+from asdseg.io.image_io import image_to_array, write_image
+from asdseg.preprocessing.transforms import CropBox
 from asdseg.registry import find_model, load_network
-from asdseg.segment import segment_image
+from asdseg.registry.model_card import ModelCard
 from asdseg.training.checkpoint import load_checkpoint
 from asdseg.training.trainer import CHECKPOINT_FILE
 

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from asdseg.errors import InputError
-from asdseg.image_io import (
+from asdseg.io.image_io import (
     array_to_image,
     atomic_path,
     image_to_array,
@@ -18,7 +18,7 @@ from asdseg.image_io import (
     same_geometry,
     write_image,
 )
-from asdseg.validation import check_intensities, check_spacing
+from asdseg.preprocessing.input_checks import check_intensities, check_spacing
 
 from conftest import ROTATED
 

@@ -18,7 +18,7 @@ from asdseg.devices import (
     select_device,
 )
 from asdseg.errors import CancelledError
-from asdseg.inference import WindowSettings, predict_volume, window_count
+from asdseg.inference.sliding_window import WindowSettings, predict_volume, window_count
 from asdseg.networks import build_network
 from asdseg.progress import CancelToken
 

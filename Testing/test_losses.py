@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import GeneralizedDiceLoss
 
-from asdseg.losses import (
+from asdseg.training.losses import (
     UNLABELLED,
     adversarial_bce,
     class_dice,

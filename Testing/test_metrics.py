@@ -10,8 +10,7 @@ import torch
 from medpy.metric import binary as medpy_binary
 from monai.metrics import compute_average_surface_distance
 
-from asdseg.image_io import image_to_array, read_image
-from asdseg.metrics import (
+from asdseg.evaluation.metrics import (
     average_surface_distance,
     dice,
     evaluate_masks,
@@ -19,6 +18,7 @@ from asdseg.metrics import (
     jaccard,
     surface,
 )
+from asdseg.io.image_io import image_to_array, read_image
 
 from conftest import LA2018, ellipsoid_mask, needs_la2018
 

@@ -6,12 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asdseg.image_io import array_to_image, image_to_array
-from asdseg.model_card import ModelCard
-from asdseg.model_evaluation import CONFIDENCE_MAP, SOFTMAX, ReferenceCase, evaluate_model, near_organ
-from asdseg.phantoms import make_phantom, phantom_image
-from asdseg.postprocessing import keep_largest_component
-from asdseg.preprocessing import normalize_intensity
+from asdseg.demo.phantoms import make_phantom, phantom_image
+from asdseg.evaluation.model_evaluation import (
+    CONFIDENCE_MAP,
+    SOFTMAX,
+    ReferenceCase,
+    evaluate_model,
+    near_organ,
+)
+from asdseg.inference.postprocessing import keep_largest_component
+from asdseg.io.image_io import array_to_image, image_to_array
+from asdseg.preprocessing.transforms import normalize_intensity
+from asdseg.registry.model_card import ModelCard
 
 from conftest import IntensityClassifier
 

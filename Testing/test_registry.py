@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from asdseg.errors import ModelError
-from asdseg.model_card import ModelCard, validate_card
 from asdseg.registry import available_models, find_model, install_model, load_network, sha256_of
+from asdseg.registry.model_card import ModelCard, validate_card
 
 
 def test_card_schema_rejects_missing_and_malformed_fields(tiny_model: ModelCard) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from asdseg.demo_model import CARD as DEMO_CARD
+from asdseg.demo.phantom_model import CARD as DEMO_CARD
 from asdseg.errors import InputError
 from asdseg.registry import load_network, save_model
 from asdseg.training.config import DataConfig, config_from_dict

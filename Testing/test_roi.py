@@ -12,14 +12,14 @@ import pytest
 import SimpleITK as sitk
 
 from asdseg.cli import main
+from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.errors import InputError
-from asdseg.image_io import image_to_array, read_image, same_geometry
-from asdseg.model_card import ModelCard, validate_card
-from asdseg.phantoms import make_phantom, phantom_image
-from asdseg.preprocessing import CropBox, normalize_intensity
+from asdseg.inference.segment import SegmentationOptions, channel_array, segment_image
+from asdseg.io.image_io import image_to_array, read_image, same_geometry
+from asdseg.preprocessing.roi import RegionOfInterest, segmentation_region
+from asdseg.preprocessing.transforms import CropBox, normalize_intensity
 from asdseg.registry import find_model, install_model, load_network
-from asdseg.roi import RegionOfInterest, segmentation_region
-from asdseg.segment import SegmentationOptions, channel_array, segment_image
+from asdseg.registry.model_card import ModelCard, validate_card
 
 from conftest import ROTATED, IntensityClassifier
 

@@ -9,19 +9,19 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from asdseg.confidence_calibration import ConfidenceCalibration
-from asdseg.demo_model import TARGET_DICE, validation_summary
+from asdseg.demo.phantom_model import TARGET_DICE, validation_summary
+from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.errors import InputError
-from asdseg.image_io import image_to_array, read_image, same_geometry
-from asdseg.labels import read_labels_json, sidecar_paths
-from asdseg.metrics import dice
-from asdseg.model_card import ModelCard, validate_card
+from asdseg.evaluation.metrics import dice
+from asdseg.inference.confidence_calibration import ConfidenceCalibration
+from asdseg.inference.postprocessing import keep_largest_component
+from asdseg.inference.segment import SegmentationOptions, segment_image, write_result
+from asdseg.io.image_io import image_to_array, read_image, same_geometry
+from asdseg.io.labels import read_labels_json, sidecar_paths
 from asdseg.networks import build_network
-from asdseg.phantoms import make_phantom, phantom_image
-from asdseg.postprocessing import keep_largest_component
-from asdseg.preprocessing import normalize_intensity
+from asdseg.preprocessing.transforms import normalize_intensity
 from asdseg.registry import load_network, save_model
-from asdseg.segment import SegmentationOptions, segment_image, write_result
+from asdseg.registry.model_card import ModelCard, validate_card
 
 from conftest import ROTATED, IntensityClassifier, tiny_card
 

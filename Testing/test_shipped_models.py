@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from asdseg.demo import run_demo
+from asdseg.demo.end_to_end import run_demo
 from asdseg.errors import InputError
-from asdseg.evaluation import evaluate_label_maps
-from asdseg.image_io import image_to_array, read_image
-from asdseg.model_card import ModelCard, require_attention_model
+from asdseg.evaluation.evaluate_predictions import evaluate_label_maps
+from asdseg.inference.segment import SegmentationOptions, segment_image
+from asdseg.io.image_io import image_to_array, read_image
 from asdseg.registry import find_model, load_network, sha256_of, shipped_models_dir
-from asdseg.segment import SegmentationOptions, segment_image
+from asdseg.registry.model_card import ModelCard, require_attention_model
 from asdseg.training.data import case_names
 
 from conftest import LA2018, needs_la2018

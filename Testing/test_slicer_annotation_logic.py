@@ -15,9 +15,9 @@ from asdseg.active.sparse_labels import read_sparse_labels
 from asdseg.active.suggest import suggest_slices
 from asdseg.background import JobState
 from asdseg.errors import AsdsegError, CancelledError, InputError, ModelError
-from asdseg.image_io import image_to_array, read_image, same_geometry
-from asdseg.model_card import ModelCard
+from asdseg.io.image_io import image_to_array, read_image, same_geometry
 from asdseg.registry import load_network
+from asdseg.registry.model_card import ModelCard
 
 from ActiveAnnotateLib.annotation_logic import AnnotationLogic
 from ActiveAnnotateLib.slice_views import show_slice, slice_centre_ras, slice_under_view

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from asdseg.background import engine_environment
-from asdseg.model_card import ModelCard
+from asdseg.registry.model_card import ModelCard
 
 from ASDSegLib.dependencies import PROTECTED_PACKAGES, missing_requirements, protected_constraints
 

@@ -17,12 +17,12 @@ import vtk.util.numpy_support
 
 from asdseg.background import JobState
 from asdseg.errors import AsdsegError, CancelledError, InputError, ModelError
-from asdseg.image_io import image_to_array, read_image, same_geometry
-from asdseg.labels import Label
-from asdseg.model_card import ModelCard
+from asdseg.inference.segment import SegmentationOptions, segment_image
+from asdseg.io.image_io import image_to_array, read_image, same_geometry
+from asdseg.io.labels import Label
 from asdseg.networks import build_network
 from asdseg.registry import load_network, save_model, user_models_dir
-from asdseg.segment import SegmentationOptions, segment_image
+from asdseg.registry.model_card import ModelCard
 
 from ASDSegLib.roi_nodes import roi_region
 from ASDSegLib.segmentation_logic import LABEL_VALUE_TAG, RunOptions, SegmentationLogic, apply_label

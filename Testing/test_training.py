@@ -10,7 +10,7 @@ import torch
 
 from asdseg.cli import main
 from asdseg.errors import AsdsegError
-from asdseg.metrics import dice
+from asdseg.evaluation.metrics import dice
 from asdseg.training.checkpoint import load_checkpoint
 from asdseg.training.config import config_from_dict
 from asdseg.training.data import load_split

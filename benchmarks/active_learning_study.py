@@ -52,15 +52,20 @@ from asdseg.active.slice_scores import SliceScores, mean_agreement, score_slices
 from asdseg.active.sparse_labels import SparseLabels
 from asdseg.active.stopping import DEFAULT_SIGMA, has_converged
 from asdseg.active.strategies import STRATEGIES, select_slices
-from asdseg.demo import find_la2018
-from asdseg.figures import save_active_learning_curves
-from asdseg.image_io import atomic_path, image_to_array, read_image
-from asdseg.inference import predict_volume
+from asdseg.demo.end_to_end import find_la2018
+from asdseg.evaluation.figures import save_active_learning_curves
+from asdseg.evaluation.metrics import dice
+from asdseg.inference.sliding_window import predict_volume
+from asdseg.io.image_io import atomic_path, image_to_array, read_image
 from asdseg.machine import describe_machine, machine_line
-from asdseg.metrics import dice
-from asdseg.model_card import ModelCard
-from asdseg.preprocessing import foreground_box, normalize_intensity, resample_like, resample_to_spacing
+from asdseg.preprocessing.transforms import (
+    foreground_box,
+    normalize_intensity,
+    resample_like,
+    resample_to_spacing,
+)
 from asdseg.registry import load_network
+from asdseg.registry.model_card import ModelCard
 from asdseg.training.data import Case, case_names
 
 FULL_ANNOTATION = "full-annotation"

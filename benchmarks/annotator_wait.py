@@ -24,11 +24,11 @@ import torch
 from asdseg.active.finetune import FineTuneSettings, fine_tune, model_grid_case
 from asdseg.active.sparse_labels import SparseLabels
 from asdseg.active.suggest import suggest_slices
-from asdseg.demo import find_la2018
-from asdseg.image_io import atomic_path, image_to_array, read_image
+from asdseg.demo.end_to_end import find_la2018
+from asdseg.io.image_io import atomic_path, image_to_array, read_image
 from asdseg.machine import describe_machine, machine_line
-from asdseg.model_card import ModelCard
 from asdseg.registry import load_network
+from asdseg.registry.model_card import ModelCard
 from asdseg.training.data import case_names
 
 LABEL_EVERY = 16

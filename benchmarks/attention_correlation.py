@@ -32,11 +32,11 @@ import torch
 from scipy.stats import linregress, rankdata, spearmanr
 
 from asdseg.active.slice_scores import score_slices
-from asdseg.demo import find_la2018
-from asdseg.image_io import atomic_path
-from asdseg.inference import WindowSettings, predict_volume
+from asdseg.demo.end_to_end import find_la2018
+from asdseg.evaluation.metrics import dice
+from asdseg.inference.sliding_window import WindowSettings, predict_volume
+from asdseg.io.image_io import atomic_path
 from asdseg.machine import describe_machine, machine_line
-from asdseg.metrics import dice
 from asdseg.training.config import config_from_dict
 from asdseg.training.data import Case
 from asdseg.training.trainer import CHECKPOINT_FILE, Trainer

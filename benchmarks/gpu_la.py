@@ -259,8 +259,8 @@ def infer(args: argparse.Namespace) -> None:
     import numpy as np
     import SimpleITK as sitk
 
+    from asdseg.inference.segment import SegmentationOptions, segment_image
     from asdseg.registry import find_model, load_network
-    from asdseg.segment import SegmentationOptions, segment_image
 
     torch.backends.cudnn.benchmark = True
     image = sitk.ReadImage(args.image)
@@ -312,8 +312,8 @@ def _network_seconds(network, card, image, device: str, precision: str, repeats:
     """Median time of the sliding-window network pass alone on the model-grid volume."""
     import numpy as np
 
-    from asdseg.inference import predict_volume
-    from asdseg.segment import _model_grid_input
+    from asdseg.inference.segment import _model_grid_input
+    from asdseg.inference.sliding_window import predict_volume
 
     _, _, array = _model_grid_input(image, card)
     settings = card.window_settings(precision=precision)
@@ -372,7 +372,7 @@ def collect(args: argparse.Namespace) -> None:
 
 
 def pack(args: argparse.Namespace) -> None:
-    from asdseg.demo import find_la2018
+    from asdseg.demo.end_to_end import find_la2018
     from asdseg.training.case_cache import write_case_cache
 
     root = find_la2018()

@@ -5,7 +5,7 @@ and at ``auto`` precision (bf16 where the CPU computes it natively, fp32 elsewhe
 End to end is the wall time of ``python -m asdseg segment`` writing the label map and the
 model's extra map (confidence or SDM), with the peak resident memory of that process. The
 network's time is measured in a separate process that runs the same pipeline
-(:func:`asdseg.segment.segment_image`) with a timer around each forward pass, so the windows,
+(:func:`asdseg.inference.segment.segment_image`) with a timer around each forward pass, so the windows,
 batches and precision are the same; their ratio is the overhead of everything else (starting
 Python and torch, reading, resampling, blending, writing). The volume is the first held-out LA
 2018 case when ``../shared`` is there, else a synthetic volume of the same size and spacing.
@@ -36,7 +36,7 @@ LA_SPACING = (0.625, 0.625, 0.625)
 
 def benchmark_volume(folder: Path) -> tuple[Path, str]:
     """The first held-out LA 2018 case, or a synthetic volume of its size and spacing."""
-    from asdseg.demo import find_la2018
+    from asdseg.demo.end_to_end import find_la2018
     from asdseg.training.data import case_names
 
     root = find_la2018()
@@ -95,9 +95,9 @@ def network_time(model: str, volume: Path, precision: str) -> dict:
     import torch
     from torch import nn
 
-    from asdseg.image_io import read_image
+    from asdseg.inference.segment import SegmentationOptions, segment_image
+    from asdseg.io.image_io import read_image
     from asdseg.registry import find_model, load_network
-    from asdseg.segment import SegmentationOptions, segment_image
 
     class TimedNetwork(nn.Module):
         def __init__(self, network: nn.Module) -> None:
@@ -159,7 +159,7 @@ def main() -> int:
         print(json.dumps(network_time(model, Path(volume), precision)))
         return 0
 
-    from asdseg.image_io import atomic_path
+    from asdseg.io.image_io import atomic_path
     from asdseg.machine import describe_machine, machine_line
 
     machine = describe_machine()

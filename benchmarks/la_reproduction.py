@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from asdseg.demo import find_la2018
-from asdseg.model_evaluation import evaluate_model, reference_cases
+from asdseg.demo.end_to_end import find_la2018
+from asdseg.evaluation.model_evaluation import evaluate_model, reference_cases
 from asdseg.registry import load_network
 from asdseg.training.config import config_from_dict
 from asdseg.training.data import case_names

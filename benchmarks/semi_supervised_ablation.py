@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from la_reproduction import HELD_OUT, evaluate
 
-from asdseg.demo import find_la2018
-from asdseg.image_io import atomic_path
+from asdseg.demo.end_to_end import find_la2018
+from asdseg.io.image_io import atomic_path
 from asdseg.machine import describe_machine, machine_line
 from asdseg.training.config import config_from_dict
 from asdseg.training.data import case_names

@@ -1,6 +1,6 @@
 """Calibrate a shipped LA model's confidence map and derive its "check this result" flag.
 
-The map is fitted (:mod:`asdseg.confidence_calibration`) on LA cases the model never trained
+The map is fitted (:mod:`asdseg.inference.confidence_calibration`) on LA cases the model never trained
 on and that are not in its validation split: the unlabelled part of its split (the DAN recipe
 does not use unlabelled cases, so their labels are unseen). The fit uses the voxels within 5 mm
 of the prediction or the reference, where the map is read. The flag's threshold is the
@@ -25,21 +25,21 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from asdseg.calibration import ErrorDetection, ReliabilityBins
-from asdseg.confidence_calibration import (
+from asdseg.demo.end_to_end import find_la2018
+from asdseg.evaluation.calibration import ErrorDetection, ReliabilityBins
+from asdseg.evaluation.metrics import dice
+from asdseg.evaluation.model_evaluation import near_organ, reference_cases
+from asdseg.inference.confidence_calibration import (
     ConfidenceCalibration,
     best_flag_threshold,
     features,
     fit_logistic,
 )
-from asdseg.demo import find_la2018
-from asdseg.image_io import atomic_path, image_to_array
+from asdseg.inference.segment import SegmentationOptions, channel_array, segment_image
+from asdseg.io.image_io import atomic_path, image_to_array
 from asdseg.machine import describe_machine
-from asdseg.metrics import dice
-from asdseg.model_card import ModelCard
-from asdseg.model_evaluation import near_organ, reference_cases
 from asdseg.registry import load_network, sha256_of
-from asdseg.segment import SegmentationOptions, channel_array, segment_image
+from asdseg.registry.model_card import ModelCard
 
 MAPS = ("calibrated", "confidence network", "top softmax probability")
 

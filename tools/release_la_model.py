@@ -27,17 +27,17 @@ from typing import Any
 
 from torch import nn
 
-from asdseg.demo import find_la2018
-from asdseg.model_card import ModelCard
-from asdseg.model_evaluation import (
+from asdseg.demo.end_to_end import find_la2018
+from asdseg.evaluation.model_evaluation import (
     ModelEvaluation,
     ReferenceCase,
     evaluate_model,
     reference_cases,
 )
 from asdseg.networks import architecture_outputs
+from asdseg.preprocessing.roi import median_field_of_view
 from asdseg.progress import tqdm_progress
-from asdseg.roi import median_field_of_view
+from asdseg.registry.model_card import ModelCard
 from asdseg.training.data import split_names
 from asdseg.training.release import (
     FinishedRun,

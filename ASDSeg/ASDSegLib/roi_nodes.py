@@ -16,8 +16,8 @@ import slicer
 import vtk
 
 from asdseg.errors import InputError
-from asdseg.model_card import ModelCard
-from asdseg.roi import RegionOfInterest, index_box_from_bounds
+from asdseg.preprocessing.roi import RegionOfInterest, index_box_from_bounds
+from asdseg.registry.model_card import ModelCard
 
 #: The ROI a new box gets when the model records no training field of view: this share of the
 #: volume's extent along each axis.

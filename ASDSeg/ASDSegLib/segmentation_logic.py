@@ -21,12 +21,12 @@ import vtk
 
 from asdseg.background import FolderJob, JobProgress, JobState
 from asdseg.errors import AsdsegError, InputError, ModelError
-from asdseg.image_io import SUPPORTED_SUFFIXES, check_volume_shape, image_suffix, read_image, same_geometry
-from asdseg.image_io import write_image as write_image_file
-from asdseg.labels import Label, label_pixel_type, sdm_output_paths, write_label_map
-from asdseg.model_card import ModelCard
+from asdseg.io.image_io import SUPPORTED_SUFFIXES, check_volume_shape, image_suffix, read_image, same_geometry
+from asdseg.io.image_io import write_image as write_image_file
+from asdseg.io.labels import Label, label_pixel_type, sdm_output_paths, write_label_map
+from asdseg.preprocessing.roi import RegionOfInterest
 from asdseg.registry import available_models, find_model
-from asdseg.roi import RegionOfInterest
+from asdseg.registry.model_card import ModelCard
 
 from .overlays import OVERLAY_KINDS, sdm_window, show_in_slice_views, style_overlay_node
 from .roi_nodes import add_roi_for_volume, check_roi_node, roi_region

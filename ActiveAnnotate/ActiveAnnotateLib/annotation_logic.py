@@ -23,10 +23,10 @@ from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
 from asdseg.active.suggestion_report import read_suggestions
 from asdseg.background import FolderJob
 from asdseg.errors import InputError, ModelError
-from asdseg.image_io import write_image
-from asdseg.labels import Label
-from asdseg.model_card import ModelCard, require_attention_model
+from asdseg.io.image_io import write_image
+from asdseg.io.labels import Label
 from asdseg.registry import find_model
+from asdseg.registry.model_card import ModelCard, require_attention_model
 
 from .slice_views import mark_suggestions
 from ASDSegLib.roi_nodes import check_roi_node, roi_region

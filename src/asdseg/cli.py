@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING
 
 from asdseg.active.strategies import STRATEGIES as STRATEGY_NAMES
 from asdseg.errors import AsdsegError, InputError
-from asdseg.image_io import SUPPORTED_SUFFIXES, image_suffix, read_image
-from asdseg.output_paths import check_output_dir, check_output_paths
+from asdseg.io.image_io import SUPPORTED_SUFFIXES, image_suffix, read_image
+from asdseg.io.output_paths import check_output_dir, check_output_paths
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
-    from asdseg.model_card import ModelCard
-    from asdseg.preprocessing import CropBox
-    from asdseg.roi import RegionOfInterest
+    from asdseg.preprocessing.roi import RegionOfInterest
+    from asdseg.preprocessing.transforms import CropBox
+    from asdseg.registry.model_card import ModelCard
 
 #: Exit status of a run stopped by Ctrl-C (128 + SIGINT) or SIGTERM (128 + SIGTERM).
 EXIT_INTERRUPTED = 130
@@ -44,7 +44,7 @@ def _region_of_interest(
     """The ``--roi`` box (None without it), checked against the image before any work, and the
     warnings about the region to segment (clipping, too large a field of view), printed at once
     rather than after a long run."""
-    from asdseg.roi import RegionOfInterest, segmentation_region
+    from asdseg.preprocessing.roi import RegionOfInterest, segmentation_region
 
     roi = RegionOfInterest.from_values(args.roi, args.roi_space) if args.roi is not None else None
     warnings = segmentation_region(image, roi, card)[1]
@@ -116,10 +116,10 @@ def label_values(text: str) -> list[int]:
 
 
 def command_segment(args: argparse.Namespace) -> int:
+    from asdseg.inference.segment import SegmentationOptions, planned_outputs, segment_image, write_result
+    from asdseg.preprocessing.input_checks import DEFAULT_MAX_ANISOTROPY, check_output_geometry
     from asdseg.progress import json_progress, tqdm_progress
     from asdseg.registry import find_model, load_network
-    from asdseg.segment import SegmentationOptions, planned_outputs, segment_image, write_result
-    from asdseg.validation import DEFAULT_MAX_ANISOTROPY, check_output_geometry
 
     outputs = (
         (args.output, "-o"),
@@ -174,7 +174,7 @@ def command_segment(args: argparse.Namespace) -> int:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    from asdseg.evaluation import evaluate_files, format_table, write_csv
+    from asdseg.evaluation.evaluate_predictions import evaluate_files, format_table, write_csv
 
     if len(args.pred) != len(args.ref):
         raise InputError(
@@ -217,7 +217,7 @@ def dataset_run_values(args: argparse.Namespace, values: dict) -> dict:
     """The config settings for ``--dataset``: the folder read and checked case by case, the
     split chosen (flags, splits file, the config's counts or a fifth held out), all before any
     training."""
-    from asdseg.datasets import check_dataset, read_dataset
+    from asdseg.io.datasets import check_dataset, read_dataset
     from asdseg.training.dataset_training import (
         dataset_config_values,
         default_counts,
@@ -306,10 +306,10 @@ def command_suggest(args: argparse.Namespace) -> int:
     from asdseg.active.sparse_labels import read_sparse_labels
     from asdseg.active.suggest import suggest_slices
     from asdseg.active.suggestion_report import format_suggestions, suggestion_record, write_suggestions
-    from asdseg.model_card import require_attention_model
+    from asdseg.inference.segment import SegmentationOptions
     from asdseg.progress import json_progress, tqdm_progress
     from asdseg.registry import find_model, load_network
-    from asdseg.segment import SegmentationOptions
+    from asdseg.registry.model_card import require_attention_model
 
     card = find_model(args.model)
     require_attention_model(card)
@@ -354,7 +354,7 @@ def command_suggest(args: argparse.Namespace) -> int:
 def _training_regions(args: argparse.Namespace, images: list[sitk.Image]) -> list[CropBox | None]:
     """The index box of each ``--image`` inside its ``--roi`` (one box for all images, or one
     per image), None for each image without ``--roi``; clipping warnings are printed at once."""
-    from asdseg.roi import RegionOfInterest
+    from asdseg.preprocessing.roi import RegionOfInterest
 
     boxes = args.roi or []
     if len(boxes) not in (0, 1, len(images)):
@@ -388,9 +388,9 @@ def command_finetune(args: argparse.Namespace) -> int:
     from asdseg.active.finetune import FineTuneSettings, fine_tune, model_grid_case
     from asdseg.active.sparse_labels import read_sparse_labels
     from asdseg.errors import CancelledError
-    from asdseg.model_card import check_model_name
     from asdseg.progress import emit_progress
     from asdseg.registry import find_model
+    from asdseg.registry.model_card import check_model_name
 
     if len(args.image) != len(args.labels):
         raise InputError(
@@ -450,7 +450,7 @@ def command_finetune(args: argparse.Namespace) -> int:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    from asdseg.demo import DEMO_OUTPUTS, run_demo
+    from asdseg.demo.end_to_end import DEMO_OUTPUTS, run_demo
 
     check_output_dir(args.output_dir, "--output-dir")
     check_output_paths([("--output-dir", Path(args.output_dir) / name) for name in DEMO_OUTPUTS])

@@ -18,13 +18,13 @@ import SimpleITK as sitk
 
 from asdseg.active.sparse_labels import SparseLabels
 from asdseg.errors import InputError
-from asdseg.image_io import array_to_image, image_to_array
-from asdseg.losses import UNLABELLED
-from asdseg.model_card import ModelCard, require_attention_model
-from asdseg.preprocessing import CropBox, normalize_intensity, resample_like, resample_to_spacing
+from asdseg.io.image_io import array_to_image, image_to_array
+from asdseg.preprocessing.transforms import CropBox, normalize_intensity, resample_like, resample_to_spacing
 from asdseg.registry import load_network
+from asdseg.registry.model_card import ModelCard, require_attention_model
 from asdseg.training.config import DataConfig, TrainingConfig
 from asdseg.training.data import Case, CaseSplit
+from asdseg.training.losses import UNLABELLED
 from asdseg.training.trainer import Trainer, TrainingResult
 
 #: The last quarter of a round runs at a tenth of the learning rate, so that the round ends on

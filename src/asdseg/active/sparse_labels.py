@@ -4,7 +4,7 @@ On disk a sparse label map is the label image itself (NIfTI, with the usual labe
 ``<stem>.slices.json`` beside it, naming the labelled slices (indices along the image's third
 array axis) and the image size they refer to, so that an annotation session can be resumed and
 a training run knows which zeros mean "background" and which mean "nobody looked". Training
-sees :data:`asdseg.losses.UNLABELLED` on every slice that is not labelled.
+sees :data:`asdseg.training.losses.UNLABELLED` on every slice that is not labelled.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from asdseg.errors import InputError
-from asdseg.image_io import array_to_image, image_to_array, read_image
-from asdseg.labels import Label, label_pixel_type, sidecar_stem, write_label_map
+from asdseg.io.image_io import array_to_image, image_to_array, read_image
+from asdseg.io.labels import Label, label_pixel_type, sidecar_stem, write_label_map
 
 SLICES_FORMAT_VERSION = 1
 
@@ -62,7 +62,7 @@ class SparseLabels:
         """int64 (x, y, z): the label on labelled slices, UNLABELLED everywhere else."""
         # Imported here: the losses need torch, which Slicer's process (reading and writing
         # sparse labels) must not load.
-        from asdseg.losses import UNLABELLED
+        from asdseg.training.losses import UNLABELLED
 
         target = np.full(self.label.shape, UNLABELLED, dtype=np.int64)
         indices = sorted(self.labelled_slices)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from asdseg.labels import Label
-from asdseg.model_card import ModelCard
+from asdseg.io.labels import Label
 from asdseg.networks import build_network
 from asdseg.registry import save_model
+from asdseg.registry.model_card import ModelCard
 
 #: Patch and width that train at a useful pace on a laptop CPU.
 DEFAULT_PATCH_SIZE = (64, 64, 32)

@@ -11,9 +11,9 @@ from torch import nn
 from asdseg.active.slice_scores import DEFAULT_MIN_AREA, SliceScores, score_slices
 from asdseg.active.strategies import SliceQuery, select_slices
 from asdseg.errors import ModelError
-from asdseg.model_card import ModelCard, require_attention_model
+from asdseg.inference.segment import SegmentationOptions, SegmentationResult, channel_array, segment_image
 from asdseg.progress import CancelToken, ProgressCallback
-from asdseg.segment import SegmentationOptions, SegmentationResult, channel_array, segment_image
+from asdseg.registry.model_card import ModelCard, require_attention_model
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asdseg.errors import InputError
-from asdseg.image_io import atomic_path
+from asdseg.io.image_io import atomic_path
 
 if TYPE_CHECKING:  # suggest needs torch; Slicer's process only reads the record
     from asdseg.active.suggest import SliceSuggestion

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from asdseg.errors import InputError
-from asdseg.image_io import atomic_path
+from asdseg.io.image_io import atomic_path
 from asdseg.training.config import DataConfig
 from asdseg.training.data import Case, CaseSplit, split_names
 
@@ -91,7 +91,7 @@ def write_case_cache(data: DataConfig, output: str | Path, part_bytes: int = 45 
 def load_cached_split(folder: str | Path, missing_parts_ok: bool = False) -> CaseSplit:
     """The labelled and unlabelled cases of a cache (no validation cases), normalised; with
     ``missing_parts_ok`` the cases of parts not (yet) copied are left out instead of refused."""
-    from asdseg.preprocessing import normalize_intensity
+    from asdseg.preprocessing.transforms import normalize_intensity
 
     folder = Path(folder)
     try:

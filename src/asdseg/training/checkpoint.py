@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from asdseg.errors import AsdsegError
-from asdseg.image_io import atomic_path
+from asdseg.io.image_io import atomic_path
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

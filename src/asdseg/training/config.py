@@ -12,7 +12,7 @@ from typing import Any, Optional, Union
 import jsonschema
 
 from asdseg.errors import InputError
-from asdseg.model_card import card_schema
+from asdseg.registry.model_card import card_schema
 
 RECIPES = ("supervised", "asdnet", "sassnet", "dan", "attention-unet")
 
@@ -39,7 +39,7 @@ RECIPE_ARCHITECTURES: dict[str, Optional[tuple[str, ...]]] = {
 class DataConfig:
     """Where the cases come from. ``root`` is a folder with ``train/<case>/{image,label}.nii.gz``
     and a ``train.list`` (the LA 2018 layout) or a dataset folder (``dataset.json``: the nnU-Net
-    v2 or Decathlon layout, :mod:`asdseg.datasets`); without it, synthetic phantoms are generated."""
+    v2 or Decathlon layout, :mod:`asdseg.io.datasets`); without it, synthetic phantoms are generated."""
 
     root: Optional[str] = None
     labelled: int = 16

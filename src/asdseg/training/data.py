@@ -16,13 +16,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from asdseg.datasets import is_dataset_folder, read_dataset
+from asdseg.demo.phantoms import make_phantom
 from asdseg.errors import InputError
-from asdseg.image_io import image_to_array, read_image
-from asdseg.losses import UNLABELLED
-from asdseg.phantoms import make_phantom
-from asdseg.preprocessing import normalize_intensity, resample_like, resample_to_spacing
+from asdseg.io.datasets import is_dataset_folder, read_dataset
+from asdseg.io.image_io import image_to_array, read_image
+from asdseg.preprocessing.transforms import normalize_intensity, resample_like, resample_to_spacing
 from asdseg.training.config import DataConfig
+from asdseg.training.losses import UNLABELLED
 
 
 @dataclass

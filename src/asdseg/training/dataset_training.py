@@ -1,4 +1,4 @@
-"""``asdseg train --dataset``: a training run on a dataset folder (:mod:`asdseg.datasets`).
+"""``asdseg train --dataset``: a training run on a dataset folder (:mod:`asdseg.io.datasets`).
 
 The dataset decides the labels (names from dataset.json, colours and codes where a name is
 recognised) and the number of classes; the split is chosen by counts or read from a splits file
@@ -14,9 +14,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from asdseg.datasets import UNLABELLED_FOLDER, Dataset
 from asdseg.errors import InputError
-from asdseg.image_io import atomic_path
+from asdseg.io.datasets import UNLABELLED_FOLDER, Dataset
+from asdseg.io.image_io import atomic_path
 from asdseg.training.config import DEFAULT_NETWORKS, DataConfig
 
 PARTS = ("labelled", "unlabelled", "validation")

@@ -22,20 +22,20 @@ import torch
 from torch import nn
 
 from asdseg.errors import InputError
-from asdseg.evaluation import COLUMNS, write_csv
-from asdseg.figures import save_reliability_diagram
-from asdseg.image_io import atomic_path
-from asdseg.labels import Label
-from asdseg.model_card import CARD_FILE, ModelCard, check_model_name
-from asdseg.model_evaluation import (
+from asdseg.evaluation.evaluate_predictions import COLUMNS, write_csv
+from asdseg.evaluation.figures import save_reliability_diagram
+from asdseg.evaluation.model_evaluation import (
     CONFIDENCE_MAP,
     POST_PROCESSING,
     ModelEvaluation,
     evaluate_model,
     reference_cases,
 )
+from asdseg.io.image_io import atomic_path
+from asdseg.io.labels import Label
 from asdseg.progress import ProgressCallback
 from asdseg.registry import half_precision_state, save_model
+from asdseg.registry.model_card import CARD_FILE, ModelCard, check_model_name
 from asdseg.training.checkpoint import load_checkpoint
 from asdseg.training.config import TrainingConfig, config_from_dict
 from asdseg.training.data import split_names

@@ -23,13 +23,13 @@ import torch
 
 from asdseg.devices import autocast, select_device
 from asdseg.errors import InputError, NumericalError
-from asdseg.figures import save_training_curves
-from asdseg.image_io import atomic_path
-from asdseg.inference import WindowSettings, predict_volume
-from asdseg.metrics import dice
-from asdseg.model_card import ModelCard
+from asdseg.evaluation.figures import save_training_curves
+from asdseg.evaluation.metrics import dice
+from asdseg.inference.sliding_window import WindowSettings, predict_volume
+from asdseg.io.image_io import atomic_path
 from asdseg.networks import architecture_outputs
 from asdseg.registry import save_model
+from asdseg.registry.model_card import ModelCard
 from asdseg.training.checkpoint import load_checkpoint, save_checkpoint
 from asdseg.training.config import TrainingConfig
 from asdseg.training.data import Case, CaseSplit, PatchSampler, load_split

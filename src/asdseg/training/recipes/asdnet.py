@@ -14,7 +14,7 @@ the run: the reference's first validation) and gamma = 1 - the segmenter's Dice,
 running Dice on the labelled patches (the reference uses the validation Dice, which a run
 without validation cases lacks). The segmenter keeps the LA setting's SGD schedule (the paper:
 Adam 1e-3), so the sample-attention weights are normalised to a batch mean of 1 (see
-:func:`asdseg.losses.sample_attention_dice_loss`).
+:func:`asdseg.training.losses.sample_attention_dice_loss`).
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from asdseg.losses import (
+from asdseg.networks.confidence import ConfidenceNetwork
+from asdseg.training.losses import (
     adversarial_bce,
     confident_region_dice_loss,
     generalized_dice,
     one_hot,
     sample_attention_dice_loss,
 )
-from asdseg.networks.confidence import ConfidenceNetwork
 from asdseg.training.recipes.base import ConfidenceLearningRecipe
 
 

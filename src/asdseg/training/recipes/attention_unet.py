@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from asdseg.errors import InputError
-from asdseg.losses import masked_cross_entropy
+from asdseg.training.losses import masked_cross_entropy
 from asdseg.training.recipes.base import Recipe
 from asdseg.training.recipes.supervised import dice_ce
 

@@ -21,14 +21,14 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from asdseg.losses import (
+from asdseg.networks.enhanced_unet import ConfidenceUNet
+from asdseg.training.losses import (
     adversarial_bce,
     confidence_weighted_cross_entropy,
     focal_dice_loss,
     hybrid_dice_ce_loss,
     one_hot,
 )
-from asdseg.networks.enhanced_unet import ConfidenceUNet
 from asdseg.training.recipes.base import ConfidenceLearningRecipe
 
 
@@ -80,9 +80,7 @@ class DanRecipe(ConfidenceLearningRecipe):
         voxel = confidence_weighted_cross_entropy(logits, labels, confidence_map, self.settings["voxel_beta"])
         deep = sum(
             weight * hybrid_dice_ce_loss(coarse, downsampled_labels(labels, coarse.shape[2:]))
-            for weight, coarse in zip(
-                self.settings["deep_supervision_weights"], outputs["deep_supervision"]
-            )
+            for weight, coarse in zip(self.settings["deep_supervision_weights"], outputs["deep_supervision"])
         )
         adversarial = adversarial_bce(ratings, real=True)
         loss = organ + voxel + deep + self.settings["adversarial_weight"] * adversarial

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from asdseg.losses import gaussian_rampup, masked_dice_loss, sdm_loss, signed_distance_target
 from asdseg.networks.discriminator import SDMDiscriminator
+from asdseg.training.losses import gaussian_rampup, masked_dice_loss, sdm_loss, signed_distance_target
 from asdseg.training.recipes.base import Recipe
 
 LABELLED, UNLABELLED = 1, 0

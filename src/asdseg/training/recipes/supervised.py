@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from asdseg.losses import masked_cross_entropy, masked_dice_loss
+from asdseg.training.losses import masked_cross_entropy, masked_dice_loss
 from asdseg.training.recipes.base import Recipe
 
 

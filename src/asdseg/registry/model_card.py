@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 import jsonschema
 
 from asdseg.errors import ModelError
-from asdseg.labels import Label
+from asdseg.io.labels import Label
 
 if TYPE_CHECKING:
-    from asdseg.inference import WindowSettings
+    from asdseg.inference.sliding_window import WindowSettings
 
 #: The architectures that predict twice (final features and attention maps), as P-DSC needs.
 ATTENTION_ARCHITECTURES = ("attention-unet",)
@@ -117,7 +117,7 @@ class ModelCard:
 
     def window_settings(self, **overrides: Any) -> WindowSettings:
         """Window layout from the card, with user overrides (overlap, batch, precision...)."""
-        from asdseg.inference import WindowSettings  # imports torch; reading a card does not
+        from asdseg.inference.sliding_window import WindowSettings  # imports torch; reading a card does not
 
         inference = self.data["inference"]
         settings: dict[str, Any] = {

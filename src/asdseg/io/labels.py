@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from asdseg.image_io import atomic_paths, image_suffix, save_image
+from asdseg.io.image_io import atomic_paths, image_suffix, save_image
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from asdseg.anatomy import named_label
 from asdseg.errors import InputError
-from asdseg.labels import Label
+from asdseg.io.anatomy import named_label
+from asdseg.io.labels import Label
 
 DATASET_FILE = "dataset.json"
 #: The folder of images without labels, beside imagesTr.

@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from asdseg.errors import InputError
-from asdseg.image_io import same_geometry
+from asdseg.io.image_io import same_geometry
 
 Normalization = Literal["zscore", "zscore-foreground", "none"]
 

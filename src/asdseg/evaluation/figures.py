@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from asdseg.calibration import ReliabilityBins
-from asdseg.image_io import atomic_path
-from asdseg.labels import Label
+from asdseg.evaluation.calibration import ReliabilityBins
+from asdseg.io.image_io import atomic_path
+from asdseg.io.labels import Label
 
 
 def _save_png(figure, path: str | Path) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from asdseg.image_io import array_to_image
+from asdseg.io.image_io import array_to_image
 
 #: Label values of the phantom and their intensities relative to the background.
 ELLIPSOID, SPHERE = 1, 2
@@ -87,9 +87,7 @@ def _ellipsoid(grid: np.ndarray, centre: np.ndarray, radii: np.ndarray) -> np.nd
     return (((grid - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(axis=0) <= 1.0
 
 
-def make_synthetic_pelvis(
-    shape: Sequence[int] = (64, 64, 48), seed: int = 0, noise: float = 12.0
-) -> Phantom:
+def make_synthetic_pelvis(shape: Sequence[int] = (64, 64, 48), seed: int = 0, noise: float = 12.0) -> Phantom:
     """A synthetic male pelvis on an axial T2-like volume, axes (x: right to left, y: anterior to
     posterior, z: inferior to superior) as in LPS: the bladder anterior and superior, the
     prostate below the bladder neck, the rectum a tube behind both, curving back as it rises.
@@ -112,8 +110,12 @@ def make_synthetic_pelvis(
     prostate_radii = np.array([0.09, 0.07, 0.08]) * rng.uniform(0.9, 1.1, 3)
     prostate_centre = bladder_centre + np.array([0.0, 0.04, -bladder_radii[2] - 0.8 * prostate_radii[2]])
     rectum_radius = 0.065 * rng.uniform(0.9, 1.1)
-    rectum_y = prostate_centre[1] + prostate_radii[1] + rectum_radius + 0.02 + 0.25 * np.clip(
-        unit[2] - prostate_centre[2], 0.0, None
+    rectum_y = (
+        prostate_centre[1]
+        + prostate_radii[1]
+        + rectum_radius
+        + 0.02
+        + 0.25 * np.clip(unit[2] - prostate_centre[2], 0.0, None)
     )
     from_rectal_axis = np.hypot(unit[0] - 0.5 - jitter[0], unit[1] - rectum_y)
     rectum = (from_rectal_axis <= rectum_radius) & (unit[2] >= 0.05) & (unit[2] <= 0.85)
@@ -142,8 +144,8 @@ def make_synthetic_pelvis(
 SYNTHETIC_PELVIS_INFO = {
     "name": "SyntheticPelvis",
     "description": "Synthetic male-pelvis phantoms (bladder, prostate, rectum on a T2-like volume) "
-    "made by asdseg.phantoms for tests; not patient data, no anatomy to learn.",
-    "reference": "asdseg.phantoms.make_synthetic_pelvis",
+    "made by asdseg.demo.phantoms for tests; not patient data, no anatomy to learn.",
+    "reference": "asdseg.demo.phantoms.make_synthetic_pelvis",
     "licence": "CC0-1.0 (synthetic)",
     "release": "1.0",
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from asdseg.labels import Label
+from asdseg.io.labels import Label
 
 ANATOMICAL_STRUCTURE = {"scheme": "SCT", "value": "123037004", "meaning": "Anatomical Structure"}
 

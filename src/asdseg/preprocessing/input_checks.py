@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from asdseg.errors import InputError
-from asdseg.image_io import image_suffix
+from asdseg.io.image_io import image_suffix
 
 #: Largest ratio of the full intensity range to the range of the central 98 % of voxels: real
 #: scans stay within a few times; a corrupt voxel at 3e38 would reduce the rest to one value.

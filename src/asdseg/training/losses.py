@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from asdseg.metrics import surface
+from asdseg.evaluation.metrics import surface
 
 #: Target value of voxels without a label; ignored by the masked losses.
 UNLABELLED = -1

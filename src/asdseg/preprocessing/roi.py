@@ -21,10 +21,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from asdseg.errors import InputError
-from asdseg.preprocessing import CropBox
+from asdseg.preprocessing.transforms import CropBox
 
 if TYPE_CHECKING:
-    from asdseg.model_card import ModelCard
+    from asdseg.registry.model_card import ModelCard
 
 #: How the corners of an ROI are given: physical LPS or RAS millimetres, or voxel indices.
 ROI_SPACES = ("lps", "ras", "voxel")

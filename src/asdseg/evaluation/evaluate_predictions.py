@@ -12,8 +12,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from asdseg.errors import InputError
-from asdseg.image_io import atomic_path, image_to_array, read_image, same_geometry
-from asdseg.metrics import CaseMetrics, evaluate_masks
+from asdseg.evaluation.metrics import CaseMetrics, evaluate_masks
+from asdseg.io.image_io import atomic_path, image_to_array, read_image, same_geometry
 
 COLUMNS = ("case", "label", *CaseMetrics.__dataclass_fields__)
 

@@ -5,7 +5,7 @@
   segments the last case of ``train.list`` (a validation case none of the models trained on)
   with the model of the best validation Dice, or the one ``--model`` names, and evaluates it.
 * Otherwise (a fresh clone without the data) it trains the small phantom model once, until it
-  segments held-out phantoms well (a minute or two on a CPU; :mod:`asdseg.demo_model`), makes
+  segments held-out phantoms well (a minute or two on a CPU; :mod:`asdseg.demo.phantom_model`), makes
   a synthetic phantom with non-trivial geometry, segments and evaluates it.
 
 Either way it writes the input, the label map with its sidecars, the SDM / confidence when the
@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from asdseg.demo_model import ensure_demo_model
+from asdseg.demo.phantom_model import ensure_demo_model
+from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.errors import InputError
-from asdseg.evaluation import evaluate_label_maps, format_table, write_csv
-from asdseg.figures import save_overlay_png
-from asdseg.image_io import image_to_array, read_image, write_image
-from asdseg.model_card import ModelCard
-from asdseg.phantoms import make_phantom, phantom_image
+from asdseg.evaluation.evaluate_predictions import evaluate_label_maps, format_table, write_csv
+from asdseg.evaluation.figures import save_overlay_png
+from asdseg.inference.segment import SegmentationOptions, segment_image, write_result
+from asdseg.io.image_io import image_to_array, read_image, write_image
 from asdseg.progress import tqdm_progress
 from asdseg.registry import available_models, find_model, load_network
-from asdseg.segment import SegmentationOptions, segment_image, write_result
+from asdseg.registry.model_card import ModelCard
 
 LA_TASK = "left-atrium"
 
@@ -57,7 +57,7 @@ Say = Callable[[str], None]
 def find_la2018() -> Path | None:
     """The LA 2018 folder: ``$ASDSEG_LA2018``, else ``../shared/data/la2018`` from the repo."""
     candidates = [os.environ.get("ASDSEG_LA2018")]
-    repository = Path(__file__).resolve().parents[2]
+    repository = Path(__file__).resolve().parents[3]
     candidates += [str(repository.parent / "shared" / "data" / "la2018")]
     for candidate in candidates:
         if candidate and (Path(candidate) / "train.list").is_file():

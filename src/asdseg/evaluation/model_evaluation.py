@@ -20,13 +20,13 @@ import SimpleITK as sitk
 from scipy import ndimage
 from torch import nn
 
-from asdseg.calibration import ErrorDetection, ReliabilityBins
-from asdseg.evaluation import evaluate_label_maps, mean_rows
-from asdseg.image_io import image_to_array, read_image
-from asdseg.model_card import ModelCard
-from asdseg.postprocessing import keep_largest_component
+from asdseg.evaluation.calibration import ErrorDetection, ReliabilityBins
+from asdseg.evaluation.evaluate_predictions import evaluate_label_maps, mean_rows
+from asdseg.inference.postprocessing import keep_largest_component
+from asdseg.inference.segment import SegmentationOptions, channel_array, segment_image
+from asdseg.io.image_io import image_to_array, read_image
 from asdseg.progress import ProgressCallback
-from asdseg.segment import SegmentationOptions, channel_array, segment_image
+from asdseg.registry.model_card import ModelCard
 from asdseg.training.data import case_paths
 
 POST_PROCESSING = ("raw", "largest_component")
@@ -43,7 +43,7 @@ class ReferenceCase:
 
 def reference_cases(root: Path, names: Sequence[str]) -> list[ReferenceCase]:
     """Cases of a data folder in a training layout (LA 2018's ``train/<name>/``, or a dataset
-    folder: :mod:`asdseg.datasets`), at their original resolution."""
+    folder: :mod:`asdseg.io.datasets`), at their original resolution."""
     return [ReferenceCase(name, *(read_image(path) for path in case_paths(root, name))) for name in names]
 
 

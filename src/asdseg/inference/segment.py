@@ -14,15 +14,16 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from asdseg.confidence_calibration import ConfidenceCalibration
 from asdseg.devices import select_device
 from asdseg.errors import InputError, NumericalError
-from asdseg.image_io import array_to_image, check_volume_shape, image_to_array
-from asdseg.inference import predict_volume
-from asdseg.labels import Label, label_pixel_type, sdm_output_paths, sidecar_paths, write_label_map
-from asdseg.model_card import ModelCard
-from asdseg.postprocessing import ComponentReport, keep_largest_component
-from asdseg.preprocessing import (
+from asdseg.inference.confidence_calibration import ConfidenceCalibration
+from asdseg.inference.postprocessing import ComponentReport, keep_largest_component
+from asdseg.inference.sliding_window import predict_volume
+from asdseg.io.image_io import array_to_image, check_volume_shape, image_to_array
+from asdseg.io.labels import Label, label_pixel_type, sdm_output_paths, sidecar_paths, write_label_map
+from asdseg.preprocessing.input_checks import DEFAULT_MAX_ANISOTROPY, check_intensities, check_spacing
+from asdseg.preprocessing.roi import RegionOfInterest, segmentation_region
+from asdseg.preprocessing.transforms import (
     CropBox,
     foreground_box,
     normalize_intensity,
@@ -31,8 +32,7 @@ from asdseg.preprocessing import (
     uncrop,
 )
 from asdseg.progress import CancelToken, ProgressCallback
-from asdseg.roi import RegionOfInterest, segmentation_region
-from asdseg.validation import DEFAULT_MAX_ANISOTROPY, check_intensities, check_spacing
+from asdseg.registry.model_card import ModelCard
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asdseg.errors import ModelError
-from asdseg.image_io import atomic_path
-from asdseg.model_card import ATTENTION_ARCHITECTURES, CARD_FILE, ModelCard, validate_card
+from asdseg.io.image_io import atomic_path
+from asdseg.registry.model_card import ATTENTION_ARCHITECTURES, CARD_FILE, ModelCard, validate_card
 
 if TYPE_CHECKING:
     import torch
