@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import SimpleITK as sitk
 
 from asdseg.cli import build_parser, main
 from asdseg.io.image_io import read_image, same_geometry
+from asdseg.progress import tqdm_progress
 from asdseg.registry import install_model
 from asdseg.registry.model_card import ModelCard
 
@@ -86,6 +89,18 @@ def assert_one_progress_bar(stderr: str) -> None:
     counts = [drawing.split("|")[-1].split()[0] for drawing in drawings]
     assert drawings and len(counts) == len(set(counts)), drawings
     assert drawings[-1].startswith("segmenting: 100%") and stderr.endswith("\n"), drawings
+
+
+def test_a_slow_last_window_still_draws_100_percent_once() -> None:
+    """The case that printed the final state twice: the last update comes more than the
+    captured bar's one-second draw interval after the one before."""
+    stream = io.StringIO()
+    update, close = tqdm_progress(stream=stream)
+    update(1, 3, "segmenting")
+    time.sleep(1.1)
+    update(3, 3, "segmenting")
+    close()
+    assert_one_progress_bar(stream.getvalue())
 
 
 BAD_INPUTS = {

@@ -64,7 +64,12 @@ def tqdm_progress(
             bar.total = total
         if stage and bar.desc != stage:
             bar.set_description_str(stage, refresh=False)
-        bar.update(done - bar.n)
+        if done >= total:
+            # close() draws the final state (on its own line); drawing it here as well would
+            # print 100 % twice whenever the last window took longer than the draw interval.
+            bar.n = done
+        else:
+            bar.update(done - bar.n)
 
     def close() -> None:
         if bar is not None:
