@@ -37,7 +37,7 @@ from ASDSeg import (
     user_action,
 )
 
-STRATEGIES = ["p-dsc", "p-accuracy", "entropy", "random", "equal-interval"]
+STRATEGIES = ["p-dsc", "p-dsc-spread", "p-accuracy", "entropy", "random", "equal-interval"]
 
 
 #

@@ -90,6 +90,17 @@ def test_p_dsc_picks_least_agreement_skipping_labelled_and_empty_slices() -> Non
     assert [query.score for query in queries] == [0.05, 0.2, 0.3]
 
 
+def test_p_dsc_spread_keeps_its_picks_apart_then_fills_from_the_ranking() -> None:
+    # The organ's end (slices 0-3) disagrees most; plain P-DSC takes the run 0, 1, 2.
+    scores = scores_for([0.1, 0.15, 0.2, 0.25, 0.9, 0.8, 0.95, 0.3, 0.35])
+    assert [query.slice for query in select_slices("p-dsc", [scores], [set()], 3)] == [0, 1, 2]
+    # Spread: 0, then nothing closer than 3 slices to it or to labelled slice 6: 3 (0.25).
+    spread = select_slices("p-dsc-spread", [scores], [{6}], 3)
+    assert [query.slice for query in spread[:2]] == [0, 3]
+    # No third slice is 3 away from 0, 3 and 6 (slice 8 is only 2 from 6): the ranking fills it.
+    assert spread[2].slice == 1
+
+
 def test_entropy_random_and_budget_larger_than_candidates() -> None:
     scores = scores_for([0.5, 0.5, 0.5, 0.5], entropy=[1.0, 7.0, 3.0, 9.0])
     assert [query.slice for query in select_slices("entropy", [scores], [{3}], 2)] == [1, 2]
