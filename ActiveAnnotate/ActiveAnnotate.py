@@ -75,7 +75,7 @@ class ActiveAnnotateParameterNode:
     roi: vtkMRMLMarkupsROINode
     annotation: vtkMRMLSegmentationNode
     modelName: str = ""
-    strategy: Annotated[str, Choice(STRATEGIES)] = "p-dsc"
+    strategy: Annotated[str, Choice(STRATEGIES)] = "p-dsc-spread"
     budget: Annotated[int, WithinRange(1, 100)] = 5
     fineTuneSteps: Annotated[int, WithinRange(1, 100000)] = 200
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"

@@ -201,7 +201,7 @@ class AnnotationLogic:
     def start_suggest(
         self,
         segmentation_node,
-        strategy: str = "p-dsc",
+        strategy: str = "p-dsc-spread",
         budget: int = 5,
         device: str = "auto",
         roi_node=None,

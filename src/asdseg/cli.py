@@ -595,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("-i", "--image", required=True, help="the volume to rank the slices of")
     suggest.add_argument("--model", required=True, help="model name, or a model folder (attention-unet)")
     suggest.add_argument("--labels", help="its sparse labels; their labelled slices are not suggested again")
-    suggest.add_argument("--strategy", default="p-dsc", choices=list(STRATEGY_NAMES))
+    suggest.add_argument("--strategy", default="p-dsc-spread", choices=list(STRATEGY_NAMES))
     suggest.add_argument("-k", "--budget", type=positive_int, default=5, help="how many slices to suggest")
     suggest.add_argument(
         "--min-area", type=non_negative_int, default=10, help="ignore specks smaller than this (voxels)"

@@ -39,7 +39,7 @@ def suggest_slices(
     card: ModelCard,
     network: nn.Module,
     labelled_slices: set[int],
-    strategy: str = "p-dsc",
+    strategy: str = "p-dsc-spread",
     budget: int = 5,
     options: SegmentationOptions | None = None,
     min_area: int = DEFAULT_MIN_AREA,
