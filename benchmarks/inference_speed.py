@@ -54,12 +54,16 @@ def benchmark_volume(folder: Path) -> tuple[Path, str]:
     return path, "synthetic volume of LA size"
 
 
-def extra_output_option(model: str) -> list[str]:
+def extra_output_option(model: str) -> str | None:
     """The option that writes the model's extra map, as a user asks for it in Slicer."""
     from asdseg.registry import find_model
 
     card = find_model(model)
-    return ["--confidence"] if card.has_confidence else ["--sdm"] if card.has_sdm else []
+    return "--confidence" if card.has_confidence else "--sdm" if card.has_sdm else None
+
+
+def thread_environment(threads: int) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads)}
 
 
 def end_to_end(model: str, volume: Path, precision: str, folder: Path, threads: int) -> dict:
@@ -77,8 +81,8 @@ def end_to_end(model: str, volume: Path, precision: str, folder: Path, threads: 
     ]
     command += ["--model", model, "--device", "cpu", "--precision", precision]
     if extra:
-        command += [extra[0], str(folder / "extra.nii.gz")]
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        command += [extra, str(folder / "extra.nii.gz")]
+    environment = thread_environment(threads)
     with (folder / "segment.log").open("w+") as log:
         started = time.perf_counter()
         process = subprocess.Popen(command, env=environment, stdout=log, stderr=log)
@@ -134,8 +138,9 @@ def resolved_precision(precision: str) -> str:
 
 def measure(model: str, volume: Path, precision: str, folder: Path, threads: int) -> dict:
     command = [sys.executable, __file__, "--network-only", model, str(volume), precision]
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    completed = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+    completed = subprocess.run(
+        command, env=thread_environment(threads), capture_output=True, text=True, check=True
+    )
     row = {"model": model, "precision": precision, **json.loads(completed.stdout.strip().splitlines()[-1])}
     row.update(end_to_end(model, volume, precision, folder, threads))
     row["end_to_end_over_network"] = row["end_to_end_s"] / row["network_s"]
