@@ -14,6 +14,7 @@ from asdseg.evaluation.metrics import dice
 from asdseg.training.checkpoint import load_checkpoint
 from asdseg.training.config import config_from_dict
 from asdseg.training.data import load_split
+from asdseg.training.losses import masked_cross_entropy, masked_dice_loss
 from asdseg.training.recipes import RECIPE_CLASSES
 from asdseg.training.trainer import CHECKPOINT_FILE, Trainer
 
@@ -167,6 +168,27 @@ def test_sassnet_discriminator_judges_the_segmenter_in_eval_mode() -> None:
     labels[0, 8:20, 8:20, 8:20] = 1
     recipe.training_step(images, labels, torch.randn(1, 1, 32, 32, 32), step=0)
     assert modes == [False, True]  # judged for the segmenter's loss, then trained
+
+
+@pytest.mark.parametrize("supervised_loss", ["dice", "dice-ce"])
+def test_sassnet_supervised_loss_is_the_papers_dice_or_the_baselines_dice_ce(supervised_loss: str) -> None:
+    config = config_from_dict({**tiny_config("sassnet"), "loss": {"supervised_loss": supervised_loss}})
+    recipe = RECIPE_CLASSES["sassnet"](config, torch.device("cpu"))
+    images, unlabelled = torch.randn(1, 1, 32, 32, 32), torch.randn(1, 1, 32, 32, 32)
+    labels = torch.zeros(1, 32, 32, 32, dtype=torch.long)
+    labels[0, 8:20, 8:20, 8:20] = 1
+    with torch.no_grad():  # the step's own forward pass, before its update changes the weights
+        logits = recipe.segmenter(torch.cat([images, unlabelled]))["logits"][:1]
+    dice = masked_dice_loss(torch.softmax(logits, dim=1), labels)
+    expected = dice if supervised_loss == "dice" else 0.5 * (dice + masked_cross_entropy(logits, labels))
+    logged = recipe.training_step(images, labels, unlabelled, step=0)
+    assert logged["segmentation"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_sassnet_refuses_an_unknown_supervised_loss() -> None:
+    config = config_from_dict({**tiny_config("sassnet"), "loss": {"supervised_loss": "focal"}})
+    with pytest.raises(AsdsegError, match="supervised_loss 'focal' is not one of dice, dice-ce"):
+        RECIPE_CLASSES["sassnet"](config, torch.device("cpu"))
 
 
 def test_dan_confidence_network_follows_the_papers_adam_rate_and_decay() -> None:

@@ -62,6 +62,14 @@ ROWS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
         {"semi_supervised_weight": 0.0},
         "supervised (SVNet)",
     ),
+    # SASSNet with the supervised baseline's (CE + Dice) / 2 in place of the paper's Dice: the
+    # two rows then differ only in the SDM head, the discriminator and the unlabelled patches.
+    "SASSNet (VNet, lambda 0.001, CE + Dice)": (
+        "sassnet",
+        {"name": "vnet", "params": {"num_classes": 2, "sdm_head": True}},
+        {"supervised_loss": "dice-ce"},
+        "supervised (VNet)",
+    ),
     "SASSNet (VNet, lambda 0.01)": (
         "sassnet",
         {"name": "vnet", "params": {"num_classes": 2, "sdm_head": True}},

@@ -165,6 +165,12 @@ def hybrid_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, ce_weight: f
     return gdl + ce_weight * F.cross_entropy(logits, target.long())
 
 
+def masked_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(CE + foreground soft Dice) / 2 over the labelled voxels (all of them when dense): the
+    supervised baseline's loss in UA-MT and SASSNet."""
+    return 0.5 * (masked_cross_entropy(logits, target) + masked_dice_loss(F.softmax(logits, dim=1), target))
+
+
 def voxelwise_bce(confidence: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy per voxel for a confidence map in [0, 1] against a 0/1 target map
     (ground-truth maps or correct voxels = 1, predictions or wrong voxels = 0)."""

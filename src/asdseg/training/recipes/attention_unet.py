@@ -12,11 +12,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from asdseg.errors import InputError
-from asdseg.training.losses import masked_cross_entropy
+from asdseg.training.losses import masked_cross_entropy, masked_dice_ce_loss
 from asdseg.training.recipes.base import Recipe
-from asdseg.training.recipes.supervised import dice_ce
 
-LOSSES = {"ce": masked_cross_entropy, "dice-ce": dice_ce}
+LOSSES = {"ce": masked_cross_entropy, "dice-ce": masked_dice_ce_loss}
 
 
 class AttentionUnetRecipe(Recipe):

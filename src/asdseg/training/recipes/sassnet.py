@@ -9,6 +9,9 @@ the reference quantises t into 40 "epochs" of 150 steps of its 6000-step run); t
 discriminator update on the detached SDMs. The discriminator is in eval mode while it judges the
 segmenter's SDMs, as in the reference, so its dropout does not add noise to that gradient.
 ``consistency`` is 0.001 as in the paper; the reference's README commands use 0.01.
+``supervised_loss`` is "dice" as in the paper and the reference (which computes the CE but leaves
+it out of the loss); "dice-ce" takes the supervised baseline's (CE + Dice) / 2 instead, so that
+SASSNet and supervised training differ only in the SDM head and the unlabelled data.
 """
 
 from __future__ import annotations
@@ -19,11 +22,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from asdseg.errors import InputError
 from asdseg.networks.discriminator import SDMDiscriminator
-from asdseg.training.losses import gaussian_rampup, masked_dice_loss, sdm_loss, signed_distance_target
+from asdseg.training.losses import (
+    gaussian_rampup,
+    masked_dice_ce_loss,
+    masked_dice_loss,
+    sdm_loss,
+    signed_distance_target,
+)
 from asdseg.training.recipes.base import Recipe
 
 LABELLED, UNLABELLED = 1, 0
+#: The supervised segmentation loss on the labelled patches, from the logits.
+SUPERVISED_LOSSES = {
+    "dice": lambda logits, labels: masked_dice_loss(F.softmax(logits, dim=1), labels),
+    "dice-ce": masked_dice_ce_loss,
+}
 
 
 def sdm_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -43,7 +58,16 @@ class SassnetRecipe(Recipe):
         "rampup_steps": None,
         "discriminator_filters": 64,
         "auxiliary_learning_rate": 1e-4,
+        "supervised_loss": "dice",
     }
+
+    def __init__(self, config, device) -> None:
+        super().__init__(config, device)
+        if self.settings["supervised_loss"] not in SUPERVISED_LOSSES:
+            raise InputError(
+                f"sassnet supervised_loss {self.settings['supervised_loss']!r} is not one of "
+                f"{', '.join(SUPERVISED_LOSSES)}."
+            )
 
     def build_auxiliary_networks(self):
         return {
@@ -54,6 +78,7 @@ class SassnetRecipe(Recipe):
 
     def card_notes(self) -> str:
         return (
+            f"supervised loss {self.settings['supervised_loss']} (the paper and the reference: dice); "
             f"adversarial (consistency) weight {self.settings['consistency']} x Gaussian warm-up over "
             f"{self.rampup_steps} steps (the paper's lambda(t) over the whole run); the SASSNet paper "
             "gives 0.001, the reference README's commands 0.01."
@@ -71,13 +96,13 @@ class SassnetRecipe(Recipe):
         labelled_count = images.shape[0]
         batch = torch.cat([images, unlabelled_images])
         outputs = self.segmenter(batch)
-        probabilities = F.softmax(outputs["logits"][:labelled_count], dim=1)
-        dice = masked_dice_loss(probabilities, labels)
+        supervised_loss = SUPERVISED_LOSSES[self.settings["supervised_loss"]]
+        segmentation = supervised_loss(outputs["logits"][:labelled_count], labels)
         distance = sdm_loss(outputs["sdm"][:labelled_count], sdm_targets(labels, self.num_classes))
         discriminator.eval()
         unlabelled_verdict = discriminator(outputs["sdm"][labelled_count:], unlabelled_images)
         fool = F.cross_entropy(unlabelled_verdict, self._targets(len(unlabelled_images), LABELLED))
-        loss = dice + self.settings["beta"] * distance + self.adversarial_weight(step) * fool
+        loss = segmentation + self.settings["beta"] * distance + self.adversarial_weight(step) * fool
         self.update(self.optimizers["segmenter"], loss)
 
         discriminator.train()
@@ -89,7 +114,7 @@ class SassnetRecipe(Recipe):
         self.update(self.optimizers["discriminator"], discriminator_loss)
         return {
             "loss": loss.item(),
-            "dice": dice.item(),
+            "segmentation": segmentation.item(),
             "sdm": distance.item(),
             "adversarial": fool.item(),
             "discriminator": discriminator_loss.item(),
