@@ -12,7 +12,14 @@ Two settings:
 - ``compact``: volumes downsampled 2x, 64x64x32 patches, 1500 steps: about an hour per recipe on
   two CPU cores. It ranks the methods; its absolute numbers are not the papers'.
 
-    python benchmarks/la_reproduction.py --setting compact --output benchmark_results/la_compact
+``--shipped`` trains nothing: it evaluates the shipped LA models (``src/asdseg/models/la-*``)
+the same way, which is where the README's "Shipped models" figures come from.
+
+Checkpoints go under ``--runs`` (``benchmark_results/``, not tracked); ``results.json`` (with
+the machine each row ran on) and ``results.md`` go to ``--results/<setting>``, tracked in git.
+
+    python benchmarks/la_reproduction.py --setting compact
+    python benchmarks/la_reproduction.py --shipped
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from typing import Any
 
 from asdseg.demo.end_to_end import find_la2018
 from asdseg.evaluation.model_evaluation import evaluate_model, reference_cases
-from asdseg.registry import load_network
+from asdseg.io.image_io import atomic_path
+from asdseg.machine import describe_machine, machine_line
+from asdseg.registry import available_models, load_network
 from asdseg.training.config import config_from_dict
 from asdseg.training.data import case_names
 from asdseg.training.trainer import Trainer
@@ -83,17 +92,19 @@ def markdown(results: dict[str, Any], setting: str, held_out: list[str]) -> str:
     columns = ["dice", "jaccard", "hd95_voxels", "asd_voxels", "hd95_mm", "asd_mm"]
     lines = [
         f"LA 2018, setting `{setting}`; evaluated on {len(held_out)} held-out cases of train.list "
-        f"({held_out[0]} ... {held_out[-1]}), final model of each run.",
+        f"({held_out[0]} ... {held_out[-1]}) at their original resolution, final model of each run.",
         "",
-        "| recipe | post-processing | Dice % | Jaccard % | 95HD vox | ASD vox | 95HD mm | ASD mm "
-        "| train min |",
+        "| row | post-processing | Dice % | Jaccard % | 95HD vox | ASD vox | 95HD mm | ASD mm | train min |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for recipe, entry in results.items():
+    for row, entry in results.items():
+        minutes = "—" if entry.get("train_minutes") is None else f"{entry['train_minutes']:.0f}"
         for kind, means in entry["metrics"].items():
             values = [100 * means["dice"], 100 * means["jaccard"]] + [means[key] for key in columns[2:]]
             cells = " | ".join(f"{value:.2f}" for value in values)
-            lines.append(f"| {recipe} | {kind} | {cells} | {entry['train_minutes']:.0f} |")
+            lines.append(f"| {row} | {kind} | {cells} | {minutes} |")
+    machines = sorted({machine_line(entry["machine"]) for entry in results.values() if "machine" in entry})
+    lines += ["", "Machine: " + "; ".join(machines)]
     return "\n".join(lines) + "\n"
 
 
@@ -106,33 +117,60 @@ def earlier_results(output: Path, setting: str) -> dict[str, Any]:
     return earlier["recipes"] if earlier.get("setting") == setting else {}
 
 
+def write_results(output: Path, setting: str, results: dict[str, Any], held_out: list[str]) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    with atomic_path(output / "results.json") as temporary:
+        temporary.write_text(json.dumps({"setting": setting, "recipes": results}, indent=2) + "\n")
+    with atomic_path(output / "results.md") as temporary:
+        temporary.write_text(markdown(results, setting, held_out))
+    print(markdown(results, setting, held_out))
+
+
+def evaluate_shipped(root: Path, held_out: list[str]) -> dict[str, Any]:
+    """Each shipped LA model on the held-out cases, with its card's training time."""
+    shipped = {name: card for name, card in available_models().items() if name.startswith("la-")}
+    return {
+        name: {
+            "train_minutes": card.data["training"].get("training_minutes"),
+            "machine": describe_machine(),
+            "metrics": evaluate(card, root, held_out),
+        }
+        for name, card in sorted(shipped.items())
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="compact")
     parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
-    parser.add_argument("--output", default="benchmark_results/la_reproduction")
+    parser.add_argument(
+        "--shipped", action="store_true", help="evaluate the shipped LA models; train nothing"
+    )
+    parser.add_argument("--runs", default="benchmark_results/la_reproduction")
+    parser.add_argument("--results", default="benchmarks/results/la_reproduction")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     root = find_la2018()
     if root is None:
         raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
-    output = Path(args.output)
     held_out = case_names(root)[-HELD_OUT:] if args.setting != "smoke" else case_names(root)[6:8]
+    if args.shipped:
+        write_results(Path(args.results) / "shipped", "shipped", evaluate_shipped(root, held_out), held_out)
+        return
+    output = Path(args.results) / args.setting
     results = earlier_results(output, args.setting)
     for recipe in args.recipes:
         config = config_from_dict(recipe_config(recipe, args.setting, root))
         started = time.monotonic()
-        model = Trainer(config, output / recipe, device=args.device).run().model
-        minutes = (time.monotonic() - started) / 60
-        results[recipe] = {"train_minutes": minutes, "metrics": evaluate(model, root, held_out)}
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "results.json").write_text(
-            json.dumps({"setting": args.setting, "recipes": results}, indent=2) + "\n"
-        )
-        (output / "results.md").write_text(markdown(results, args.setting, held_out))
-        print(markdown(results, args.setting, held_out))
+        model = Trainer(config, Path(args.runs) / args.setting / recipe, device=args.device).run().model
+        results[recipe] = {
+            "train_minutes": (time.monotonic() - started) / 60,
+            "machine": describe_machine(),
+            "metrics": evaluate(model, root, held_out),
+        }
+        write_results(output, args.setting, results, held_out)
 
 
 if __name__ == "__main__":

@@ -302,6 +302,29 @@ def command_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def structure_pair(text: str) -> tuple[str, str]:
+    """``LABEL=STRUCTURE`` from the command line (the structure name may hold spaces and '=')."""
+    label, separator, structure = text.partition("=")
+    if not separator or not label.strip() or not structure.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: give LABEL=STRUCTURE, e.g. prostate=CTV_Prostate")
+    return label.strip(), structure.strip()
+
+
+def command_import_dicom_rt(args: argparse.Namespace) -> int:
+    from asdseg.io.dicom_rt import import_rtstruct
+
+    imported = import_rtstruct(args.series, args.rtstruct, args.dataset, args.case, dict(args.structure))
+    for label, structure in imported.structures.items():
+        print(f"{label}: structure {structure!r}, {imported.voxels[label]} voxels")
+    if imported.overlapping_voxels:
+        print(
+            f"{imported.overlapping_voxels} voxels lie in more than one structure; each went to the label "
+            "listed later in dataset.json."
+        )
+    print(f"wrote {imported.image} and {imported.label}")
+    return 0
+
+
 def command_suggest(args: argparse.Namespace) -> int:
     from asdseg.active.sparse_labels import read_sparse_labels
     from asdseg.active.suggest import suggest_slices
@@ -590,6 +613,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir", help="where the model folder goes (default: your model folder, where Slicer finds it)"
     )
     release.set_defaults(handler=command_release)
+
+    dicom_rt = commands.add_parser(
+        "import-dicom-rt",
+        help="add a case to an nnU-Net dataset from a DICOM series and its RT structure set (needs rt-utils)",
+    )
+    dicom_rt.add_argument("--series", required=True, help="the folder of the DICOM image series")
+    dicom_rt.add_argument("--rtstruct", required=True, help="the RTSTRUCT file drawn on that series")
+    dicom_rt.add_argument(
+        "--dataset", required=True, help="the nnU-Net v2 dataset folder (its dataset.json names the labels)"
+    )
+    dicom_rt.add_argument("--case", required=True, help="the new case's name, e.g. pelvis_001")
+    dicom_rt.add_argument(
+        "--structure",
+        type=structure_pair,
+        action="append",
+        default=[],
+        metavar="LABEL=STRUCTURE",
+        help="which structure a label comes from, where the names differ (default: the label's own name, "
+        "ignoring case); repeat per label",
+    )
+    dicom_rt.set_defaults(handler=command_import_dicom_rt)
 
     suggest = commands.add_parser("suggest", help="rank a volume's slices to label next (attention models)")
     suggest.add_argument("-i", "--image", required=True, help="the volume to rank the slices of")

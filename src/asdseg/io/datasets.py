@@ -140,6 +140,19 @@ def read_dataset(root: str | Path) -> Dataset:
     return Dataset(root, layout, tuple(cases), tuple(labels), _one_channel(description, where), info)
 
 
+def nnunet_description(root: str | Path) -> tuple[dict[str, Any], list[Label]]:
+    """The dataset.json of an nnU-Net v2 folder and its labels, for adding cases to it. The
+    Decathlon layout is refused: a new case would also have to join its ``training`` list."""
+    root = Path(root)
+    description = _read_description(root)
+    if "file_ending" not in description:
+        raise InputError(
+            f"{root / DATASET_FILE}: cases are added to the nnU-Net v2 layout only (it needs file_ending, "
+            "e.g. \".nii.gz\"); see 'Your own data' in the README."
+        )
+    return description, _nnunet_labels(description, root / DATASET_FILE)
+
+
 def _read_description(root: Path) -> dict[str, Any]:
     if not root.is_dir():
         raise InputError(f"--dataset {root}: not a folder.")

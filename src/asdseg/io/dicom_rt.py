@@ -1,0 +1,202 @@
+"""DICOM series with an RT structure set -> one case of an nnU-Net v2 dataset folder.
+
+Pelvic radiotherapy data usually comes as a DICOM image series plus an RTSTRUCT whose closed
+planar contours outline the organs, in patient coordinates. SimpleITK reads the series (sorted
+by position, with its geometry); pydicom (an optional dependency: ``pip install pydicom``) reads
+the structure set. Each contour is mapped onto its slice through the image's own
+physical-to-index transform and filled: a voxel belongs to a structure when its centre lies
+inside an odd number of the structure's contours on that slice (so inner contours are holes).
+The masks are merged into one label map named by the dataset's labels and written as
+``imagesTr/<case>_0000<ending>`` and ``labelsTr/<case><ending>``, updating ``numTraining``. In
+Slicer, SlicerRT does the same interactively.
+
+The maintained libraries for this were tried and left out: rt-utils 1.2.7 swaps the two pixel
+spacings and shapes its masks columns x rows (wrong on any series with non-square pixels or
+matrices), and dcmrtstruct2nii 5 calls ``pydicom.read_file``, which pydicom 3 removed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from matplotlib.path import Path as Polygon
+
+from asdseg.errors import InputError
+from asdseg.io.datasets import DATASET_FILE, nnunet_description
+from asdseg.io.image_io import atomic_paths, save_image
+from asdseg.io.labels import Label
+
+#: What a case name may hold: it becomes part of file names.
+CASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+RT_STRUCTURE_SET = "1.2.840.10008.5.1.4.1.1.481.3"
+#: How far (in slices) a contour's plane may lie from a slice centre and still belong to it.
+SLICE_TOLERANCE = 0.25
+
+
+@dataclass
+class ImportedCase:
+    image: Path
+    label: Path
+    #: Label name -> the structure it came from, and its voxel count.
+    structures: dict[str, str] = field(default_factory=dict)
+    voxels: dict[str, int] = field(default_factory=dict)
+    #: Voxels inside more than one structure (the label listed later in dataset.json keeps them).
+    overlapping_voxels: int = 0
+
+
+def read_structure_set(path: Path) -> dict[str, list[np.ndarray]]:
+    """Structure name -> its closed planar contours, each an (n, 3) array of patient coordinates
+    in mm. Other contour types (points, open polylines) outline no area and are skipped."""
+    try:
+        import pydicom
+    except ImportError as error:
+        raise InputError(
+            "reading DICOM RT structure sets needs pydicom: pip install pydicom (or convert in Slicer with "
+            "the SlicerRT extension and export the segmentation as NIfTI)."
+        ) from error
+    if not path.is_file():
+        raise InputError(f"--rtstruct {path}: no such file.")
+    try:
+        dataset = pydicom.dcmread(path)
+    except pydicom.errors.InvalidDicomError as error:
+        raise InputError(f"--rtstruct {path}: not a DICOM file ({error}).") from error
+    if dataset.get("SOPClassUID") != RT_STRUCTURE_SET or "StructureSetROISequence" not in dataset:
+        raise InputError(f"--rtstruct {path}: not an RT structure set (RTSTRUCT).")
+    names = {roi.ROINumber: str(roi.ROIName) for roi in dataset.StructureSetROISequence}
+    structures: dict[str, list[np.ndarray]] = {name: [] for name in names.values()}
+    for roi in dataset.get("ROIContourSequence", []):
+        for contour in roi.get("ContourSequence", []):
+            if contour.get("ContourGeometricType", "CLOSED_PLANAR") != "CLOSED_PLANAR":
+                continue
+            points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+            structures[names[roi.ReferencedROINumber]].append(points)
+    return structures
+
+
+def read_series(folder: Path) -> sitk.Image:
+    """The one image series in ``folder``, its slices sorted by position."""
+    if not folder.is_dir():
+        raise InputError(f"--series {folder}: not a folder of DICOM image files.")
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if len(series) != 1:
+        found = "no DICOM image series" if not series else f"{len(series)} image series"
+        raise InputError(f"--series {folder}: {found}; give a folder holding exactly one series.")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    return sitk.ReadImage(files)
+
+
+def match_structures(
+    labels: list[Label], structure_names: list[str], chosen: Mapping[str, str]
+) -> dict[str, str]:
+    """Label name -> structure name for every organ label: ``chosen`` (label -> structure) first,
+    then a structure of the label's name ignoring case. Anything unmatched is an error that lists
+    the structures, so that the user can map it with ``--structure``."""
+    organs = [label.name for label in labels if label.value != 0]
+    if not structure_names:
+        raise InputError("the RT structure set names no structures; nothing to import.")
+    unknown = sorted(set(chosen) - set(organs))
+    if unknown:
+        raise InputError(
+            f"--structure names label(s) {', '.join(unknown)}, which dataset.json does not have; its "
+            f"labels are {', '.join(organs)}."
+        )
+    by_lower = {name.lower(): name for name in structure_names}
+    matched, missing = {}, []
+    for organ in organs:
+        structure = chosen.get(organ) or by_lower.get(organ.lower())
+        if structure is None or structure not in structure_names:
+            missing.append(organ)
+        else:
+            matched[organ] = structure
+    if missing:
+        raise InputError(
+            f"no structure for {', '.join(missing)}; the structure set has {', '.join(structure_names)}. "
+            f"Map each with --structure LABEL=STRUCTURE, e.g. "
+            f'--structure {missing[0]}="{structure_names[0]}".'
+        )
+    return matched
+
+
+def structure_mask(image: sitk.Image, contours: list[np.ndarray], name: str) -> np.ndarray:
+    """(z, y, x) mask of the voxels whose centres lie inside an odd number of ``contours``."""
+    size_x, size_y, size_z = image.GetSize()
+    mask = np.zeros((size_z, size_y, size_x), dtype=bool)
+    column, row = np.meshgrid(np.arange(size_x), np.arange(size_y))
+    centres = np.column_stack([column.ravel(), row.ravel()])
+    for points in contours:
+        index = np.array([image.TransformPhysicalPointToContinuousIndex(point.tolist()) for point in points])
+        slice_index = round(float(np.mean(index[:, 2])))
+        if np.abs(index[:, 2] - slice_index).max() > SLICE_TOLERANCE:
+            raise InputError(
+                f"structure {name!r}: a contour does not lie on one slice of the series (slice index "
+                f"{index[0, 2]:.2f}); the RTSTRUCT was drawn on another series or grid."
+            )
+        if not 0 <= slice_index < size_z:
+            raise InputError(f"structure {name!r}: a contour lies outside the series (slice {slice_index}).")
+        inside = Polygon(index[:, :2]).contains_points(centres).reshape(size_y, size_x)
+        mask[slice_index] ^= inside
+    return mask
+
+
+def _label_map(image: sitk.Image, structures: dict, labels: list[Label], matched: dict[str, str]) -> tuple:
+    size = image.GetSize()
+    label_map = np.zeros(size[::-1], dtype=np.uint8)
+    voxels, overlapping = {}, 0
+    for label in labels:
+        if label.value == 0:
+            continue
+        structure = matched[label.name]
+        mask = structure_mask(image, structures[structure], structure)
+        if not mask.any():
+            raise InputError(
+                f"structure {structure!r} (label {label.name}) covers no voxel of this series; check that "
+                "the RTSTRUCT belongs to it."
+            )
+        overlapping += int(np.count_nonzero(mask & (label_map > 0)))
+        label_map[mask] = label.value
+        voxels[label.name] = int(np.count_nonzero(mask))
+    return label_map, voxels, overlapping
+
+
+def import_rtstruct(
+    series_dir: str | Path,
+    rtstruct_path: str | Path,
+    dataset_root: str | Path,
+    case: str,
+    structures: Mapping[str, str] | None = None,
+) -> ImportedCase:
+    """Add one case to the nnU-Net v2 dataset in ``dataset_root`` from a DICOM series and its
+    RT structure set, mapping structures to the dataset's labels (see :func:`match_structures`).
+    Nothing is written unless every check passes; the files and dataset.json are replaced
+    atomically together."""
+    root = Path(dataset_root)
+    description, labels = nnunet_description(root)
+    if not CASE_NAME.fullmatch(case):
+        raise InputError(
+            f"--case {case!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit."
+        )
+    ending = str(description["file_ending"])
+    image_path = root / "imagesTr" / f"{case}_0000{ending}"
+    label_path = root / "labelsTr" / f"{case}{ending}"
+    if image_path.exists() or label_path.exists():
+        raise InputError(f"{root}: case {case!r} exists already; choose another --case or remove its files.")
+    contours = read_structure_set(Path(rtstruct_path))
+    matched = match_structures(labels, sorted(contours), structures or {})
+    image = read_series(Path(series_dir))
+    label_map, voxels, overlapping = _label_map(image, contours, labels, matched)
+    label_image = sitk.GetImageFromArray(label_map)
+    label_image.CopyInformation(image)
+    if "numTraining" in description:
+        description = {**description, "numTraining": int(description["numTraining"]) + 1}
+    targets = [image_path, label_path, root / DATASET_FILE]
+    with atomic_paths(targets) as temporaries:
+        save_image(image, temporaries[0], image_path)
+        save_image(label_image, temporaries[1], label_path)
+        temporaries[2].write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+    return ImportedCase(image_path, label_path, matched, voxels, overlapping)
