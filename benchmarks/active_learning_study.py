@@ -281,8 +281,16 @@ def run_chain(study: Study, strategy: str, repeat: int, output: Path, initial: d
         round_folder = folder / f"round-{round_index}"
         shutil.rmtree(round_folder, ignore_errors=True)  # a round stopped before its state was saved
         card = study.fine_tune(card, labelled, seed + round_index, round_folder)
-        scores = study.pool_scores(card) if strategy != FULL_ANNOTATION else scores
-        history = [row["mean_p_dsc"] for row in state["rows"]] + [mean_agreement(scores)]
+        # Full annotation suggests nothing, so its pool is not re-scored: no P-DSC, no stop.
+        if strategy == FULL_ANNOTATION:
+            mean_p_dsc, stopped_here = None, False
+        else:
+            scores = study.pool_scores(card)
+            history = [row["mean_p_dsc"] for row in state["rows"]] + [mean_agreement(scores)]
+            mean_p_dsc = history[-1]
+            stopped_here = has_converged(history, DEFAULT_SIGMA) and not any(
+                row["stopped_here"] for row in state["rows"]
+            )
         state["rows"].append(
             round_row(
                 study,
@@ -291,10 +299,8 @@ def run_chain(study: Study, strategy: str, repeat: int, output: Path, initial: d
                 round_index,
                 labelled,
                 dice=study.validation_dice(card),
-                mean_p_dsc=history[-1],
-                stopped_here=strategy != FULL_ANNOTATION
-                and has_converged(history, DEFAULT_SIGMA)
-                and not any(row["stopped_here"] for row in state["rows"]),
+                mean_p_dsc=mean_p_dsc,
+                stopped_here=stopped_here,
                 seconds=time.monotonic() - started,
             )
         )
@@ -390,8 +396,10 @@ def report(output: Path) -> None:
     answers = comparisons(points)
     run = json.loads((output / "run.json").read_text())
     summary = {**run, "points": points, "answers": answers}
-    (output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (output / "summary.md").write_text(summary_markdown(summary))
+    with atomic_path(output / "summary.json") as temporary:
+        temporary.write_text(json.dumps(summary, indent=1) + "\n")
+    with atomic_path(output / "summary.md") as temporary:
+        temporary.write_text(summary_markdown(summary))
     save_active_learning_curves(points, answers["full_annotation_dice"], output / "curves.png")
     print(summary_markdown(summary))
 
