@@ -151,6 +151,11 @@ def finetune(w: Path, *extra: str) -> list[str]:
     ]
 
 
+def segment(w: Path, *extra: str) -> list[str]:
+    """The tiny model on the workspace's image, into o.nii.gz, with ``extra`` options."""
+    return [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "o.nii.gz"), *extra]
+
+
 def evaluate(w: Path, *extra: str) -> list[str]:
     return ["evaluate", "--pred", str(w / "lab.nii.gz"), "--ref", str(w / "lab.nii.gz"), *extra]
 
@@ -218,23 +223,23 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
     ),
     # Options out of range, refused by the parser before any work.
     "overlap 1.5": (
-        lambda w: [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "o.nii.gz"), "--overlap", "1.5"],
+        lambda w: segment(w, "--overlap", "1.5"),
         ("--overlap", "[0, 1)"),
     ),
     "overlap nan": (
-        lambda w: [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "o.nii.gz"), "--overlap", "nan"],
+        lambda w: segment(w, "--overlap", "nan"),
         ("--overlap", "[0, 1)"),
     ),
     "batch size 0": (
-        lambda w: [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "o.nii.gz"), "--batch-size", "0"],
+        lambda w: segment(w, "--batch-size", "0"),
         ("--batch-size", "at least 1"),
     ),
     "batch size text": (
-        lambda w: [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "o.nii.gz"), "--batch-size", "two"],
+        lambda w: segment(w, "--batch-size", "two"),
         ("--batch-size", "not a number"),
     ),
     "unknown device": (
-        lambda w: [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "o.nii.gz"), "--device", "tpu"],
+        lambda w: segment(w, "--device", "tpu"),
         ("tpu",),
     ),
     # Outputs that collide with the input, with each other, or cannot be written.
@@ -299,9 +304,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
         ("-o", "o.nii.gz", "is a folder"),
     ),
     "a sidecar is a folder": (
-        lambda w: (
-            [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "o.nii.gz")] if folder(w / "o.ctbl") else []
-        ),
+        lambda w: segment(w) if folder(w / "o.ctbl") else [],
         ("o.ctbl", "is a folder"),
     ),
     "--sdm is a folder": (
