@@ -216,3 +216,11 @@ def test_a_mapping_without_a_structure_is_a_usage_error(dicom_case: dict, capsys
     with pytest.raises(SystemExit):
         run_import(dicom_case, "--structure", "prostate")
     assert "give LABEL=STRUCTURE" in capsys.readouterr().err
+
+
+def test_contours_of_another_frame_of_reference_are_refused(dicom_case: dict, capsys) -> None:
+    uids, study, _, _ = write_series(dicom_case["root"] / "other_series")
+    write_rtstruct(dicom_case["root"] / "rtstruct.dcm", uids, study, generate_uid(), BOXES)
+    assert run_import(dicom_case, "--structure", "prostate=CTV Prostate") == 2
+    assert "they do not belong together" in capsys.readouterr().err
+    assert sorted(path.name for path in dicom_case["dataset"].iterdir()) == ["dataset.json"]

@@ -35,6 +35,7 @@ from asdseg.io.labels import Label
 #: What a case name may hold: it becomes part of file names.
 CASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 RT_STRUCTURE_SET = "1.2.840.10008.5.1.4.1.1.481.3"
+FRAME_OF_REFERENCE = "0020|0052"  #: the DICOM tag, as SimpleITK names it
 #: How far (in slices) a contour's plane may lie from a slice centre and still belong to it.
 SLICE_TOLERANCE = 0.25
 
@@ -50,9 +51,17 @@ class ImportedCase:
     overlapping_voxels: int = 0
 
 
-def read_structure_set(path: Path) -> dict[str, list[np.ndarray]]:
-    """Structure name -> its closed planar contours, each an (n, 3) array of patient coordinates
-    in mm. Other contour types (points, open polylines) outline no area and are skipped."""
+@dataclass
+class StructureSet:
+    #: Structure name -> its closed planar contours, each an (n, 3) array of patient mm.
+    contours: dict[str, list[np.ndarray]]
+    #: The frames of reference its structures were drawn in.
+    frames: set[str]
+
+
+def read_structure_set(path: Path) -> StructureSet:
+    """The structures of an RTSTRUCT file and their closed planar contours. Other contour types
+    (points, open polylines) outline no area and are skipped."""
     try:
         import pydicom
     except ImportError as error:
@@ -69,6 +78,11 @@ def read_structure_set(path: Path) -> dict[str, list[np.ndarray]]:
     if dataset.get("SOPClassUID") != RT_STRUCTURE_SET or "StructureSetROISequence" not in dataset:
         raise InputError(f"--rtstruct {path}: not an RT structure set (RTSTRUCT).")
     names = {roi.ROINumber: str(roi.ROIName) for roi in dataset.StructureSetROISequence}
+    frames = {
+        str(roi.ReferencedFrameOfReferenceUID)
+        for roi in dataset.StructureSetROISequence
+        if "ReferencedFrameOfReferenceUID" in roi
+    }
     structures: dict[str, list[np.ndarray]] = {name: [] for name in names.values()}
     for roi in dataset.get("ROIContourSequence", []):
         for contour in roi.get("ContourSequence", []):
@@ -76,11 +90,12 @@ def read_structure_set(path: Path) -> dict[str, list[np.ndarray]]:
                 continue
             points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
             structures[names[roi.ReferencedROINumber]].append(points)
-    return structures
+    return StructureSet(structures, frames)
 
 
-def read_series(folder: Path) -> sitk.Image:
-    """The one image series in ``folder``, its slices sorted by position."""
+def read_series(folder: Path) -> tuple[sitk.Image, str]:
+    """The one image series in ``folder``, its slices sorted by position, and its frame of
+    reference UID ("" where the files do not say)."""
     if not folder.is_dir():
         raise InputError(f"--series {folder}: not a folder of DICOM image files.")
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
@@ -88,7 +103,13 @@ def read_series(folder: Path) -> sitk.Image:
         found = "no DICOM image series" if not series else f"{len(series)} image series"
         raise InputError(f"--series {folder}: {found}; give a folder holding exactly one series.")
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
-    return sitk.ReadImage(files)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    reader.ReadImageInformation()
+    frame = (
+        reader.GetMetaData(FRAME_OF_REFERENCE).strip() if reader.HasMetaDataKey(FRAME_OF_REFERENCE) else ""
+    )
+    return sitk.ReadImage(files), frame
 
 
 def match_structures(
@@ -186,10 +207,17 @@ def import_rtstruct(
     label_path = root / "labelsTr" / f"{case}{ending}"
     if image_path.exists() or label_path.exists():
         raise InputError(f"{root}: case {case!r} exists already; choose another --case or remove its files.")
-    contours = read_structure_set(Path(rtstruct_path))
-    matched = match_structures(labels, sorted(contours), structures or {})
-    image = read_series(Path(series_dir))
-    label_map, voxels, overlapping = _label_map(image, contours, labels, matched)
+    structure_set = read_structure_set(Path(rtstruct_path))
+    matched = match_structures(labels, sorted(structure_set.contours), structures or {})
+    image, frame = read_series(Path(series_dir))
+    other_frames = structure_set.frames - {frame}
+    if frame and other_frames:
+        raise InputError(
+            f"--rtstruct {rtstruct_path} was drawn in frame of reference {sorted(other_frames)[0]}, the "
+            f"series in {series_dir} is in {frame}: they do not belong together. Give the series the "
+            "contours were drawn on."
+        )
+    label_map, voxels, overlapping = _label_map(image, structure_set.contours, labels, matched)
     label_image = sitk.GetImageFromArray(label_map)
     label_image.CopyInformation(image)
     if "numTraining" in description:
