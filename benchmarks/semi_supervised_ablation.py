@@ -70,6 +70,12 @@ ROWS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
         {"supervised_loss": "dice-ce"},
         "supervised (VNet)",
     ),
+    "SASSNet (VNet, lambda 0.01, CE + Dice)": (
+        "sassnet",
+        {"name": "vnet", "params": {"num_classes": 2, "sdm_head": True}},
+        {"supervised_loss": "dice-ce", "consistency": 0.01},
+        "supervised (VNet)",
+    ),
     "SASSNet (VNet, lambda 0.01)": (
         "sassnet",
         {"name": "vnet", "params": {"num_classes": 2, "sdm_head": True}},
