@@ -88,6 +88,11 @@ def read_structure_set(path: Path) -> StructureSet:
         for contour in roi.get("ContourSequence", []):
             if contour.get("ContourGeometricType", "CLOSED_PLANAR") != "CLOSED_PLANAR":
                 continue
+            if roi.ReferencedROINumber not in names:
+                raise InputError(
+                    f"--rtstruct {path}: contours of ROI number {roi.ReferencedROINumber}, which its "
+                    "structure list does not name; the file is malformed."
+                )
             points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
             structures[names[roi.ReferencedROINumber]].append(points)
     return StructureSet(structures, frames)
@@ -106,9 +111,8 @@ def read_series(folder: Path) -> tuple[sitk.Image, str]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(files[0])
     reader.ReadImageInformation()
-    frame = (
-        reader.GetMetaData(FRAME_OF_REFERENCE).strip() if reader.HasMetaDataKey(FRAME_OF_REFERENCE) else ""
-    )
+    known = reader.HasMetaDataKey(FRAME_OF_REFERENCE)
+    frame = reader.GetMetaData(FRAME_OF_REFERENCE).strip(" \x00") if known else ""
     return sitk.ReadImage(files), frame
 
 
