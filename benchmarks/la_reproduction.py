@@ -118,12 +118,12 @@ def earlier_results(output: Path, setting: str) -> dict[str, Any]:
 
 
 def write_results(output: Path, setting: str, results: dict[str, Any], held_out: list[str]) -> None:
-    output.mkdir(parents=True, exist_ok=True)
+    table = markdown(results, setting, held_out)
     with atomic_path(output / "results.json") as temporary:
         temporary.write_text(json.dumps({"setting": setting, "recipes": results}, indent=2) + "\n")
     with atomic_path(output / "results.md") as temporary:
-        temporary.write_text(markdown(results, setting, held_out))
-    print(markdown(results, setting, held_out))
+        temporary.write_text(table)
+    print(table)
 
 
 def evaluate_shipped(root: Path, held_out: list[str]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from asdseg.active.strategies import DEFAULT_STRATEGY
 from asdseg.active.strategies import STRATEGIES as STRATEGY_NAMES
 from asdseg.errors import AsdsegError, InputError
 from asdseg.io.image_io import SUPPORTED_SUFFIXES, image_suffix, read_image
@@ -616,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dicom_rt = commands.add_parser(
         "import-dicom-rt",
-        help="add a case to an nnU-Net dataset from a DICOM series and its RT structure set (needs rt-utils)",
+        help="add a case to an nnU-Net dataset from a DICOM series and its RT structure set (needs pydicom)",
     )
     dicom_rt.add_argument("--series", required=True, help="the folder of the DICOM image series")
     dicom_rt.add_argument("--rtstruct", required=True, help="the RTSTRUCT file drawn on that series")
@@ -639,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("-i", "--image", required=True, help="the volume to rank the slices of")
     suggest.add_argument("--model", required=True, help="model name, or a model folder (attention-unet)")
     suggest.add_argument("--labels", help="its sparse labels; their labelled slices are not suggested again")
-    suggest.add_argument("--strategy", default="p-dsc-spread", choices=list(STRATEGY_NAMES))
+    suggest.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=list(STRATEGY_NAMES))
     suggest.add_argument("-k", "--budget", type=positive_int, default=5, help="how many slices to suggest")
     suggest.add_argument(
         "--min-area", type=non_negative_int, default=10, help="ignore specks smaller than this (voxels)"
