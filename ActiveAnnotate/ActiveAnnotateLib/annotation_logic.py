@@ -20,6 +20,7 @@ import numpy as np
 import slicer
 
 from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
+from asdseg.active.strategies import DEFAULT_STRATEGY
 from asdseg.active.suggestion_report import read_suggestions
 from asdseg.background import FolderJob
 from asdseg.errors import InputError, ModelError
@@ -201,7 +202,7 @@ class AnnotationLogic:
     def start_suggest(
         self,
         segmentation_node,
-        strategy: str = "p-dsc-spread",
+        strategy: str = DEFAULT_STRATEGY,
         budget: int = 5,
         device: str = "auto",
         roi_node=None,

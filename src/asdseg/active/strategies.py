@@ -111,6 +111,8 @@ def equal_interval(scores, labelled, budget, rng) -> list[SliceQuery]:
     return queries
 
 
+#: What the CLI and ActiveAnnotate suggest with unless told otherwise.
+DEFAULT_STRATEGY = "p-dsc-spread"
 STRATEGIES: dict[str, Strategy] = {
     "p-dsc": _lowest("p_dsc"),
     "p-dsc-spread": lowest_p_dsc_spread,

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from torch import nn
 
 from asdseg.active.slice_scores import DEFAULT_MIN_AREA, SliceScores, score_slices
-from asdseg.active.strategies import SliceQuery, select_slices
+from asdseg.active.strategies import DEFAULT_STRATEGY, SliceQuery, select_slices
 from asdseg.errors import ModelError
 from asdseg.inference.segment import SegmentationOptions, SegmentationResult, channel_array, segment_image
 from asdseg.progress import CancelToken, ProgressCallback
@@ -39,7 +39,7 @@ def suggest_slices(
     card: ModelCard,
     network: nn.Module,
     labelled_slices: set[int],
-    strategy: str = "p-dsc-spread",
+    strategy: str = DEFAULT_STRATEGY,
     budget: int = 5,
     options: SegmentationOptions | None = None,
     min_area: int = DEFAULT_MIN_AREA,

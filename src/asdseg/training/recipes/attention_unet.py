@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from asdseg.errors import InputError
 from asdseg.training.losses import masked_cross_entropy, masked_dice_ce_loss
 from asdseg.training.recipes.base import Recipe
 
@@ -24,11 +23,7 @@ class AttentionUnetRecipe(Recipe):
 
     def __init__(self, config, device) -> None:
         super().__init__(config, device)
-        if self.settings["loss"] not in LOSSES:
-            raise InputError(
-                f"attention-unet loss {self.settings['loss']!r} is not one of {', '.join(LOSSES)}."
-            )
-        self.loss = LOSSES[self.settings["loss"]]
+        self.loss = self.setting_choice("loss", LOSSES)
 
     def training_step(self, images, labels, unlabelled_images, step) -> dict[str, float]:
         outputs = self.segmenter(images)

@@ -74,6 +74,13 @@ class Recipe:
     def num_classes(self) -> int:
         return int(self.config.network["params"]["num_classes"])
 
+    def setting_choice(self, key: str, options: dict[str, Any]) -> Any:
+        """The option a string setting names (e.g. which loss), or a clear error listing them."""
+        value = self.settings[key]
+        if value not in options:
+            raise InputError(f"{self.name} {key} {value!r} is not one of {', '.join(options)}.")
+        return options[value]
+
     def build_segmenter(self) -> nn.Module:
         return build_network(self.config.network["name"], self.config.network.get("params", {}))
 

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from asdseg.errors import InputError
 from asdseg.networks.discriminator import SDMDiscriminator
 from asdseg.training.losses import (
     gaussian_rampup,
@@ -63,11 +62,7 @@ class SassnetRecipe(Recipe):
 
     def __init__(self, config, device) -> None:
         super().__init__(config, device)
-        if self.settings["supervised_loss"] not in SUPERVISED_LOSSES:
-            raise InputError(
-                f"sassnet supervised_loss {self.settings['supervised_loss']!r} is not one of "
-                f"{', '.join(SUPERVISED_LOSSES)}."
-            )
+        self.supervised_loss = self.setting_choice("supervised_loss", SUPERVISED_LOSSES)
 
     def build_auxiliary_networks(self):
         return {
@@ -96,8 +91,7 @@ class SassnetRecipe(Recipe):
         labelled_count = images.shape[0]
         batch = torch.cat([images, unlabelled_images])
         outputs = self.segmenter(batch)
-        supervised_loss = SUPERVISED_LOSSES[self.settings["supervised_loss"]]
-        segmentation = supervised_loss(outputs["logits"][:labelled_count], labels)
+        segmentation = self.supervised_loss(outputs["logits"][:labelled_count], labels)
         distance = sdm_loss(outputs["sdm"][:labelled_count], sdm_targets(labels, self.num_classes))
         discriminator.eval()
         unlabelled_verdict = discriminator(outputs["sdm"][labelled_count:], unlabelled_images)
