@@ -10,8 +10,11 @@ query strategy picks ``budget_fraction`` of the pool's slices, their ground trut
 model is scored on the held-out cases (the last ``validation`` of ``train.list``) and the mean
 P-DSC over the pool is recorded for the stop criterion (change below sigma). "full-annotation"
 fine-tunes on every slice of the pool for the same steps: the reference the strategies approach.
+"start-slices-only" fine-tunes for the same rounds on the start slices alone: the control that
+tells what the extra steps give from what the chosen slices give.
 
-Strategies: p-dsc, p-accuracy, entropy, random, equal-interval, and full-annotation; each chain
+Strategies: p-dsc, p-dsc-spread, entropy, random, equal-interval, and full-annotation (p-accuracy
+too if asked: on the atrium alone it equals P-DSC, so it is not run by default); each chain
 runs ``repeats`` times with different seeds (fine-tuning's sampling, and random's picks). Every
 chain saves its state after each round under ``OUTPUT/runs/``, so that the study stops and
 continues per strategy, repeat and round, and several processes can share the work
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import shutil
 import time
@@ -51,7 +55,7 @@ from asdseg.active.finetune import FineTuneSettings, fine_tune
 from asdseg.active.slice_scores import SliceScores, mean_agreement, score_slices
 from asdseg.active.sparse_labels import SparseLabels
 from asdseg.active.stopping import DEFAULT_SIGMA, has_converged
-from asdseg.active.strategies import STRATEGIES, select_slices
+from asdseg.active.strategies import DEFAULT_STRATEGY, STRATEGIES, select_slices
 from asdseg.demo.end_to_end import find_la2018
 from asdseg.evaluation.figures import save_active_learning_curves
 from asdseg.evaluation.metrics import dice
@@ -69,7 +73,16 @@ from asdseg.registry.model_card import ModelCard
 from asdseg.training.data import Case, case_names
 
 FULL_ANNOTATION = "full-annotation"
-ALL_STRATEGIES = [*STRATEGIES, FULL_ANNOTATION]
+#: The control: no new labels, the same fine-tuning rounds on the start slices alone. What a
+#: strategy gains over it comes from its slices; what the control gains comes from the steps.
+START_SLICES_ONLY = "start-slices-only"
+ALL_STRATEGIES = [*STRATEGIES, FULL_ANNOTATION, START_SLICES_ONLY]
+#: The study's default: on a one-organ task such as the atrium, P-accuracy (Eq. 4) equals P-DSC
+#: slice for slice, so a p-accuracy chain would repeat the p-dsc chain pick for pick.
+LA_STRATEGIES = [strategy for strategy in ALL_STRATEGIES if strategy != "p-accuracy"]
+#: The strategies whose difference to random and equal-interval the summary reports: the paper's
+#: query and the product's default.
+COMPARED = ("p-dsc", DEFAULT_STRATEGY)
 #: Cases of train.list the starting model was trained on (the papers' 16 labelled LA volumes).
 STARTING_MODEL_CASES = 16
 
@@ -259,6 +272,8 @@ def next_labelled(
 ) -> list[set[int]]:
     if strategy == FULL_ANNOTATION:
         return [set(range(volume.label.shape[2])) for volume in study.pool]
+    if strategy == START_SLICES_ONLY:
+        return labelled
     chosen = [set(slices) for slices in labelled]
     for query in select_slices(strategy, scores, chosen, study.budget, rng):
         chosen[query.volume].add(query.slice)
@@ -378,11 +393,11 @@ def comparisons(points: list[dict[str, Any]]) -> dict[str, Any]:
             "min_fraction_within_1_point_of_full": min(reached) if reached else None,
             "rounds": len(own),
         }
-    for other in ("random", "equal-interval"):
+    for strategy, other in itertools.product(COMPARED, ("random", "equal-interval")):
         pairs = [
-            (by[("p-dsc", r)], by[(other, r)]) for r in rounds if ("p-dsc", r) in by and (other, r) in by
+            (by[(strategy, r)], by[(other, r)]) for r in rounds if (strategy, r) in by and (other, r) in by
         ]
-        answers[f"p-dsc_minus_{other}"] = [round(100 * (a["dice"] - b["dice"]), 2) for a, b in pairs]
+        answers[f"{strategy}_minus_{other}"] = [round(100 * (a["dice"] - b["dice"]), 2) for a, b in pairs]
     return answers
 
 
@@ -400,8 +415,30 @@ def report(output: Path) -> None:
         temporary.write_text(json.dumps(summary, indent=1) + "\n")
     with atomic_path(output / "summary.md") as temporary:
         temporary.write_text(summary_markdown(summary))
-    save_active_learning_curves(points, answers["full_annotation_dice"], output / "curves.png")
+    save_active_learning_curves(
+        plotted_points(points), answers["full_annotation_dice"], output / "curves.png"
+    )
     print(summary_markdown(summary))
+
+
+def plotted_points(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The curves as drawn: full annotation and the start-slices control at the budget of their
+    round (they label all slices, or none, so their own fractions would put them at 100 % and
+    5 %), so that every curve compares at equal fine-tuning steps."""
+    references = {FULL_ANNOTATION: "full annotation (all slices)", START_SLICES_ONLY: "start slices only"}
+    budget = {
+        point["round"]: point["labelled_fraction"] for point in points if point["strategy"] not in references
+    }
+    return [
+        {
+            **point,
+            "strategy": references.get(point["strategy"], point["strategy"]),
+            "labelled_fraction": budget.get(point["round"], point["labelled_fraction"])
+            if point["strategy"] in references
+            else point["labelled_fraction"],
+        }
+        for point in points
+    ]
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -413,6 +450,13 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def percent(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
+
+
+def repeats_run(points: list[dict[str, Any]]) -> str:
+    """How many chains each strategy has started ("2" or "2 to 3"), which may be fewer than the
+    setting's ``repeats`` while the study is still running."""
+    counts = sorted({point["repeats"] for point in points if point["round"] == 0})
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -429,7 +473,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"{100 * settings['start_fraction']:.0f} % of slices at equal intervals, "
         f"{summary['budget']} slices ({100 * settings['budget_fraction']:.0f} %) per round up to "
         f"{100 * settings['max_fraction']:.0f} %, {settings['round_steps']} fine-tuning steps per round "
-        f"at rate {settings['learning_rate']}; {settings['repeats']} repeats (seeds). "
+        f"at rate {settings['learning_rate']}; {repeats_run(points)} repeats (seeds) per strategy. "
         f"{summary['machine_line']}.",
         "",
         "Held-out Dice % per round, mean over repeats [min - max]:",
@@ -469,8 +513,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"| {strategy} | {percent(entry['final_dice'])} | "
             f"{'not reached' if reached is None else percent(reached) + ' %'} |"
         )
-    for other in ("random", "equal-interval"):
-        lines.append(f"\nP-DSC minus {other}, Dice points per round: {answers[f'p-dsc_minus_{other}']}.")
+    for strategy, other in itertools.product(COMPARED, ("random", "equal-interval")):
+        difference = answers.get(f"{strategy}_minus_{other}")
+        if difference:
+            lines.append(f"\n{strategy} minus {other}, Dice points per round: {difference}.")
     return "\n".join(lines) + "\n"
 
 
@@ -482,7 +528,7 @@ def main() -> None:
     parser.add_argument(
         "--model", default="src/asdseg/models/la-attention", help="the starting model's folder"
     )
-    parser.add_argument("--strategies", nargs="+", choices=ALL_STRATEGIES, default=ALL_STRATEGIES)
+    parser.add_argument("--strategies", nargs="+", choices=ALL_STRATEGIES, default=LA_STRATEGIES)
     parser.add_argument("--repeats", nargs="+", type=int, help="which repeats (0-based) this process runs")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--output", type=Path, default=Path("benchmark_results/active_learning"))

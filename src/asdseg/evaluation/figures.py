@@ -146,7 +146,7 @@ def save_active_learning_curves(
         axis.axhline(
             100 * full_annotation_dice - 1, color="black", linewidth=1, linestyle=":", label="full - 1 point"
         )
-    axis.set_xlabel("slices labelled (%)")
+    axis.set_xlabel("slices labelled by the query strategies (%)")
     axis.set_ylabel("held-out Dice (%)")
     axis.set_title("active learning: Dice vs. labelling effort (shaded: range over repeats; circle: stop)")
     axis.legend(fontsize=8)
