@@ -226,6 +226,7 @@ class ASDSegParameterNode:
     precision: Annotated[str, Choice(["auto", "fp32", "bf16", "fp16"])] = "auto"
     overlap: Annotated[float, WithinRange(0.0, 0.95)] = 0.5
     largestComponent: bool = True
+    mirroring: bool = True
     newSegmentation: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
     overlay: Annotated[str, Choice(["none", "confidence", "sdm"])] = "confidence"
@@ -591,6 +592,7 @@ class ASDSegLogic(ScriptedLoadableModuleLogic):
             precision=parameters.precision,
             overlap=parameters.overlap,
             largest_component=parameters.largestComponent,
+            mirroring=parameters.mirroring,
         )
 
     @staticmethod

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from asdseg.cli import build_parser, main
 from asdseg.io.image_io import read_image, same_geometry
 from asdseg.progress import tqdm_progress
-from asdseg.registry import install_model
+from asdseg.registry import install_model, load_network, save_model
 from asdseg.registry.model_card import ModelCard
 
 
@@ -236,3 +236,25 @@ def test_parser_knows_the_documented_segment_options() -> None:
         ]
     )
     assert (args.confidence, args.sdm, args.device, args.largest_component) == ("c.nii", "d.nii", "cpu", True)
+
+
+def test_no_mirroring_skips_the_mirroring_the_card_asks_for(
+    tiny_model: ModelCard, phantom_files, tmp_path: Path
+) -> None:
+    """The card of a copy of the tiny (untrained, not flip-equivariant) model asks for mirroring
+    in x and y: its default probabilities differ from the plain model's, and with --no-mirroring
+    they are the plain model's."""
+    card = {**tiny_model.data, "name": "tiny-mirrored"}
+    card["inference"] = {**card["inference"], "mirror_axes": [0, 1]}
+    mirrored = save_model(load_network(tiny_model), card, tmp_path / "tiny-mirrored")
+    image_path, _ = phantom_files
+
+    def probabilities(model: ModelCard, *extra: str) -> np.ndarray:
+        output = tmp_path / f"{model.name}{'-'.join(extra)}"
+        arguments = ["-i", str(image_path), "-o", str(output / "seg.nii.gz"), "--model", str(model.directory)]
+        assert main(["segment", *arguments, "--probabilities", str(output / "p.nii.gz"), *extra]) == 0
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(output / "p.nii.gz")))
+
+    plain = probabilities(tiny_model)
+    assert np.abs(probabilities(mirrored) - plain).max() > 1e-4
+    np.testing.assert_allclose(probabilities(mirrored, "--no-mirroring"), plain, atol=1e-6)

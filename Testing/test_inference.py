@@ -54,6 +54,38 @@ def test_blended_outputs_equal_a_pointwise_network_everywhere() -> None:
         np.testing.assert_allclose(outputs["confidence"], 1 / (1 + np.exp(-np.abs(volume))), atol=1e-5)
 
 
+def test_mirroring_averages_the_predictions_of_the_flipped_volumes() -> None:
+    """A VNet is not flip-equivariant, so its mirrored prediction differs from the plain one and
+    must equal the mean of the flipped volumes' predictions, each flipped back (one window)."""
+    torch.manual_seed(0)
+    network = build_network("vnet", {"num_classes": 2, "base_filters": 2, "sdm_head": True}).eval()
+    volume = np.random.default_rng(1).normal(size=(16, 16, 16)).astype(np.float32)
+    plain = WindowSettings((16, 16, 16))
+    mirrored = predict_volume(network, volume, WindowSettings((16, 16, 16), mirror_axes=(0, 1)), CPU)
+    flipped_back = []
+    for axes in [(), (0,), (1,), (0, 1)]:
+        outputs = predict_volume(network, np.flip(volume, axes) if axes else volume, plain, CPU)
+        flipped_back.append(
+            {
+                name: np.flip(array, tuple(a + (array.ndim - 3) for a in axes))
+                for name, array in outputs.items()
+            }
+        )
+    for name in ("probabilities", "sdm"):
+        expected = np.mean([outputs[name] for outputs in flipped_back], axis=0)
+        np.testing.assert_allclose(mirrored[name], expected, atol=1e-5)
+        assert np.abs(mirrored[name] - flipped_back[0][name]).max() > 1e-4
+
+
+def test_mirroring_passes_and_refused_axes() -> None:
+    assert WindowSettings((16, 16, 16)).flips() == [()]
+    assert WindowSettings((16, 16, 16), mirror_axes=(0, 1)).flips() == [(), (2,), (3,), (2, 3)]
+    assert len(WindowSettings((16, 16, 16), mirror_axes=(0, 1, 2)).flips()) == 8
+    for axes in [(0, 0), (3,), (-1,)]:
+        with pytest.raises(ValueError, match="mirror axes"):
+            WindowSettings((16, 16, 16), mirror_axes=axes)
+
+
 def test_volume_smaller_than_patch_is_padded_and_cropped_back() -> None:
     network = build_network("vnet", {"num_classes": 2, "base_filters": 2, "sdm_head": True})
     outputs = predict_volume(network, np.random.randn(10, 7, 5), WindowSettings((16, 16, 16)), CPU)

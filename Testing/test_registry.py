@@ -24,6 +24,18 @@ def test_card_schema_rejects_missing_and_malformed_fields(tiny_model: ModelCard)
         validate_card(no_background, "card.json")
 
 
+def test_card_sets_test_time_mirroring_and_the_user_can_turn_it_off(tiny_model: ModelCard) -> None:
+    assert tiny_model.window_settings().mirror_axes == ()
+    inference = {**tiny_model.data["inference"], "mirror_axes": [0, 1]}
+    mirrored = ModelCard({**tiny_model.data, "inference": inference}, tiny_model.directory)
+    validate_card(mirrored.data, "card.json")
+    assert mirrored.window_settings().mirror_axes == (0, 1)
+    assert mirrored.window_settings(mirror_axes=()).mirror_axes == ()
+    repeated = {**tiny_model.data, "inference": {**tiny_model.data["inference"], "mirror_axes": [0, 0]}}
+    with pytest.raises(ModelError, match=r"inference/mirror_axes"):
+        validate_card(repeated, "card.json")
+
+
 def test_weights_that_do_not_match_the_card_are_refused(tiny_model: ModelCard) -> None:
     with open(tiny_model.weights_path, "ab") as stream:
         stream.write(b"tampered")

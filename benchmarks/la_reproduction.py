@@ -13,7 +13,7 @@ Two settings:
   two CPU cores. It ranks the methods; its absolute numbers are not the papers'.
 
 ``--shipped`` trains nothing: it evaluates the shipped LA models (``src/asdseg/models/la-*``)
-the same way, which is where the README's "Shipped models" figures come from.
+the same way, each without and with test-time mirroring in the axial plane.
 
 Checkpoints go under ``--runs`` (``benchmark_results/``, not tracked); ``results.json`` (with
 the machine each row ran on) and ``results.md`` go to ``--results/<setting>``, tracked in git.
@@ -25,6 +25,7 @@ the machine each row ran on) and ``results.md`` go to ``--results/<setting>``, t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 
 from asdseg.demo.end_to_end import find_la2018
 from asdseg.evaluation.model_evaluation import evaluate_model, reference_cases
+from asdseg.inference.segment import SegmentationOptions
 from asdseg.io.image_io import atomic_path
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import available_models, load_network
@@ -83,8 +85,10 @@ def recipe_config(recipe: str, setting: str, root: Path) -> dict[str, Any]:
     return {"recipe": recipe, "network": NETWORKS[recipe], "data": data, **config}
 
 
-def evaluate(model_card, root: Path, names: list[str]) -> dict[str, Any]:
-    evaluation = evaluate_model(model_card, load_network(model_card), reference_cases(root, names))
+def evaluate(
+    model_card, root: Path, names: list[str], options: SegmentationOptions | None = None
+) -> dict[str, Any]:
+    evaluation = evaluate_model(model_card, load_network(model_card), reference_cases(root, names), options)
     return {kind: by_label[1] for kind, by_label in evaluation.means().items()}
 
 
@@ -126,17 +130,26 @@ def write_results(output: Path, setting: str, results: dict[str, Any], held_out:
     print(table)
 
 
+#: Test-time mirroring compared for the shipped models: none, and flips in the axial plane (the
+#: flips the LA recipes train with).
+MIRRORING = {"no mirroring": (), "mirrored x, y": (0, 1)}
+
+
 def evaluate_shipped(root: Path, held_out: list[str]) -> dict[str, Any]:
-    """Each shipped LA model on the held-out cases, with its card's training time."""
+    """Each shipped LA model on the held-out cases, without and with test-time mirroring, with
+    its card's training time and the evaluation's seconds."""
     shipped = {name: card for name, card in available_models().items() if name.startswith("la-")}
-    return {
-        name: {
+    results = {}
+    for (name, card), (mirroring, axes) in itertools.product(sorted(shipped.items()), MIRRORING.items()):
+        started = time.monotonic()
+        metrics = evaluate(card, root, held_out, SegmentationOptions(mirror_axes=axes))
+        results[f"{name} ({mirroring})"] = {
             "train_minutes": card.data["training"].get("training_minutes"),
+            "evaluation_seconds": time.monotonic() - started,
             "machine": describe_machine(),
-            "metrics": evaluate(card, root, held_out),
+            "metrics": metrics,
         }
-        for name, card in sorted(shipped.items())
-    }
+    return results
 
 
 def main() -> None:

@@ -64,6 +64,8 @@ class RunOptions:
     precision: str = "auto"
     overlap: float | None = None
     largest_component: bool = True
+    #: Test-time mirroring as the model card asks (False: one pass, faster).
+    mirroring: bool = True
 
     def check(self) -> None:
         if self.device not in _DEVICES:
@@ -79,6 +81,8 @@ class RunOptions:
             arguments += ["--overlap", str(self.overlap)]
         if self.largest_component:
             arguments.append("--largest-component")
+        if not self.mirroring:
+            arguments.append("--no-mirroring")
         return arguments
 
 

@@ -42,6 +42,8 @@ class SegmentationOptions:
     device: str = "auto"
     precision: str = "fp32"
     overlap: float | None = None
+    #: Axes mirrored at test time; None: as the card says, (): none (faster).
+    mirror_axes: tuple[int, ...] | None = None
     batch_size: int = 1
     largest_component: bool = False
     max_anisotropy: float | None = DEFAULT_MAX_ANISOTROPY
@@ -190,7 +192,10 @@ def _segment_region(
 ) -> SegmentationResult:
     """The whole of ``image`` (already checked) segmented, outputs on its grid."""
     settings = card.window_settings(
-        overlap=options.overlap, batch_size=options.batch_size, precision=options.precision
+        overlap=options.overlap,
+        batch_size=options.batch_size,
+        precision=options.precision,
+        mirror_axes=options.mirror_axes,
     )
     try:
         model_grid, box, array = _model_grid_input(image, card)

@@ -2,11 +2,13 @@
 
 Windows are cut, batched and blended by MONAI's ``sliding_window_inference``; this module adds
 what the product needs around it: softmax/blending of every named output of the network
-(probabilities, SDM, confidence), autocast, progress per window and cancellation.
+(probabilities, SDM, confidence), test-time mirroring, autocast, progress per window and
+cancellation.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +32,11 @@ class WindowSettings:
     blend: Literal["gaussian", "constant"] = "gaussian"
     batch_size: int = 1
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    #: Axes of the (x, y, z) volume to mirror at test time: each window is predicted once per
+    #: combination of flips along them (2 ** len passes) and the outputs are averaged, as nnU-Net
+    #: does. Mirror only axes the model was trained to be flip-invariant along (the LA recipes
+    #: flip in the axial plane, x and y).
+    mirror_axes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -38,6 +45,17 @@ class WindowSettings:
             raise ValueError(f"blend must be 'gaussian' or 'constant', got {self.blend!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if len(set(self.mirror_axes)) != len(self.mirror_axes) or not set(self.mirror_axes) <= {0, 1, 2}:
+            raise ValueError(f"mirror axes must be distinct axes among 0, 1, 2, got {self.mirror_axes}")
+
+    def flips(self) -> list[tuple[int, ...]]:
+        """The tensor dimensions (batch and channel first) to flip, one entry per pass; the
+        first pass flips nothing."""
+        return [
+            tuple(axis + 2 for axis in combination)
+            for count in range(len(self.mirror_axes) + 1)
+            for combination in itertools.combinations(self.mirror_axes, count)
+        ]
 
 
 def window_count(volume_shape: Sequence[int], settings: WindowSettings) -> int:
@@ -69,19 +87,30 @@ def predict_volume(
     """
     total = window_count(volume.shape, settings)
     done = 0
+    flips = settings.flips()
 
-    def predictor(windows: torch.Tensor) -> dict[str, torch.Tensor]:
-        nonlocal done
+    def one_pass(windows: torch.Tensor, dims: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """The blendable outputs for ``windows`` flipped along ``dims``, flipped back."""
         if cancel is not None:
             cancel.raise_if_cancelled()
         with autocast(device, settings.precision):
-            outputs = network(windows)
-        blended = {"probabilities": torch.softmax(outputs["logits"].float(), dim=1)}
+            outputs = network(windows.flip(dims) if dims else windows)
+        blendable = {"probabilities": torch.softmax(outputs["logits"].float(), dim=1)}
         if "attention_logits" in outputs:
-            blended["attention_probabilities"] = torch.softmax(outputs["attention_logits"].float(), dim=1)
+            blendable["attention_probabilities"] = torch.softmax(outputs["attention_logits"].float(), dim=1)
         for name in ("sdm", "confidence"):
             if name in outputs:
-                blended[name] = outputs[name].float()
+                blendable[name] = outputs[name].float()
+        return {name: tensor.flip(dims) if dims else tensor for name, tensor in blendable.items()}
+
+    def predictor(windows: torch.Tensor) -> dict[str, torch.Tensor]:
+        nonlocal done
+        blended = one_pass(windows, flips[0])
+        for dims in flips[1:]:
+            for name, tensor in one_pass(windows, dims).items():
+                blended[name] += tensor
+        if len(flips) > 1:
+            blended = {name: tensor / len(flips) for name, tensor in blended.items()}
         done += windows.shape[0]
         if progress is not None:
             progress(min(done, total), total, "segmenting")

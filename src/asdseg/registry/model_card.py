@@ -124,6 +124,7 @@ class ModelCard:
             "patch_size": tuple(inference["patch_size"]),
             "overlap": inference["overlap"],
             "blend": inference["blend"],
+            "mirror_axes": tuple(inference.get("mirror_axes", ())),
         }
         settings.update({key: value for key, value in overrides.items() if value is not None})
         return WindowSettings(**settings)
