@@ -111,9 +111,16 @@ CALIBRATED_ECE = 0.05
 def write_release(
     run: FinishedRun, data: dict[str, Any], shipped: ModelEvaluation, folder: Path
 ) -> ModelCard:
-    """The run's network as float16 weights with the card ``data``, ``validation.csv`` (per case
-    and organ), ``calibration.json`` and ``calibration.png``, into ``folder``."""
+    """The run's network as float16 weights with the card ``data``, and the validation files
+    (:func:`write_validation_files`), into ``folder``."""
     card = save_model(run.network, data, folder, half_precision=True)
+    write_validation_files(data, shipped, folder)
+    return card
+
+
+def write_validation_files(data: dict[str, Any], shipped: ModelEvaluation, folder: Path) -> None:
+    """``validation.csv`` (per case and organ), ``calibration.json`` and ``calibration.png``
+    of the evaluation ``shipped`` of the model whose card ``data`` lives in ``folder``."""
     rows = [{"post_processing": kind, **row} for kind, kind_rows in shipped.rows.items() for row in kind_rows]
     write_csv(rows, folder / "validation.csv", ("post_processing", *COLUMNS))
     with atomic_path(folder / "calibration.json") as temporary:
@@ -127,7 +134,6 @@ def write_release(
     save_reliability_diagram(
         curves, folder / "calibration.png", f"{data['name']}: reliability on {cases} validation cases"
     )
-    return card
 
 
 def confidence_caveat(shipped: ModelEvaluation) -> str:

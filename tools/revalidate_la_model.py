@@ -1,0 +1,61 @@
+"""Re-measure a shipped LA model after a change to how it is run, not to its weights.
+
+When a card's inference settings change (test-time mirroring turned on, another overlap), the
+figures the release wrote no longer describe the model. This evaluates the model as its card
+now says on its validation split (the card's ``training.split``) at the original 0.625 mm, and
+rewrites what the release measured: the card's ``metrics.validation`` and
+``metrics.calibration``, ``validation.csv``, ``calibration.json`` and ``calibration.png``. The
+weights and the rest of the card are kept. Nothing is written until the evaluation has
+finished. A calibrated confidence map (``la-dan``) is refitted afterwards with
+``tools/calibrate_la_confidence.py``, which reads the card's settings too.
+
+    python tools/revalidate_la_model.py --model src/asdseg/models/la-sassnet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from asdseg.demo.end_to_end import find_la2018
+from asdseg.evaluation.model_evaluation import evaluate_model, reference_cases
+from asdseg.io.image_io import atomic_path
+from asdseg.progress import tqdm_progress
+from asdseg.registry import load_network
+from asdseg.registry.model_card import CARD_FILE, ModelCard, validate_card
+from asdseg.training.release import calibration_metrics, validation_metrics, write_validation_files
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, required=True, help="the shipped model's folder")
+    args = parser.parse_args()
+    root = find_la2018()
+    if root is None:
+        raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
+    card = ModelCard.load(args.model / CARD_FILE)
+    cases = reference_cases(root, card.data["training"]["split"]["validation"])
+    update, close = tqdm_progress(f"validating {card.name}")
+    try:
+        evaluation = evaluate_model(card, load_network(card), cases, progress=update)
+    finally:
+        close()
+    (label,) = (entry.value for entry in card.foreground_labels)
+    data = dict(card.data)
+    data["metrics"] = {
+        **data["metrics"],
+        "validation": validation_metrics(evaluation, label),
+        "calibration": calibration_metrics(evaluation),
+    }
+    validate_card(data, str(args.model / CARD_FILE))
+    write_validation_files(data, evaluation, args.model)
+    with atomic_path(args.model / CARD_FILE) as temporary:
+        temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(data["metrics"]["validation"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
