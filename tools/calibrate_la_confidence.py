@@ -131,11 +131,15 @@ def write_card(
         "error_auroc_all_voxels": round(calibrated["all"]["error_auroc"], 4),
         "flagged_validation_cases": [{"case": row["case"], "dice": row["dice"]} for row in flagged],
     }
-    card["description"] = card["description"].split(" Its confidence map is not calibrated")[0] + (
+    confidence_weight, probability_weight, _ = calibration.weights
+    # Everything from the first sentence about the map on is this tool's, replaced on a refit.
+    card["description"] = card["description"].split(" Its confidence map is ")[0] + (
         " Its confidence map is calibrated (a probability of being right; on the validation cases "
         f"within 5 mm of the atrium: ECE {100 * calibrated['near']['ece']:.1f} %, error-detection AUROC "
         f"{calibrated['near']['error_auroc']:.2f}), and a volume whose expected error near the atrium is "
-        "high is flagged 'check this result'."
+        f"high is flagged 'check this result'. The calibration is fitted on {fitted_on} outside the "
+        f"training and validation sets: a logistic model of the confidence network's logit (weight "
+        f"{confidence_weight:+.2f}) and the top class probability's ({probability_weight:+.2f})."
     )
     if sha256_of(model / card["weights"]["file"]) != card["weights"]["sha256"]:
         raise SystemExit("the weights do not match the card; nothing written.")

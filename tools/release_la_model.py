@@ -155,7 +155,12 @@ def card_data(
             ),
             "notes": preprocessing_notes(run),
         },
-        "inference": {"patch_size": list(run.config.patch_size), "overlap": 0.5, "blend": "gaussian"},
+        "inference": {
+            "patch_size": list(run.config.patch_size),
+            "overlap": 0.5,
+            "blend": "gaussian",
+            "mirror_axes": args.mirror_axes,
+        },
         "training": training_entry(run, names, args),
         "metrics": {},
         "license": LICENCE,
@@ -181,6 +186,15 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("src/asdseg/models"))
     parser.add_argument("--hardware", default="2 CPU cores (x86-64), no GPU")
     parser.add_argument("--training-minutes", type=float, required=True)
+    parser.add_argument(
+        "--mirror-axes",
+        type=int,
+        nargs="*",
+        choices=[0, 1, 2],
+        default=[],
+        help="test-time mirroring in the card (la-dan and la-sassnet ship with 0 1, the axial "
+        "flips they train with; la-attention with none, so that P-DSC compares unaveraged heads)",
+    )
     args = parser.parse_args()
 
     run = load_finished_run(args.run)

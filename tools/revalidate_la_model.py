@@ -6,8 +6,9 @@ now says on its validation split (the card's ``training.split``) at the original
 rewrites what the release measured: the card's ``metrics.validation`` and
 ``metrics.calibration``, ``validation.csv``, ``calibration.json`` and ``calibration.png``. The
 weights and the rest of the card are kept. Nothing is written until the evaluation has
-finished. A calibrated confidence map (``la-dan``) is refitted afterwards with
-``tools/calibrate_la_confidence.py``, which reads the card's settings too.
+finished. As at release, the confidence map measured is the confidence network's own: a
+calibrated map (``la-dan``) is refitted and measured by ``tools/calibrate_la_confidence.py``,
+which reads the card's settings too.
 
     python tools/revalidate_la_model.py --model src/asdseg/models/la-sassnet
 """
@@ -36,7 +37,9 @@ def main() -> None:
     root = find_la2018()
     if root is None:
         raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
-    card = ModelCard.load(args.model / CARD_FILE)
+    shipped = ModelCard.load(args.model / CARD_FILE)
+    raw_map = {key: value for key, value in shipped.data.items() if key != "confidence_calibration"}
+    card = ModelCard(raw_map, shipped.directory)
     cases = reference_cases(root, card.data["training"]["split"]["validation"])
     update, close = tqdm_progress(f"validating {card.name}")
     try:
@@ -44,7 +47,8 @@ def main() -> None:
     finally:
         close()
     (label,) = (entry.value for entry in card.foreground_labels)
-    data = dict(card.data)
+    # Read again: the calibration tool may have written the card meanwhile.
+    data = json.loads((args.model / CARD_FILE).read_text(encoding="utf-8"))
     data["metrics"] = {
         **data["metrics"],
         "validation": validation_metrics(evaluation, label),

@@ -108,7 +108,7 @@ def predict_volume(
         blended = one_pass(windows, flips[0])
         for dims in flips[1:]:
             for name, tensor in one_pass(windows, dims).items():
-                blended[name] += tensor
+                blended[name] = blended[name] + tensor  # not in place: outputs may alias
         if len(flips) > 1:
             blended = {name: tensor / len(flips) for name, tensor in blended.items()}
         done += windows.shape[0]
