@@ -80,9 +80,9 @@ ALL_STRATEGIES = [*STRATEGIES, FULL_ANNOTATION, START_SLICES_ONLY]
 #: The study's default: on a one-organ task such as the atrium, P-accuracy (Eq. 4) equals P-DSC
 #: slice for slice, so a p-accuracy chain would repeat the p-dsc chain pick for pick.
 LA_STRATEGIES = [strategy for strategy in ALL_STRATEGIES if strategy != "p-accuracy"]
-#: The strategies whose difference to random and equal-interval the summary reports: the paper's
-#: query and the product's default.
-COMPARED = ("p-dsc", DEFAULT_STRATEGY)
+#: The differences the summary reports: the paper's query and the product's default, each against
+#: random and equal-interval.
+COMPARISONS = list(itertools.product(("p-dsc", DEFAULT_STRATEGY), ("random", "equal-interval")))
 #: Cases of train.list the starting model was trained on (the papers' 16 labelled LA volumes).
 STARTING_MODEL_CASES = 16
 
@@ -393,7 +393,7 @@ def comparisons(points: list[dict[str, Any]]) -> dict[str, Any]:
             "min_fraction_within_1_point_of_full": min(reached) if reached else None,
             "rounds": len(own),
         }
-    for strategy, other in itertools.product(COMPARED, ("random", "equal-interval")):
+    for strategy, other in COMPARISONS:
         pairs = [
             (by[(strategy, r)], by[(other, r)]) for r in rounds if (strategy, r) in by and (other, r) in by
         ]
@@ -513,7 +513,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"| {strategy} | {percent(entry['final_dice'])} | "
             f"{'not reached' if reached is None else percent(reached) + ' %'} |"
         )
-    for strategy, other in itertools.product(COMPARED, ("random", "equal-interval")):
+    for strategy, other in COMPARISONS:
         difference = answers.get(f"{strategy}_minus_{other}")
         if difference:
             lines.append(f"\n{strategy} minus {other}, Dice points per round: {difference}.")

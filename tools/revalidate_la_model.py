@@ -19,10 +19,11 @@ import argparse
 import json
 from pathlib import Path
 
+from release_la_model import validate
+
 from asdseg.demo.end_to_end import find_la2018
-from asdseg.evaluation.model_evaluation import evaluate_model, reference_cases
+from asdseg.evaluation.model_evaluation import reference_cases
 from asdseg.io.image_io import atomic_path
-from asdseg.progress import tqdm_progress
 from asdseg.registry import load_network
 from asdseg.registry.model_card import CARD_FILE, ModelCard, validate_card
 from asdseg.training.release import calibration_metrics, validation_metrics, write_validation_files
@@ -41,11 +42,7 @@ def main() -> None:
     raw_map = {key: value for key, value in shipped.data.items() if key != "confidence_calibration"}
     card = ModelCard(raw_map, shipped.directory)
     cases = reference_cases(root, card.data["training"]["split"]["validation"])
-    update, close = tqdm_progress(f"validating {card.name}")
-    try:
-        evaluation = evaluate_model(card, load_network(card), cases, progress=update)
-    finally:
-        close()
+    evaluation = validate(card.name, card, load_network(card), cases)
     (label,) = (entry.value for entry in card.foreground_labels)
     # Read again: the calibration tool may have written the card meanwhile.
     data = json.loads((args.model / CARD_FILE).read_text(encoding="utf-8"))

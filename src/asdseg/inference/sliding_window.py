@@ -105,12 +105,8 @@ def predict_volume(
 
     def predictor(windows: torch.Tensor) -> dict[str, torch.Tensor]:
         nonlocal done
-        blended = one_pass(windows, flips[0])
-        for dims in flips[1:]:
-            for name, tensor in one_pass(windows, dims).items():
-                blended[name] = blended[name] + tensor  # not in place: outputs may alias
-        if len(flips) > 1:
-            blended = {name: tensor / len(flips) for name, tensor in blended.items()}
+        passes = [one_pass(windows, dims) for dims in flips]
+        blended = {name: torch.stack([outputs[name] for outputs in passes]).mean(dim=0) for name in passes[0]}
         done += windows.shape[0]
         if progress is not None:
             progress(min(done, total), total, "segmenting")
