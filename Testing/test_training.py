@@ -14,7 +14,7 @@ from asdseg.evaluation.metrics import dice
 from asdseg.training.checkpoint import load_checkpoint
 from asdseg.training.config import config_from_dict
 from asdseg.training.data import load_split
-from asdseg.training.losses import masked_cross_entropy, masked_dice_loss
+from asdseg.training.losses import masked_cross_entropy, masked_dice_loss, one_hot, sample_attention_dice_loss
 from asdseg.training.recipes import RECIPE_CLASSES
 from asdseg.training.trainer import CHECKPOINT_FILE, Trainer
 
@@ -185,10 +185,34 @@ def test_sassnet_supervised_loss_is_the_papers_dice_or_the_baselines_dice_ce(sup
     assert logged["segmentation"] == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_sassnet_refuses_an_unknown_supervised_loss() -> None:
-    config = config_from_dict({**tiny_config("sassnet"), "loss": {"supervised_loss": "focal"}})
-    with pytest.raises(AsdsegError, match="supervised_loss 'focal' is not one of dice, dice-ce"):
-        RECIPE_CLASSES["sassnet"](config, torch.device("cpu"))
+@pytest.mark.parametrize(
+    ("recipe", "known"), [("sassnet", "dice, dice-ce"), ("asdnet", "sample-attention, dice-ce")]
+)
+def test_an_unknown_supervised_loss_is_refused(recipe: str, known: str) -> None:
+    config = config_from_dict({**tiny_config(recipe), "loss": {"supervised_loss": "focal"}})
+    with pytest.raises(AsdsegError, match=f"supervised_loss 'focal' is not one of {known}"):
+        RECIPE_CLASSES[recipe](config, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("supervised_loss", ["sample-attention", "dice-ce"])
+def test_asdnet_supervised_loss_is_eq2_or_the_baselines_dice_ce(supervised_loss: str) -> None:
+    config = config_from_dict({**tiny_config("asdnet"), "loss": {"supervised_loss": supervised_loss}})
+    recipe = RECIPE_CLASSES["asdnet"](config, torch.device("cpu"))
+    images, unlabelled = torch.randn(2, 1, 32, 32, 32), torch.randn(2, 1, 32, 32, 32)
+    labels = torch.zeros(2, 32, 32, 32, dtype=torch.long)
+    labels[0, 8:20, 8:20, 8:20] = 1
+    labels[1, 4:12, 4:12, 4:28] = 2
+    with torch.no_grad():  # the step's own forward pass, before its update changes the weights
+        logits = recipe.segmenter(torch.cat([images, unlabelled]))["logits"][:2]
+    probabilities = torch.softmax(logits, dim=1)
+    expected = {
+        "sample-attention": sample_attention_dice_loss(probabilities, one_hot(labels, 3), 2.0),
+        "dice-ce": 0.5 * (masked_dice_loss(probabilities, labels) + masked_cross_entropy(logits, labels)),
+    }
+    logged = recipe.training_step(images, labels, unlabelled, step=0)
+    assert logged["segmentation"] == pytest.approx(expected[supervised_loss].item(), rel=1e-5)
+    other = next(name for name in expected if name != supervised_loss)
+    assert logged["segmentation"] != pytest.approx(expected[other].item(), rel=1e-3)
 
 
 def test_dan_confidence_network_follows_the_papers_adam_rate_and_decay() -> None:

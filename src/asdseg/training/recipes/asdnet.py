@@ -14,7 +14,10 @@ the run: the reference's first validation) and gamma = 1 - the segmenter's Dice,
 running Dice on the labelled patches (the reference uses the validation Dice, which a run
 without validation cases lacks). The segmenter keeps the LA setting's SGD schedule (the paper:
 Adam 1e-3), so the sample-attention weights are normalised to a batch mean of 1 (see
-:func:`asdseg.training.losses.sample_attention_dice_loss`).
+:func:`asdseg.training.losses.sample_attention_dice_loss`). ``supervised_loss`` is
+"sample-attention" as in Eq. 2; "dice-ce" takes the supervised baseline's (CE + Dice) / 2
+instead, so that ASDNet and supervised training of the same SVNet differ only in the confidence
+network's adversarial and semi-supervised terms (the ablation's diagnostic).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from asdseg.training.losses import (
     adversarial_bce,
     confident_region_dice_loss,
     generalized_dice,
+    masked_dice_ce_loss,
     one_hot,
     sample_attention_dice_loss,
 )
@@ -52,10 +56,13 @@ class AsdnetRecipe(ConfidenceLearningRecipe):
         "confidence_threshold": None,
         "semi_supervised_start": 1 / 6,
         "dice_momentum": 0.9,
+        "supervised_loss": "sample-attention",
     }
 
     def __init__(self, config, device) -> None:
         super().__init__(config, device)
+        losses = {"sample-attention": self.sample_attention_loss, "dice-ce": masked_dice_ce_loss}
+        self.supervised_loss = self.setting_choice("supervised_loss", losses)
         #: Running (exponential moving average) Dice of the segmenter on labelled patches.
         self.running_dice = 0.0
 
@@ -63,12 +70,22 @@ class AsdnetRecipe(ConfidenceLearningRecipe):
         fixed = self.settings["confidence_threshold"]
         return float(fixed) if fixed is not None else 1.0 - self.running_dice
 
+    def sample_attention_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Eq. 2: the generalized Dice weighted per sample by (1 - its Dice) ** beta."""
+        return sample_attention_dice_loss(
+            F.softmax(logits, dim=1),
+            one_hot(labels, self.num_classes),
+            self.settings["sample_attention_beta"],
+            self.settings["sample_attention_normalize"],
+        )
+
     def semi_supervised_active(self, step: int) -> bool:
         return step >= self.settings["semi_supervised_start"] * self.config.steps
 
     def card_notes(self) -> str:
         gamma = self.settings["confidence_threshold"] or "1 - running labelled Dice (reference: validation)"
         return (
+            f"supervised loss {self.settings['supervised_loss']} (the paper: sample-attention); "
             f"ASDNet Eq. 7 with lambda_1 = {self.settings['adversarial_weight']}, lambda_2 = "
             f"{self.settings['semi_supervised_weight']}; semi-supervised term from "
             f"{self.settings['semi_supervised_start']:.3g} of the run with gamma = {gamma}; "
@@ -80,16 +97,12 @@ class AsdnetRecipe(ConfidenceLearningRecipe):
         confidence = self.networks["confidence"]
         labelled_count = images.shape[0]
         batch = torch.cat([images, unlabelled_images])
-        probabilities = F.softmax(self.segmenter(batch)["logits"], dim=1)
+        logits = self.segmenter(batch)["logits"]
+        probabilities = F.softmax(logits, dim=1)
         labelled, unlabelled = probabilities[:labelled_count], probabilities[labelled_count:]
         target = one_hot(labels, self.num_classes)
 
-        segmentation = sample_attention_dice_loss(
-            labelled,
-            target,
-            self.settings["sample_attention_beta"],
-            self.settings["sample_attention_normalize"],
-        )
+        segmentation = self.supervised_loss(logits[:labelled_count], labels)
         momentum = self.settings["dice_momentum"]
         batch_dice = float(generalized_dice(labelled.detach(), target).mean())
         self.running_dice = momentum * self.running_dice + (1 - momentum) * batch_dice
