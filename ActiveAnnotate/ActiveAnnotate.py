@@ -1,7 +1,8 @@
 """ActiveAnnotate: label only the slices the model is least sure of, and let it learn from them.
 
-The loop: "Suggest slices" ranks the volume's unlabelled axial slices by P-DSC (agreement of the
-attention U-Net's two predictions); clicking a row shows that slice in the red view; the
+The loop: "Suggest slices" ranks the volume's unlabelled axial slices by how much the attention
+U-Net's two predictions disagree there (by default the number of voxels; P-DSC, the paper's
+ratio, on request); clicking a row shows that slice in the red view; the
 annotator draws it with the embedded Segment Editor and clicks "Mark labelled"; "Fine-tune"
 trains the model on every labelled slice in a background process (progress, loss, Cancel), and
 the new model is used for the next suggestion. The widget is thin Qt glue over
@@ -37,7 +38,7 @@ from ASDSeg import (
     user_action,
 )
 
-STRATEGIES = ["p-dsc", "p-dsc-spread", "p-accuracy", "entropy", "random", "equal-interval"]
+STRATEGIES = ["p-dsc", "p-dsc-spread", "p-accuracy", "disagreement", "entropy", "random", "equal-interval"]
 
 
 #
@@ -75,7 +76,7 @@ class ActiveAnnotateParameterNode:
     roi: vtkMRMLMarkupsROINode
     annotation: vtkMRMLSegmentationNode
     modelName: str = ""
-    strategy: Annotated[str, Choice(STRATEGIES)] = "p-dsc-spread"
+    strategy: Annotated[str, Choice(STRATEGIES)] = "disagreement"
     budget: Annotated[int, WithinRange(1, 100)] = 5
     fineTuneSteps: Annotated[int, WithinRange(1, 100000)] = 200
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"

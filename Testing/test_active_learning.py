@@ -46,11 +46,15 @@ def test_agreement_scores_by_hand() -> None:
     # slice 3: same 4 voxels, but labelled as different organs -> P-DSC 0, P-accuracy 0.
     final[2:4, 2:4, 3] = 1
     attention[2:4, 2:4, 3] = 2
-    p_dsc, p_accuracy, both_empty = agreement_scores(final, attention, num_classes=3, min_area=2)
+    p_dsc, p_accuracy, both_empty, disagreement = agreement_scores(
+        final, attention, num_classes=3, min_area=2
+    )
     np.testing.assert_allclose(p_dsc, [1.0, 4 / 6, 1.0, 0.0])
     # Eq. 4: 2 x agreeing foreground voxels / (SR1 foreground + SR2 foreground)
     np.testing.assert_allclose(p_accuracy, [1.0, 2 * 2 / (4 + 2), 1.0, 0.0])
     assert both_empty.tolist() == [True, False, True, False]
+    # voxels labelled differently: 2 in slice 1, the speck is ignored, 4 of another organ in 3
+    assert disagreement.tolist() == [0, 2, 0, 4]
 
 
 def test_empty_slices_next_to_the_organ_ends_stay_candidates() -> None:
@@ -66,6 +70,7 @@ def test_empty_slices_next_to_the_organ_ends_stay_candidates() -> None:
     assert np.flatnonzero(scores.both_empty).tolist() == [0, 8, 9]
     assert scores.p_dsc[1] == scores.p_dsc[2] == scores.p_dsc[3] < 1.0
     assert scores.p_dsc[6] == scores.p_dsc[7] == scores.p_dsc[5] == 1.0
+    assert scores.disagreement.tolist() == [0, 8, 8, 8, 0, 0, 0, 0, 0, 0]
     chosen = select_slices("p-dsc", [scores], [set()], 3)
     assert sorted(query.slice for query in chosen) == [1, 2, 3]
 
@@ -77,10 +82,15 @@ def test_slice_entropy_of_uniform_and_certain_predictions() -> None:
     np.testing.assert_allclose(slice_entropy(probabilities), [9 * math.log(2), 0.0], rtol=1e-6)
 
 
-def scores_for(p_dsc: list[float], entropy: list[float] | None = None) -> SliceScores:
+def scores_for(
+    p_dsc: list[float], entropy: list[float] | None = None, disagreement: list[int] | None = None
+) -> SliceScores:
     p_dsc = np.asarray(p_dsc, dtype=float)
     entropy = np.asarray(entropy if entropy is not None else np.zeros(len(p_dsc)), dtype=float)
-    return SliceScores(p_dsc, p_dsc.copy(), entropy, p_dsc == 1.0, np.zeros(len(p_dsc), dtype=bool))
+    disagreement = np.asarray(disagreement if disagreement is not None else np.zeros(len(p_dsc)), dtype=int)
+    return SliceScores(
+        p_dsc, p_dsc.copy(), entropy, p_dsc == 1.0, np.zeros(len(p_dsc), dtype=bool), disagreement
+    )
 
 
 def test_p_dsc_picks_least_agreement_skipping_labelled_and_empty_slices() -> None:
@@ -106,6 +116,16 @@ def test_entropy_random_and_budget_larger_than_candidates() -> None:
     assert [query.slice for query in select_slices("entropy", [scores], [{3}], 2)] == [1, 2]
     picked = select_slices("random", [scores], [{0, 2}], 5, np.random.default_rng(0))
     assert sorted(query.slice for query in picked) == [1, 3]
+
+
+def test_disagreement_ranks_wide_disagreement_above_a_nearly_empty_end() -> None:
+    """Slice 0, an organ end: SR1 3 voxels, SR2 1 -> P-DSC 0.5, 2 voxels disagree. Slice 2, mid
+    organ: 400 voxels each, 40 not shared -> P-DSC 0.9, 80 voxels disagree. P-DSC asks for the
+    end first, disagreement for the middle, where more voxels can be wrong."""
+    scores = scores_for([0.5, 0.95, 0.9, 1.0], disagreement=[2, 20, 80, 0])
+    assert [query.slice for query in select_slices("p-dsc", [scores], [set()], 2)] == [0, 2]
+    queries = select_slices("disagreement", [scores], [{1}], 2)
+    assert [(query.slice, query.score) for query in queries] == [(2, 80.0), (0, 2.0)]
 
 
 def test_equal_interval_halves_the_gaps() -> None:

@@ -146,3 +146,19 @@ def test_slicer_widgets_are_declared_as_custom_widgets(module: str) -> None:
     slicer_classes = {name for name in used if name.startswith(("qMRML", "qSlicer", "ctk"))}
     assert slicer_classes <= declared
     assert root.find("widget").get("class") == "qMRMLWidget"
+
+
+def test_active_annotate_offers_every_query_strategy_of_the_engine() -> None:
+    """ActiveAnnotate.py keeps its own list, since Slicer loads it before the engine's
+    dependencies may be installed; it must not drift from the engine's, in names or order."""
+    from asdseg.active.strategies import DEFAULT_STRATEGY, STRATEGIES
+
+    assert parameter_fields("ActiveAnnotate")["strategy"] == list(STRATEGIES)
+    default = next(
+        statement.value.value
+        for node in module_tree("ActiveAnnotate").body
+        if isinstance(node, ast.ClassDef) and node.name == "ActiveAnnotateParameterNode"
+        for statement in node.body
+        if isinstance(statement, ast.AnnAssign) and statement.target.id == "strategy"
+    )
+    assert default == DEFAULT_STRATEGY

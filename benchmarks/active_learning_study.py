@@ -13,8 +13,9 @@ fine-tunes on every slice of the pool for the same steps: the reference the stra
 "start-slices-only" fine-tunes for the same rounds on the start slices alone: the control that
 tells what the extra steps give from what the chosen slices give.
 
-Strategies: p-dsc, p-dsc-spread, entropy, random, equal-interval, and full-annotation (p-accuracy
-too if asked: on the atrium alone it equals P-DSC, so it is not run by default); each chain
+Strategies: p-dsc, p-dsc-spread, disagreement, entropy, random, equal-interval, and
+full-annotation (p-accuracy too if asked: on the atrium alone it equals P-DSC, so it is not run
+by default); each chain
 runs ``repeats`` times with different seeds (fine-tuning's sampling, and random's picks). Every
 chain saves its state after each round under ``OUTPUT/runs/``, so that the study stops and
 continues per strategy, repeat and round, and several processes can share the work
@@ -80,9 +81,11 @@ ALL_STRATEGIES = [*STRATEGIES, FULL_ANNOTATION, START_SLICES_ONLY]
 #: The study's default: on a one-organ task such as the atrium, P-accuracy (Eq. 4) equals P-DSC
 #: slice for slice, so a p-accuracy chain would repeat the p-dsc chain pick for pick.
 LA_STRATEGIES = [strategy for strategy in ALL_STRATEGIES if strategy != "p-accuracy"]
-#: The differences the summary reports: the paper's query and the product's default, each against
-#: random and equal-interval.
-COMPARISONS = list(itertools.product(("p-dsc", DEFAULT_STRATEGY), ("random", "equal-interval")))
+#: The differences the summary reports: the paper's query and the product's variants of it (the
+#: default among them), each against random and equal-interval.
+COMPARISONS = list(
+    itertools.product(("p-dsc", "p-dsc-spread", DEFAULT_STRATEGY), ("random", "equal-interval"))
+)
 #: Cases of train.list the starting model was trained on (the papers' 16 labelled LA volumes).
 STARTING_MODEL_CASES = 16
 

@@ -9,16 +9,20 @@ attention maps. Where the two agree the model is sure; where they disagree it is
 - P-accuracy (the paper's Eq. 4) = 2 |voxels where both predict the same foreground class| /
   (|SR1 != 0| + |SR2 != 0|), for several classes this also counts disagreement about *which*
   organ;
+- disagreement = the number of voxels where SR1 and SR2 predict different classes: P-DSC's
+  disagreement counted in voxels instead of as a ratio. P-DSC is lowest on the nearly empty
+  slices at the organ's ends, which hold few of the model's wrong voxels; the count is highest
+  where the disagreement band is widest, which is where most wrong voxels lie;
 - entropy = the sum over the slice of the voxel-wise entropy of SR1's class probabilities.
 
 A class with fewer than ``min_area`` voxels in a slice counts as absent there, so that specks
 do not drive the ranking. A slice where both predictions are empty (after that rule) holds no
 organ for either head: it gets P-DSC and P-accuracy 1 (full agreement) and is flagged
-``both_empty``; the P-DSC and P-accuracy queries never select it. Except next to the organ's
+``both_empty`` (disagreement 0); the P-DSC and P-accuracy queries never select it. Except next to the organ's
 ends: where both heads stop early, the organ's missed tip lies in slices they both leave empty.
 The ``end_margin`` empty slices just beyond the first and the last slice where either head sees
-an organ take that end slice's scores and are flagged ``beyond_organ_end`` instead, so that an
-uncertain end makes its neighbours candidates too.
+an organ take that end slice's scores (P-DSC, P-accuracy, disagreement) and are flagged
+``beyond_organ_end`` instead, so that an uncertain end makes its neighbours candidates too.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class SliceScores:
     entropy: np.ndarray
     both_empty: np.ndarray
     beyond_organ_end: np.ndarray
+    disagreement: np.ndarray  #: voxels where SR1 and SR2 differ
 
     @property
     def slice_count(self) -> int:
@@ -74,8 +79,9 @@ def _without_specks(labels: np.ndarray, values: list[int], min_area: int) -> np.
 
 def agreement_scores(
     final_labels: np.ndarray, attention_labels: np.ndarray, num_classes: int, min_area: int = DEFAULT_MIN_AREA
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """P-DSC, P-accuracy and the both-empty flag per slice ``k`` of two (x, y, z) label maps."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """P-DSC, P-accuracy, the both-empty flag and the disagreement (voxels) per slice ``k`` of
+    two (x, y, z) label maps."""
     if final_labels.shape != attention_labels.shape or final_labels.ndim != 3:
         raise ValueError(
             f"label maps must be 3D and alike, got {final_labels.shape} and {attention_labels.shape}"
@@ -98,7 +104,8 @@ def agreement_scores(
     agree = ((final == attention) & (final > 0)).sum(axis=(0, 1))
     foreground_voxels = (final > 0).sum(axis=(0, 1)) + (attention > 0).sum(axis=(0, 1))
     p_accuracy = np.where(both_empty, 1.0, 2.0 * agree / np.maximum(foreground_voxels, 1))
-    return p_dsc, p_accuracy, both_empty
+    disagreement = (final != attention).sum(axis=(0, 1))
+    return p_dsc, p_accuracy, both_empty, disagreement
 
 
 def organ_end_neighbours(both_empty: np.ndarray, margin: int = DEFAULT_END_MARGIN) -> dict[int, int]:
@@ -129,12 +136,12 @@ def score_slices(
     """Every score of every slice, from the (classes, x, y, z) probabilities of the final
     prediction (SR1) and of the attention-map prediction (SR2)."""
     num_classes = probabilities.shape[0]
-    p_dsc, p_accuracy, both_empty = agreement_scores(
+    p_dsc, p_accuracy, both_empty, disagreement = agreement_scores(
         probabilities.argmax(axis=0), attention_probabilities.argmax(axis=0), num_classes, min_area
     )
     beyond_end = np.zeros_like(both_empty)
     for index, end in organ_end_neighbours(both_empty, end_margin).items():
-        p_dsc[index], p_accuracy[index] = p_dsc[end], p_accuracy[end]
+        p_dsc[index], p_accuracy[index], disagreement[index] = p_dsc[end], p_accuracy[end], disagreement[end]
         beyond_end[index] = True
     both_empty = both_empty & ~beyond_end
-    return SliceScores(p_dsc, p_accuracy, slice_entropy(probabilities), both_empty, beyond_end)
+    return SliceScores(p_dsc, p_accuracy, slice_entropy(probabilities), both_empty, beyond_end, disagreement)

@@ -26,6 +26,7 @@ def suggestion_record(
             "p_dsc": round(float(scores.p_dsc[index]), 6),
             "p_accuracy": round(float(scores.p_accuracy[index]), 6),
             "entropy": round(float(scores.entropy[index]), 4),
+            "disagreement_voxels": int(scores.disagreement[index]),
             "both_empty": bool(scores.both_empty[index]),
             "beyond_organ_end": bool(scores.beyond_organ_end[index]),
         }
@@ -43,10 +44,13 @@ def suggestion_record(
 def format_suggestions(record: dict[str, Any]) -> str:
     lines = [
         f"{len(record['suggested'])} slice(s) to label next ({record['strategy']}):",
-        f"{'rank':>4}  {'slice':>5}  {'P-DSC':>7}  {'P-acc':>7}  {'entropy':>9}",
+        f"{'rank':>4}  {'slice':>5}  {'P-DSC':>7}  {'P-acc':>7}  {'disagree':>8}  {'entropy':>9}",
     ]
     for rank, row in enumerate(record["suggested"], start=1):
-        scores = f"{row['p_dsc']:>7.4f}  {row['p_accuracy']:>7.4f}  {row['entropy']:>9.1f}"
+        scores = (
+            f"{row['p_dsc']:>7.4f}  {row['p_accuracy']:>7.4f}  {row['disagreement_voxels']:>8d}  "
+            f"{row['entropy']:>9.1f}"
+        )
         lines.append(f"{rank:>4}  {row['slice']:>5}  {scores}")
     lines.append(
         f"mean P-DSC {record['mean_p_dsc']:.4f}, mean P-accuracy {record['mean_p_accuracy']:.4f} "
