@@ -230,7 +230,14 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
         table = self.ui.suggestionsTable
         table.setRowCount(len(rows))
         for position, row in enumerate(rows):
-            for column, text in enumerate((str(row["slice"]), f"{row['p_dsc']:.3f}", row["status"])):
+            disagreement = row.get("disagreement_voxels")  # absent from suggestions of earlier versions
+            cells = (
+                str(row["slice"]),
+                f"{row['p_dsc']:.3f}",
+                "—" if disagreement is None else str(disagreement),
+                row["status"],
+            )
+            for column, text in enumerate(cells):
                 table.setItem(position, column, qt.QTableWidgetItem(text))
         labelled = sorted(self.logic.annotation.labelled_slices(annotation)) if annotation else []
         listed = ", ".join(map(str, labelled)) or "none yet"

@@ -20,7 +20,12 @@ from asdseg.active.sparse_labels import (
 from asdseg.active.stopping import has_converged
 from asdseg.active.strategies import select_slices
 from asdseg.active.suggest import suggest_slices
-from asdseg.active.suggestion_report import read_suggestions, suggestion_record, write_suggestions
+from asdseg.active.suggestion_report import (
+    format_suggestions,
+    read_suggestions,
+    suggestion_record,
+    write_suggestions,
+)
 from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.errors import InputError, ModelError
 from asdseg.io.image_io import image_to_array
@@ -73,6 +78,12 @@ def test_empty_slices_next_to_the_organ_ends_stay_candidates() -> None:
     assert scores.disagreement.tolist() == [0, 8, 8, 8, 0, 0, 0, 0, 0, 0]
     chosen = select_slices("p-dsc", [scores], [set()], 3)
     assert sorted(query.slice for query in chosen) == [1, 2, 3]
+    # The end slice itself comes before the empty slices that carry its score.
+    assert [query.slice for query in select_slices("disagreement", [scores], [set()], 3)] == [3, 1, 2]
+    # Once those are labelled, the organ's other slices (no disagreement) fill the budget;
+    # slices both heads leave empty far from the organ are never suggested.
+    rest = select_slices("disagreement", [scores], [{1, 2, 3}], 10)
+    assert [query.slice for query in rest] == [4, 5, 6, 7]
 
 
 def test_slice_entropy_of_uniform_and_certain_predictions() -> None:
@@ -211,6 +222,21 @@ def test_suggest_ranks_the_slices_of_a_rotated_volume(attention_model: ModelCard
     record = suggestion_record(suggestion, "p-dsc", {0, 5})
     write_suggestions(record, tmp_path / "suggestions.json")
     assert read_suggestions(tmp_path / "suggestions.json")["suggested"] == record["suggested"]
+    by_voxels = suggest_slices(
+        image, attention_model, load_network(attention_model), {0, 5}, "disagreement", 4
+    )
+    counts = [query.score for query in by_voxels.queries]
+    assert counts == sorted(counts, reverse=True) and counts[0] > 0
+    assert counts == [by_voxels.scores.disagreement[query.slice] for query in by_voxels.queries]
+    assert all(not by_voxels.scores.both_empty[query.slice] for query in by_voxels.queries)
+
+
+def test_suggestion_table_shows_the_disagreement_and_reads_earlier_records() -> None:
+    row = {"slice": 7, "p_dsc": 0.5, "p_accuracy": 0.5, "disagreement_voxels": 42, "entropy": 3.0}
+    record = {"strategy": "disagreement", "suggested": [row], "mean_p_dsc": 0.9, "mean_p_accuracy": 0.9}
+    assert format_suggestions(record).splitlines()[2].split() == ["1", "7", "0.5000", "0.5000", "42", "3.0"]
+    del row["disagreement_voxels"]  # a record written before the count existed
+    assert format_suggestions(record).splitlines()[2].split() == ["1", "7", "0.5000", "0.5000", "—", "3.0"]
 
 
 def test_scores_come_from_both_heads() -> None:

@@ -12,6 +12,7 @@ import slicer
 import vtk
 
 from asdseg.active.sparse_labels import read_sparse_labels
+from asdseg.active.strategies import DEFAULT_STRATEGY
 from asdseg.active.suggest import suggest_slices
 from asdseg.background import JobState
 from asdseg.errors import AsdsegError, CancelledError, InputError, ModelError
@@ -108,20 +109,24 @@ def test_suggestions_match_the_engine_and_are_marked_in_the_views(
     paint_reference(segmentation_node, volume_node, phantom_files[1])
     logic.mark_labelled(segmentation_node, [10, 11])
     nodes_before = core.node_ids()
-    run = logic.start_suggest(segmentation_node, "p-dsc", budget=3, device="cpu")
+    run = logic.start_suggest(segmentation_node, DEFAULT_STRATEGY, budget=3, device="cpu")
     assert core.node_ids() == nodes_before, "starting changes nothing in the scene"
     rows = logic.finish_suggest(run)
     card = logic.model_card()
     expected = suggest_slices(
-        image_from_volume_node(volume_node), card, load_network(card), {10, 11}, "p-dsc", 3
+        image_from_volume_node(volume_node), card, load_network(card), {10, 11}, DEFAULT_STRATEGY, 3
     )
     assert [row["slice"] for row in rows] == [query.slice for query in expected.queries]
+    assert [row["disagreement_voxels"] for row in rows] == [int(query.score) for query in expected.queries]
     assert all(row["status"] == "to label" for row in rows)
     markers = core.scene.GetFirstNodeByClass("vtkMRMLMarkupsFiducialNode")
     assert markers.GetNumberOfControlPoints() == len(rows)
     for index, row in enumerate(rows):
         position = np.array(markers.GetNthControlPointPositionWorld(index))
         np.testing.assert_allclose(position, slice_centre_ras(volume_node, row["slice"]), atol=1e-6)
+        assert markers.GetNthControlPointLabel(index) == (
+            f"slice {row['slice']} (P-DSC {row['p_dsc']:.2f}, {row['disagreement_voxels']} voxels disagree)"
+        )
     logic.mark_labelled(segmentation_node, [rows[0]["slice"]])
     assert logic.suggestions(segmentation_node)[0]["status"] == "labelled"
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,7 @@ def what_picks_hold(
 
     picked_dice = [table["dice"][k] for table, slices in zip(tables, chosen, strict=True) for k in slices]
     return {
+        "picked_slices": sum(len(slices) for slices in chosen),
         "wrong_voxel_share": total("wrong", chosen) / total("wrong", None),
         "atrium_share": total("atrium", chosen) / total("atrium", None),
         "mean_slice_dice": float(np.nanmean(picked_dice))
@@ -125,7 +127,7 @@ def measure(study: Study, tables: list[dict[str, Any]]) -> dict[str, Any]:
                 what_picks_hold(tables, study.start, picks(strategy, tables, study.start, budget, seed))
                 for seed in range(draws)
             ]
-            rows[strategy] = {key: float(np.mean([entry[key] for entry in held])) for key in held[0]}
+            rows[strategy] = {key: float(np.nanmean([entry[key] for entry in held])) for key in held[0]}
         results[f"{100 * fraction:.0f} %"] = {"slices": budget, "strategies": rows}
     return results
 
@@ -133,10 +135,11 @@ def measure(study: Study, tables: list[dict[str, Any]]) -> dict[str, Any]:
 def markdown(results: dict[str, Any], study: Study) -> str:
     lines = [
         f"What the slices each strategy suggests first hold: starting model `{study.card.name}` on the "
-        f"study's pool ({len(study.pool)} cases, {study.total_slices} slices at 1.25 mm, start slices "
+        f"study's pool ({len(study.pool)} cases, {study.total_slices} slices at "
+        f"{' x '.join(f'{value:g}' for value in study.card.spacing)} mm, start slices "
         f"{100 * study.settings.start_fraction:.0f} % at equal intervals); picks made at once from the start "
         f"state; random averaged over {RANDOM_DRAWS} draws; {ORACLE} = the slices with the most wrong voxels "
-        "(an oracle). Shares are of the slices not yet labelled.",
+        f"(an oracle). Shares are of the slices not yet labelled. {results['seconds']:.0f} s in all.",
         "",
         "| budget | strategy | wrong voxels in picks % | atrium voxels in picks % "
         "| mean Dice of picked slices % |",
@@ -169,11 +172,14 @@ def main() -> None:
     settings = SETTINGS["paper"]
     card = ModelCard.load(Path(args.model) / "card.json")
     pool = case_names(root)[STARTING_MODEL_CASES : STARTING_MODEL_CASES + settings.pool]
+    started = time.monotonic()
     study = Study(card, [load_volume(root, name, card, settings.margin) for name in pool], [], settings)
+    budgets = measure(study, slice_table(study))
     results = {
         "model": card.name,
         "pool": pool,
-        "budgets": measure(study, slice_table(study)),
+        "budgets": budgets,
+        "seconds": time.monotonic() - started,
         "machine": describe_machine(),
         "machine_line": machine_line(describe_machine()),
     }

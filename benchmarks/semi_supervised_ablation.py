@@ -97,7 +97,7 @@ ROWS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "ASDNet (SVNet)": ("asdnet", {"name": "svnet", "params": {"num_classes": 2}}, {}, "supervised (SVNet)"),
     # ASDNet with the supervised baseline's (CE + Dice) / 2 in place of Eq. 2's sample-attention
     # Dice: the two rows then differ only in the confidence network's adversarial and
-    # semi-supervised terms.
+    # semi-supervised terms and the unlabelled patches.
     "ASDNet (SVNet, CE + Dice)": (
         "asdnet",
         {"name": "svnet", "params": {"num_classes": 2}},

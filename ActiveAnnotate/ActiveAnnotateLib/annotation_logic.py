@@ -233,7 +233,8 @@ class AnnotationLogic:
 
     def finish_suggest(self, run: SuggestRun) -> list[dict]:
         """Store the suggestion on the segmentation, mark the slices in the views and return
-        the rows (slice, p_dsc, p_accuracy, entropy, status), most wanted first."""
+        the rows (slice, p_dsc, p_accuracy, disagreement_voxels, entropy, status), most wanted
+        first."""
         try:
             run.wait_for_success("suggesting cancelled; nothing changed.")
             record = read_suggestions(run.output)

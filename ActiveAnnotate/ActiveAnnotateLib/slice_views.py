@@ -92,7 +92,9 @@ def mark_suggestions(
         node.CreateDefaultDisplayNodes()
     node.RemoveAllControlPoints()
     for row in rows:
-        label = f"slice {row['slice']} (P-DSC {row['p_dsc']:.2f})"
+        disagreement = row.get("disagreement_voxels")  # absent from suggestions of earlier versions
+        detail = "" if disagreement is None else f", {disagreement} voxels disagree"
+        label = f"slice {row['slice']} (P-DSC {row['p_dsc']:.2f}{detail})"
         point = node.AddControlPointWorld(
             vtk.vtkVector3d(*slice_centre_ras(volume_node, row["slice"])), label
         )

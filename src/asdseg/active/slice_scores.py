@@ -12,14 +12,15 @@ attention maps. Where the two agree the model is sure; where they disagree it is
 - disagreement = the number of voxels where SR1 and SR2 predict different classes: P-DSC's
   disagreement counted in voxels instead of as a ratio. P-DSC is lowest on the nearly empty
   slices at the organ's ends, which hold few of the model's wrong voxels; the count is highest
-  where the disagreement band is widest, which is where most wrong voxels lie;
+  where the disagreement band is widest, where more of them lie;
 - entropy = the sum over the slice of the voxel-wise entropy of SR1's class probabilities.
 
 A class with fewer than ``min_area`` voxels in a slice counts as absent there, so that specks
 do not drive the ranking. A slice where both predictions are empty (after that rule) holds no
 organ for either head: it gets P-DSC and P-accuracy 1 (full agreement) and is flagged
-``both_empty`` (disagreement 0); the P-DSC and P-accuracy queries never select it. Except next to the organ's
-ends: where both heads stop early, the organ's missed tip lies in slices they both leave empty.
+``both_empty`` (disagreement 0); the P-DSC, P-accuracy and disagreement queries never select
+it. Except next to the organ's ends: where both heads stop early, the organ's missed tip lies in
+slices they both leave empty.
 The ``end_margin`` empty slices just beyond the first and the last slice where either head sees
 an organ take that end slice's scores (P-DSC, P-accuracy, disagreement) and are flagged
 ``beyond_organ_end`` instead, so that an uncertain end makes its neighbours candidates too.

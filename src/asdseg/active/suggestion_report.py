@@ -47,9 +47,10 @@ def format_suggestions(record: dict[str, Any]) -> str:
         f"{'rank':>4}  {'slice':>5}  {'P-DSC':>7}  {'P-acc':>7}  {'disagree':>8}  {'entropy':>9}",
     ]
     for rank, row in enumerate(record["suggested"], start=1):
+        disagreement = row.get("disagreement_voxels")  # absent from records of earlier versions
         scores = (
-            f"{row['p_dsc']:>7.4f}  {row['p_accuracy']:>7.4f}  {row['disagreement_voxels']:>8d}  "
-            f"{row['entropy']:>9.1f}"
+            f"{row['p_dsc']:>7.4f}  {row['p_accuracy']:>7.4f}  "
+            f"{'—' if disagreement is None else disagreement:>8}  {row['entropy']:>9.1f}"
         )
         lines.append(f"{rank:>4}  {row['slice']:>5}  {scores}")
     lines.append(

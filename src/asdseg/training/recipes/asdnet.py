@@ -17,7 +17,8 @@ Adam 1e-3), so the sample-attention weights are normalised to a batch mean of 1 
 :func:`asdseg.training.losses.sample_attention_dice_loss`). ``supervised_loss`` is
 "sample-attention" as in Eq. 2; "dice-ce" takes the supervised baseline's (CE + Dice) / 2
 instead, so that ASDNet and supervised training of the same SVNet differ only in the confidence
-network's adversarial and semi-supervised terms (the ablation's diagnostic).
+network's adversarial and semi-supervised terms and the unlabelled patches in the batch (the
+ablation's diagnostic).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class AsdnetRecipe(ConfidenceLearningRecipe):
 
     def __init__(self, config, device) -> None:
         super().__init__(config, device)
-        losses = {"sample-attention": self.sample_attention_loss, "dice-ce": masked_dice_ce_loss}
+        losses = {"sample-attention": self.sample_attention_loss, "dice-ce": self.dice_ce_loss}
         self.supervised_loss = self.setting_choice("supervised_loss", losses)
         #: Running (exponential moving average) Dice of the segmenter on labelled patches.
         self.running_dice = 0.0
@@ -70,14 +71,23 @@ class AsdnetRecipe(ConfidenceLearningRecipe):
         fixed = self.settings["confidence_threshold"]
         return float(fixed) if fixed is not None else 1.0 - self.running_dice
 
-    def sample_attention_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def sample_attention_loss(
+        self, logits: torch.Tensor, probabilities: torch.Tensor, target: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         """Eq. 2: the generalized Dice weighted per sample by (1 - its Dice) ** beta."""
         return sample_attention_dice_loss(
-            F.softmax(logits, dim=1),
-            one_hot(labels, self.num_classes),
+            probabilities,
+            target,
             self.settings["sample_attention_beta"],
             self.settings["sample_attention_normalize"],
         )
+
+    @staticmethod
+    def dice_ce_loss(
+        logits: torch.Tensor, probabilities: torch.Tensor, target: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """The supervised baseline's (CE + Dice) / 2."""
+        return masked_dice_ce_loss(logits, labels)
 
     def semi_supervised_active(self, step: int) -> bool:
         return step >= self.settings["semi_supervised_start"] * self.config.steps
@@ -88,9 +98,14 @@ class AsdnetRecipe(ConfidenceLearningRecipe):
             f"supervised loss {self.settings['supervised_loss']} (the paper: sample-attention); "
             f"ASDNet Eq. 7 with lambda_1 = {self.settings['adversarial_weight']}, lambda_2 = "
             f"{self.settings['semi_supervised_weight']}; semi-supervised term from "
-            f"{self.settings['semi_supervised_start']:.3g} of the run with gamma = {gamma}; "
-            "SGD with sample-attention weights normalised to a batch mean of 1 "
-            f"({self.settings['sample_attention_normalize']}) instead of the paper's Adam."
+            f"{self.settings['semi_supervised_start']:.3g} of the run with gamma = {gamma}; SGD instead "
+            "of the paper's Adam"
+            + (
+                f", sample-attention weights normalised to a batch mean of 1 "
+                f"({self.settings['sample_attention_normalize']})."
+                if self.settings["supervised_loss"] == "sample-attention"
+                else "."
+            )
         )
 
     def training_step(self, images, labels, unlabelled_images, step) -> dict[str, float]:
@@ -102,7 +117,7 @@ class AsdnetRecipe(ConfidenceLearningRecipe):
         labelled, unlabelled = probabilities[:labelled_count], probabilities[labelled_count:]
         target = one_hot(labels, self.num_classes)
 
-        segmentation = self.supervised_loss(logits[:labelled_count], labels)
+        segmentation = self.supervised_loss(logits[:labelled_count], labelled, target, labels)
         momentum = self.settings["dice_momentum"]
         batch_dice = float(generalized_dice(labelled.detach(), target).mean())
         self.running_dice = momentum * self.running_dice + (1 - momentum) * batch_dice
