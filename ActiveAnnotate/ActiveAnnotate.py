@@ -1,8 +1,9 @@
 """ActiveAnnotate: label only the slices the model is least sure of, and let it learn from them.
 
 The loop: "Suggest slices" ranks the volume's unlabelled axial slices by how much the attention
-U-Net's two predictions disagree there (by default the number of voxels; P-DSC, the paper's
-ratio, on request); clicking a row shows that slice in the red view; the
+U-Net's two predictions disagree there (by default P-DSC, their agreement, with picks kept
+apart; or the number of voxels they disagree on, and other strategies); clicking a row shows
+that slice in the red view; the
 annotator draws it with the embedded Segment Editor and clicks "Mark labelled"; "Fine-tune"
 trains the model on every labelled slice in a background process (progress, loss, Cancel), and
 the new model is used for the next suggestion. The widget is thin Qt glue over
@@ -76,7 +77,7 @@ class ActiveAnnotateParameterNode:
     roi: vtkMRMLMarkupsROINode
     annotation: vtkMRMLSegmentationNode
     modelName: str = ""
-    strategy: Annotated[str, Choice(STRATEGIES)] = "disagreement"
+    strategy: Annotated[str, Choice(STRATEGIES)] = "p-dsc-spread"
     budget: Annotated[int, WithinRange(1, 100)] = 5
     fineTuneSteps: Annotated[int, WithinRange(1, 100000)] = 200
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"

@@ -12,7 +12,6 @@ import slicer
 import vtk
 
 from asdseg.active.sparse_labels import read_sparse_labels
-from asdseg.active.strategies import DEFAULT_STRATEGY
 from asdseg.active.suggest import suggest_slices
 from asdseg.background import JobState
 from asdseg.errors import AsdsegError, CancelledError, InputError, ModelError
@@ -109,12 +108,12 @@ def test_suggestions_match_the_engine_and_are_marked_in_the_views(
     paint_reference(segmentation_node, volume_node, phantom_files[1])
     logic.mark_labelled(segmentation_node, [10, 11])
     nodes_before = core.node_ids()
-    run = logic.start_suggest(segmentation_node, DEFAULT_STRATEGY, budget=3, device="cpu")
+    run = logic.start_suggest(segmentation_node, "disagreement", budget=3, device="cpu")
     assert core.node_ids() == nodes_before, "starting changes nothing in the scene"
     rows = logic.finish_suggest(run)
     card = logic.model_card()
     expected = suggest_slices(
-        image_from_volume_node(volume_node), card, load_network(card), {10, 11}, DEFAULT_STRATEGY, 3
+        image_from_volume_node(volume_node), card, load_network(card), {10, 11}, "disagreement", 3
     )
     assert [row["slice"] for row in rows] == [query.slice for query in expected.queries]
     assert [row["disagreement_voxels"] for row in rows] == [int(query.score) for query in expected.queries]

@@ -121,16 +121,16 @@ def equal_interval(scores, labelled, budget, rng) -> list[SliceQuery]:
     return queries
 
 
-#: What the CLI and ActiveAnnotate suggest with unless told otherwise: on the LA study's pool the
-#: first 15 % of slices it suggests hold 32 % of the starting model's wrong voxels, against 19 %
-#: for p-dsc-spread, 13 % for p-dsc, 15 % for random picks and 36 % for entropy, which is not
-#: attention-guided (benchmarks/active_learning_picks.py).
-DEFAULT_STRATEGY = "disagreement"
+#: What the CLI and ActiveAnnotate suggest with unless told otherwise: level with random and
+#: equal-interval in the LA study, above plain P-DSC at every budget. (``disagreement`` finds
+#: more of the model's wrong voxels, but fine-tuning on its picks fell below random at 10-20 %
+#: of slices in all three repeats; see the README's "Benchmarks".)
+DEFAULT_STRATEGY = "p-dsc-spread"
 STRATEGIES: dict[str, Strategy] = {
     "p-dsc": _lowest("p_dsc"),
     "p-dsc-spread": lowest_p_dsc_spread,
     "p-accuracy": _lowest("p_accuracy"),
-    # P-DSC's disagreement in voxels: it points where most of the model's wrong voxels lie,
+    # P-DSC's disagreement in voxels: it points where more of the model's wrong voxels lie,
     # where P-DSC points at the organ's nearly empty ends (benchmarks/active_learning_picks.py).
     "disagreement": _by_measure("disagreement", highest=True, skip_empty=True),
     "entropy": _by_measure("entropy", highest=True, skip_empty=False),
