@@ -39,6 +39,12 @@ from asdseg.training.losses import (
 )
 from asdseg.training.recipes.base import ConfidenceLearningRecipe
 
+#: The segmenter's supervised loss on the labelled patches.
+SUPERVISED_LOSSES = {
+    "sample-attention": "Eq. 2: generalized Dice weighted per sample by (1 - its Dice) ** beta",
+    "dice-ce": "the supervised baseline's (CE + Dice) / 2",
+}
+
 
 class AsdnetRecipe(ConfidenceLearningRecipe):
     name = "asdnet"
@@ -62,32 +68,13 @@ class AsdnetRecipe(ConfidenceLearningRecipe):
 
     def __init__(self, config, device) -> None:
         super().__init__(config, device)
-        losses = {"sample-attention": self.sample_attention_loss, "dice-ce": self.dice_ce_loss}
-        self.supervised_loss = self.setting_choice("supervised_loss", losses)
+        self.setting_choice("supervised_loss", SUPERVISED_LOSSES)
         #: Running (exponential moving average) Dice of the segmenter on labelled patches.
         self.running_dice = 0.0
 
     def gamma(self) -> float:
         fixed = self.settings["confidence_threshold"]
         return float(fixed) if fixed is not None else 1.0 - self.running_dice
-
-    def sample_attention_loss(
-        self, logits: torch.Tensor, probabilities: torch.Tensor, target: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        """Eq. 2: the generalized Dice weighted per sample by (1 - its Dice) ** beta."""
-        return sample_attention_dice_loss(
-            probabilities,
-            target,
-            self.settings["sample_attention_beta"],
-            self.settings["sample_attention_normalize"],
-        )
-
-    @staticmethod
-    def dice_ce_loss(
-        logits: torch.Tensor, probabilities: torch.Tensor, target: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        """The supervised baseline's (CE + Dice) / 2."""
-        return masked_dice_ce_loss(logits, labels)
 
     def semi_supervised_active(self, step: int) -> bool:
         return step >= self.settings["semi_supervised_start"] * self.config.steps
@@ -99,14 +86,14 @@ class AsdnetRecipe(ConfidenceLearningRecipe):
             f"ASDNet Eq. 7 with lambda_1 = {self.settings['adversarial_weight']}, lambda_2 = "
             f"{self.settings['semi_supervised_weight']}; semi-supervised term from "
             f"{self.settings['semi_supervised_start']:.3g} of the run with gamma = {gamma}; SGD instead "
-            "of the paper's Adam"
-            + (
-                f", sample-attention weights normalised to a batch mean of 1 "
-                f"({self.settings['sample_attention_normalize']})."
-                if self.settings["supervised_loss"] == "sample-attention"
-                else "."
-            )
+            f"of the paper's Adam{self._normalisation_note()}."
         )
+
+    def _normalisation_note(self) -> str:
+        if self.settings["supervised_loss"] != "sample-attention":
+            return ""
+        normalize = self.settings["sample_attention_normalize"]
+        return f", sample-attention weights normalised to a batch mean of 1 ({normalize})"
 
     def training_step(self, images, labels, unlabelled_images, step) -> dict[str, float]:
         confidence = self.networks["confidence"]
@@ -117,7 +104,15 @@ class AsdnetRecipe(ConfidenceLearningRecipe):
         labelled, unlabelled = probabilities[:labelled_count], probabilities[labelled_count:]
         target = one_hot(labels, self.num_classes)
 
-        segmentation = self.supervised_loss(logits[:labelled_count], labelled, target, labels)
+        if self.settings["supervised_loss"] == "dice-ce":
+            segmentation = masked_dice_ce_loss(logits[:labelled_count], labels)
+        else:  # Eq. 2
+            segmentation = sample_attention_dice_loss(
+                labelled,
+                target,
+                self.settings["sample_attention_beta"],
+                self.settings["sample_attention_normalize"],
+            )
         momentum = self.settings["dice_momentum"]
         batch_dice = float(generalized_dice(labelled.detach(), target).mean())
         self.running_dice = momentum * self.running_dice + (1 - momentum) * batch_dice
