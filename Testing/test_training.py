@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from asdseg.cli import main
 from asdseg.errors import AsdsegError
 from asdseg.evaluation.metrics import dice
+from asdseg.registry import load_network
 from asdseg.training.checkpoint import load_checkpoint
 from asdseg.training.config import config_from_dict
 from asdseg.training.data import load_split
@@ -137,6 +139,39 @@ def test_a_new_run_never_overwrites_an_existing_checkpoint(tmp_path: Path) -> No
     with pytest.raises(AsdsegError, match="--resume"):
         Trainer(config, tmp_path, device="cpu").run(show_progress=False)
     assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
+
+
+def test_a_run_initialised_from_a_released_model_starts_from_its_weights(tmp_path: Path) -> None:
+    """The segmenter and the confidence network DAN ships both start from the model's weights;
+    without ``init_from`` the same seed starts elsewhere."""
+    short = {"steps": 2, "checkpoint_every": 2, "validate_every": 100}
+    released = Trainer(config_from_dict(tiny_config("dan", **short)), tmp_path / "first", device="cpu")
+    model = released.run(show_progress=False).model
+    expected = load_network(model).state_dict()
+
+    def exported_state(**overrides) -> dict[str, torch.Tensor]:
+        config = config_from_dict(tiny_config("dan", seed=7, **short, **overrides))
+        trainer = Trainer(config, tmp_path / f"run{len(overrides)}", device="cpu")
+        return trainer.recipe.export_network().state_dict()
+
+    initialised, fresh = exported_state(init_from=str(model.directory)), exported_state()
+    assert any(name.startswith("confidence") for name in expected)
+    assert all(torch.equal(initialised[name], tensor) for name, tensor in expected.items())
+    assert not all(torch.equal(fresh[name], tensor) for name, tensor in expected.items())
+
+
+def test_init_from_a_model_of_another_architecture_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    dan = config_from_dict(tiny_config("dan", steps=1, checkpoint_every=1, validate_every=100))
+    released = Trainer(dan, tmp_path / "dan", device="cpu").run(show_progress=False).model
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(tiny_config("supervised", steps=1)))
+    arguments = ["train", "--config", str(config_path), "--output-dir", str(tmp_path / "out")]
+    assert main([*arguments, "--init-from", str(released.directory)]) == 2
+    error = capsys.readouterr().err
+    assert "enhanced-unet-confidence" in error and "same architecture" in error
+    assert not (tmp_path / "out" / "config.json").exists()
 
 
 def test_train_command_rejects_unknown_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

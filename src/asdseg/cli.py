@@ -262,6 +262,8 @@ def command_train(args: argparse.Namespace) -> int:
         values["recipe"] = args.recipe
     if args.steps is not None:
         values["steps"] = args.steps
+    if args.init_from is not None:
+        values["init_from"] = args.init_from
     if args.dataset is not None:
         values = dataset_run_values(args, values)
     else:
@@ -567,6 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir", required=True, help="checkpoint, log.csv, curves.png and the model go here"
     )
     train.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
+    train.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        help="start from a released model's weights (a name from 'asdseg models' or a model folder) "
+        "instead of random ones: train it for more steps or on your own cases; overrides the config's",
+    )
     train.add_argument(
         "--dataset",
         metavar="DIR",

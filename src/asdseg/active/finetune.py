@@ -20,7 +20,6 @@ from asdseg.active.sparse_labels import SparseLabels
 from asdseg.errors import InputError
 from asdseg.io.image_io import array_to_image, image_to_array
 from asdseg.preprocessing.transforms import CropBox, normalize_intensity, resample_like, resample_to_spacing
-from asdseg.registry import load_network
 from asdseg.registry.model_card import ModelCard, require_attention_model
 from asdseg.training.config import DataConfig, TrainingConfig
 from asdseg.training.data import Case, CaseSplit
@@ -145,7 +144,7 @@ def fine_tune(
     split = CaseSplit(labelled=list(cases), unlabelled=[], validation=[])
     base_card = fine_tuned_card(card, name or f"{card.name}-finetuned", cases)
     trainer = Trainer(config, output_dir, device=device, split=split, base_card=base_card)
-    trainer.recipe.networks["segmenter"].load_state_dict(load_network(card).state_dict())
+    trainer.start_from(card)
     if resume:
         trainer.resume()
     return trainer.run(show_progress=show_progress, on_step=on_step, should_stop=should_stop)

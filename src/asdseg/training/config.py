@@ -95,6 +95,10 @@ class TrainingConfig:
     channels_last: bool = False
     #: Recipe-specific weights and constants (see each recipe's DEFAULTS).
     loss: dict[str, Any] = field(default_factory=dict)
+    #: A released model (an installed name or a model folder) whose weights the run starts from
+    #: instead of random ones: to train a shipped model for more steps, or on a site's own cases.
+    #: Its architecture must be the one this run exports.
+    init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not self.network:

@@ -28,7 +28,7 @@ from asdseg.evaluation.metrics import dice
 from asdseg.inference.sliding_window import WindowSettings, predict_volume
 from asdseg.io.image_io import atomic_path
 from asdseg.networks import architecture_outputs
-from asdseg.registry import save_model
+from asdseg.registry import find_model, load_network, save_model
 from asdseg.registry.model_card import ModelCard
 from asdseg.training.checkpoint import load_checkpoint, save_checkpoint
 from asdseg.training.config import TrainingConfig
@@ -106,6 +106,22 @@ class Trainer:
             self.recipe.distribute()
         self.step = 0
         self.history: list[dict[str, float]] = []
+        if config.init_from is not None:
+            self.start_from(find_model(config.init_from))
+
+    def start_from(self, card: ModelCard) -> None:
+        """Load a released model's weights into the networks this run exports (the segmenter, and
+        the confidence network where the recipe ships one); the rest start as the recipe builds
+        them."""
+        exported = self.recipe.export_architecture()
+        if card.data["architecture"] != exported:
+            raise InputError(
+                f"model {card.name!r} is a {card.data['architecture']['name']} with parameters "
+                f"{card.data['architecture'].get('params', {})}; this {self.config.recipe} run trains a "
+                f"{exported['name']} with {exported.get('params', {})}. Start from a model of the same "
+                "architecture, or set the run's network to the model's."
+            )
+        self.recipe.export_network().load_state_dict(load_network(card).state_dict())
 
     # State ------------------------------------------------------------------------------------
 
