@@ -83,6 +83,8 @@ FULL_ANNOTATION = "full-annotation"
 #: strategy gains over it comes from its slices; what the control gains comes from the steps.
 START_SLICES_ONLY = "start-slices-only"
 ALL_STRATEGIES = [*STRATEGIES, FULL_ANNOTATION, START_SLICES_ONLY]
+#: The chains that query nothing (they label every slice, or none new), as the curves name them.
+REFERENCE_CHAINS = {FULL_ANNOTATION: "full annotation (all slices)", START_SLICES_ONLY: "start slices only"}
 #: The study's default: on a one-organ task such as the atrium, P-accuracy (Eq. 4) equals P-DSC
 #: slice for slice, so a p-accuracy chain would repeat the p-dsc chain pick for pick.
 LA_STRATEGIES = [strategy for strategy in ALL_STRATEGIES if strategy != "p-accuracy"]
@@ -436,16 +438,17 @@ def plotted_points(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The curves as drawn: full annotation and the start-slices control at the budget of their
     round (they label all slices, or none, so their own fractions would put them at 100 % and
     5 %), so that every curve compares at equal fine-tuning steps."""
-    references = {FULL_ANNOTATION: "full annotation (all slices)", START_SLICES_ONLY: "start slices only"}
     budget = {
-        point["round"]: point["labelled_fraction"] for point in points if point["strategy"] not in references
+        point["round"]: point["labelled_fraction"]
+        for point in points
+        if point["strategy"] not in REFERENCE_CHAINS
     }
     return [
         {
             **point,
-            "strategy": references.get(point["strategy"], point["strategy"]),
+            "strategy": REFERENCE_CHAINS.get(point["strategy"], point["strategy"]),
             "labelled_fraction": budget.get(point["round"], point["labelled_fraction"])
-            if point["strategy"] in references
+            if point["strategy"] in REFERENCE_CHAINS
             else point["labelled_fraction"],
         }
         for point in points
@@ -504,8 +507,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 + (f" stop x{point['stops']}" if point["stops"] else "")
             )
         lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
-    # A querying strategy's fractions: full annotation labels everything, the control nothing new.
-    queried = [strategy for strategy in strategies if strategy not in (FULL_ANNOTATION, START_SLICES_ONLY)]
+    queried = [strategy for strategy in strategies if strategy not in REFERENCE_CHAINS]
     fractions = [
         f"{percent(by[(queried[0], r)]['labelled_fraction'])} %"
         for r in rounds
