@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -152,12 +153,38 @@ def test_a_run_initialised_from_a_released_model_starts_from_its_weights(tmp_pat
     def exported_state(**overrides) -> dict[str, torch.Tensor]:
         config = config_from_dict(tiny_config("dan", seed=7, **short, **overrides))
         trainer = Trainer(config, tmp_path / f"run{len(overrides)}", device="cpu")
+        trainer.run(until=0, show_progress=False)
         return trainer.recipe.export_network().state_dict()
 
     initialised, fresh = exported_state(init_from=str(model.directory)), exported_state()
     assert any(name.startswith("confidence") for name in expected)
     assert all(torch.equal(initialised[name], tensor) for name, tensor in expected.items())
     assert not all(torch.equal(fresh[name], tensor) for name, tensor in expected.items())
+
+
+def test_a_resumed_run_takes_its_weights_from_the_checkpoint_not_its_starting_model(
+    tmp_path: Path,
+) -> None:
+    """The starting model is read when the run starts, not when it resumes: a run still
+    resumes after that model has gone, and goes on from its checkpoint's weights."""
+    one_step = tiny_config("dan", steps=1, checkpoint_every=1, validate_every=100)
+    released = Trainer(config_from_dict(one_step), tmp_path / "released", device="cpu")
+    starting_model = released.run(show_progress=False).model.directory
+    config = config_from_dict(
+        tiny_config(
+            "dan", seed=7, steps=2, checkpoint_every=1, validate_every=100, init_from=str(starting_model)
+        )
+    )
+    Trainer(config, tmp_path / "run", device="cpu").run(until=1, show_progress=False)
+    checkpointed = load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE)["recipe"]["networks"]["segmenter"]
+    shutil.rmtree(starting_model)
+
+    resumed = Trainer(config, tmp_path / "run", device="cpu")
+    resumed.resume()
+    assert resumed.step == 1
+    weights = resumed.recipe.networks["segmenter"].state_dict()
+    assert all(torch.equal(weights[name], tensor) for name, tensor in checkpointed.items())
+    assert resumed.run(show_progress=False).model is not None
 
 
 def test_init_from_a_model_of_another_architecture_is_refused(

@@ -144,7 +144,8 @@ def fine_tune(
     split = CaseSplit(labelled=list(cases), unlabelled=[], validation=[])
     base_card = fine_tuned_card(card, name or f"{card.name}-finetuned", cases)
     trainer = Trainer(config, output_dir, device=device, split=split, base_card=base_card)
-    trainer.start_from(card)
     if resume:
         trainer.resume()
+    else:
+        trainer.start_from(card)
     return trainer.run(show_progress=show_progress, on_step=on_step, should_stop=should_stop)

@@ -106,8 +106,6 @@ class Trainer:
             self.recipe.distribute()
         self.step = 0
         self.history: list[dict[str, float]] = []
-        if config.init_from is not None:
-            self.start_from(find_model(config.init_from))
 
     def start_from(self, card: ModelCard) -> None:
         """Load a released model's weights into the networks this run exports (the segmenter, and
@@ -228,6 +226,10 @@ class Trainer:
                 f"{self.output_dir} already holds a run's checkpoint; continue it with --resume or "
                 "choose another output folder (nothing was overwritten)."
             )
+        if self.step == 0 and self.config.init_from is not None:
+            # A fresh run only: a resumed one takes its weights from the checkpoint, and its
+            # starting model may have been uninstalled since.
+            self.start_from(find_model(self.config.init_from))
         if self.context.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.output_dir / "config.json") as temporary:
