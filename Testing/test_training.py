@@ -166,10 +166,12 @@ def test_a_resumed_run_takes_its_weights_from_the_checkpoint_not_its_starting_mo
     tmp_path: Path,
 ) -> None:
     """The starting model is read when the run starts, not when it resumes: a run still
-    resumes after that model has gone, and goes on from its checkpoint's weights."""
+    resumes after that model has gone, goes on from its checkpoint's weights, and its card still
+    names the model it started from (its version, weights and steps)."""
     one_step = tiny_config("dan", steps=1, checkpoint_every=1, validate_every=100)
     released = Trainer(config_from_dict(one_step), tmp_path / "released", device="cpu")
-    starting_model = released.run(show_progress=False).model.directory
+    starting_card = released.run(show_progress=False).model
+    starting_model = starting_card.directory
     config = config_from_dict(
         tiny_config(
             "dan", seed=7, steps=2, checkpoint_every=1, validate_every=100, init_from=str(starting_model)
@@ -184,7 +186,11 @@ def test_a_resumed_run_takes_its_weights_from_the_checkpoint_not_its_starting_mo
     assert resumed.step == 1
     weights = resumed.recipe.networks["segmenter"].state_dict()
     assert all(torch.equal(weights[name], tensor) for name, tensor in checkpointed.items())
-    assert resumed.run(show_progress=False).model is not None
+    training = resumed.run(show_progress=False).model.data["training"]
+    assert training["steps"] == 2
+    assert training["started_from"]["weights_sha256"] == starting_card.weights_sha256
+    assert training["started_from"]["steps"] == 1
+    assert training["started_from"]["version"] == starting_card.data["version"]
 
 
 def test_init_from_a_model_of_another_architecture_is_refused(

@@ -116,7 +116,7 @@ def training_entry(run: FinishedRun, names: dict[str, list[str]], args: argparse
     config = run.config.to_dict()
     config["data"]["root"] = "la2018"
     used = "used" if run.config.recipe in ("sassnet", "asdnet") else "not used by this recipe"
-    return {
+    entry = {
         "data": DATA,
         "protocol": (
             f"the first {len(names['labelled'])} cases of train.list labelled, the next "
@@ -132,6 +132,9 @@ def training_entry(run: FinishedRun, names: dict[str, list[str]], args: argparse
         "weights_storage": weights_storage(run.network),
         "notes": run.notes,
     }
+    if run.started_from is not None:
+        entry["started_from"] = run.started_from
+    return entry
 
 
 def card_data(
@@ -185,7 +188,12 @@ def main() -> None:
     parser.add_argument("--version", default="1.0")
     parser.add_argument("--output", type=Path, default=Path("src/asdseg/models"))
     parser.add_argument("--hardware", default="2 CPU cores (x86-64), no GPU")
-    parser.add_argument("--training-minutes", type=float, required=True)
+    parser.add_argument(
+        "--training-minutes",
+        type=float,
+        required=True,
+        help="this run's minutes (a run started from a model: that model's are in started_from)",
+    )
     parser.add_argument(
         "--mirror-axes",
         type=int,

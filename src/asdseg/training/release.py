@@ -55,6 +55,8 @@ class FinishedRun:
     architecture: dict[str, Any]
     #: What the recipe says about its choices (the card's ``training.notes``).
     notes: str
+    #: The released model the run started from (``Trainer.started_from``), if any.
+    started_from: dict[str, Any] | None = None
 
 
 def load_finished_run(run_dir: str | Path) -> FinishedRun:
@@ -70,7 +72,14 @@ def load_finished_run(run_dir: str | Path) -> FinishedRun:
     recipe = RECIPE_CLASSES[config.recipe](config, torch.device("cpu"))
     recipe.load_state_dict(state["recipe"])
     network = recipe.export_network().eval()
-    return FinishedRun(config, int(state["step"]), network, recipe.export_architecture(), recipe.card_notes())
+    return FinishedRun(
+        config,
+        int(state["step"]),
+        network,
+        recipe.export_architecture(),
+        recipe.card_notes(),
+        state.get("started_from"),
+    )
 
 
 def as_shipped(network: nn.Module) -> nn.Module:

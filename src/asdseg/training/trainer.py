@@ -68,6 +68,19 @@ def validation_dice(
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def starting_model_entry(card: ModelCard) -> dict[str, Any]:
+    """What a model card says of the released model its run started from. Kept in the
+    checkpoint, so that a resumed run still knows it after that model is gone, and in the new
+    card: its weights went through both trainings (``steps`` there counts this run's only)."""
+    training = card.data["training"]
+    return {
+        "name": card.name,
+        "version": card.data["version"],
+        "weights_sha256": card.weights_sha256,
+        **{key: training[key] for key in ("steps", "training_minutes", "config") if key in training},
+    }
+
+
 class Trainer:
     """Runs ``config`` into ``output_dir``; ``resume`` continues from its checkpoint.
 
@@ -106,6 +119,8 @@ class Trainer:
             self.recipe.distribute()
         self.step = 0
         self.history: list[dict[str, float]] = []
+        #: The released model this run started from (:func:`starting_model_entry`), if any.
+        self.started_from: dict[str, Any] | None = None
 
     def start_from(self, card: ModelCard) -> None:
         """Load a released model's weights into the networks this run exports (the segmenter, and
@@ -120,6 +135,7 @@ class Trainer:
                 "architecture, or set the run's network to the model's."
             )
         self.recipe.export_network().load_state_dict(load_network(card).state_dict())
+        self.started_from = starting_model_entry(card)
 
     # State ------------------------------------------------------------------------------------
 
@@ -131,6 +147,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": self.rng.bit_generator.state,
             "history": self.history,
+            "started_from": self.started_from,
         }
 
     def resume(self) -> None:
@@ -148,6 +165,7 @@ class Trainer:
             self.rng = np.random.default_rng([self.config.seed, self.context.rank, self.step])
             self.sampler.rng = self.rng
         self.history = list(state["history"])
+        self.started_from = state.get("started_from")
 
     def write_logs(self) -> None:
         """``log.csv`` and ``curves.png`` from the log rows, both atomically."""
@@ -283,6 +301,7 @@ class Trainer:
                 "steps": self.step,
                 "hardware": f"{self.context.world_size} x {self.device}",
                 "notes": self.recipe.card_notes(),
+                **({"started_from": self.started_from} if self.started_from else {}),
             },
             "metrics": {"validation_dice": validated[-1]} if validated else {},
             "license": "as the training data",
