@@ -71,13 +71,15 @@ def validation_dice(
 def starting_model_entry(card: ModelCard) -> dict[str, Any]:
     """What a model card says of the released model its run started from. Kept in the
     checkpoint, so that a resumed run still knows it after that model is gone, and in the new
-    card: its weights went through both trainings (``steps`` there counts this run's only)."""
+    card: its weights went through both trainings (``steps`` there counts this run's only), and
+    through the trainings that model started from, if it did."""
     training = card.data["training"]
+    kept = ("steps", "training_minutes", "config", "started_from")
     return {
         "name": card.name,
         "version": card.data["version"],
         "weights_sha256": card.weights_sha256,
-        **{key: training[key] for key in ("steps", "training_minutes", "config") if key in training},
+        **{key: training[key] for key in kept if key in training},
     }
 
 
