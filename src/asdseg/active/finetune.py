@@ -140,12 +140,11 @@ def fine_tune(
         validate_every=settings.steps,
         checkpoint_every=min(settings.checkpoint_every, settings.steps),
         seed=settings.seed,
+        init_from=str(card.directory),
     )
     split = CaseSplit(labelled=list(cases), unlabelled=[], validation=[])
     base_card = fine_tuned_card(card, name or f"{card.name}-finetuned", cases)
     trainer = Trainer(config, output_dir, device=device, split=split, base_card=base_card)
     if resume:
         trainer.resume()
-    else:
-        trainer.start_from(card)
     return trainer.run(show_progress=show_progress, on_step=on_step, should_stop=should_stop)
