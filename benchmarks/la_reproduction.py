@@ -16,7 +16,8 @@ Each recipe runs with its paper's settings; ``sassnet-ce-dice`` (not run by defa
 with the semi-supervised ablation's best settings.
 
 ``--shipped`` trains nothing: it evaluates the shipped LA models (``src/asdseg/models/la-*``)
-the same way, each without and with test-time mirroring in the axial plane.
+the same way, each without and with test-time mirroring in the axial plane; ``--shipped la-dan``
+re-evaluates one and keeps the other rows.
 
 Checkpoints go under ``--runs`` (``benchmark_results/``, not tracked); ``results.json`` (with
 the machine each row ran on) and ``results.md`` go to ``--results/<setting>``, tracked in git.
@@ -117,7 +118,8 @@ def markdown(results: dict[str, Any], setting: str, held_out: list[str]) -> str:
         for kind, means in entry["metrics"].items():
             values = [100 * means["dice"], 100 * means["jaccard"]] + [means[key] for key in columns[2:]]
             cells = " | ".join(f"{value:.2f}" for value in values)
-            lines.append(f"| {row} | {kind} | {cells} | {minutes} |")
+            label = f"{row}, version {entry['version']}" if entry.get("version") else row
+            lines.append(f"| {label} | {kind} | {cells} | {minutes} |")
     machines = sorted({machine_line(entry["machine"]) for entry in results.values() if "machine" in entry})
     lines += ["", "Machine: " + "; ".join(machines)]
     return "\n".join(lines) + "\n"
@@ -146,15 +148,24 @@ def write_results(output: Path, setting: str, results: dict[str, Any], held_out:
 MIRRORING = {"no mirroring": (), "mirrored x, y": (0, 1)}
 
 
-def evaluate_shipped(root: Path, held_out: list[str]) -> dict[str, Any]:
-    """Each shipped LA model on the held-out cases, without and with test-time mirroring, with
-    its card's training time and the evaluation's seconds."""
+def evaluate_shipped(root: Path, held_out: list[str], names: list[str]) -> dict[str, Any]:
+    """The shipped LA models ``names`` (all of them if empty) on the held-out cases, without and
+    with test-time mirroring, with each card's version and training time and the evaluation's
+    seconds."""
     shipped = {name: card for name, card in available_models().items() if name.startswith("la-")}
+    unknown = sorted(set(names) - set(shipped))
+    if unknown:
+        raise SystemExit(
+            f"No shipped LA model named {', '.join(unknown)}; there are {', '.join(sorted(shipped))}."
+        )
+    if names:
+        shipped = {name: shipped[name] for name in names}
     results = {}
     for (name, card), (mirroring, axes) in itertools.product(sorted(shipped.items()), MIRRORING.items()):
         started = time.monotonic()
         metrics = evaluate(card, root, held_out, SegmentationOptions(mirror_axes=axes))
         results[f"{name} ({mirroring})"] = {
+            "version": card.data.get("version"),
             "train_minutes": card.data["training"].get("training_minutes"),
             "evaluation_seconds": time.monotonic() - started,
             "machine": describe_machine(),
@@ -170,7 +181,10 @@ def main() -> None:
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="compact")
     parser.add_argument("--recipes", nargs="+", choices=list(ROWS), default=list(DEFAULT_ROWS))
     parser.add_argument(
-        "--shipped", action="store_true", help="evaluate the shipped LA models; train nothing"
+        "--shipped",
+        nargs="*",
+        metavar="MODEL",
+        help="evaluate the shipped LA models (all, or those named; the other rows are kept); train nothing",
     )
     parser.add_argument("--runs", default="benchmark_results/la_reproduction")
     parser.add_argument("--results", default="benchmarks/results/la_reproduction")
@@ -180,8 +194,10 @@ def main() -> None:
     if root is None:
         raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
     held_out = case_names(root)[-HELD_OUT:] if args.setting != "smoke" else case_names(root)[6:8]
-    if args.shipped:
-        write_results(Path(args.results) / "shipped", "shipped", evaluate_shipped(root, held_out), held_out)
+    if args.shipped is not None:
+        output = Path(args.results) / "shipped"
+        results = {**earlier_results(output, "shipped"), **evaluate_shipped(root, held_out, args.shipped)}
+        write_results(output, "shipped", dict(sorted(results.items())), held_out)
         return
     output = Path(args.results) / args.setting
     results = earlier_results(output, args.setting)
