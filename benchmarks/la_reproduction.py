@@ -46,18 +46,23 @@ from asdseg.training.data import case_names
 from asdseg.training.trainer import Trainer
 
 HELD_OUT = 20
+#: The segmenters the recipes train (also the semi-supervised ablation's).
 VNET = {"name": "vnet", "params": {"num_classes": 2}}
 SDM_VNET = {"name": "vnet", "params": {"num_classes": 2, "sdm_head": True}}
+SVNET = {"name": "svnet", "params": {"num_classes": 2}}
+ENHANCED_UNET = {"name": "enhanced-unet", "params": {"num_classes": 2}}
+#: SASSNet's best settings in the semi-supervised ablation: the supervised baseline's CE + Dice in
+#: place of the paper's Dice, and the reference README's adversarial weight 0.01.
+SASSNET_CE_DICE = {"supervised_loss": "dice-ce", "consistency": 0.01}
 #: Each row: its recipe, network and loss settings (empty: the recipe's defaults, the papers').
-#: ``sassnet-ce-dice`` is SASSNet with the semi-supervised ablation's best settings (the supervised
-#: row's CE + Dice, the reference README's adversarial weight 0.01), so that it differs from
-#: ``supervised`` only in the SDM head, the discriminator and the unlabelled patches.
+#: ``sassnet-ce-dice`` differs from ``supervised`` only in the SDM head, the discriminator and the
+#: unlabelled patches.
 ROWS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "supervised": ("supervised", VNET, {}),
-    "asdnet": ("asdnet", {"name": "svnet", "params": {"num_classes": 2}}, {}),
+    "asdnet": ("asdnet", SVNET, {}),
     "sassnet": ("sassnet", SDM_VNET, {}),
-    "sassnet-ce-dice": ("sassnet", SDM_VNET, {"supervised_loss": "dice-ce", "consistency": 0.01}),
-    "dan": ("dan", {"name": "enhanced-unet", "params": {"num_classes": 2}}, {}),
+    "sassnet-ce-dice": ("sassnet", SDM_VNET, SASSNET_CE_DICE),
+    "dan": ("dan", ENHANCED_UNET, {}),
 }
 DEFAULT_ROWS = ("supervised", "asdnet", "sassnet", "dan")
 SETTINGS = {

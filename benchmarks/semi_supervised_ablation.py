@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from la_reproduction import HELD_OUT, evaluate
+from la_reproduction import ENHANCED_UNET, HELD_OUT, SASSNET_CE_DICE, SDM_VNET, SVNET, VNET, evaluate
 
 from asdseg.demo.end_to_end import find_la2018
 from asdseg.io.image_io import atomic_path
@@ -37,13 +37,12 @@ from asdseg.training.config import config_from_dict
 from asdseg.training.data import case_names
 from asdseg.training.trainer import CHECKPOINT_FILE, Trainer
 
-VNET = {"name": "vnet", "params": {"num_classes": 2}}
 #: row -> (recipe, segmenter, loss settings, the supervised row of the same segmenter)
 ROWS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "supervised (VNet)": ("supervised", VNET, {}, "supervised (VNet)"),
     "SASSNet (VNet, lambda 0.001)": (
         "sassnet",
-        {"name": "vnet", "params": {"num_classes": 2, "sdm_head": True}},
+        SDM_VNET,
         {},
         "supervised (VNet)",
     ),
@@ -52,13 +51,13 @@ ROWS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     # Dice-only + SDM loss; ASDNet's sample attention and adversarial term).
     "SASSNet without the adversarial term (lambda 0)": (
         "sassnet",
-        {"name": "vnet", "params": {"num_classes": 2, "sdm_head": True}},
+        SDM_VNET,
         {"consistency": 0.0},
         "supervised (VNet)",
     ),
     "ASDNet without the semi-supervised term (lambda2 0)": (
         "asdnet",
-        {"name": "svnet", "params": {"num_classes": 2}},
+        SVNET,
         {"semi_supervised_weight": 0.0},
         "supervised (SVNet)",
     ),
@@ -66,47 +65,47 @@ ROWS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     # two rows then differ only in the SDM head, the discriminator and the unlabelled patches.
     "SASSNet (VNet, lambda 0.001, CE + Dice)": (
         "sassnet",
-        {"name": "vnet", "params": {"num_classes": 2, "sdm_head": True}},
+        SDM_VNET,
         {"supervised_loss": "dice-ce"},
         "supervised (VNet)",
     ),
     "SASSNet (VNet, lambda 0.01, CE + Dice)": (
         "sassnet",
-        {"name": "vnet", "params": {"num_classes": 2, "sdm_head": True}},
-        {"supervised_loss": "dice-ce", "consistency": 0.01},
+        SDM_VNET,
+        SASSNET_CE_DICE,
         "supervised (VNet)",
     ),
     "SASSNet (VNet, lambda 0.01)": (
         "sassnet",
-        {"name": "vnet", "params": {"num_classes": 2, "sdm_head": True}},
+        SDM_VNET,
         {"consistency": 0.01},
         "supervised (VNet)",
     ),
     "DAN (enhanced UNet)": (
         "dan",
-        {"name": "enhanced-unet", "params": {"num_classes": 2}},
+        ENHANCED_UNET,
         {},
         "supervised (enhanced UNet)",
     ),
     "supervised (enhanced UNet)": (
         "supervised",
-        {"name": "enhanced-unet", "params": {"num_classes": 2}},
+        ENHANCED_UNET,
         {},
         "supervised (enhanced UNet)",
     ),
-    "ASDNet (SVNet)": ("asdnet", {"name": "svnet", "params": {"num_classes": 2}}, {}, "supervised (SVNet)"),
+    "ASDNet (SVNet)": ("asdnet", SVNET, {}, "supervised (SVNet)"),
     # ASDNet with the supervised baseline's (CE + Dice) / 2 in place of Eq. 2's sample-attention
     # Dice: the two rows then differ only in the confidence network's adversarial and
     # semi-supervised terms and the unlabelled patches.
     "ASDNet (SVNet, CE + Dice)": (
         "asdnet",
-        {"name": "svnet", "params": {"num_classes": 2}},
+        SVNET,
         {"supervised_loss": "dice-ce"},
         "supervised (SVNet)",
     ),
     "supervised (SVNet)": (
         "supervised",
-        {"name": "svnet", "params": {"num_classes": 2}},
+        SVNET,
         {},
         "supervised (SVNet)",
     ),
