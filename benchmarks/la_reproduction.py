@@ -24,6 +24,7 @@ the machine each row ran on) and ``results.md`` go to ``--results/<setting>``, t
 
     python benchmarks/la_reproduction.py --setting compact
     python benchmarks/la_reproduction.py --shipped
+    python benchmarks/la_reproduction.py --recipes supervised sassnet-ce-dice --seed 2025
 """
 
 from __future__ import annotations
@@ -92,13 +93,16 @@ SETTINGS = {
 }
 
 
-def recipe_config(row: str, setting: str, root: Path) -> dict[str, Any]:
+def recipe_config(row: str, setting: str, root: Path, seed: int | None = None) -> dict[str, Any]:
+    """The training config of ``row`` at ``setting``; ``seed`` None keeps the config's default."""
     chosen = SETTINGS[setting]
     data = {"root": str(root), "labelled": 16, "validation": HELD_OUT, **chosen["data"]}
     if setting == "smoke":
         data["validation"] = 2
     config = {key: value for key, value in chosen.items() if key != "data"}
     recipe, network, loss = ROWS[row]
+    if seed is not None:
+        config["seed"] = seed
     return {"recipe": recipe, "network": network, "loss": loss, "data": data, **config}
 
 
@@ -194,6 +198,11 @@ def main() -> None:
     parser.add_argument("--runs", default="benchmark_results/la_reproduction")
     parser.add_argument("--results", default="benchmarks/results/la_reproduction")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="training seed (default: the config's, 1337); rows and runs are named '<row>, seed N'",
+    )
     args = parser.parse_args()
     root = find_la2018()
     if root is None:
@@ -207,10 +216,11 @@ def main() -> None:
     output = Path(args.results) / args.setting
     results = earlier_results(output, args.setting)
     for row in args.recipes:
-        config = config_from_dict(recipe_config(row, args.setting, root))
+        config = config_from_dict(recipe_config(row, args.setting, root, args.seed))
+        name = row if args.seed is None else f"{row}, seed {args.seed}"
         started = time.monotonic()
-        model = Trainer(config, Path(args.runs) / args.setting / row, device=args.device).run().model
-        results[row] = {
+        model = Trainer(config, Path(args.runs) / args.setting / name, device=args.device).run().model
+        results[name] = {
             "train_minutes": (time.monotonic() - started) / 60,
             "machine": describe_machine(),
             "metrics": evaluate(model, root, held_out),
