@@ -42,7 +42,7 @@ from asdseg.inference.segment import SegmentationOptions
 from asdseg.io.image_io import atomic_path
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import available_models, load_network
-from asdseg.training.config import config_from_dict
+from asdseg.training.config import TrainingConfig, config_from_dict
 from asdseg.training.data import case_names
 from asdseg.training.trainer import Trainer
 
@@ -122,6 +122,9 @@ def markdown(results: dict[str, Any], setting: str, held_out: list[str]) -> str:
         "| row | post-processing | Dice % | Jaccard % | 95HD vox | ASD vox | 95HD mm | ASD mm | train min |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    if setting != "shipped":
+        default_seed = TrainingConfig().seed
+        lines.insert(1, f"A row trained at another seed than the config's default ({default_seed}) names it.")
     for row, entry in results.items():
         minutes = "—" if entry.get("train_minutes") is None else f"{entry['train_minutes']:.0f}"
         for kind, means in entry["metrics"].items():
