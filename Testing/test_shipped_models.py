@@ -21,10 +21,10 @@ from asdseg.training.data import case_names
 from conftest import LA2018, needs_la2018
 
 #: Each shipped model, the extra output it exists for, and the Dice it must exceed on the
-#: first validation case, K32FD6LRSUSSXGS1YUOX (its card's figure for that case, 0.918, 0.940
+#: first validation case, K32FD6LRSUSSXGS1YUOX (its card's figure for that case, 0.938, 0.940
 #: and 0.901, less about 3 points).
 SHIPPED = {
-    "la-sassnet": ("sdm", 0.89),
+    "la-sassnet": ("sdm", 0.91),
     "la-dan": ("confidence", 0.91),
     "la-attention": ("attention_logits", 0.87),
 }
