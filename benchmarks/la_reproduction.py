@@ -204,7 +204,8 @@ def main() -> None:
     parser.add_argument(
         "--seed",
         type=int,
-        help="training seed (default: the config's, 1337); rows and runs are named '<row>, seed N'",
+        help=f"training seed (default: the config's, {TrainingConfig().seed}); rows and runs are named "
+        "'<row>, seed N'",
     )
     args = parser.parse_args()
     root = find_la2018()
