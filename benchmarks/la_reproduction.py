@@ -17,7 +17,8 @@ with the semi-supervised ablation's best settings.
 
 ``--shipped`` trains nothing: it evaluates the shipped LA models (``src/asdseg/models/la-*``)
 the same way, each without and with test-time mirroring in the axial plane; ``--shipped la-dan``
-re-evaluates one and keeps the other rows.
+re-evaluates one and keeps the other rows. ``--models`` evaluates any models the same way (names
+or model folders, such as a run's ``model/``) into ``--results/models``.
 
 Checkpoints go under ``--runs`` (``benchmark_results/``, not tracked); ``results.json`` (with
 the machine each row ran on) and ``results.md`` go to ``--results/<setting>``, tracked in git.
@@ -25,6 +26,7 @@ the machine each row ran on) and ``results.md`` go to ``--results/<setting>``, t
     python benchmarks/la_reproduction.py --setting compact
     python benchmarks/la_reproduction.py --shipped
     python benchmarks/la_reproduction.py --recipes supervised sassnet-ce-dice --seed 2025
+    python benchmarks/la_reproduction.py --models benchmark_results/some-run/model
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from asdseg.evaluation.model_evaluation import evaluate_model, reference_cases
 from asdseg.inference.segment import SegmentationOptions
 from asdseg.io.image_io import atomic_path
 from asdseg.machine import describe_machine, machine_line
-from asdseg.registry import available_models, load_network
+from asdseg.registry import available_models, find_model, load_network
+from asdseg.registry.model_card import ModelCard
 from asdseg.training.config import TrainingConfig, config_from_dict
 from asdseg.training.data import case_names
 from asdseg.training.trainer import Trainer
@@ -122,7 +125,7 @@ def markdown(results: dict[str, Any], setting: str, held_out: list[str]) -> str:
         "| row | post-processing | Dice % | Jaccard % | 95HD vox | ASD vox | 95HD mm | ASD mm | train min |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    if setting != "shipped":
+    if setting not in ("shipped", "models"):
         default_seed = TrainingConfig().seed
         lines.insert(1, f"A row trained at another seed than the config's default ({default_seed}) names it.")
     for row, entry in results.items():
@@ -160,20 +163,22 @@ def write_results(output: Path, setting: str, results: dict[str, Any], held_out:
 MIRRORING = {"no mirroring": (), "mirrored x, y": (0, 1)}
 
 
-def evaluate_shipped(root: Path, held_out: list[str], names: list[str]) -> dict[str, Any]:
-    """The shipped LA models ``names`` (all of them if empty) on the held-out cases, without and
-    with test-time mirroring, with each card's version and training time and the evaluation's
-    seconds."""
+def shipped_cards(names: list[str]) -> dict[str, ModelCard]:
+    """The shipped LA models ``names`` (all of them if empty), by name."""
     shipped = {name: card for name, card in available_models().items() if name.startswith("la-")}
     unknown = sorted(set(names) - set(shipped))
     if unknown:
         raise SystemExit(
             f"No shipped LA model named {', '.join(unknown)}; there are {', '.join(sorted(shipped))}."
         )
-    if names:
-        shipped = {name: shipped[name] for name in names}
+    return {name: shipped[name] for name in names} if names else shipped
+
+
+def evaluate_mirroring(root: Path, held_out: list[str], cards: dict[str, ModelCard]) -> dict[str, Any]:
+    """Each of ``cards`` (row name -> model) on the held-out cases, without and with test-time
+    mirroring, with its card's version and training time and the evaluation's seconds."""
     results = {}
-    for (name, card), (mirroring, axes) in itertools.product(sorted(shipped.items()), MIRRORING.items()):
+    for (name, card), (mirroring, axes) in itertools.product(sorted(cards.items()), MIRRORING.items()):
         started = time.monotonic()
         metrics = evaluate(card, root, held_out, SegmentationOptions(mirror_axes=axes))
         results[f"{name} ({mirroring})"] = {
@@ -184,6 +189,14 @@ def evaluate_shipped(root: Path, held_out: list[str], names: list[str]) -> dict[
             "metrics": metrics,
         }
     return results
+
+
+def update_evaluations(
+    output: Path, kind: str, root: Path, held_out: list[str], cards: dict[str, ModelCard]
+) -> None:
+    """Evaluate ``cards`` with and without mirroring into ``output``, keeping its other rows."""
+    results = {**earlier_results(output, kind), **evaluate_mirroring(root, held_out, cards)}
+    write_results(output, kind, dict(sorted(results.items())), held_out)
 
 
 def main() -> None:
@@ -197,6 +210,12 @@ def main() -> None:
         nargs="*",
         metavar="MODEL",
         help="evaluate the shipped LA models (all, or those named; the other rows are kept); train nothing",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        metavar="MODEL",
+        help="evaluate these models (names or model folders) like --shipped, into --results/models",
     )
     parser.add_argument("--runs", default="benchmark_results/la_reproduction")
     parser.add_argument("--results", default="benchmarks/results/la_reproduction")
@@ -213,9 +232,12 @@ def main() -> None:
         raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
     held_out = case_names(root)[-HELD_OUT:] if args.setting != "smoke" else case_names(root)[6:8]
     if args.shipped is not None:
-        output = Path(args.results) / "shipped"
-        results = {**earlier_results(output, "shipped"), **evaluate_shipped(root, held_out, args.shipped)}
-        write_results(output, "shipped", dict(sorted(results.items())), held_out)
+        cards = shipped_cards(args.shipped)
+        update_evaluations(Path(args.results) / "shipped", "shipped", root, held_out, cards)
+        return
+    if args.models:
+        cards = {model: find_model(model) for model in args.models}
+        update_evaluations(Path(args.results) / "models", "models", root, held_out, cards)
         return
     output = Path(args.results) / args.setting
     results = earlier_results(output, args.setting)
