@@ -20,12 +20,18 @@ the same way, each without and with test-time mirroring in the axial plane; ``--
 re-evaluates one and keeps the other rows. ``--models`` evaluates any models the same way (names
 or model folders, such as a run's ``model/``) into ``--results/models``.
 
+``--seeds A B`` trains each recipe twice: at seed A, then again at seed B starting from the first
+schedule's final model (a warm restart, the way ``la-dan`` 1.1 and ``la-sassnet`` 1.2 were
+trained), and reports both. A schedule whose run folder already holds a finished model is reused
+and one with only a checkpoint resumes, so an interrupted run continues where it stopped.
+
 Checkpoints go under ``--runs`` (``benchmark_results/``, not tracked); ``results.json`` (with
 the machine each row ran on) and ``results.md`` go to ``--results/<setting>``, tracked in git.
 
     python benchmarks/la_reproduction.py --setting compact
     python benchmarks/la_reproduction.py --shipped
-    python benchmarks/la_reproduction.py --recipes supervised sassnet-ce-dice --seed 2025
+    python benchmarks/la_reproduction.py --recipes supervised sassnet-ce-dice --seeds 2025
+    python benchmarks/la_reproduction.py --recipes supervised sassnet-ce-dice --seeds 2025 1337
     python benchmarks/la_reproduction.py --models benchmark_results/some-run/model
 """
 
@@ -35,6 +41,7 @@ import argparse
 import itertools
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +51,10 @@ from asdseg.inference.segment import SegmentationOptions
 from asdseg.io.image_io import atomic_path
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import available_models, find_model, load_network
-from asdseg.registry.model_card import ModelCard
+from asdseg.registry.model_card import CARD_FILE, ModelCard
 from asdseg.training.config import TrainingConfig, config_from_dict
 from asdseg.training.data import case_names
-from asdseg.training.trainer import Trainer
+from asdseg.training.trainer import CHECKPOINT_FILE, Trainer
 
 HELD_OUT = 20
 #: The segmenters the recipes train (also the semi-supervised ablation's).
@@ -96,8 +103,11 @@ SETTINGS = {
 }
 
 
-def recipe_config(row: str, setting: str, root: Path, seed: int | None = None) -> dict[str, Any]:
-    """The training config of ``row`` at ``setting``; ``seed`` None keeps the config's default."""
+def recipe_config(
+    row: str, setting: str, root: Path, seed: int | None = None, init_from: Path | None = None
+) -> dict[str, Any]:
+    """The training config of ``row`` at ``setting``; ``seed`` None keeps the config's default,
+    and ``init_from`` (a model folder) makes the run a warm restart from that model."""
     chosen = SETTINGS[setting]
     data = {"root": str(root), "labelled": 16, "validation": HELD_OUT, **chosen["data"]}
     if setting == "smoke":
@@ -106,6 +116,8 @@ def recipe_config(row: str, setting: str, root: Path, seed: int | None = None) -
     recipe, network, loss = ROWS[row]
     if seed is not None:
         config["seed"] = seed
+    if init_from is not None:
+        config["init_from"] = str(init_from)
     return {"recipe": recipe, "network": network, "loss": loss, "data": data, **config}
 
 
@@ -128,6 +140,12 @@ def markdown(results: dict[str, Any], setting: str, held_out: list[str]) -> str:
     if setting not in ("shipped", "models"):
         default_seed = TrainingConfig().seed
         lines.insert(1, f"A row trained at another seed than the config's default ({default_seed}) names it.")
+        if any(" then " in row for row in results):
+            lines.insert(
+                2,
+                "'<row>, seeds A then B' is a second schedule at seed B that starts from the final model "
+                "of '<row>' at seed A (a warm restart); its minutes are the second schedule's.",
+            )
     for row, entry in results.items():
         minutes = "—" if entry.get("train_minutes") is None else f"{entry['train_minutes']:.0f}"
         for kind, means in entry["metrics"].items():
@@ -199,6 +217,39 @@ def update_evaluations(
     write_results(output, kind, dict(sorted(results.items())), held_out)
 
 
+def run_name(row: str, seeds: tuple[int, ...]) -> str:
+    """``row`` trained at ``seeds``, one per schedule: the row's own name at the config's default
+    seed, '<row>, seed N' at another, '<row>, seeds A then B' for a warm restart."""
+    if seeds == (TrainingConfig().seed,):
+        return row
+    if len(seeds) == 1:
+        return f"{row}, seed {seeds[0]}"
+    return f"{row}, seeds {' then '.join(str(seed) for seed in seeds)}"
+
+
+def train_schedules(
+    row: str, seeds: tuple[int, ...], setting: str, root: Path, runs: Path, device: str
+) -> Iterator[tuple[str, ModelCard, float | None]]:
+    """Train ``row`` once per seed, each schedule after the first from the previous one's final
+    model, yielding each schedule's run name, model and training minutes as it ends. A finished
+    schedule is reused (its minutes None) and an interrupted one resumes from its checkpoint (its
+    minutes those since the resumption)."""
+    previous = None
+    for count in range(1, len(seeds) + 1):
+        name = run_name(row, seeds[:count])
+        folder = runs / setting / name
+        if (folder / "model" / CARD_FILE).is_file():
+            yield name, find_model(str(folder / "model")), None
+        else:
+            config = config_from_dict(recipe_config(row, setting, root, seeds[count - 1], previous))
+            trainer = Trainer(config, folder, device=device)
+            if (folder / CHECKPOINT_FILE).exists():
+                trainer.resume()
+            started = time.monotonic()
+            yield name, trainer.run().model, (time.monotonic() - started) / 60
+        previous = folder / "model"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -221,10 +272,13 @@ def main() -> None:
     parser.add_argument("--results", default="benchmarks/results/la_reproduction")
     parser.add_argument("--device", default="auto")
     parser.add_argument(
-        "--seed",
+        "--seeds",
         type=int,
-        help=f"training seed (default: the config's, {TrainingConfig().seed}); rows and runs are named "
-        "'<row>, seed N'",
+        nargs="+",
+        default=[TrainingConfig().seed],
+        help=f"training seed (default: the config's, {TrainingConfig().seed}); rows and runs at another "
+        "are named '<row>, seed N'. Several: one schedule per seed, each a warm restart from the "
+        "previous one's final model, named '<row>, seeds A then B'",
     )
     args = parser.parse_args()
     root = find_la2018()
@@ -242,16 +296,16 @@ def main() -> None:
     output = Path(args.results) / args.setting
     results = earlier_results(output, args.setting)
     for row in args.recipes:
-        config = config_from_dict(recipe_config(row, args.setting, root, args.seed))
-        name = row if args.seed is None else f"{row}, seed {args.seed}"
-        started = time.monotonic()
-        model = Trainer(config, Path(args.runs) / args.setting / name, device=args.device).run().model
-        results[name] = {
-            "train_minutes": (time.monotonic() - started) / 60,
-            "machine": describe_machine(),
-            "metrics": evaluate(model, root, held_out),
-        }
-        write_results(output, args.setting, results, held_out)
+        schedules = train_schedules(row, tuple(args.seeds), args.setting, root, Path(args.runs), args.device)
+        for name, model, minutes in schedules:
+            if minutes is None and name in results:
+                continue
+            results[name] = {
+                "train_minutes": minutes,
+                "machine": describe_machine(),
+                "metrics": evaluate(model, root, held_out),
+            }
+            write_results(output, args.setting, results, held_out)
 
 
 if __name__ == "__main__":
