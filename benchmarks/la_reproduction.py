@@ -232,16 +232,18 @@ def train_schedules(
 ) -> Iterator[tuple[str, ModelCard, float | None]]:
     """Train ``row`` once per seed, each schedule after the first from the previous one's final
     model, yielding each schedule's run name, model and training minutes as it ends. A finished
-    schedule is reused (its minutes None) and an interrupted one resumes from its checkpoint (its
-    minutes those since the resumption)."""
+    schedule is reused (its minutes None), an interrupted one resumes from its checkpoint (its
+    minutes those since the resumption), and one before the last finished one is not needed."""
+    names = [run_name(row, seeds[:count]) for count in range(1, len(seeds) + 1)]
+    folders = [runs / setting / name for name in names]
+    finished = [(folder / "model" / CARD_FILE).is_file() for folder in folders]
+    last_finished = max((index for index, done in enumerate(finished) if done), default=-1)
     previous = None
-    for count in range(1, len(seeds) + 1):
-        name = run_name(row, seeds[:count])
-        folder = runs / setting / name
-        if (folder / "model" / CARD_FILE).is_file():
+    for index, (name, folder, seed) in enumerate(zip(names, folders, seeds, strict=True)):
+        if finished[index]:
             yield name, find_model(str(folder / "model")), None
-        else:
-            config = config_from_dict(recipe_config(row, setting, root, seeds[count - 1], previous))
+        elif index > last_finished:
+            config = config_from_dict(recipe_config(row, setting, root, seed, previous))
             trainer = Trainer(config, folder, device=device)
             if (folder / CHECKPOINT_FILE).exists():
                 trainer.resume()
