@@ -39,6 +39,7 @@ def test_a_released_run_ships_segmenter_and_confidence_network_in_float16(tmp_pa
     trained = Trainer(dan_config(steps=2), tmp_path / "run", device="cpu").run(show_progress=False).model
     run = load_finished_run(tmp_path / "run")
     assert run.architecture["name"] == "enhanced-unet-confidence" and run.steps == 2
+    assert run.training_minutes == trained.data["training"]["training_minutes"]  # the card's figure
 
     image = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():

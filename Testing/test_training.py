@@ -14,7 +14,7 @@ from asdseg.cli import main
 from asdseg.errors import AsdsegError
 from asdseg.evaluation.metrics import dice
 from asdseg.registry import load_network
-from asdseg.training.checkpoint import load_checkpoint
+from asdseg.training.checkpoint import load_checkpoint, save_checkpoint
 from asdseg.training.config import config_from_dict
 from asdseg.training.data import load_split
 from asdseg.training.losses import masked_cross_entropy, masked_dice_loss, one_hot, sample_attention_dice_loss
@@ -121,6 +121,24 @@ def test_resuming_from_a_checkpoint_gives_the_same_next_steps(tmp_path: Path) ->
         assert actual["step"] == expected["step"]
         assert actual["loss"] == pytest.approx(expected["loss"], rel=1e-5)
         assert actual["discriminator"] == pytest.approx(expected["discriminator"], rel=1e-5)
+
+
+def test_training_time_is_measured_across_resumptions(tmp_path: Path) -> None:
+    """The card's training minutes count the time before an interruption too: the checkpoint
+    carries it, so a run resumed after ten minutes reports at least ten."""
+    config = config_from_dict(tiny_config("supervised", steps=2, checkpoint_every=1, validate_every=100))
+    Trainer(config, tmp_path, device="cpu").run(until=1, show_progress=False)
+    checkpoint = tmp_path / CHECKPOINT_FILE
+    state = load_checkpoint(checkpoint)
+    assert state["training_seconds"] > 0
+    state["training_seconds"] = 600.0  # as if the first part had taken ten minutes
+    save_checkpoint(checkpoint, state)
+
+    resumed = Trainer(config, tmp_path, device="cpu")
+    resumed.resume()
+    minutes = resumed.run(show_progress=False).model.data["training"]["training_minutes"]
+    assert 10.0 <= minutes < 11.0
+    assert load_checkpoint(checkpoint)["training_seconds"] == pytest.approx(60 * minutes, abs=3)
 
 
 def test_a_truncated_checkpoint_is_refused(tmp_path: Path) -> None:

@@ -229,11 +229,11 @@ def run_name(row: str, seeds: tuple[int, ...]) -> str:
 
 def train_schedules(
     row: str, seeds: tuple[int, ...], setting: str, root: Path, runs: Path, device: str
-) -> Iterator[tuple[str, ModelCard, float | None]]:
+) -> Iterator[tuple[str, ModelCard, bool]]:
     """Train ``row`` once per seed, each schedule after the first from the previous one's final
-    model, yielding each schedule's run name, model and training minutes as it ends. A finished
-    schedule is reused (its minutes None), an interrupted one resumes from its checkpoint (its
-    minutes those since the resumption), and one before the last finished one is not needed."""
+    model, yielding each schedule's run name, model and whether it trained now, as it ends. A
+    finished schedule is reused, an interrupted one resumes from its checkpoint, and one before
+    the last finished one is not needed."""
     names = [run_name(row, seeds[:count]) for count in range(1, len(seeds) + 1)]
     folders = [runs / setting / name for name in names]
     finished = [(folder / "model" / CARD_FILE).is_file() for folder in folders]
@@ -241,14 +241,13 @@ def train_schedules(
     previous = None
     for index, (name, folder, seed) in enumerate(zip(names, folders, seeds, strict=True)):
         if finished[index]:
-            yield name, find_model(str(folder / "model")), None
+            yield name, find_model(str(folder / "model")), False
         elif index > last_finished:
             config = config_from_dict(recipe_config(row, setting, root, seed, previous))
             trainer = Trainer(config, folder, device=device)
             if (folder / CHECKPOINT_FILE).exists():
                 trainer.resume()
-            started = time.monotonic()
-            yield name, trainer.run().model, (time.monotonic() - started) / 60
+            yield name, trainer.run().model, True
         previous = folder / "model"
 
 
@@ -299,11 +298,12 @@ def main() -> None:
     results = earlier_results(output, args.setting)
     for row in args.recipes:
         schedules = train_schedules(row, tuple(args.seeds), args.setting, root, Path(args.runs), args.device)
-        for name, model, minutes in schedules:
-            if minutes is None and name in results:
+        for name, model, trained_now in schedules:
+            if name in results and not trained_now:
                 continue
             results[name] = {
-                "train_minutes": minutes,
+                # None for a run trained before runs measured their time (see its log)
+                "train_minutes": model.data["training"].get("training_minutes"),
                 "machine": describe_machine(),
                 "metrics": evaluate(model, root, held_out),
             }

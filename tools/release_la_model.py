@@ -14,7 +14,7 @@ float16 storage changed. Then it writes into ``OUTPUT/NAME/``:
 Nothing is written until the evaluation has finished.
 
     python tools/release_la_model.py benchmark_results/la_compact/dan --name la-dan \\
-        --training-minutes 121 --output src/asdseg/models
+        --output src/asdseg/models
 """
 
 from __future__ import annotations
@@ -112,6 +112,17 @@ def weights_storage(network: nn.Module) -> str:
     return text
 
 
+def training_minutes(run: FinishedRun, given: float | None) -> float:
+    """The run's training minutes: ``--training-minutes`` if given, else what its checkpoint
+    measured."""
+    minutes = given if given is not None else run.training_minutes
+    if minutes is None:
+        raise SystemExit(
+            "This run's checkpoint predates measured training time; give it with --training-minutes."
+        )
+    return minutes
+
+
 def training_entry(run: FinishedRun, names: dict[str, list[str]], args: argparse.Namespace) -> dict[str, Any]:
     config = run.config.to_dict()
     config["data"]["root"] = "la2018"
@@ -126,7 +137,7 @@ def training_entry(run: FinishedRun, names: dict[str, list[str]], args: argparse
         "recipe": run.config.recipe,
         "steps": run.steps,
         "hardware": args.hardware,
-        "training_minutes": args.training_minutes,
+        "training_minutes": training_minutes(run, args.training_minutes),
         "config": config,
         "split": names,
         "weights_storage": weights_storage(run.network),
@@ -191,8 +202,8 @@ def main() -> None:
     parser.add_argument(
         "--training-minutes",
         type=float,
-        required=True,
-        help="this run's minutes (a run started from a model: that model's are in started_from)",
+        help="this run's minutes (default: those its checkpoint measured; a run started from a "
+        "model: that model's are in started_from)",
     )
     parser.add_argument(
         "--mirror-axes",

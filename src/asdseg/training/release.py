@@ -57,6 +57,8 @@ class FinishedRun:
     notes: str
     #: The released model the run started from (``Trainer.started_from``), if any.
     started_from: dict[str, Any] | None = None
+    #: Minutes the run trained (None for a checkpoint written before runs measured them).
+    training_minutes: float | None = None
 
 
 def load_finished_run(run_dir: str | Path) -> FinishedRun:
@@ -79,6 +81,7 @@ def load_finished_run(run_dir: str | Path) -> FinishedRun:
         recipe.export_architecture(),
         recipe.card_notes(),
         state.get("started_from"),
+        round(state["training_seconds"] / 60, 1) if "training_seconds" in state else None,
     )
 
 

@@ -1,7 +1,7 @@
 """The training loop: sampling, the recipe's updates, validation, logs, curves, checkpoints.
 
 Everything a run needs to continue is in ``checkpoint.pt`` (networks, optimisers, step, random
-generators, log rows), written atomically every ``checkpoint_every`` steps, so ``--resume``
+generators, log rows, training time), written atomically every ``checkpoint_every`` steps, so ``--resume``
 continues exactly where the last checkpoint left off. ``log.csv`` and ``curves.png`` are
 rewritten from the log rows at each checkpoint and at the end; the trained segmenter is saved
 as an installable model (``model/card.json`` + weights) when the run completes.
@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,9 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         #: The released model this run started from (:func:`starting_model_entry`), if any.
         self.started_from: dict[str, Any] | None = None
+        #: Seconds spent in :meth:`run` before the current call (earlier calls and resumed runs).
+        self.earlier_seconds = 0.0
+        self.run_started: float | None = None
 
     def start_from(self, card: ModelCard) -> None:
         """Load a released model's weights into the networks this run exports (the segmenter, and
@@ -150,6 +154,7 @@ class Trainer:
             "numpy_rng": self.rng.bit_generator.state,
             "history": self.history,
             "started_from": self.started_from,
+            "training_seconds": self.training_seconds(),
         }
 
     def resume(self) -> None:
@@ -168,6 +173,13 @@ class Trainer:
             self.sampler.rng = self.rng
         self.history = list(state["history"])
         self.started_from = state.get("started_from")
+        self.earlier_seconds = float(state.get("training_seconds", 0.0))
+
+    def training_seconds(self) -> float:
+        """Wall-clock seconds this run has trained, validation included, across resumptions; the
+        card reports them, so a run's cost is measured rather than read off a progress bar."""
+        running = 0.0 if self.run_started is None else time.monotonic() - self.run_started
+        return self.earlier_seconds + running
 
     def write_logs(self) -> None:
         """``log.csv`` and ``curves.png`` from the log rows, both atomically."""
@@ -254,6 +266,7 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.output_dir / "config.json") as temporary:
                 temporary.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        self.run_started = time.monotonic()
         bar = None
         if show_progress and self.context.is_main:
             from tqdm import tqdm
@@ -274,6 +287,7 @@ class Trainer:
             bar.close()
         if self.context.enabled:
             check_replicas_agree(self.recipe.networks["segmenter"])
+        self.earlier_seconds, self.run_started = self.training_seconds(), None
         finished = self.step >= self.config.steps
         model = self.save_model() if finished and self.context.is_main else None
         return TrainingResult(self.output_dir, self.history, model, stopped)
@@ -301,6 +315,7 @@ class Trainer:
                 "protocol": f"{config.data.labelled} labelled cases, recipe {config.recipe}",
                 "recipe": config.recipe,
                 "steps": self.step,
+                "training_minutes": round(self.training_seconds() / 60, 1),
                 "hardware": f"{self.context.world_size} x {self.device}",
                 "notes": self.recipe.card_notes(),
                 **({"started_from": self.started_from} if self.started_from else {}),
@@ -312,6 +327,10 @@ class Trainer:
         card = dataset_card(card, config.recipe, config.data)
         if self.base_card is not None:
             kept = {key: card[key] for key in ("architecture", "metrics", "weights")}
-            training = {**card["training"], **self.base_card.get("training", {}), "steps": self.step}
+            training = {
+                **card["training"],
+                **self.base_card.get("training", {}),
+                **{key: card["training"][key] for key in ("steps", "training_minutes")},
+            }
             card = {**self.base_card, **kept, "training": training}
         return save_model(self.recipe.export_network(), card, self.output_dir / "model")
