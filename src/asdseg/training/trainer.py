@@ -1,10 +1,11 @@
 """The training loop: sampling, the recipe's updates, validation, logs, curves, checkpoints.
 
 Everything a run needs to continue is in ``checkpoint.pt`` (networks, optimisers, step, random
-generators, log rows, training time), written atomically every ``checkpoint_every`` steps, so ``--resume``
-continues exactly where the last checkpoint left off. ``log.csv`` and ``curves.png`` are
-rewritten from the log rows at each checkpoint and at the end; the trained segmenter is saved
-as an installable model (``model/card.json`` + weights) when the run completes.
+generators, log rows, training time), written atomically every ``checkpoint_every`` steps, so
+``--resume`` continues exactly where the last checkpoint left off. ``log.csv`` and
+``curves.png`` are rewritten from the log rows at each checkpoint and at the end; the trained
+segmenter is saved as an installable model (``model/card.json`` + weights) when the run
+completes.
 """
 
 from __future__ import annotations
