@@ -40,6 +40,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
+import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,9 +155,66 @@ def markdown(results: dict[str, Any], setting: str, held_out: list[str]) -> str:
             cells = " | ".join(f"{value:.2f}" for value in values)
             label = f"{row}, version {entry['version']}" if entry.get("version") else row
             lines.append(f"| {label} | {kind} | {cells} | {minutes} |")
+    if setting != "shipped":
+        lines += paired_markdown(paired_with_supervised(results))
     machines = sorted({machine_line(entry["machine"]) for entry in results.values() if "machine" in entry})
     lines += ["", "Machine: " + "; ".join(machines)]
     return "\n".join(lines) + "\n"
+
+
+#: A row's recipe, its seeds and, for a model evaluated with and without mirroring, the mirroring:
+#: 'sassnet-ce-dice', ', seeds 2025 then 1337 ', '(mirrored x, y)'.
+ROW_PARTS = re.compile(r"(?P<recipe>[\w-]+)(?P<seeds>[^(]*)(?P<mirroring>.*)")
+
+
+def run_row(key: str) -> str:
+    """The training row a results key names: the key itself, or for a run's model folder evaluated
+    by ``--models`` ('<runs>/<row>/model (<mirroring>)') the run folder's name and the mirroring."""
+    folder, found, mirroring = key.rpartition("/model (")
+    return f"{Path(folder).name} ({mirroring}" if found else key
+
+
+def paired_with_supervised(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each recipe row's Dice minus that of 'supervised' at the same seeds (and mirroring), in
+    points, by post-processing: the comparison at matched seeds that the README quotes."""
+    rows = {run_row(key): entry for key, entry in results.items()}
+    paired = {}
+    for row, entry in rows.items():
+        parts = ROW_PARTS.fullmatch(row)
+        baseline = rows.get("supervised" + row[parts.end("recipe") :])
+        if parts["recipe"] == "supervised" or baseline is None:
+            continue
+        paired[row] = {
+            kind: 100 * (means["dice"] - baseline["metrics"][kind]["dice"])
+            for kind, means in entry["metrics"].items()
+        }
+    return paired
+
+
+def paired_markdown(paired: dict[str, dict[str, float]]) -> list[str]:
+    """The paired differences, then their mean per recipe, number of schedules and mirroring."""
+    if not paired:
+        return []
+    kinds = list(next(iter(paired.values())))
+    lines = [
+        "",
+        "Dice points above supervised VNet trained at the same seeds:",
+        "",
+        "| row | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
+    groups: dict[tuple[str, int], list[dict[str, float]]] = {}
+    for row, diff in paired.items():
+        lines.append(f"| {row} | " + " | ".join(f"{diff[kind]:+.2f}" for kind in kinds) + " |")
+        parts = ROW_PARTS.fullmatch(row)
+        recipe = f"{parts['recipe']} {parts['mirroring']}".strip()
+        groups.setdefault((recipe, row.count(" then ") + 1), []).append(diff)
+    lines += ["", "| recipe | schedules | pairs | " + " | ".join(f"mean {kind}" for kind in kinds) + " |"]
+    lines.append("|---|---|---|" + "---|" * len(kinds))
+    for (recipe, schedules), diffs in sorted(groups.items()):
+        means = " | ".join(f"{statistics.mean(diff[kind] for diff in diffs):+.2f}" for kind in kinds)
+        lines.append(f"| {recipe} | {schedules} | {len(diffs)} | {means} |")
+    return lines
 
 
 def earlier_results(output: Path, setting: str) -> dict[str, Any]:
