@@ -255,6 +255,7 @@ def dataset_run_values(args: argparse.Namespace, values: dict) -> dict:
 def command_train(args: argparse.Namespace) -> int:
     from asdseg.training.config import config_from_dict, read_config_values
     from asdseg.training.dataset_training import write_split
+    from asdseg.training.distributed import end_distributed
     from asdseg.training.trainer import CHECKPOINT_FILE, Trainer
 
     values = read_config_values(args.config) if args.config else {}
@@ -273,14 +274,17 @@ def command_train(args: argparse.Namespace) -> int:
     config = config_from_dict(values, args.config or "config")
     check_output_dir(args.output_dir, "--output-dir")
     trainer = Trainer(config, args.output_dir, device=args.device)
-    new_run = not (Path(args.output_dir) / CHECKPOINT_FILE).exists()
-    if config.data.split is not None and new_run and trainer.context.is_main:
-        print(f"split: {', '.join(f'{len(names)} {part}' for part, names in config.data.split.items())}")
-        print(f"wrote {write_split(args.output_dir, config.data.split)}")
-    if args.resume:
-        trainer.resume()
-        print(f"resuming {config.recipe} at step {trainer.step}")
-    result = trainer.run()
+    try:
+        new_run = not (Path(args.output_dir) / CHECKPOINT_FILE).exists()
+        if config.data.split is not None and new_run and trainer.context.is_main:
+            print(f"split: {', '.join(f'{len(names)} {part}' for part, names in config.data.split.items())}")
+            print(f"wrote {write_split(args.output_dir, config.data.split)}")
+        if args.resume:
+            trainer.resume()
+            print(f"resuming {config.recipe} at step {trainer.step}")
+        result = trainer.run()
+    finally:
+        end_distributed()
     if not trainer.context.is_main:
         return 0
     print(f"wrote {result.output_dir / 'log.csv'} and {result.output_dir / 'curves.png'}")

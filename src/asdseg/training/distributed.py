@@ -45,6 +45,14 @@ def init_distributed() -> DistributedContext:
     return DistributedContext(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def end_distributed() -> None:
+    """Destroy the process group, if one was started, before the process exits: gloo's worker
+    threads left running into interpreter shutdown can abort the process (SIGABRT, "terminate
+    called without an active exception") after training has succeeded."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def device_for(context: DistributedContext, choice: str) -> torch.device | None:
     """Each process's own GPU under torchrun; None to let the caller choose otherwise."""
     if context.enabled and cuda_available() and choice in ("auto", "cuda"):
