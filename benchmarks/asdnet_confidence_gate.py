@@ -37,7 +37,7 @@ from asdseg.inference.segment import SegmentationOptions, channel_array, segment
 from asdseg.io.image_io import atomic_path, image_to_array
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import find_model, load_network
-from asdseg.training.config import config_from_dict
+from asdseg.training.config import config_from_dict, read_config_values
 from asdseg.training.data import split_names
 
 #: Gates to compare with the run's own (the reference's 1 - Dice): whether any gamma keeps cleaner
@@ -89,7 +89,7 @@ def final_gamma(run: Path) -> float:
 
 def measure(run: Path, root: Path, count: int) -> dict[str, Any]:
     card = find_model(str(run / "model"))
-    if not card.data["architecture"]["name"].endswith("-confidence"):
+    if not card.has_confidence:
         raise SystemExit(f"{run / 'model'} has no confidence network; give an ASDNet run.")
     network = load_network(card)
     gamma = final_gamma(run)
@@ -100,7 +100,7 @@ def measure(run: Path, root: Path, count: int) -> dict[str, Any]:
         for name in ("confidence network", "top softmax")
         for region in REGIONS
     }
-    data = config_from_dict(json.loads((run / "config.json").read_text())).data
+    data = config_from_dict(read_config_values(run / "config.json")).data
     names = split_names(replace(data, root=str(root)))["unlabelled"][:count]
     options = SegmentationOptions(device="cpu", precision="fp32")
     for case in tqdm(reference_cases(root, names), desc="unlabelled cases"):
