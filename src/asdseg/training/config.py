@@ -14,6 +14,8 @@ import jsonschema
 from asdseg.errors import InputError
 from asdseg.registry.model_card import card_schema
 
+#: fp16 is left out: it needs loss scaling, and on a CPU it is slower than bf16.
+TRAINING_PRECISIONS = ("auto", "fp32", "bf16")
 RECIPES = ("supervised", "asdnet", "sassnet", "dan", "attention-unet")
 
 #: Each recipe's segmenter as in its paper: the ``network`` of a config that names none.
@@ -87,8 +89,9 @@ class TrainingConfig:
     validate_every: int = 500
     checkpoint_every: int = 500
     seed: int = 1337
-    #: Autocast precision of the training step: "fp32" (none) or "bf16" (GPUs and CPUs with native
-    #: bf16; on AVX2-only CPUs it is emulated and far slower than fp32).
+    #: Autocast precision of the training step: "fp32" (none), "bf16" (GPUs and CPUs with native
+    #: bf16; on AVX2-only CPUs it is emulated and far slower than fp32) or "auto" (bf16 where it is
+    #: native, fp32 elsewhere; the run records which it used).
     precision: str = "fp32"
     #: Channels-last (NDHWC) memory layout for the networks and batches: faster cuDNN kernels on
     #: recent GPUs, no gain on the CPU.
@@ -121,8 +124,10 @@ class TrainingConfig:
             )
         if self.steps < 1 or self.validate_every < 1 or self.checkpoint_every < 1:
             raise InputError("steps, validate_every and checkpoint_every must be positive.")
-        if self.precision not in ("fp32", "bf16"):
-            raise InputError(f"precision {self.precision!r} is not one of fp32, bf16.")
+        if self.precision not in TRAINING_PRECISIONS:
+            raise InputError(
+                f"precision {self.precision!r} is not one of {', '.join(TRAINING_PRECISIONS)}."
+            )
         spacing = self.data.spacing
         if spacing is not None and not all(math.isfinite(value) and value > 0 for value in spacing):
             raise InputError(f"data.spacing {list(spacing)} must be three positive sizes in mm.")

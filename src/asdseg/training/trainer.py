@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from asdseg.devices import autocast, select_device
+from asdseg.devices import auto_precision, autocast, select_device
 from asdseg.errors import InputError, NumericalError
 from asdseg.evaluation.figures import save_training_curves
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.sliding_window import WindowSettings, predict_volume
 from asdseg.io.image_io import atomic_path
+from asdseg.machine import describe_machine, machine_line
 from asdseg.networks import architecture_outputs
 from asdseg.registry import find_model, load_network, save_model
 from asdseg.registry.model_card import ModelCard
@@ -107,6 +108,8 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.context = init_distributed()
         self.device = device_for(self.context, device) or select_device(device)
+        #: The autocast precision this run computes in ("auto" resolved for this device).
+        self.precision = auto_precision(self.device) if config.precision == "auto" else config.precision
         torch.manual_seed(config.seed)
         #: Each process draws its own patches.
         self.rng = np.random.default_rng([config.seed, self.context.rank])
@@ -156,6 +159,8 @@ class Trainer:
             "history": self.history,
             "started_from": self.started_from,
             "training_seconds": self.training_seconds(),
+            "machine": describe_machine(),
+            "precision": self.precision,
         }
 
     def resume(self) -> None:
@@ -213,7 +218,7 @@ class Trainer:
             pool = self.split.unlabelled or self.split.labelled
             unlabelled = self.sampler.batch([case.without_label() for case in pool], unlabelled_count)[0]
             unlabelled = self.to_device(unlabelled)
-        with autocast(self.device, config.precision):
+        with autocast(self.device, self.precision):
             losses = self.recipe.training_step(
                 self.to_device(images), labels.to(self.device), unlabelled, self.step
             )
@@ -317,7 +322,8 @@ class Trainer:
                 "recipe": config.recipe,
                 "steps": self.step,
                 "training_minutes": round(self.training_seconds() / 60, 1),
-                "hardware": f"{self.context.world_size} x {self.device}",
+                "hardware": f"{self.context.world_size} x {self.device}: {machine_line()}",
+                "precision": self.precision,
                 "notes": self.recipe.card_notes(),
                 **({"started_from": self.started_from} if self.started_from else {}),
             },

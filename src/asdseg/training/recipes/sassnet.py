@@ -12,6 +12,10 @@ segmenter's SDMs, as in the reference, so its dropout does not add noise to that
 ``supervised_loss`` is "dice" as in the paper and the reference (which computes the CE but leaves
 it out of the loss); "dice-ce" takes the supervised baseline's (CE + Dice) / 2 instead, so that
 SASSNet and supervised training differ only in the SDM head and the unlabelled data.
+
+A batch of labelled patches only (``labelled_per_batch == batch_size``, as when every case has a
+label) trains SASSNet's supervised terms alone, segmentation + beta x SDM, with no
+discriminator: the product model trained on all labelled cases keeps the SDM overlay that way.
 """
 
 from __future__ import annotations
@@ -61,10 +65,14 @@ class SassnetRecipe(Recipe):
     }
 
     def __init__(self, config, device) -> None:
+        #: Without unlabelled patches there is nothing for the discriminator to judge.
+        self.semi_supervised = config.labelled_per_batch < config.batch_size
         super().__init__(config, device)
         self.supervised_loss = self.setting_choice("supervised_loss", SUPERVISED_LOSSES)
 
     def build_auxiliary_networks(self):
+        if not self.semi_supervised:
+            return {}
         return {
             "discriminator": SDMDiscriminator(
                 sdm_channels=self.num_classes - 1, base_filters=self.settings["discriminator_filters"]
@@ -72,6 +80,11 @@ class SassnetRecipe(Recipe):
         }
 
     def card_notes(self) -> str:
+        if not self.semi_supervised:
+            return (
+                f"supervised loss {self.settings['supervised_loss']} + {self.settings['beta']} x SDM "
+                "regression on labelled patches only: no unlabelled patches, so no discriminator."
+            )
         return (
             f"supervised loss {self.settings['supervised_loss']} (the paper and the reference: dice); "
             f"adversarial (consistency) weight {self.settings['consistency']} x Gaussian warm-up over "
@@ -87,6 +100,8 @@ class SassnetRecipe(Recipe):
         return self.settings["consistency"] * gaussian_rampup(step, self.rampup_steps)
 
     def training_step(self, images, labels, unlabelled_images, step) -> dict[str, float]:
+        if unlabelled_images is None:
+            return self.supervised_step(images, labels)
         discriminator = self.networks["discriminator"]
         labelled_count = images.shape[0]
         batch = torch.cat([images, unlabelled_images])
@@ -113,6 +128,15 @@ class SassnetRecipe(Recipe):
             "adversarial": fool.item(),
             "discriminator": discriminator_loss.item(),
         }
+
+    def supervised_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Segmentation + beta x SDM on labelled patches: SASSNet with nothing unlabelled."""
+        outputs = self.segmenter(images)
+        segmentation = self.supervised_loss(outputs["logits"], labels)
+        distance = sdm_loss(outputs["sdm"], sdm_targets(labels, self.num_classes))
+        loss = segmentation + self.settings["beta"] * distance
+        self.update(self.optimizers["segmenter"], loss)
+        return {"loss": loss.item(), "segmentation": segmentation.item(), "sdm": distance.item()}
 
     def _targets(self, count: int, value: int) -> torch.Tensor:
         return torch.full((count,), value, dtype=torch.long, device=self.device)
