@@ -29,7 +29,7 @@ from asdseg.errors import InputError
 from asdseg.io.image_io import atomic_paths, read_image, same_geometry, write_image
 from asdseg.io.labels import Label
 from asdseg.networks import build_network
-from asdseg.registry import available_models, install_model, save_model, user_models_dir
+from asdseg.registry import available_models, install_model, save_model, shipped_models, user_models_dir
 from asdseg.registry.model_card import ModelCard
 from asdseg.training.config import DEFAULT_NETWORKS, RECIPES, config_from_dict
 from asdseg.training.data import load_split
@@ -100,6 +100,10 @@ def card_copy(work: Path, **changes) -> str:
     data = {**json.loads((source / "card.json").read_text()), **changes}
     (folder / "card.json").write_text(json.dumps(data))
     return str(folder / "card.json")
+
+
+def shipped_version(name: str) -> str:
+    return shipped_models()[name].data["version"]
 
 
 def sparse_file(work: Path, name: str, size, value: int, reference: str | None = None) -> str:
@@ -493,6 +497,47 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
         ("card.json", "cannot read the model card"),
     ),
     "show: unknown model": (lambda w: ["models", "show", "nope"], ("unknown model 'nope'",)),
+    "install: a shipped model's name": (
+        lambda w: ["models", "install", card_copy(w, name="la-dan")],
+        ("'la-dan' is the name of a shipped model", "--as-new-version"),
+    ),
+    "install: a new version numbered as the shipped one": (
+        lambda w: [
+            "models",
+            "install",
+            card_copy(w, name="la-dan", version=shipped_version("la-dan")),
+            "--as-new-version",
+        ],
+        (f"'la-dan' v{shipped_version('la-dan')} is the shipped model's version",),
+    ),
+    "install: a model's name with --weights": (
+        lambda w: ["models", "install", "la-dan", "--weights", str(w / "img.nii.gz")],
+        ("--weights: only with a model card file", "la-dan"),
+    ),
+    "install: a model's name with --as-new-version": (
+        lambda w: ["models", "install", "la-dan", "--as-new-version"],
+        ("--as-new-version: only with a model card file",),
+    ),
+    "install: an unknown model's name": (
+        lambda w: ["models", "install", "nope"],
+        ("unknown model 'nope'",),
+    ),
+    "release: a shipped model's name": (
+        lambda w: ["release", str(w), "--name", "la-sassnet"],
+        ("'la-sassnet' is the name of a shipped model", "--as-new-version"),
+    ),
+    "release: a new version numbered as the shipped one": (
+        lambda w: [
+            "release",
+            str(w),
+            "--name",
+            "la-sassnet",
+            "--version",
+            shipped_version("la-sassnet"),
+            "--as-new-version",
+        ],
+        ("is the shipped model's version",),
+    ),
     # train
     "train: config value of the wrong type": (
         lambda w: [
@@ -617,9 +662,12 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
         lambda w: [*SUGGEST, "-i", str(w / "img.nii.gz"), "--min-area", "-1"],
         ("--min-area", "at least 0"),
     ),
-    "suggest: a model without attention": (
-        lambda w: ["suggest", "--model", "tiny", "-i", str(w / "img.nii.gz")],
-        ("tiny", "no attention head"),
+    "suggest: a second opinion the model lacks": (
+        lambda w: [
+            *["suggest", "--model", "tiny", "-i", str(w / "img.nii.gz")],
+            *["--second-opinion", "attention"],
+        ],
+        ("tiny", "cannot give a 'attention' second opinion", "sdm, mirroring"),
     ),
     # finetune
     "finetune: --learning-rate nan": (lambda w: finetune(w, "--learning-rate", "nan"), ("--learning-rate",)),

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from asdseg.cli import build_parser, main
 from asdseg.io.image_io import read_image, same_geometry
 from asdseg.progress import tqdm_progress
-from asdseg.registry import install_model, load_network, save_model
+from asdseg.registry import find_model, install_model, load_network, save_model, user_models_dir
 from asdseg.registry.model_card import ModelCard
 
 
@@ -33,6 +33,7 @@ def test_every_command_has_help() -> None:
         ["models"],
         ["models", "list"],
         ["models", "install"],
+        ["release"],
         ["demo"],
     ):
         completed = subprocess.run(
@@ -214,6 +215,43 @@ def test_models_list_show_install(tiny_model: ModelCard, capsys) -> None:
     assert main(["models", "show", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "tiny " in listed and "labels: 1=ellipsoid, 2=sphere" in out
+
+
+def test_a_shipped_models_name_is_taken_only_as_a_new_version_and_listed_as_such(
+    tiny_model: ModelCard, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    shipped = find_model("la-dan")
+    card = {**tiny_model.data, "name": "la-dan", "version": "9"}
+    own = save_model(load_network(tiny_model), card, tmp_path / "la-dan").directory
+    assert main(["models", "install", str(own / "card.json")]) == 2
+    assert "'la-dan' is the name of a shipped model" in capsys.readouterr().err
+    assert find_model("la-dan").directory == shipped.directory and not (user_models_dir() / "la-dan").exists()
+
+    assert main(["models", "install", str(own / "card.json"), "--as-new-version"]) == 0
+    assert "installed la-dan (v9)" in capsys.readouterr().out
+    assert find_model("la-dan").directory == user_models_dir() / "la-dan"
+    assert main(["models"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert f"v9     user folder, hides shipped v{shipped.data['version']}" in listed["la-dan"]
+    assert " shipped " in listed["la-sassnet"]
+    assert main(["models", "show", str(own)]) == 0
+    assert f"from: path ({own})" in capsys.readouterr().out
+    assert main(["models", "show", "la-sassnet"]) == 0
+    assert "from: shipped (" in capsys.readouterr().out
+
+
+def test_release_refuses_a_shipped_name_in_the_model_folder_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A release into your model folder would hide the shipped model; elsewhere it hides nothing.
+    With --as-new-version the name passes and the release goes on (to the missing run here)."""
+    run = str(tmp_path / "no-run")
+    assert main(["release", run, "--name", "la-dan"]) == 2
+    assert "'la-dan' is the name of a shipped model" in capsys.readouterr().err
+    for extra in (["--as-new-version"], ["--output-dir", str(tmp_path / "elsewhere")]):
+        assert main(["release", run, "--name", "la-dan", *extra]) == 2
+        error = capsys.readouterr().err
+        assert "shipped model" not in error and "no-run" in error, error
 
 
 def test_parser_knows_the_documented_segment_options() -> None:

@@ -192,21 +192,52 @@ def command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_source(card: ModelCard) -> str:
+    """Where a model comes from, and whether its weights still have to be downloaded."""
+    from asdseg.registry import model_origin, weights_location
+
+    origin = model_origin(card)
+    return origin if weights_location(card).is_file() else f"{origin}, download on first use"
+
+
+def _install_model(args: argparse.Namespace) -> None:
+    """``models install``: a card file is installed into the user's folder; a model's name
+    fetches its weights from the card's download source, if they are not here yet."""
+    from asdseg.registry import find_model, install_model, load_network, weights_location
+
+    if args.model.endswith(".json") or Path(args.model).exists():
+        card = install_model(args.model, args.weights, args.as_new_version)
+        print(f"installed {card.name} (v{card.data['version']}) into {card.directory}")
+        return
+    given = [option for option in ("weights", "as_new_version") if getattr(args, option)]
+    if given:
+        options = ", ".join(f"--{option.replace('_', '-')}" for option in given)
+        raise InputError(f"{options}: only with a model card file, not with a model's name ({args.model}).")
+    card = find_model(args.model)
+    present = weights_location(card).is_file()
+    load_network(card)  # downloads them on first use, checks them and loads them
+    verb = "already here" if present else "downloaded"
+    print(f"{card.name} (v{card.data['version']}): weights {verb}, {weights_location(card)}")
+
+
 def command_models(args: argparse.Namespace) -> int:
-    from asdseg.registry import available_models, find_model, install_model
+    from asdseg.registry import available_models, find_model
 
     if args.action == "list":
         models = available_models()
         if not models:
             print("no models installed; 'asdseg demo' installs the phantom demo model.")
         for name, card in sorted(models.items()):
-            print(f"{name:<20} {card.data['task']:<16} {card.data['description']}")
+            version, task = f"v{card.data['version']}", card.data["task"]
+            print(f"{name:<20} {version:<6} {_model_source(card):<12} {task:<16} {card.data['description']}")
     elif args.action == "show":
         card = find_model(args.name)
-        print(card.summary() if not args.json else json.dumps(card.data, indent=2))
+        if args.json:
+            print(json.dumps(card.data, indent=2))
+        else:
+            print(f"{card.summary()}\n  from: {_model_source(card)} ({card.directory})")
     else:
-        card = install_model(args.card, args.weights)
-        print(f"installed {card.name} into {card.directory}")
+        _install_model(args)
     return 0
 
 
@@ -295,11 +326,13 @@ def command_train(args: argparse.Namespace) -> int:
 
 def command_release(args: argparse.Namespace) -> int:
     from asdseg.progress import tqdm_progress
-    from asdseg.registry import user_models_dir
+    from asdseg.registry import check_shipped_name, user_models_dir
     from asdseg.training.release import release_run
 
     output = Path(args.output_dir) if args.output_dir else user_models_dir()
     check_output_dir(output, "--output-dir")
+    if output.resolve() == user_models_dir().resolve():
+        check_shipped_name(args.name, args.version, args.as_new_version)
     update, close = tqdm_progress("validating")
     try:
         card = release_run(args.run, args.name, output, args.version, progress=update)
@@ -496,6 +529,14 @@ def command_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``--as-new-version`` of ``models install`` and ``release``.
+AS_NEW_VERSION_HELP = (
+    "allow a shipped model's name (refused without it): the new model, whose version must differ from "
+    "the shipped one's, is then used wherever that name is asked for, and 'asdseg models' says so; "
+    "remove its folder from your model folder to go back to the shipped one"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asdseg", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -555,9 +596,17 @@ def build_parser() -> argparse.ArgumentParser:
     show = actions.add_parser("show", help="show a model card")
     show.add_argument("name")
     show.add_argument("--json", action="store_true", help="print the whole card as JSON")
-    install = actions.add_parser("install", help="install a model from a card (and weights) file")
-    install.add_argument("card", help="model card JSON")
+    install = actions.add_parser(
+        "install",
+        help="install a model from a card (and weights) file, or download a model's weights by its name",
+    )
+    install.add_argument(
+        "model",
+        help="a model card JSON (installed into your model folder, weights as float16), or the name of a "
+        "model whose card has a download source (its weights are fetched now rather than on first use)",
+    )
     install.add_argument("--weights", help="weights file (default: the file the card names, beside it)")
+    install.add_argument("--as-new-version", action="store_true", help=AS_NEW_VERSION_HELP)
     models.set_defaults(handler=command_models, action="list")
 
     train = commands.add_parser("train", help="train a model with one of the papers' recipes")
@@ -632,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument(
         "--output-dir", help="where the model folder goes (default: your model folder, where Slicer finds it)"
     )
+    release.add_argument("--as-new-version", action="store_true", help=AS_NEW_VERSION_HELP)
     release.set_defaults(handler=command_release)
 
     dicom_rt = commands.add_parser(

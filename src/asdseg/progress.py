@@ -33,10 +33,10 @@ class CancelToken:
 
 
 def tqdm_progress(
-    description: str = "", stream: TextIO | None = None
+    description: str = "", stream: TextIO | None = None, unit: str = "win"
 ) -> tuple[ProgressCallback, Callable[[], None]]:
     """A progress callback that drives one progress bar on ``stream`` (stderr by default), and a
-    function to close it.
+    function to close it. With ``unit="B"`` the counts are bytes, shown as kB, MB...
 
     The bar appears with the first update (so there is no empty bar before the total is known)
     and is drawn once per update at most. Where the stream is not a terminal (output captured
@@ -55,7 +55,9 @@ def tqdm_progress(
             bar = tqdm(
                 total=total,
                 desc=stage or description,
-                unit="win",
+                unit=unit,
+                unit_scale=unit == "B",
+                unit_divisor=1024,
                 file=stream,
                 leave=not terminal,
                 mininterval=0.1 if terminal else 1.0,

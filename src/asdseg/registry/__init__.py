@@ -2,7 +2,14 @@
 
 Each model is a folder holding ``card.json`` and the weights file the card names. Shipped
 models live in the package (``asdseg/models``); installed ones under ``$ASDSEG_HOME/models``
-(default ``~/.asdseg/models``). A user-installed model of the same name overrides a shipped one.
+(default ``~/.asdseg/models``). A user-installed model of the same name overrides a shipped one,
+so installing one under a shipped model's name needs an explicit "as a new version" (else the
+user would run other weights than the ones they asked for by name without knowing it).
+
+A card may name a download source (``weights.url``) instead of bundling its weights, to keep
+them out of the repository; they are downloaded on first use into ``$ASDSEG_HOME/downloads``.
+Installed weights are stored in half precision (float16), half the bytes; loading casts them
+back to float32.
 
 Listing and finding models reads only the cards: torch is imported by the functions that touch
 weights, so that Slicer's model list never loads torch into the application.
@@ -10,10 +17,8 @@ weights, so that Slicer's model list never loads torch into the application.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from importlib import resources
@@ -22,6 +27,8 @@ from typing import TYPE_CHECKING
 
 from asdseg.errors import ModelError
 from asdseg.io.image_io import atomic_path
+from asdseg.progress import ProgressCallback
+from asdseg.registry.download import download_file, sha256_of
 from asdseg.registry.model_card import ATTENTION_ARCHITECTURES, CARD_FILE, ModelCard, validate_card
 
 if TYPE_CHECKING:
@@ -46,19 +53,65 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _cards_in(directory: Path, warn: Callable[[str], None]) -> dict[str, ModelCard]:
+    """The valid cards of the model folders in ``directory``, by name. A broken card (hand-edited,
+    half copied) is skipped with a ``warn``-ing rather than making every other model unusable."""
+    models: dict[str, ModelCard] = {}
+    for card_path in sorted(directory.glob(f"*/{CARD_FILE}")):
+        try:
+            card = ModelCard.load(card_path)
+        except ModelError as error:
+            warn(f"skipping a broken model: {error}")
+            continue
+        models[card.name] = card
+    return models
+
+
 def available_models(warn: Callable[[str], None] = _warn) -> dict[str, ModelCard]:
-    """Every model whose card is present and valid, by name. A broken card (hand-edited, half
-    copied) is skipped with a ``warn``-ing rather than making every other model unusable."""
+    """Every model whose card is present and valid, by name; a user's model hides a shipped one
+    of the same name."""
     models: dict[str, ModelCard] = {}
     for directory in model_dirs():
-        for card_path in sorted(directory.glob(f"*/{CARD_FILE}")):
-            try:
-                card = ModelCard.load(card_path)
-            except ModelError as error:
-                warn(f"skipping a broken model: {error}")
-                continue
-            models[card.name] = card
+        models.update(_cards_in(directory, warn))
     return models
+
+
+def shipped_models() -> dict[str, ModelCard]:
+    """The models that come with the package, by name, whether or not a user's model hides them."""
+    return _cards_in(shipped_models_dir(), _warn)
+
+
+def model_origin(card: ModelCard) -> str:
+    """Where ``card``'s model comes from, for a person choosing one: ``shipped``, ``user folder``
+    (saying which shipped model it hides, if any) or ``path`` (a model folder given by path)."""
+    folder = card.directory.resolve().parent
+    if folder == shipped_models_dir().resolve():
+        return "shipped"
+    if folder != user_models_dir().resolve():
+        return "path"
+    hidden = shipped_models().get(card.name)
+    return "user folder" if hidden is None else f"user folder, hides shipped v{hidden.data['version']}"
+
+
+def check_shipped_name(name: str, version: str, as_new_version: bool = False) -> None:
+    """Refuse to install a model under a shipped model's name, which would silently replace the
+    shipped one wherever that name is asked for, unless ``as_new_version`` says that is meant and
+    ``version`` tells the two apart."""
+    shipped = shipped_models().get(name)
+    if shipped is None:
+        return
+    shipped_version = shipped.data["version"]
+    if not as_new_version:
+        raise ModelError(
+            f"{name!r} is the name of a shipped model (v{shipped_version}); a model installed under it "
+            f"would be used instead of the shipped one without a word. Choose another name (e.g. "
+            f"{name}-2), or pass --as-new-version to install it as a new version of {name!r} on purpose."
+        )
+    if version == shipped_version:
+        raise ModelError(
+            f"{name!r} v{version} is the shipped model's version; give the new version another number "
+            "(release --version, or the card's 'version')."
+        )
 
 
 def attention_models() -> dict[str, ModelCard]:
@@ -88,19 +141,38 @@ def find_model(name: str) -> ModelCard:
     return models[name]
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def downloads_dir() -> Path:
+    return user_models_dir().parent / "downloads"
+
+
+def weights_location(card: ModelCard) -> Path:
+    """Where ``card``'s weights are: beside the card, or, for a card with a download source whose
+    weights are not there, in the download folder under their SHA-256 (so that a package folder
+    may be read-only, and two versions of a model never share a file)."""
+    if card.weights_path.is_file() or card.weights_url is None:
+        return card.weights_path
+    return downloads_dir() / card.weights_sha256 / card.data["weights"]["file"]
+
+
+def fetch_weights(card: ModelCard, progress: ProgressCallback | None = None) -> Path:
+    """``card``'s weights, downloaded first from its download source if they are not here yet
+    (``progress`` as in :func:`asdseg.registry.download.download_file`)."""
+    path = weights_location(card)
+    if path.is_file() or card.weights_url is None:
+        return path
+    return download_file(card.weights_url, path, card.weights_sha256, progress, f"downloading {card.name}")
 
 
 def verify_weights(card: ModelCard, weights_path: Path | None = None) -> Path:
     """Check that the weights exist and match the card's SHA-256; returns their path."""
-    path = weights_path or card.weights_path
+    path = weights_path or weights_location(card)
     if not path.is_file():
-        raise ModelError(f"model {card.name!r}: weights file {path} is missing; reinstall the model.")
+        remedy = (
+            f"run 'asdseg models install {card.name}' to download it"
+            if card.weights_url
+            else "reinstall the model"
+        )
+        raise ModelError(f"model {card.name!r}: weights file {path} is missing; {remedy}.")
     actual = sha256_of(path)
     if actual != card.weights_sha256:
         raise ModelError(
@@ -129,10 +201,11 @@ def network_from_architecture(architecture: dict, source: str) -> nn.Module:
 
 def load_network(card: ModelCard, weights_path: Path | None = None) -> nn.Module:
     """Build the card's architecture and load its checksum-verified weights (``weights_path``,
-    default the card's), in eval mode."""
+    default the card's, downloaded on first use), in eval mode. Weights stored as float16 are
+    cast back into the float32 network."""
     import torch
 
-    path = verify_weights(card, weights_path)
+    path = verify_weights(card, weights_path or fetch_weights(card))
     network = network_from_architecture(card.data["architecture"], f"model {card.name!r}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -151,24 +224,21 @@ def load_network(card: ModelCard, weights_path: Path | None = None) -> nn.Module
     return network.eval()
 
 
-def install_model(card_path: str | Path, weights_path: str | Path | None = None) -> ModelCard:
-    """Copy a model (card + weights, checksum verified first) into the user's model folder.
+def install_model(
+    card_path: str | Path, weights_path: str | Path | None = None, as_new_version: bool = False
+) -> ModelCard:
+    """Install a model (card + weights, checksum verified and loaded first) into the user's
+    model folder, its weights as float16 (:func:`save_model`).
 
-    ``weights_path`` defaults to the file the card names, beside the card. The card and the
-    weights are written atomically; an existing model of that name is replaced only after both
-    new files are complete.
+    ``weights_path`` defaults to the file the card names, beside the card (or its download
+    source). A shipped model's name is refused unless ``as_new_version`` (:func:`check_shipped_name`).
+    The card and the weights are written atomically; an existing model of that name is replaced
+    only after both new files are complete.
     """
     source_card = ModelCard.load(card_path)
-    data = source_card.data
-    source_weights = verify_weights(source_card, Path(weights_path) if weights_path else None)
-    load_network(source_card, source_weights)  # refuse now what segment would refuse later
-    target = user_models_dir() / source_card.name
-    target.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target / data["weights"]["file"]) as temporary:
-        shutil.copyfile(source_weights, temporary)
-    with atomic_path(target / CARD_FILE) as temporary:
-        temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return ModelCard.load(target / CARD_FILE)
+    check_shipped_name(source_card.name, source_card.data["version"], as_new_version)
+    network = load_network(source_card, Path(weights_path) if weights_path else None)
+    return save_model(network, source_card.data, user_models_dir() / source_card.name, half_precision=True)
 
 
 def half_precision_state(network: nn.Module) -> dict[str, torch.Tensor]:

@@ -108,6 +108,11 @@ class ModelCard:
         return self.data["weights"]["sha256"]
 
     @property
+    def weights_url(self) -> str | None:
+        """Where the weights can be downloaded from, for a card whose weights are not bundled."""
+        return self.data["weights"].get("url")
+
+    @property
     def has_sdm(self) -> bool:
         return bool(self.data["outputs"]["sdm"])
 
