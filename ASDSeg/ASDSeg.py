@@ -8,7 +8,6 @@ user confirms, never when Slicer loads this module.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLDisplayableNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -31,6 +30,9 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+# Makes the engine importable from a source checkout before any function below imports it.
+import ASDSegLib  # noqa: F401
 
 MODULE_DIR = Path(__file__).resolve().parent
 REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
@@ -51,19 +53,10 @@ def slicer_version_problem() -> str | None:
     )
 
 
-def make_engine_importable() -> None:
-    """An installed extension has the ``asdseg`` engine beside this file; a source checkout
-    added through "Additional module paths" has it in ``../src``."""
-    source_tree_engine = MODULE_DIR.parent / "src"
-    if importlib.util.find_spec("asdseg") is None and (source_tree_engine / "asdseg").is_dir():
-        sys.path.insert(0, str(source_tree_engine))
-
-
 def missing_dependencies() -> list[str]:
     """Packages the engine needs that this Slicer's Python lacks or has in too old a version."""
     from ASDSegLib.dependencies import missing_requirements
 
-    make_engine_importable()
     return missing_requirements(REQUIREMENTS_FILE)
 
 
@@ -144,7 +137,6 @@ def python_slicer() -> str | None:
 
 def engine_environment() -> dict[str, str]:
     """Slicer's start-up environment with the engine on PYTHONPATH, for PythonSlicer children."""
-    make_engine_importable()
     from asdseg.background import engine_environment as with_engine
 
     return with_engine(slicer.util.startupEnvironment())
@@ -220,7 +212,10 @@ class ASDSegParameterNode:
     """The panel's state, saved with the scene."""
 
     inputVolume: vtkMRMLScalarVolumeNode
-    roi: vtkMRMLMarkupsROINode
+    #: A markups ROI. Slicer 5.8 has vtkMRMLMarkupsROINode only once its Markups module is
+    #: loaded, after this file runs, so the field takes the core base class; the roiSelector
+    #: (nodeTypes in the .ui) offers ROIs only, and is bound by ParameterNodeWidget.
+    roi: vtkMRMLDisplayableNode
     modelName: str = ""
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     precision: Annotated[str, Choice(["auto", "fp32", "bf16", "fp16"])] = "auto"
@@ -242,7 +237,12 @@ class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The plumbing of Slicer's scripted-module template that this extension's panels share:
     the parameter node is bound to the .ui widgets and follows the scene (closed, re-opened),
     and one engine run at a time is polled by a timer. Subclasses set ``self.logic`` and
-    ``self.ui`` in ``setupPanel`` and implement ``updateGUIFromParameterNode`` and ``onPollRun``.
+    ``self.ui`` (with a ``roiSelector``) in ``setupPanel`` and implement
+    ``updateGUIFromParameterNode`` and ``onPollRun``.
+
+    The ROI selector is bound here rather than by ``connectGui``: the parameter node's ``roi``
+    is annotated with an abstract core class (see ``ASDSegParameterNode``), and ``connectGui``
+    would set the selector's node types from it (instantiating it, which fails).
     """
 
     #: The module's Qt-free libraries, read again from disk on Reload.
@@ -269,6 +269,7 @@ class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.layout.addWidget(label)
             return
         self.setupPanel()
+        self.ui.roiSelector.currentNodeChanged.connect(self.onRoiSelected)
         self.observeScene()
         self.initializeParameterNode()
 
@@ -298,7 +299,7 @@ class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(
-                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified
             )
 
     def onSceneStartClose(self, caller, event) -> None:
@@ -320,15 +321,21 @@ class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(
-                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified
             )
         self._parameterNode = parameter_node
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(
-                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode
-            )
-            self.updateGUIFromParameterNode()
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.onParameterNodeModified()
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        self.ui.roiSelector.setCurrentNode(self._parameterNode.roi)
+        self.updateGUIFromParameterNode()
+
+    def onRoiSelected(self, node) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.roi = node
 
     def startPolling(self, run, message: str) -> None:
         self._run = run
@@ -577,7 +584,6 @@ class ASDSegLogic(ScriptedLoadableModuleLogic):
     @property
     def segmentation(self):
         if self._segmentation is None:
-            make_engine_importable()
             from ASDSegLib.segmentation_logic import SegmentationLogic
 
             self._segmentation = SegmentationLogic(slicer.mrmlScene, python_slicer(), engine_environment())

@@ -19,7 +19,7 @@ from typing import Annotated
 
 import qt
 import slicer
-from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLDisplayableNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -31,7 +31,6 @@ from ASDSeg import (
     ParameterNodeWidget,
     engine_environment,
     install_dependencies,
-    make_engine_importable,
     missing_dependencies,
     python_slicer,
     run_self_tests,
@@ -74,7 +73,8 @@ class ActiveAnnotateParameterNode:
     """The panel's state, saved with the scene."""
 
     inputVolume: vtkMRMLScalarVolumeNode
-    roi: vtkMRMLMarkupsROINode
+    #: A markups ROI: see ASDSegParameterNode.roi (5.8 has vtkMRMLMarkupsROINode only later).
+    roi: vtkMRMLDisplayableNode
     annotation: vtkMRMLSegmentationNode
     modelName: str = ""
     strategy: Annotated[str, Choice(STRATEGIES)] = "p-dsc-spread"
@@ -373,7 +373,6 @@ class ActiveAnnotateLogic(ScriptedLoadableModuleLogic):
     def annotation(self):
         """The Qt-free logic, its model in use being the parameter node's (the panel's state)."""
         if self._annotation is None:
-            make_engine_importable()
             from asdseg.registry import user_models_dir
 
             from ActiveAnnotateLib.annotation_logic import AnnotationLogic

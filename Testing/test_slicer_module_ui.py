@@ -19,11 +19,11 @@ from PySide6.QtWidgets import QApplication, QComboBox
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Per module: the parameters its widget writes itself instead of through a SlicerParameterName
-#: binding, and widgets the test requires.
+#: binding (``roi``: ASDSeg.ParameterNodeWidget binds it, see there), and widgets the test requires.
 MODULES = {
-    "ASDSeg": ({"modelName"}, {"segmentButton", "progressBar", "statusLabel", "exportButton"}),
+    "ASDSeg": ({"modelName", "roi"}, {"segmentButton", "progressBar", "statusLabel", "exportButton"}),
     "ActiveAnnotate": (
-        {"modelName"},
+        {"modelName", "roi"},
         {
             "suggestButton",
             "suggestionsTable",
@@ -136,6 +136,14 @@ def test_choice_parameters_offer_exactly_their_choices(module: str, panel) -> No
         combo = bound[name]
         assert isinstance(combo, QComboBox), f"{name} is a choice; bind it to a QComboBox"
         assert [combo.itemText(index) for index in range(combo.count())] == choices
+
+
+def test_the_roi_selector_offers_markups_rois_only(module: str, panel) -> None:
+    """The parameter node's ``roi`` is annotated with a core base class (Slicer 5.8 loads the ROI
+    class later), so the .ui's node types are what keeps the selector to ROIs."""
+    selector = panel.findChild(QObject, "roiSelector")
+    assert selector.property("nodeTypes") == ["vtkMRMLMarkupsROINode"]
+    assert selector.property("SlicerParameterName") is None  # connectGui would reset the types
 
 
 def test_slicer_widgets_are_declared_as_custom_widgets(module: str) -> None:
