@@ -77,7 +77,6 @@ def test_the_extension_declares_its_metadata_modules_and_pytorch() -> None:
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in text
     for folder in ("src", *MODULES):
         assert f"add_subdirectory({folder})" in text
-    assert (ROOT / "Resources" / "Icons" / "SlicerASDSeg.png").is_file()
 
 
 def test_slicer_requirements_are_the_engine_dependencies_slicer_lacks() -> None:
@@ -97,13 +96,54 @@ def cmake_setting(name: str) -> str:
     return match.group(1)
 
 
+def extension_name() -> str:
+    match = re.search(
+        r"^project\((\w+)\)", (ROOT / "CMakeLists.txt").read_text(encoding="utf-8"), re.MULTILINE
+    )
+    assert match, "CMakeLists.txt has no project()"
+    return match.group(1)
+
+
+def catalog_entry() -> dict:
+    return json.loads((ROOT / f"{extension_name()}.json").read_text(encoding="utf-8"))
+
+
 def test_the_extensions_index_entry_matches_the_extension() -> None:
-    """SlicerASDSeg.json is the file to submit to the Slicer Extensions Index (catalog entry
-    schema v1.0.1: only these keys, category and scm_url required)."""
-    entry = json.loads((ROOT / "SlicerASDSeg.json").read_text(encoding="utf-8"))
+    """<extension name>.json is the file to submit to the Slicer Extensions Index (catalog entry
+    schema v1.0.1: only these keys, category and scm_url required). The index's
+    check_description_files.py wants the file named after CMakeLists.txt's project(), which is
+    the name without the "Slicer" prefix the repository keeps."""
+    assert extension_name() == "ASDSeg"
+    entry = catalog_entry()
     allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies"}
     assert set(entry) <= allowed | {"build_subdirectory", "enabled", "tier"}
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
     assert entry["category"] == cmake_setting("EXTENSION_CATEGORY")
     assert entry["build_dependencies"] == cmake_setting("EXTENSION_DEPENDS").split()
     assert entry["scm_url"].removesuffix(".git") in cmake_setting("EXTENSION_HOMEPAGE")
+    assert "slicer" in entry["scm_url"].removesuffix(".git").rsplit("/", 1)[1].lower()
+
+
+def test_icon_and_screenshot_urls_are_this_repositorys_images() -> None:
+    """The catalog downloads them; each must be the raw URL of a PNG this repository tracks, at
+    the branch the catalog builds."""
+    entry = catalog_entry()
+    repository = entry["scm_url"].removesuffix(".git").removeprefix("https://github.com/")
+    prefix = f"https://raw.githubusercontent.com/{repository}/{entry['scm_revision']}/"
+    urls = [cmake_setting("EXTENSION_ICONURL"), *cmake_setting("EXTENSION_SCREENSHOTURLS").split()]
+    assert urls[0] == f"{prefix}ASDSeg/Resources/Icons/ASDSeg.png"
+    for url in urls:
+        assert url.startswith(prefix), url
+        image = ROOT / url.removeprefix(prefix)
+        assert image.is_file(), url
+        assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", url
+
+
+def test_the_repository_root_has_the_codes_licence() -> None:
+    """The index requires a licence file at the root; it must be the licence pyproject.toml
+    declares (the weights' terms are in their model cards)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"]["text"] == "Apache-2.0"
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
