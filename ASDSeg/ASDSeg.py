@@ -142,6 +142,14 @@ def engine_environment() -> dict[str, str]:
     return with_engine(slicer.util.startupEnvironment())
 
 
+def suggested_export_path(node) -> str:
+    """Where the export dialog starts: the home folder and the node's name as Slicer's own save
+    dialog makes it file-safe (node names often hold ':' or '/'); the engine refuses an unsafe
+    name the user types instead."""
+    name = slicer.app.ioManager().forceFileNameValidCharacters(node.GetName()) or "segmentation"
+    return str(Path(qt.QDir.homePath()) / f"{name}.nii.gz")
+
+
 @contextmanager
 def user_action(what: str):
     """Run a user action; any exception, not only the engine's own, is shown in a message box
@@ -554,9 +562,11 @@ class ASDSegWidget(ParameterNodeWidget):
 
     def onExport(self) -> None:
         segmentation_node = self._parameterNode.outputSegmentation
-        suggested = str(Path(qt.QDir.homePath()) / f"{segmentation_node.GetName()}.nii.gz")
         path = qt.QFileDialog.getSaveFileName(
-            slicer.util.mainWindow(), "Export segmentation to NIfTI", suggested, "NIfTI (*.nii.gz *.nii)"
+            slicer.util.mainWindow(),
+            "Export segmentation to NIfTI",
+            suggested_export_path(segmentation_node),
+            "NIfTI (*.nii.gz *.nii)",
         )
         if not path:
             return

@@ -35,6 +35,7 @@ from ASDSeg import (
     python_slicer,
     run_self_tests,
     skip_without_dependencies,
+    suggested_export_path,
     user_action,
 )
 
@@ -287,9 +288,11 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
 
     def onExport(self) -> None:
         segmentation_node = self._parameterNode.annotation
-        suggested = str(Path(qt.QDir.homePath()) / f"{segmentation_node.GetName()}.nii.gz")
         path = qt.QFileDialog.getSaveFileName(
-            slicer.util.mainWindow(), "Export labelled slices to NIfTI", suggested, "NIfTI (*.nii.gz *.nii)"
+            slicer.util.mainWindow(),
+            "Export labelled slices to NIfTI",
+            suggested_export_path(segmentation_node),
+            "NIfTI (*.nii.gz *.nii)",
         )
         if not path:
             return

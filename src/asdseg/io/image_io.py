@@ -23,6 +23,28 @@ import SimpleITK as sitk
 from asdseg.errors import InputError
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: Characters Windows refuses in a file name; Slicer's node names often hold ':' and '/'.
+UNSAFE_NAME_CHARACTERS = frozenset('<>:"/\\|?*')
+#: Device names Windows reserves, whatever the extension.
+RESERVED_NAMES = frozenset(
+    ["CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM", "LPT") for n in range(1, 10))]
+)
+
+
+def check_file_name(path: str | Path) -> None:
+    """Refuse an output whose file name would fail, or land somewhere else, on one of the
+    systems the Slicer modules run on: Windows' forbidden characters, control characters, a
+    name ending in a space or a dot, or a reserved device name. Spaces and non-ASCII letters
+    are fine."""
+    name = Path(path).name
+    unsafe = sorted(
+        {character for character in name if character in UNSAFE_NAME_CHARACTERS or ord(character) < 32}
+    )
+    if unsafe:
+        shown = " ".join(repr(character) for character in unsafe)
+        raise InputError(f"{name!r}: a file name cannot hold {shown}; rename the output.")
+    if not name.strip(" .") or name != name.rstrip(" .") or name.split(".")[0].upper() in RESERVED_NAMES:
+        raise InputError(f"{name!r} is not a usable file name on every system; rename the output.")
 
 
 def image_suffix(path: str | Path) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from asdseg.io.image_io import atomic_paths, image_suffix, save_image
+from asdseg.io.image_io import atomic_paths, check_file_name, image_suffix, save_image
 
 
 @dataclass(frozen=True)
@@ -127,11 +127,14 @@ def write_label_map(
     """Write a label map, its sidecars and any ``extra_images`` and ``extra_texts``, all or nothing.
 
     Every file is first written to a temporary file beside its target; only when all of them
-    are complete are they renamed into place, so a failure leaves existing files untouched.
+    are complete are they renamed into place, so a failure leaves existing files untouched. A
+    file name that is not safe on every system is refused before anything is written.
     """
     images = {Path(label_path): label_map, **(extra_images or {})}
     texts = {sidecar_paths(label_path)[kind]: text for kind, text in sidecar_contents(labels).items()}
     texts.update(extra_texts or {})
+    for path in [*images, *texts]:
+        check_file_name(path)
     with atomic_paths([*images, *texts]) as temporaries:
         for temporary, (path, image) in zip(temporaries, images.items()):
             save_image(image, temporary, path)
