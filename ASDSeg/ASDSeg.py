@@ -115,7 +115,7 @@ def install_requirements() -> None:
     a package that would replace one of them makes pip fail instead."""
     from ASDSegLib.dependencies import protected_constraints
 
-    with tempfile.TemporaryDirectory(prefix="asdseg-") as folder:
+    with tempfile.TemporaryDirectory(prefix="asdseg-", dir=slicer.app.temporaryPath) as folder:
         constraints = Path(folder) / "constraints.txt"
         constraints.write_text("\n".join(protected_constraints()) + "\n", encoding="utf-8")
         with slicer.util.displayPythonShell():
@@ -596,7 +596,9 @@ class ASDSegLogic(ScriptedLoadableModuleLogic):
         if self._segmentation is None:
             from ASDSegLib.segmentation_logic import SegmentationLogic
 
-            self._segmentation = SegmentationLogic(slicer.mrmlScene, python_slicer(), engine_environment())
+            self._segmentation = SegmentationLogic(
+                slicer.mrmlScene, python_slicer(), engine_environment(), slicer.app.temporaryPath
+            )
         return self._segmentation
 
     @staticmethod
@@ -669,7 +671,7 @@ class ASDSegTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(outputs.sdm_node)
 
         self.delayDisplay("Exporting")
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as folder:
             path = Path(folder) / "phantom-seg.nii.gz"
             logic.export_segmentation(segmentation, path)
             exported = read_image(path)

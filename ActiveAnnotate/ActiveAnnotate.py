@@ -385,6 +385,7 @@ class ActiveAnnotateLogic(ScriptedLoadableModuleLogic):
                 user_models_dir().parent / "active-learning",
                 python_slicer(),
                 engine_environment(),
+                slicer.app.temporaryPath,
             )
         self._annotation.model = self.getParameterNode().modelName or None
         return self._annotation
@@ -431,8 +432,10 @@ class ActiveAnnotateTest(ScriptedLoadableModuleTest):
         image, label = phantom_image(make_phantom(shape=(48, 48, 32), seed=4))
         volume_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "phantom")
         update_volume_node_from_image(volume_node, image)
-        with tempfile.TemporaryDirectory() as folder:
-            logic = AnnotationLogic(slicer.mrmlScene, Path(folder) / "session", python_slicer())
+        with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as folder:
+            logic = AnnotationLogic(
+                slicer.mrmlScene, Path(folder) / "session", python_slicer(), temp_dir=folder
+            )
             segmentation_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "labels")
             segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
             segment_id = segmentation_node.GetSegmentation().AddEmptySegment("", "ellipsoid")

@@ -120,13 +120,14 @@ class SegmentationRun(FolderJob):
         environment: dict[str, str] | None = None,
         roi: RegionOfInterest | None = None,
         roi_warnings: Sequence[str] = (),
+        temp_dir: str | Path | None = None,
     ) -> None:
         self.volume_node = volume_node
         self.card = card
         #: Said about the ROI before the run (it was clipped to the volume), shown with the result.
         self.roi_warnings = list(roi_warnings)
         self.input_image = image_from_volume_node(volume_node)
-        folder = tempfile.TemporaryDirectory(prefix="asdseg-")
+        folder = tempfile.TemporaryDirectory(prefix="asdseg-", dir=temp_dir)
         path = Path(folder.name)
         self._paths = {"input": path / "input.nrrd", "label": path / "label.nrrd"}
         arguments = ["segment", "--model", card.name, *options.cli_arguments()]
@@ -219,13 +220,17 @@ class SegmentationLogic:
         scene: slicer.vtkMRMLScene,
         python_executable: str | None = None,
         environment: dict[str, str] | None = None,
+        temp_dir: str | Path | None = None,
     ) -> None:
         """``python_executable`` and ``environment`` are the child process's (default: this
         Python and :func:`asdseg.background.engine_environment`); in Slicer, PythonSlicer and
-        Slicer's start-up environment."""
+        Slicer's start-up environment. Runs keep their files in ``temp_dir`` (default: the
+        system's); in Slicer, Slicer's temporary folder, which the user can move to a path
+        without non-ASCII characters, unlike Windows' own."""
         self.scene = scene
         self.python_executable = python_executable
         self.environment = environment
+        self.temp_dir = temp_dir
 
     # Models ---------------------------------------------------------------------------------
 
@@ -285,7 +290,14 @@ class SegmentationLogic:
         roi, roi_warnings = roi_region(roi_node, volume_node) if roi_node is not None else (None, [])
         card = self.model_card(model_name)
         return SegmentationRun(
-            volume_node, card, options, self.python_executable, self.environment, roi, roi_warnings
+            volume_node,
+            card,
+            options,
+            self.python_executable,
+            self.environment,
+            roi,
+            roi_warnings,
+            self.temp_dir,
         )
 
     def finish(

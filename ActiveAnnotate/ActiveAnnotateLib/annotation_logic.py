@@ -82,10 +82,13 @@ class AnnotationLogic:
         work_dir: str | Path,
         python_executable: str | None = None,
         environment: dict[str, str] | None = None,
+        temp_dir: str | Path | None = None,
     ) -> None:
+        """``temp_dir``: where rounds write their inputs (see :class:`SegmentationLogic`)."""
         self.scene = scene
         self.work_dir = Path(work_dir)
         self.child = {"python_executable": python_executable, "environment": environment}
+        self.temp_dir = temp_dir
         self.model: str | None = None
 
     # Models ---------------------------------------------------------------------------------
@@ -213,7 +216,7 @@ class AnnotationLogic:
         volume_node = self._source_volume(segmentation_node)
         check_roi_node(roi_node)
         roi = roi_region(roi_node, volume_node)[0] if roi_node is not None else None
-        folder = tempfile.TemporaryDirectory(prefix="activeannotate-")
+        folder = tempfile.TemporaryDirectory(prefix="activeannotate-", dir=self.temp_dir)
         paths = {
             name: Path(folder.name) / file for name, file in (("image", "image.nrrd"), ("output", "out.json"))
         }
@@ -266,7 +269,7 @@ class AnnotationLogic:
         check_roi_node(roi_node)
         volumes = [self._source_volume(segmentation_node) for segmentation_node in segmentation_nodes]
         regions = [roi_region(roi_node, volume)[0] for volume in volumes] if roi_node is not None else []
-        folder = tempfile.TemporaryDirectory(prefix="activeannotate-")
+        folder = tempfile.TemporaryDirectory(prefix="activeannotate-", dir=self.temp_dir)
         images, labels = [], []
         try:
             for index, (segmentation_node, volume_node) in enumerate(zip(segmentation_nodes, volumes)):

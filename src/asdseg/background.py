@@ -61,8 +61,11 @@ class JobProgress:
 def engine_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     """``base`` (default: this process's environment) with the folder holding this ``asdseg``
     package first on ``PYTHONPATH``, so the child runs the same engine as the parent even when
-    the parent found it through ``sys.path`` (as Slicer does for an extension's scripts)."""
+    the parent found it through ``sys.path`` (as Slicer does for an extension's scripts), and
+    Python's UTF-8 mode on: otherwise a child on Windows decodes paths and text files with the
+    locale's code page, and a user folder or file name with other characters breaks the run."""
     environment = dict(os.environ if base is None else base)
+    environment["PYTHONUTF8"] = "1"
     engine_root = str(Path(asdseg.__file__).resolve().parents[1])
     paths = [engine_root, *filter(None, environment.get("PYTHONPATH", "").split(os.pathsep))]
     environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
