@@ -206,3 +206,14 @@ def ensure_demo_model(
     if say is not None:
         say(validation_summary(card))
     return card
+
+
+def main() -> None:
+    """``python -m asdseg.demo.phantom_model``: install the phantom model in the model folder of
+    ``$ASDSEG_HOME`` and print its folder. The Slicer self-test runs this in a child process, so
+    that the training neither blocks nor loads torch into Slicer."""
+    print(ensure_demo_model().directory)
+
+
+if __name__ == "__main__":
+    main()
