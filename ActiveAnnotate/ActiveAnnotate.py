@@ -103,6 +103,10 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
         self.segmentEditorWidget = slicer.qMRMLSegmentEditorWidget()
         self.segmentEditorWidget.setMRMLScene(slicer.mrmlScene)
         self.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
+        # The editor paints into the round's labels on the round's volume only (bindSegmentEditor);
+        # its own selectors would let the annotator pick another node.
+        self.segmentEditorWidget.setSegmentationNodeSelectorVisible(False)
+        self.segmentEditorWidget.setSourceVolumeNodeSelectorVisible(False)
         self.ui.segmentEditorFrame.layout().addWidget(self.segmentEditorWidget)
 
         self.ui.installDependenciesButton.clicked.connect(self.onInstallDependencies)
@@ -220,10 +224,15 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
         self.ui.newAnnotationButton.enabled = bool(
             parameters and parameters.inputVolume and parameters.modelName
         )
-        if parameters and parameters.annotation and parameters.inputVolume:
-            self.segmentEditorWidget.setSegmentationNode(parameters.annotation)
-            self.segmentEditorWidget.setSourceVolumeNode(parameters.inputVolume)
+        self.bindSegmentEditor()
         self.showSuggestions()
+
+    def bindSegmentEditor(self) -> None:
+        """The editor follows the round's labels and volume, and edits nothing without both."""
+        parameters = self._parameterNode
+        ready = bool(parameters and parameters.annotation and parameters.inputVolume)
+        self.segmentEditorWidget.setSegmentationNode(parameters.annotation if ready else None)
+        self.segmentEditorWidget.setSourceVolumeNode(parameters.inputVolume if ready else None)
 
     def showSuggestions(self) -> None:
         parameters = self._parameterNode

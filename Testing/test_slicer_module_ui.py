@@ -170,3 +170,46 @@ def test_active_annotate_offers_every_query_strategy_of_the_engine() -> None:
         if isinstance(statement, ast.AnnAssign) and statement.target.id == "strategy"
     )
     assert default == DEFAULT_STRATEGY
+
+
+def calls_on(tree: ast.AST, function: str, receiver: str) -> list[tuple[str, list]]:
+    """(method, literal arguments) of each ``self.<receiver>.<method>(...)`` in ``function``."""
+    body = next(
+        node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name == function
+    )
+    return [
+        (node.func.attr, [getattr(argument, "value", None) for argument in node.args])
+        for node in ast.walk(body)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Attribute)
+        and node.func.value.attr == receiver
+    ]
+
+
+def test_the_embedded_segment_editor_is_bound_to_the_rounds_nodes_only() -> None:
+    """ActiveAnnotate's Segment Editor hides its own segmentation and volume selectors (so the
+    annotator cannot paint into another node) and is bound to the round's labels and volume, or
+    to nothing. qMRMLSegmentEditorWidget in Slicer 5.8 and 5.10 (read in their source) has these
+    setters; the "master volume" names they replace were deprecated in 5.2."""
+    tree = module_tree("ActiveAnnotate")
+    setup = calls_on(tree, "setupPanel", "segmentEditorWidget")
+    assert ("setSegmentationNodeSelectorVisible", [False]) in setup
+    assert ("setSourceVolumeNodeSelectorVisible", [False]) in setup
+    every_call = {
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+    }
+    assert not {name for name in every_call if "MasterVolume" in name}
+    binding = [method for method, _ in calls_on(tree, "bindSegmentEditor", "segmentEditorWidget")]
+    assert binding == ["setSegmentationNode", "setSourceVolumeNode"]
+    setters = {
+        function.name
+        for function in ast.walk(tree)
+        if isinstance(function, ast.FunctionDef)
+        for node in ast.walk(function)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "attr", "") in {"setSegmentationNode", "setSourceVolumeNode"}
+    }
+    assert setters == {"bindSegmentEditor", "onSceneStartClose"}
