@@ -39,7 +39,10 @@ from ASDSeg import (
     user_action,
 )
 
-STRATEGIES = ["p-dsc", "p-dsc-spread", "p-accuracy", "disagreement", "entropy", "random", "equal-interval"]
+STRATEGIES = [
+    *("p-dsc", "p-dsc-spread", "p-accuracy", "disagreement", "entropy"),
+    *("random", "foreground-random", "equal-interval"),
+]
 
 
 #
@@ -148,17 +151,18 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
     # Models --------------------------------------------------------------------------------
 
     def refreshModels(self) -> None:
-        """The installed attention models, plus the model in use when it is a fine-tuned round."""
+        """The installed models (every one can rank slices and learn from them), plus the model in
+        use when it is a fine-tuned round."""
         missing = missing_dependencies()
         self._engineReady = not missing
         self.ui.installDependenciesButton.setVisible(bool(missing))
         if missing:
             self.ui.statusLabel.text = f"Needs {', '.join(missing)}: click 'Install dependencies'."
             return
-        from asdseg.registry import attention_models
+        from asdseg.registry import available_models
 
         saved = self._parameterNode.modelName if self._parameterNode else ""
-        names = sorted(attention_models())
+        names = sorted(available_models())
         if saved and saved not in names:
             names.append(saved)
         was_blocked = self.ui.modelSelector.blockSignals(True)

@@ -69,6 +69,15 @@ def tiny_model(tmp_path: Path) -> ModelCard:
     return save_model(network, tiny_card(), tmp_path / "tiny-model")
 
 
+@pytest.fixture
+def confidence_model(tmp_path: Path) -> ModelCard:
+    """An untrained 2-filter VNet with a confidence network (the shape of la-dan's outputs)."""
+    torch.manual_seed(0)
+    card = tiny_card("tiny-confidence", sdm=False, confidence=True)
+    network = build_network("vnet-confidence", card["architecture"]["params"])
+    return save_model(network, card, tmp_path / "tiny-confidence")
+
+
 def attention_card(name: str = "tiny-attention") -> dict:
     """A card for a 4-filter attention U-Net on the phantom labels (16^3 windows)."""
     return {

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from asdseg.active.second_opinion import confidence_labels, sdm_labels
 from asdseg.active.slice_scores import SliceScores, agreement_scores, score_slices, slice_entropy
 from asdseg.active.sparse_labels import (
     SparseLabels,
@@ -28,7 +29,8 @@ from asdseg.active.suggestion_report import (
 )
 from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.errors import InputError, ModelError
-from asdseg.io.image_io import image_to_array
+from asdseg.inference.segment import SegmentationResult
+from asdseg.io.image_io import array_to_image, image_to_array
 from asdseg.io.labels import Label
 from asdseg.registry import load_network
 from asdseg.registry.model_card import ModelCard
@@ -250,7 +252,46 @@ def test_scores_come_from_both_heads() -> None:
     assert score_slices(probabilities, flipped, min_area=1).p_dsc[1] == 0.0
 
 
-def test_models_without_attention_cannot_suggest(tiny_model: ModelCard) -> None:
+def test_every_model_suggests_against_its_own_second_opinion(
+    tiny_model: ModelCard, confidence_model: ModelCard
+) -> None:
     image, _ = phantom_image(make_phantom(shape=(16, 16, 16), seed=2))
-    with pytest.raises(ModelError, match="no attention head"):
-        suggest_slices(image, tiny_model, load_network(tiny_model), set())
+    by_sdm = suggest_slices(image, tiny_model, load_network(tiny_model), {3}, "p-dsc", 3)
+    assert by_sdm.second_opinion == "sdm"
+    assert 3 not in {query.slice for query in by_sdm.queries}
+    mirrored = suggest_slices(
+        image, tiny_model, load_network(tiny_model), set(), "p-dsc", 3, second_opinion="mirroring"
+    )
+    assert mirrored.second_opinion == "mirroring" and mirrored.scores.slice_count == 16
+    network = load_network(confidence_model)
+    by_confidence = suggest_slices(image, confidence_model, network, set(), "entropy", 2)
+    assert by_confidence.second_opinion == "confidence" and len(by_confidence.queries) == 2
+    with pytest.raises(ModelError, match="'attention' second opinion; it can give sdm, mirroring"):
+        suggest_slices(image, tiny_model, load_network(tiny_model), set(), second_opinion="attention")
+
+
+def test_second_opinions_of_the_sdm_and_the_confidence_map() -> None:
+    """The SDM's organ is where its distance is negative; a doubted voxel takes the other class."""
+    probabilities = np.zeros((3, 2, 2, 1), dtype=np.float32)
+    probabilities[:, 0, 0, 0] = [0.7, 0.2, 0.1]  # background, doubted: becomes class 1
+    probabilities[:, 0, 1, 0] = [0.1, 0.2, 0.7]  # class 2, doubted: becomes background
+    probabilities[:, 1, 0, 0] = [0.1, 0.8, 0.1]  # class 1, trusted: stays
+    probabilities[:, 1, 1, 0] = [0.8, 0.1, 0.1]  # background, trusted: stays
+    reference = sitk.Image([2, 2, 1], sitk.sitkFloat32)
+
+    def image(values: list) -> sitk.Image:
+        return array_to_image(np.array(values, dtype=np.float32)[:, :, None], reference)
+
+    vector = sitk.GetImageFromArray(np.ascontiguousarray(probabilities.transpose(3, 2, 1, 0)), isVector=True)
+    result = SegmentationResult(
+        label_map=array_to_image(probabilities.argmax(axis=0), reference),
+        labels=LABELS,
+        probabilities=vector,
+        confidence=image([[0.2, 0.4], [0.9, 0.6]]),
+        sdm={1: image([[0.5, -0.1], [-0.4, 0.2]]), 2: image([[-0.2, -0.3], [0.1, 0.3]])},
+    )
+    assert confidence_labels(result)[:, :, 0].tolist() == [[1, 0], [1, 0]]
+    card = ModelCard({"labels": [label.to_dict() for label in LABELS]}, Path("."))
+    assert sdm_labels(result, card)[:, :, 0].tolist() == [[2, 2], [1, 0]]
+
+

@@ -12,21 +12,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from asdseg.active.finetune import FineTuneSettings, fine_tune, model_grid_case
 from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
+from asdseg.active.teach import hold_out
 from asdseg.background import BackgroundJob, JobState, engine_environment
-from asdseg.cli import EXIT_STOPPED
+from asdseg.cli import EXIT_STOPPED, EXIT_WORSE, TEACH_REPORT
 from asdseg.demo.phantoms import make_phantom, phantom_image
-from asdseg.errors import InputError
+from asdseg.errors import InputError, ModelError
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.segment import segment_image
 from asdseg.io.image_io import image_to_array, write_image
+from asdseg.networks import build_network
 from asdseg.preprocessing.transforms import CropBox
-from asdseg.registry import find_model, load_network
+from asdseg.registry import find_model, load_network, save_model
 from asdseg.registry.model_card import ModelCard
 from asdseg.training.checkpoint import load_checkpoint
+from asdseg.training.losses import UNLABELLED
+from asdseg.training.recipes.sparse_finetune import sparse_losses
 from asdseg.training.trainer import CHECKPOINT_FILE
+
+from conftest import tiny_card
 
 EVERY_FOURTH = set(range(1, 24, 4))
 
@@ -134,3 +141,132 @@ def test_sigterm_stops_cleanly_keeping_the_last_checkpoint(
     assert "stopped" in errors
     assert load_checkpoint(output / CHECKPOINT_FILE)["step"] == 50
     assert not (output / "model").exists(), "a stopped run writes no model"
+
+
+def enhanced_unet_confidence_model(folder: Path) -> ModelCard:
+    """An untrained enhanced U-Net with DAN's confidence network (la-dan's architecture)."""
+    torch.manual_seed(0)
+    card = tiny_card("tiny-dan", sdm=False, confidence=True)
+    card["architecture"] = {
+        "name": "enhanced-unet-confidence",
+        "params": {"num_classes": 3, "base_filters": 4, "confidence_filters": 2},
+    }
+    network = build_network("enhanced-unet-confidence", card["architecture"]["params"])
+    return save_model(network, card, folder)
+
+
+def labelled_slice_dice(card: ModelCard, image, label, slices: set[int]) -> float:
+    prediction = segment_image(image, card, load_network(card)).label_array()[:, :, sorted(slices)]
+    return dice(prediction == 1, image_to_array(label)[:, :, sorted(slices)] == 1)
+
+
+@pytest.mark.parametrize(
+    "kind", ["vnet with SDM head", "vnet with confidence", "enhanced-unet with confidence"]
+)
+def test_fine_tuning_any_architecture_learns_the_labelled_slices(
+    kind: str, tiny_model: ModelCard, confidence_model: ModelCard, tmp_path: Path
+) -> None:
+    card = {
+        "vnet with SDM head": tiny_model,
+        "vnet with confidence": confidence_model,
+        "enhanced-unet with confidence": enhanced_unet_confidence_model(tmp_path / "dan"),
+    }[kind]
+    image, label, sparse = sparse_phantom(1)
+    before = labelled_slice_dice(card, image, label, EVERY_FOURTH)
+    case = model_grid_case(image, sparse, card, "case")
+    result = fine_tune(
+        card, [case], tmp_path / "round", FineTuneSettings(steps=40, learning_rate=0.05), device="cpu"
+    )
+    assert result.model is not None
+    assert result.model.data["architecture"] == card.data["architecture"]
+    assert "sparse" in result.model.data["training"]["protocol"]
+    after = labelled_slice_dice(result.model, image, label, EVERY_FOURTH)
+    assert after > max(before, 0.5), (before, after)
+    first, last = result.history[0], result.history[-1]
+    assert last["segmentation"] < first["segmentation"]
+
+
+def test_unlabelled_voxels_give_no_gradient_to_any_head() -> None:
+    torch.manual_seed(0)
+    labels = torch.randint(0, 3, (2, 8, 8, 6))
+    labels[..., 1::2] = UNLABELLED  # every other slice unlabelled
+    outputs = {
+        "logits": torch.randn(2, 3, 8, 8, 6, requires_grad=True),
+        "sdm": torch.randn(2, 2, 8, 8, 6, requires_grad=True),
+        "confidence_logits": torch.randn(2, 1, 8, 8, 6, requires_grad=True),
+    }
+    losses = sparse_losses(outputs, labels, sdm_sign_weight=0.3)
+    assert set(losses) == {"segmentation", "sdm_sign", "confidence"}
+    sum(losses.values()).backward()
+    for name, tensor in outputs.items():
+        assert tensor.grad[..., 1::2].abs().max() == 0, f"{name} gets a gradient from unlabelled voxels"
+        assert tensor.grad[..., 0::2].abs().max() > 0, f"{name} learns nothing from labelled voxels"
+
+
+def test_freezing_the_encoder_keeps_its_weights(tiny_model: ModelCard, tmp_path: Path) -> None:
+    image, _label, sparse = sparse_phantom(1)
+    case = model_grid_case(image, sparse, tiny_model, "case")
+    settings = FineTuneSettings(steps=3, learning_rate=0.05, freeze_encoder=True)
+    result = fine_tune(tiny_model, [case], tmp_path / "round", settings, device="cpu")
+    before = load_network(tiny_model).state_dict()
+    after = load_network(result.model).state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    encoder = {name for name in before if name.startswith(("encoder", "downsamplers"))}
+    weights = {name for name in encoder if "running" not in name and "num_batches" not in name}
+    assert not weights & changed, "encoder weights moved"
+    assert any(name.startswith("decoder") for name in changed), "the decoder did not learn"
+
+
+def test_every_fifth_corrected_slice_is_held_out_over_all_volumes() -> None:
+    label = np.zeros((4, 4, 12), dtype=np.int64)
+    first, second = SparseLabels(label, {0, 2, 4, 6}), SparseLabels(label, {1, 3, 5, 7, 9, 11})
+    splits = hold_out([first, second], every=5)
+    # Over both volumes in order the 5th and 10th corrected slices: second's 3 and 11.
+    assert [set(split.held_out) for split in splits] == [set(), {3, 11}]
+    assert splits[1].training.labelled_slices == {1, 5, 7, 9}
+    only_one = hold_out([SparseLabels(label, {0, 1}), SparseLabels(label, {2, 3})], every=2)
+    assert all(split.training.labelled_slices for split in only_one), "a volume keeps a slice to train on"
+    with pytest.raises(InputError, match="too few to hold one in 5 out"):
+        hold_out([SparseLabels(label, {0, 1, 2})], every=5)
+
+
+def run_finetune(arguments: list[str]) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "asdseg", "finetune", *arguments, "--progress", "json"]
+    return subprocess.run(command, capture_output=True, text=True, env=engine_environment(), timeout=600)
+
+
+def test_a_teach_round_installs_rounds_side_by_side(tiny_model: ModelCard, tmp_path: Path) -> None:
+    arguments = [*write_inputs(tmp_path, tiny_model), "--steps", "40", "--learning-rate", "0.05"]
+    arguments += ["--hold-out-every", "5", "--install-as", "site-a"]
+    for round_name, installed in (("round-1", "site-a"), ("round-2", "site-a-v2")):
+        done = run_finetune([*arguments, "--output-dir", str(tmp_path / round_name)])
+        assert done.returncode == 0, done.stderr
+        report = json.loads((tmp_path / round_name / TEACH_REPORT).read_text())
+        assert report["accepted"] and report["held_out_slices"] == 1
+        assert report["new_dice"] >= report["old_dice"]
+        assert find_model(installed).data["name"] == installed
+    assert find_model("site-a").data["version"] == "1" and find_model("site-a-v2").data["version"] == "2"
+    assert find_model(str(tiny_model.directory)).weights_sha256 == tiny_model.weights_sha256
+
+
+def test_a_worse_model_is_not_installed(demo_model: ModelCard, tmp_path: Path) -> None:
+    """Corrections that erase the organ on every slice trained on make the model worse on the
+    held-out slice, which still shows it: the round says so and installs nothing."""
+    image, _label, sparse = sparse_phantom(3)
+    held = 17  # the fifth of the six labelled slices
+    misleading = np.where(np.arange(24)[None, None, :] == held, sparse.label, 0)
+    write_image(image, tmp_path / "image.nii.gz")
+    write_sparse_labels(
+        SparseLabels(misleading, EVERY_FOURTH), image, demo_model.labels, tmp_path / "labels.nii.gz"
+    )
+    arguments = ["--model", str(demo_model.directory), "--image", str(tmp_path / "image.nii.gz")]
+    arguments += ["--labels", str(tmp_path / "labels.nii.gz"), "--device", "cpu", "--steps", "40"]
+    arguments += ["--learning-rate", "0.05", "--hold-out-every", "5", "--install-as", "site-b"]
+    done = run_finetune([*arguments, "--output-dir", str(tmp_path / "round")])
+    assert done.returncode == EXIT_WORSE, done.stderr
+    assert "The new model is worse" in done.stderr and "not installed" in done.stderr
+    report = json.loads((tmp_path / "round" / TEACH_REPORT).read_text())
+    assert not report["accepted"] and report["new_dice"] < report["old_dice"]
+    assert (tmp_path / "round" / "model" / "card.json").is_file(), "the run is kept"
+    with pytest.raises(ModelError):
+        find_model("site-b")

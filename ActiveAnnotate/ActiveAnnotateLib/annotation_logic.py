@@ -27,7 +27,7 @@ from asdseg.errors import InputError, ModelError
 from asdseg.io.image_io import write_image
 from asdseg.io.labels import Label
 from asdseg.registry import find_model
-from asdseg.registry.model_card import ModelCard, require_attention_model
+from asdseg.registry.model_card import ModelCard
 
 from .slice_views import mark_suggestions
 from ASDSegLib.roi_nodes import check_roi_node, roi_region
@@ -95,10 +95,8 @@ class AnnotationLogic:
 
     def model_card(self) -> ModelCard:
         if not self.model:
-            raise ModelError("no model is selected: pick an attention model or click 'New model'.")
-        card = find_model(self.model)
-        require_attention_model(card)
-        return card
+            raise ModelError("no model is selected: pick a model or click 'New model'.")
+        return find_model(self.model)
 
     def new_model(self, segmentation_node, volume_node) -> ModelCard:
         """An untrained attention U-Net for the segmentation's segments, at the volume's
@@ -295,7 +293,6 @@ class AnnotationLogic:
         try:
             run.wait_for_success("fine-tuning cancelled; the model in use is unchanged.")
             card = find_model(str(run.output_dir / "model"))
-            require_attention_model(card)
             run.adopted = True
         finally:
             run.close()

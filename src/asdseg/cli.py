@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from asdseg.active.slice_scores import SECOND_OPINIONS
 from asdseg.active.strategies import DEFAULT_STRATEGY
 from asdseg.active.strategies import STRATEGIES as STRATEGY_NAMES
 from asdseg.errors import AsdsegError, InputError
@@ -367,16 +368,17 @@ def command_import_dicom_rt(args: argparse.Namespace) -> int:
 
 
 def command_suggest(args: argparse.Namespace) -> int:
+    from asdseg.active.second_opinion import check_second_opinion
     from asdseg.active.sparse_labels import read_sparse_labels
     from asdseg.active.suggest import suggest_slices
     from asdseg.active.suggestion_report import format_suggestions, suggestion_record, write_suggestions
     from asdseg.inference.segment import SegmentationOptions
     from asdseg.progress import json_progress, tqdm_progress
     from asdseg.registry import find_model, load_network
-    from asdseg.registry.model_card import require_attention_model
 
     card = find_model(args.model)
-    require_attention_model(card)
+    if args.second_opinion is not None:
+        check_second_opinion(card, args.second_opinion)
     if args.output:
         check_output_paths([("--output", args.output)], [args.image, *([args.labels] if args.labels else [])])
     image = read_image(args.image)
@@ -404,6 +406,7 @@ def command_suggest(args: argparse.Namespace) -> int:
             SegmentationOptions(device=args.device, roi=roi),
             args.min_area,
             progress=update,
+            second_opinion=args.second_opinion,
         )
     finally:
         close()
@@ -442,6 +445,10 @@ def _training_regions(args: argparse.Namespace, images: list[sitk.Image]) -> lis
 
 #: Exit status of a fine-tuning run stopped by SIGTERM (the parent's Cancel).
 EXIT_STOPPED = 3
+#: Exit status of a fine-tuning run whose model did worse on the held-out slices.
+EXIT_WORSE = 4
+#: What ``finetune --hold-out-every`` writes beside the run: both models' held-out Dice.
+TEACH_REPORT = "teach_report.json"
 
 
 def command_finetune(args: argparse.Namespace) -> int:
@@ -451,6 +458,7 @@ def command_finetune(args: argparse.Namespace) -> int:
 
     from asdseg.active.finetune import FineTuneSettings, fine_tune, model_grid_case
     from asdseg.active.sparse_labels import read_sparse_labels
+    from asdseg.active.teach import hold_out
     from asdseg.errors import CancelledError
     from asdseg.progress import emit_progress
     from asdseg.registry import find_model
@@ -462,6 +470,8 @@ def command_finetune(args: argparse.Namespace) -> int:
         )
     if args.name is not None:
         check_model_name(args.name)
+    if args.install_as is not None:
+        check_model_name(args.install_as, "--install-as")
     card = find_model(args.model)
     check_output_dir(args.output_dir, "--output-dir")
     if (Path(args.output_dir) / "model").resolve() == card.directory.resolve():
@@ -470,13 +480,16 @@ def command_finetune(args: argparse.Namespace) -> int:
             "another output folder so that the round can fail without losing that model."
         )
     images = [read_image(image) for image in args.image]
+    corrections = [read_sparse_labels(labels)[1] for labels in args.labels]
+    splits = hold_out(corrections, args.hold_out_every) if args.hold_out_every else None
+    training = [split.training for split in splits] if splits else corrections
     cases = [
-        model_grid_case(image, read_sparse_labels(labels)[1], card, Path(path).name, region)
-        for image, path, labels, region in zip(
-            images, args.image, args.labels, _training_regions(args, images)
-        )
+        model_grid_case(image, sparse, card, Path(path).name, region)
+        for image, path, sparse, region in zip(images, args.image, training, _training_regions(args, images))
     ]
-    settings = FineTuneSettings(steps=args.steps, batch_size=args.batch_size)
+    settings = FineTuneSettings(
+        steps=args.steps, batch_size=args.batch_size, freeze_encoder=args.freeze_encoder
+    )
     if args.learning_rate is not None:
         settings = replace(settings, learning_rate=args.learning_rate)
     started = time.monotonic()
@@ -510,7 +523,35 @@ def command_finetune(args: argparse.Namespace) -> int:
         )
         return EXIT_STOPPED
     print(f"wrote model {result.model.directory}")
-    return 0
+    status = 0
+    if splits is not None:
+        status = report_teach_verdict(card, result.model, images, splits, Path(args.output_dir), args.device)
+    if args.install_as and status == 0:
+        from asdseg.active.teach import install_taught_model
+
+        installed = install_taught_model(result.model.directory, args.install_as)
+        print(f"installed {installed.name} (version {installed.data['version']}) into {installed.directory}")
+    return status
+
+
+def report_teach_verdict(
+    old_card: ModelCard, new_card: ModelCard, images: list, splits: list, output_dir: Path, device: str
+) -> int:
+    """Score both models on the held-out slices, write ``teach_report.json`` beside the run, and
+    exit with EXIT_WORSE when the new model is worse (its folder is kept, not installed)."""
+    from asdseg.active.teach import judge
+    from asdseg.inference.segment import SegmentationOptions
+    from asdseg.io.image_io import atomic_path
+    from asdseg.registry import load_network
+
+    options = SegmentationOptions(device=device)
+    verdict = judge(
+        old_card, load_network(old_card), new_card, load_network(new_card), images, splits, options
+    )
+    with atomic_path(output_dir / TEACH_REPORT) as temporary:
+        temporary.write_text(json.dumps(verdict.to_dict(), indent=2) + "\n", encoding="utf-8")
+    print(verdict.message(), file=sys.stdout if verdict.accepted else sys.stderr)
+    return 0 if verdict.accepted else EXIT_WORSE
 
 
 def command_demo(args: argparse.Namespace) -> int:
@@ -705,11 +746,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dicom_rt.set_defaults(handler=command_import_dicom_rt)
 
-    suggest = commands.add_parser("suggest", help="rank a volume's slices to label next (attention models)")
+    suggest = commands.add_parser("suggest", help="rank a volume's slices to label next (any model)")
     suggest.add_argument("-i", "--image", required=True, help="the volume to rank the slices of")
-    suggest.add_argument("--model", required=True, help="model name, or a model folder (attention-unet)")
+    suggest.add_argument("--model", required=True, help="model name, or a model folder")
     suggest.add_argument("--labels", help="its sparse labels; their labelled slices are not suggested again")
     suggest.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=list(STRATEGY_NAMES))
+    suggest.add_argument(
+        "--second-opinion",
+        choices=list(SECOND_OPINIONS),
+        help="what the prediction is compared with to score slices: the attention maps, the SDM head, "
+        "the confidence map or mirroring (default: the model's own second head, else mirroring)",
+    )
     suggest.add_argument("-k", "--budget", type=positive_int, default=5, help="how many slices to suggest")
     suggest.add_argument(
         "--min-area", type=non_negative_int, default=10, help="ignore specks smaller than this (voxels)"
@@ -720,8 +767,8 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("--progress", default="bar", choices=["bar", "json"])
     suggest.set_defaults(handler=command_suggest)
 
-    finetune = commands.add_parser("finetune", help="fine-tune an attention model on sparse slice labels")
-    finetune.add_argument("--model", required=True, help="model name, or a model folder (attention-unet)")
+    finetune = commands.add_parser("finetune", help="fine-tune any model on sparse slice labels")
+    finetune.add_argument("--model", required=True, help="model name, or a model folder")
     finetune.add_argument("--image", nargs="+", required=True, help="volumes")
     finetune.add_argument("--labels", nargs="+", required=True, help="their sparse labels, same order")
     finetune.add_argument("--steps", type=positive_int, default=200, help="training steps")
@@ -729,6 +776,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--learning-rate", type=positive_float, help="SGD learning rate (default: the paper's 0.001)"
     )
     finetune.add_argument("--batch-size", type=positive_int, default=2)
+    finetune.add_argument(
+        "--hold-out-every",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="hold every Nth labelled slice out of the training, score the old and the new model on "
+        f"them, write {TEACH_REPORT} and exit with {EXIT_WORSE} when the new model is worse (0: no check)",
+    )
+    finetune.add_argument(
+        "--install-as",
+        metavar="NAME",
+        help="install the new model into your model folder as NAME (NAME-v2, NAME-v3... for later "
+        "rounds; earlier rounds and the model it started from stay installed); with --hold-out-every, "
+        "only when it is not worse",
+    )
+    finetune.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="keep the segmenter's encoder as it was (models without an attention head)",
+    )
     finetune.add_argument(
         "--output-dir", required=True, help="checkpoint, log and the new model (<dir>/model)"
     )

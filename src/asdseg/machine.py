@@ -41,7 +41,7 @@ def describe_machine() -> dict[str, Any]:
         "cpu_kernel_flags": [flag for flag in KERNEL_FLAGS if flag in flags],
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "aten_cpu_capability_env": os.environ.get("ATEN_CPU_CAPABILITY"),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion, which checkpoints cannot unpickle safely
         "python": platform.python_version(),
         "platform": platform.platform(),
         "gpu": None,

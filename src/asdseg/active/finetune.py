@@ -1,8 +1,12 @@
-"""Fine-tuning an attention model on sparsely labelled volumes: one active-learning round.
+"""Fine-tuning any released segmenter on sparsely labelled volumes: an active-learning round, or
+a user's corrections taught to the model.
 
 The volumes are brought onto the model's voxel grid and normalised as inference does, their
 sparse labels resampled with them (unlabelled slices stay unlabelled), and the model trained
-from its current weights with the attention-unet recipe, whose losses ignore unlabelled voxels.
+from its current weights. An attention U-Net trains with its own recipe (the paper's CE over
+labelled voxels, on both of its predictions); every other model with the sparse-finetune recipe
+(:mod:`asdseg.training.recipes.sparse_finetune`: what a sparse label can teach each head).
+Both ignore unlabelled voxels.
 The run writes a resumable checkpoint every ``checkpoint_every`` steps and, only when every step
 is done, a new model folder; a stopped or failed run leaves the model it started from as it was.
 """
@@ -20,7 +24,7 @@ from asdseg.active.sparse_labels import SparseLabels
 from asdseg.errors import InputError
 from asdseg.io.image_io import array_to_image, image_to_array
 from asdseg.preprocessing.transforms import CropBox, normalize_intensity, resample_like, resample_to_spacing
-from asdseg.registry.model_card import ModelCard, require_attention_model
+from asdseg.registry.model_card import ATTENTION_ARCHITECTURES, ModelCard
 from asdseg.training.config import DataConfig, TrainingConfig
 from asdseg.training.data import Case, CaseSplit
 from asdseg.training.losses import UNLABELLED
@@ -41,6 +45,9 @@ class FineTuneSettings:
     batch_size: int = 2
     checkpoint_every: int = 50
     seed: int = 1337
+    #: Keep the segmenter's encoder as it was (only decoder and heads learn); not for
+    #: attention models, whose recipe trains the whole network as the paper does.
+    freeze_encoder: bool = False
 
 
 def class_indices(target: np.ndarray, card: ModelCard, name: str) -> np.ndarray:
@@ -91,15 +98,27 @@ def model_grid_case(
     return Case(name, array, image_to_array(target, np.int64), resampled.GetSpacing())
 
 
+def fine_tuning_recipe(card: ModelCard, settings: FineTuneSettings) -> tuple[str, dict]:
+    """The recipe that fine-tunes ``card``'s model on sparse slices, and its loss settings."""
+    if card.data["architecture"]["name"] in ATTENTION_ARCHITECTURES:
+        if settings.freeze_encoder:
+            raise InputError("freezing the encoder is for models without an attention head.")
+        return "attention-unet", {}
+    return "sparse-finetune", {"freeze_encoder": settings.freeze_encoder}
+
+
 def fine_tuned_card(card: ModelCard, name: str, cases: Sequence[Case]) -> dict:
+    """The new model's card: the original's, renamed, saying what it was fine-tuned on. A
+    confidence calibration is dropped: it was fitted to the original network's outputs."""
     labelled = sum(int((case.label != UNLABELLED).any(axis=(0, 1)).sum()) for case in cases)
+    data = {key: value for key, value in card.data.items() if key != "confidence_calibration"}
     return {
-        **card.data,
+        **data,
         "name": name,
         "description": f"{card.name} fine-tuned on sparse slice labels of {len(cases)} volume(s).",
         "training": {
             "data": f"{len(cases)} volume(s) with {labelled} labelled slice(s) on the model grid",
-            "protocol": "attention-guided active learning: fine-tuning on the labelled slices only",
+            "protocol": "fine-tuning on sparsely labelled slices (active learning or a user's corrections)",
             "fine_tuned_from": f"{card.name} {card.data['version']}",
         },
     }
@@ -120,11 +139,11 @@ def fine_tune(
     """Train ``card``'s model further on ``cases`` (from :func:`model_grid_case`) into
     ``output_dir``; its ``model`` folder holds the new model when the run completes. With
     ``resume``, a stopped round continues from the checkpoint in ``output_dir``."""
-    require_attention_model(card)
     if not cases:
         raise InputError("nothing to fine-tune on: give at least one labelled volume.")
+    recipe, loss = fine_tuning_recipe(card, settings)
     config = TrainingConfig(
-        recipe="attention-unet",
+        recipe=recipe,
         data=DataConfig(
             labelled=len(cases), validation=0, normalization=card.data["preprocessing"]["normalization"]
         ),
@@ -140,6 +159,11 @@ def fine_tune(
         validate_every=settings.steps,
         checkpoint_every=min(settings.checkpoint_every, settings.steps),
         seed=settings.seed,
+        loss=loss,
+        # Not bf16: its CPU conv backward gave NaN gradients where a patch leaves the network's
+        # deepest level only 2 voxels wide (torch 2.13, AMD EPYC avx512_bf16), which the small
+        # patches of sparse rounds do; fp32 keeps a 200-step round within minutes anyway.
+        precision="fp32",
         init_from=str(card.directory),
     )
     split = CaseSplit(labelled=list(cases), unlabelled=[], validation=[])

@@ -33,6 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: What a model's final prediction can be compared with (:mod:`asdseg.active.second_opinion`):
+#: its attention maps' prediction, its SDM head's organ, its confidence map, its mirrored view.
+SECOND_OPINIONS = ("attention", "sdm", "confidence", "mirroring")
 #: Specks smaller than this (voxels per class per slice) are ignored.
 DEFAULT_MIN_AREA = 10
 #: Empty slices beyond each end of the predicted organ that stay candidates.

@@ -4,7 +4,9 @@ Every strategy sees the same inputs (each volume's :class:`SliceScores` and the 
 labelled in it) and returns :class:`SliceQuery` items, most wanted first. Labelled slices are
 never suggested again. The paper's strategy is P-DSC; P-accuracy, entropy, random and
 equal-interval are the comparisons of its experiments; P-DSC-spread and disagreement are this
-product's variants of P-DSC.
+product's variants of P-DSC; foreground-random (random within the predicted organ's extent) is
+the baseline of the active-learning literature (nnActive, TMLR 2025). Every model ranks slices:
+the scores compare its prediction with its own second opinion (:mod:`asdseg.active.second_opinion`).
 """
 
 from __future__ import annotations
@@ -95,10 +97,28 @@ def lowest_p_dsc_spread(scores, labelled, budget, rng) -> list[SliceQuery]:
     return picked
 
 
-def random_slices(scores, labelled, budget, rng) -> list[SliceQuery]:
-    candidates = _unlabelled(scores, labelled)
+def _random_among(candidates: list[tuple[int, int]], budget: int, rng) -> list[SliceQuery]:
     picks = rng.choice(len(candidates), size=min(budget, len(candidates)), replace=False)
     return [SliceQuery(*candidates[int(pick)], 0.0) for pick in picks]
+
+
+def random_slices(scores, labelled, budget, rng) -> list[SliceQuery]:
+    return _random_among(_unlabelled(scores, labelled), budget, rng)
+
+
+def foreground_random(scores, labelled, budget, rng) -> list[SliceQuery]:
+    """Random slices within the predicted organ's extent (where either prediction sees it, and
+    the slices just beyond its ends): the active-learning literature's strong baseline, since
+    plain random spends most of its budget on slices without the organ. Falls back to any
+    unlabelled slice when the extent is used up."""
+    candidates = _unlabelled(scores, labelled)
+    inside = [(volume, index) for volume, index in candidates if not scores[volume].both_empty[index]]
+    picked = _random_among(inside, budget, rng) if inside else []
+    if len(picked) < budget:
+        taken = {(query.volume, query.slice) for query in picked}
+        rest = [candidate for candidate in candidates if candidate not in taken]
+        picked += _random_among(rest, budget - len(picked), rng) if rest else []
+    return picked
 
 
 def equal_interval(scores, labelled, budget, rng) -> list[SliceQuery]:
@@ -135,6 +155,7 @@ STRATEGIES: dict[str, Strategy] = {
     "disagreement": _by_measure("disagreement", highest=True, skip_empty=True),
     "entropy": _by_measure("entropy", highest=True, skip_empty=False),
     "random": random_slices,
+    "foreground-random": foreground_random,
     "equal-interval": equal_interval,
 }
 

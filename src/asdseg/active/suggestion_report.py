@@ -33,6 +33,7 @@ def suggestion_record(
 
     return {
         "strategy": strategy,
+        "second_opinion": suggestion.second_opinion,
         "suggested": [row(query.slice) for query in suggestion.queries],
         "labelled_slices": sorted(labelled_slices),
         "mean_p_dsc": scores.mean_agreement("p_dsc"),
@@ -43,7 +44,8 @@ def suggestion_record(
 
 def format_suggestions(record: dict[str, Any]) -> str:
     lines = [
-        f"{len(record['suggested'])} slice(s) to label next ({record['strategy']}):",
+        f"{len(record['suggested'])} slice(s) to label next ({record['strategy']}, against the "
+        f"model's {record.get('second_opinion', 'attention')} second opinion):",
         f"{'rank':>4}  {'slice':>5}  {'P-DSC':>7}  {'P-acc':>7}  {'disagree':>8}  {'entropy':>9}",
     ]
     for rank, row in enumerate(record["suggested"], start=1):

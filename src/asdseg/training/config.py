@@ -17,6 +17,8 @@ from asdseg.registry.model_card import card_schema
 #: fp16 is left out: it needs loss scaling, and on a CPU it is slower than bf16.
 TRAINING_PRECISIONS = ("auto", "fp32", "bf16")
 RECIPES = ("supervised", "asdnet", "sassnet", "dan", "attention-unet")
+#: Recipes only ``asdseg finetune`` runs (on a released model's whole network), not ``train``.
+FINE_TUNING_RECIPES = ("sparse-finetune",)
 
 #: Each recipe's segmenter as in its paper: the ``network`` of a config that names none.
 DEFAULT_NETWORKS: dict[str, dict[str, Any]] = {
@@ -34,6 +36,7 @@ RECIPE_ARCHITECTURES: dict[str, Optional[tuple[str, ...]]] = {
     "asdnet": ("vnet", "svnet"),
     "dan": ("enhanced-unet",),
     "attention-unet": ("attention-unet",),
+    "sparse-finetune": None,
 }
 
 
@@ -108,7 +111,7 @@ class TrainingConfig:
             self.network = copy.deepcopy(DEFAULT_NETWORKS.get(self.recipe, DEFAULT_NETWORKS["supervised"]))
 
     def check(self) -> None:
-        if self.recipe not in RECIPES:
+        if self.recipe not in RECIPES + FINE_TUNING_RECIPES:
             raise InputError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}.")
         self.check_network()
         if not 0 < self.labelled_per_batch <= self.batch_size:

@@ -1,0 +1,116 @@
+"""Fine-tuning a released segmenter (any architecture but the attention U-Net, whose own recipe
+already trains on sparse labels) on sparsely labelled slices: what a user's corrections teach.
+
+The network is the whole released model (the segmenter with its SDM head or confidence network),
+started from its weights. Each head learns what a sparse label can tell it:
+
+- the segmentation: (CE + soft Dice) / 2 over the labelled voxels only, the supervised loss the
+  LA models' recipes share (SASSNet 1.1+ and supervised VNet train with it; DAN's focal Dice and
+  confidence-weighted CE reduce to it when every voxel counts the same, which a few corrected
+  slices cannot tell apart);
+- the SDM head: a signed distance needs the organ's whole 3D surface, which a few slices do not
+  give, so only its sign is supervised: negative inside the labelled organ, positive outside,
+  a hinge on the wrong sign over the labelled voxels (weight ``sdm_sign_weight``). Its magnitude
+  keeps what the model learnt;
+- the confidence network: its target, whether the segmenter is right at a voxel, is known
+  exactly on a labelled slice, so it is trained there with the binary cross-entropy DAN uses
+  (on the segmenter's detached prediction, as in DAN).
+
+Unlabelled voxels give no gradient to any head (:data:`asdseg.training.losses.UNLABELLED`).
+With ``freeze_encoder`` the segmenter's encoder keeps its weights (only decoder and heads
+learn); ``asdseg.active.finetune`` sets it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asdseg.training.losses import UNLABELLED, masked_dice_ce_loss
+from asdseg.training.recipes.base import Recipe
+
+#: Parameter names of a segmenter's encoder across the architectures (VNet's encoder_stages and
+#: downsamplers, the enhanced and attention U-Nets' encoder).
+ENCODER_PREFIXES = ("encoder", "downsamplers")
+
+
+def sdm_sign_loss(sdm: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over labelled voxels and foreground classes of the SDM's wrong-sign part: relu(sdm)
+    inside class c (where it should be negative), relu(-sdm) outside. 0 without labels."""
+    labelled = labels != UNLABELLED
+    if not labelled.any():
+        return sdm.sum() * 0.0
+    penalties = []
+    for channel in range(sdm.shape[1]):
+        inside = labels == channel + 1
+        wrong = torch.where(inside, F.relu(sdm[:, channel]), F.relu(-sdm[:, channel]))
+        penalties.append(wrong[labelled].mean())
+    return torch.stack(penalties).mean()
+
+
+def confidence_target_loss(
+    confidence_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """DAN's confidence loss on labelled voxels: BCE of the confidence logits against whether the
+    segmenter's class there is the label's. 0 without labels."""
+    labelled = labels != UNLABELLED
+    if not labelled.any():
+        return confidence_logits.sum() * 0.0
+    correct = (logits.detach().argmax(dim=1) == labels).float()
+    return F.binary_cross_entropy_with_logits(confidence_logits[:, 0][labelled], correct[labelled])
+
+
+def sparse_losses(
+    outputs: dict[str, torch.Tensor], labels: torch.Tensor, sdm_sign_weight: float
+) -> dict[str, torch.Tensor]:
+    """Each head's loss on the labelled voxels: ``logits`` always, ``sdm`` and
+    ``confidence_logits`` (the confidence network's, on the detached prediction) when present.
+    Computed in fp32 whatever the autocast: sums over a patch lose too much in bf16."""
+    heads = ("logits", "sdm", "confidence_logits")
+    outputs = {name: outputs[name].float() for name in heads if name in outputs}
+    losses = {"segmentation": masked_dice_ce_loss(outputs["logits"], labels)}
+    if "sdm" in outputs:
+        losses["sdm_sign"] = sdm_sign_weight * sdm_sign_loss(outputs["sdm"], labels)
+    if "confidence_logits" in outputs:
+        losses["confidence"] = confidence_target_loss(outputs["confidence_logits"], outputs["logits"], labels)
+    return losses
+
+
+def segmenter_part(network: nn.Module) -> nn.Module:
+    """The segmenter inside a model that carries a confidence network, else the model itself."""
+    return getattr(network, "segmenter", network)
+
+
+class SparseFineTuneRecipe(Recipe):
+    name = "sparse-finetune"
+    DEFAULTS: ClassVar[dict[str, Any]] = {"sdm_sign_weight": 0.3, "freeze_encoder": False}
+
+    def __init__(self, config, device) -> None:
+        super().__init__(config, device)
+        if self.settings["freeze_encoder"]:
+            for name, parameter in segmenter_part(self.networks["segmenter"]).named_parameters():
+                if name.startswith(ENCODER_PREFIXES):
+                    parameter.requires_grad_(False)
+
+    def card_notes(self) -> str:
+        frozen = ", encoder frozen" if self.settings["freeze_encoder"] else ""
+        return (
+            "fine-tuned on sparse slices: (CE + Dice) / 2 over labelled voxels; an SDM head learns only "
+            f"the sign of its map there (hinge, weight {self.settings['sdm_sign_weight']}); a confidence "
+            f"network learns where the segmenter is right on the labelled voxels (BCE){frozen}."
+        )
+
+    def training_step(self, images, labels, unlabelled_images, step) -> dict[str, float]:
+        network = self.networks["segmenter"]  # fine-tuning runs in one process, never under DDP
+        outputs = segmenter_part(network)(images)
+        confidence_network = getattr(network, "confidence_network", None)
+        if confidence_network is not None:
+            probabilities = F.softmax(outputs["logits"].detach(), dim=1)
+            outputs["confidence_logits"] = confidence_network(probabilities, images)
+        losses = sparse_losses(outputs, labels, self.settings["sdm_sign_weight"])
+        loss = sum(losses.values())
+        self.update(self.optimizers["segmenter"], loss)
+        return {"loss": loss.item(), **{name: value.item() for name, value in losses.items()}}
