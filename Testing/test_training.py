@@ -15,7 +15,7 @@ from asdseg.errors import AsdsegError
 from asdseg.evaluation.metrics import dice
 from asdseg.registry import load_network
 from asdseg.training.checkpoint import load_checkpoint, save_checkpoint
-from asdseg.training.config import config_from_dict
+from asdseg.training.config import FINE_TUNING_RECIPES, config_from_dict
 from asdseg.training.data import load_split
 from asdseg.training.losses import masked_cross_entropy, masked_dice_loss, one_hot, sample_attention_dice_loss
 from asdseg.training.recipes import RECIPE_CLASSES
@@ -92,7 +92,9 @@ def trivial_dice(config) -> float:
 
 
 def test_every_recipe_has_a_test_setup() -> None:
-    assert set(RECIPE_SETUPS) == set(RECIPE_CLASSES)
+    """Every recipe 'asdseg train' runs; the fine-tuning recipe starts from a released model and
+    is tested in test_finetune.py."""
+    assert set(RECIPE_SETUPS) == set(RECIPE_CLASSES) - set(FINE_TUNING_RECIPES)
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPE_SETUPS))
