@@ -40,8 +40,14 @@ from ASDSeg import (
 )
 
 STRATEGIES = [
-    *("p-dsc", "p-dsc-spread", "p-accuracy", "disagreement", "entropy"),
-    *("random", "foreground-random", "equal-interval"),
+    "p-dsc",
+    "p-dsc-spread",
+    "p-accuracy",
+    "disagreement",
+    "entropy",
+    "random",
+    "foreground-random",
+    "equal-interval",
 ]
 
 
