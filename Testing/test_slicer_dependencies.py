@@ -49,8 +49,8 @@ def test_torch_numpy_and_simpleitk_are_pinned_to_what_is_installed() -> None:
 def test_listing_models_and_reading_their_cards_does_not_import_torch() -> None:
     """Opening the modules lists the models in Slicer's own process: it must not load torch."""
     code = (
-        "import sys; from asdseg.registry import attention_models, available_models, find_model; "
-        "assert available_models() and find_model('la-dan').summary(); attention_models(); "
+        "import sys; from asdseg.registry import available_models, find_model; "
+        "assert available_models() and find_model('la-dan').summary(); "
         "print(sorted(name for name in ('torch', 'monai') if name in sys.modules))"
     )
     command = [sys.executable, "-c", code]
@@ -62,7 +62,6 @@ PANEL = """
 import sys
 from ActiveAnnotateLib.annotation_logic import AnnotationLogic
 from ASDSegLib.segmentation_logic import SegmentationLogic
-from asdseg.registry import attention_models
 from mrml_application import start_slicer_core
 
 model, image, work = sys.argv[1:]
@@ -70,7 +69,6 @@ core = start_slicer_core()
 volume = core.volumes_logic.AddArchetypeVolume(image, "phantom")
 segmentation_logic = SegmentationLogic(core.scene)
 assert segmentation_logic.available_models()
-attention_models()
 segmentation_logic.check_input_volume(volume)
 logic = AnnotationLogic(core.scene, work)
 logic.model = model

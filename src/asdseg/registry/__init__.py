@@ -29,7 +29,7 @@ from asdseg.errors import ModelError
 from asdseg.io.image_io import atomic_path
 from asdseg.progress import ProgressCallback
 from asdseg.registry.download import download_file, sha256_of
-from asdseg.registry.model_card import ATTENTION_ARCHITECTURES, CARD_FILE, ModelCard, validate_card
+from asdseg.registry.model_card import CARD_FILE, ModelCard, validate_card
 
 if TYPE_CHECKING:
     import torch
@@ -112,15 +112,6 @@ def check_shipped_name(name: str, version: str, as_new_version: bool = False) ->
             f"{name!r} v{version} is the shipped model's version; give the new version another number "
             "(release --version, or the card's 'version')."
         )
-
-
-def attention_models() -> dict[str, ModelCard]:
-    """Installed models that can rank slices and be fine-tuned on them (an attention head)."""
-    return {
-        name: card
-        for name, card in available_models().items()
-        if card.data["architecture"]["name"] in ATTENTION_ARCHITECTURES
-    }
 
 
 def find_model(name: str) -> ModelCard:

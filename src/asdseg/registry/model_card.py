@@ -24,15 +24,6 @@ ATTENTION_ARCHITECTURES = ("attention-unet",)
 CARD_FILE = "card.json"
 
 
-def require_attention_model(card: ModelCard) -> None:
-    architecture = card.data["architecture"]["name"]
-    if architecture not in ATTENTION_ARCHITECTURES:
-        raise ModelError(
-            f"model {card.name!r} ({architecture}) has no attention head, so it cannot rank slices or be "
-            "fine-tuned on sparse slices; use a model trained with 'asdseg train --recipe attention-unet'."
-        )
-
-
 @cache
 def card_schema() -> dict[str, Any]:
     return json.loads(resources.files("asdseg").joinpath("schemas/model_card.schema.json").read_text())

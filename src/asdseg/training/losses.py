@@ -221,6 +221,33 @@ def sdm_loss(predicted_sdm: torch.Tensor, target_sdm: torch.Tensor) -> torch.Ten
     return F.mse_loss(predicted_sdm, target_sdm)
 
 
+def sdm_sign_loss(sdm: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over labelled voxels and foreground classes of the SDM's wrong-sign part: relu(sdm)
+    inside class c (where it should be negative), relu(-sdm) outside. 0 without labels."""
+    labelled = labels != UNLABELLED
+    if not labelled.any():
+        return sdm.sum() * 0.0
+    penalties = []
+    for channel in range(sdm.shape[1]):
+        inside = labels == channel + 1
+        wrong = torch.where(inside, F.relu(sdm[:, channel]), F.relu(-sdm[:, channel]))
+        penalties.append(wrong[labelled].mean())
+    return torch.stack(penalties).mean()
+
+
+def confidence_target_loss(
+    confidence_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """DAN's confidence loss on the labelled voxels (all of them when dense): BCE of the
+    confidence logits against whether the segmenter's class there is the label's. 0 without
+    labels."""
+    labelled = labels != UNLABELLED
+    if not labelled.any():
+        return confidence_logits.sum() * 0.0
+    correct = (logits.detach().argmax(dim=1) == labels).float()
+    return F.binary_cross_entropy_with_logits(confidence_logits[:, 0][labelled], correct[labelled])
+
+
 def gaussian_rampup(step: int, rampup_steps: int) -> float:
     """exp(-5 (1 - t)^2) with t = step / rampup_steps clipped to [0, 1] (Laine & Aila), the
     warm-up SASSNet and UA-MT put on their unsupervised weights; 1 from ``rampup_steps`` on."""

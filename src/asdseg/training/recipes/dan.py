@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from asdseg.networks.enhanced_unet import ConfidenceUNet
 from asdseg.training.losses import (
     adversarial_bce,
+    confidence_target_loss,
     confidence_weighted_cross_entropy,
     focal_dice_loss,
     hybrid_dice_ce_loss,
@@ -86,10 +87,7 @@ class DanRecipe(ConfidenceLearningRecipe):
         loss = organ + voxel + deep + self.settings["adversarial_weight"] * adversarial
         self.update(self.optimizers["segmenter"], loss)
 
-        correct = (probabilities.detach().argmax(dim=1, keepdim=True) == labels[:, None]).float()
-        confidence_loss = F.binary_cross_entropy_with_logits(
-            confidence(probabilities.detach(), images), correct
-        )
+        confidence_loss = confidence_target_loss(confidence(probabilities.detach(), images), logits, labels)
         self.update(self.optimizers["confidence"], confidence_loss)
         return {
             "loss": loss.item(),

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asdseg.training.losses import UNLABELLED, masked_dice_ce_loss
+from asdseg.training.losses import confidence_target_loss, masked_dice_ce_loss, sdm_sign_loss
 from asdseg.training.recipes.base import Recipe
 
 #: Parameter names of a segmenter's encoder across the architectures (VNet's encoder_stages and
@@ -37,40 +37,11 @@ from asdseg.training.recipes.base import Recipe
 ENCODER_PREFIXES = ("encoder", "downsamplers")
 
 
-def sdm_sign_loss(sdm: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean over labelled voxels and foreground classes of the SDM's wrong-sign part: relu(sdm)
-    inside class c (where it should be negative), relu(-sdm) outside. 0 without labels."""
-    labelled = labels != UNLABELLED
-    if not labelled.any():
-        return sdm.sum() * 0.0
-    penalties = []
-    for channel in range(sdm.shape[1]):
-        inside = labels == channel + 1
-        wrong = torch.where(inside, F.relu(sdm[:, channel]), F.relu(-sdm[:, channel]))
-        penalties.append(wrong[labelled].mean())
-    return torch.stack(penalties).mean()
-
-
-def confidence_target_loss(
-    confidence_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
-) -> torch.Tensor:
-    """DAN's confidence loss on labelled voxels: BCE of the confidence logits against whether the
-    segmenter's class there is the label's. 0 without labels."""
-    labelled = labels != UNLABELLED
-    if not labelled.any():
-        return confidence_logits.sum() * 0.0
-    correct = (logits.detach().argmax(dim=1) == labels).float()
-    return F.binary_cross_entropy_with_logits(confidence_logits[:, 0][labelled], correct[labelled])
-
-
 def sparse_losses(
     outputs: dict[str, torch.Tensor], labels: torch.Tensor, sdm_sign_weight: float
 ) -> dict[str, torch.Tensor]:
     """Each head's loss on the labelled voxels: ``logits`` always, ``sdm`` and
-    ``confidence_logits`` (the confidence network's, on the detached prediction) when present.
-    Computed in fp32 whatever the autocast: sums over a patch lose too much in bf16."""
-    heads = ("logits", "sdm", "confidence_logits")
-    outputs = {name: outputs[name].float() for name in heads if name in outputs}
+    ``confidence_logits`` (the confidence network's, on the detached prediction) when present."""
     losses = {"segmentation": masked_dice_ce_loss(outputs["logits"], labels)}
     if "sdm" in outputs:
         losses["sdm_sign"] = sdm_sign_weight * sdm_sign_loss(outputs["sdm"], labels)
