@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import ctk
 import qt
 import slicer
 import vtk
@@ -38,8 +39,17 @@ MODULE_DIR = Path(__file__).resolve().parent
 REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
 #: How often the panel polls a running segmentation, in milliseconds.
 POLL_INTERVAL_MS = 150
+#: QSettings key of the folder the user's corrections accumulate in (see teach_logic).
+CORRECTIONS_FOLDER_SETTING = "ASDSeg/CorrectionsFolder"
 #: The oldest Slicer these modules run in (Python 3.9); 5.10 and newer run Python 3.12.
 MINIMUM_SLICER = (5, 8)
+
+
+def default_corrections_folder() -> Path:
+    """Beside the user's models: ``~/.asdseg/corrections`` (or under ``$ASDSEG_HOME``)."""
+    from asdseg.registry import user_models_dir
+
+    return user_models_dir().parent / "corrections"
 
 
 def slicer_version_problem() -> str | None:
@@ -234,6 +244,9 @@ class ASDSegParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     overlay: Annotated[str, Choice(["none", "confidence", "sdm"])] = "confidence"
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    #: The name the taught model is installed under; empty: the model's name with -site1.
+    siteName: str = ""
+    teachSteps: Annotated[int, WithinRange(10, 100000)] = 200
 
 
 #
@@ -390,6 +403,11 @@ class ASDSegWidget(ParameterNodeWidget):
         self.ui.overlaySelector.currentIndexChanged.connect(self.onOverlayChanged)
         self.ui.overlayOpacitySliderWidget.valueChanged.connect(self.onOverlayChanged)
         self.ui.exportButton.clicked.connect(self.onExport)
+        self.ui.markCheckedButton.clicked.connect(self.onMarkChecked)
+        self.ui.teachButton.clicked.connect(self.onTeachOrCancel)
+        folder = self.ui.correctionsFolderPathLineEdit
+        folder.filters = ctk.ctkPathLineEdit.Dirs
+        folder.currentPath = qt.QSettings().value(CORRECTIONS_FOLDER_SETTING, "")
         self.ui.progressBar.hide()
 
     def enter(self) -> None:
@@ -474,11 +492,18 @@ class ASDSegWidget(ParameterNodeWidget):
         parameters = self._parameterNode
         running = self._run is not None
         ready = bool(parameters and parameters.inputVolume and parameters.modelName)
-        self.ui.segmentButton.text = "Cancel" if running else "Segment"
-        self.ui.segmentButton.enabled = running or (ready and not self.ui.installDependenciesButton.visible)
+        teaching = type(self._run).__name__ == "TeachRun"
+        self.ui.segmentButton.text = "Cancel" if running and not teaching else "Segment"
+        self.ui.segmentButton.enabled = (running and not teaching) or (
+            ready and not running and not self.ui.installDependenciesButton.visible
+        )
         self.ui.segmentButton.toolTip = "" if ready or running else "Select an input volume and a model."
         self.ui.exportButton.enabled = bool(parameters and parameters.outputSegmentation) and not running
         self.ui.addRoiButton.enabled = bool(parameters and parameters.inputVolume) and not running
+        corrected = bool(parameters and parameters.outputSegmentation)
+        self.ui.teachButton.text = "Stop teaching" if teaching else "Teach"
+        self.ui.teachButton.enabled = teaching or (corrected and not running)
+        self.ui.markCheckedButton.enabled = corrected and not running
 
     def onAddRoi(self) -> None:
         parameters = self._parameterNode
@@ -506,15 +531,20 @@ class ASDSegWidget(ParameterNodeWidget):
         from asdseg.errors import AsdsegError, CancelledError
 
         run = self._run
+        teaching = type(run).__name__ == "TeachRun"
         if run.state() is JobState.RUNNING:
             progress = run.progress
             self.ui.progressBar.setValue(round(100 * progress.fraction))
             if progress.total:
+                unit = "step" if teaching else "window"
                 self.ui.statusLabel.text = (
-                    f"{progress.stage.capitalize()}: window {progress.done} of {progress.total}"
+                    f"{progress.stage.capitalize()}: {unit} {progress.done} of {progress.total}"
                 )
             return
         self.stopPolling()
+        if teaching:
+            self.finishTeach(run)
+            return
         parameters = self._parameterNode
         try:
             target = parameters.outputSegmentation
@@ -534,6 +564,61 @@ class ASDSegWidget(ParameterNodeWidget):
             self.ui.statusLabel.text = "Done." + "".join(
                 f"\nWarning: {warning}" for warning in outputs.warnings
             )
+        finally:
+            self.updateGUIFromParameterNode()
+
+    # Teaching -----------------------------------------------------------------------------
+
+    def onMarkChecked(self) -> None:
+        from ASDSegLib.volume_nodes import slice_under_view
+
+        parameters = self._parameterNode
+        red = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        index = slice_under_view(parameters.inputVolume, red)
+        if index is None:
+            slicer.util.errorDisplay("The red view is not on one of the volume's axial slices.")
+            return
+        with user_action(f"Marking slice {index} as right"):
+            checked = self.logic.teach.mark_checked(parameters.outputSegmentation, [index])
+            self.ui.statusLabel.text = f"Slice {index} counts as checked ({len(checked)} checked)."
+
+    def onTeachOrCancel(self) -> None:
+        if self._run is not None:
+            self.ui.statusLabel.text = "Stopping..."
+            self._run.cancel()
+            return
+        parameters = self._parameterNode
+        folder = self.ui.correctionsFolderPathLineEdit.currentPath or str(default_corrections_folder())
+        with user_action("Starting to teach"):
+            qt.QSettings().setValue(CORRECTIONS_FOLDER_SETTING, folder)
+            run = self.logic.teach.start_teach(
+                parameters.outputSegmentation,
+                folder,
+                parameters.siteName.strip() or None,
+                parameters.teachSteps,
+                parameters.device,
+            )
+            self.startPolling(run, f"Teaching {run.site_name}...")
+
+    def finishTeach(self, run) -> None:
+        from asdseg.errors import AsdsegError, CancelledError
+
+        try:
+            outcome = self.logic.teach.finish_teach(run)
+        except CancelledError as error:
+            self.ui.statusLabel.text = str(error).capitalize()
+        except Exception as error:
+            if not isinstance(error, AsdsegError):
+                logging.exception("ASDSeg: teaching failed")
+            self.ui.statusLabel.text = "Teaching failed; the models are unchanged."
+            slicer.util.errorDisplay(f"Teaching failed: {error}")
+        else:
+            self.ui.statusLabel.text = outcome.message()
+            if outcome.installed is not None:
+                self._parameterNode.modelName = outcome.installed.name
+                self.refreshEngineState()  # the new version is picked; the original stays listed
+            else:
+                slicer.util.warningDisplay(outcome.message())
         finally:
             self.updateGUIFromParameterNode()
 
@@ -587,6 +672,7 @@ class ASDSegLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._segmentation = None
+        self._teach = None
 
     def getParameterNode(self) -> ASDSegParameterNode:
         return ASDSegParameterNode(super().getParameterNode())
@@ -600,6 +686,16 @@ class ASDSegLogic(ScriptedLoadableModuleLogic):
                 slicer.mrmlScene, python_slicer(), engine_environment(), slicer.app.temporaryPath
             )
         return self._segmentation
+
+    @property
+    def teach(self):
+        if self._teach is None:
+            from ASDSegLib.teach_logic import TeachLogic
+
+            self._teach = TeachLogic(
+                slicer.mrmlScene, python_slicer(), engine_environment(), slicer.app.temporaryPath
+            )
+        return self._teach
 
     @staticmethod
     def runOptions(parameters: ASDSegParameterNode):

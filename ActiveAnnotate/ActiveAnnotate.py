@@ -6,8 +6,10 @@ apart; or the number of voxels they disagree on, and other strategies); clicking
 that slice in the red view; the
 annotator draws it with the embedded Segment Editor and clicks "Mark labelled"; "Fine-tune"
 trains the model on every labelled slice in a background process (progress, loss, Cancel), and
-the new model is used for the next suggestion. The widget is thin Qt glue over
-:class:`ActiveAnnotateLib.annotation_logic.AnnotationLogic`.
+the new model is used for the next suggestion. Each suggested slice nobody has drawn on yet
+starts as the model's prediction, so the annotator corrects rather than draws; what they changed
+(voxels added and removed, Dice of the prediction) is shown per slice and exported with the labels.
+The widget is thin Qt glue over :class:`ActiveAnnotateLib.annotation_logic.AnnotationLogic`.
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ class ActiveAnnotate(ScriptedLoadableModule):
         self.parent.contributors = ["SlicerASDSeg developers"]
         self.parent.helpText = (
             "Attention-guided active learning: the model suggests the axial slices it is least sure "
-            "of, you label only those with the Segment Editor, and the model fine-tunes on them in the "
-            "background. Export the labels to NIfTI at any time."
+            "of and fills them with its prediction, you correct only those with the Segment Editor (what "
+            "you changed is recorded per slice), and the model fine-tunes on them in the background. "
+            "Export the labels to NIfTI at any time."
         )
         self.parent.acknowledgementText = (
             "Reproduces attention-guided active learning with P-DSC slice ranking (attention 3D U-Net)."
@@ -257,6 +260,7 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
                 f"{row['p_dsc']:.3f}",
                 "—" if disagreement is None else str(disagreement),
                 row["status"],
+                row["effort"].summary() if row["effort"] else "",
             )
             for column, text in enumerate(cells):
                 table.setItem(position, column, qt.QTableWidgetItem(text))
@@ -290,7 +294,7 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
             show_slice(slicer.mrmlScene, parameters.inputVolume, index)
 
     def onMarkLabelled(self) -> None:
-        from ActiveAnnotateLib.slice_views import slice_under_view
+        from ASDSegLib.volume_nodes import slice_under_view
 
         parameters = self._parameterNode
         red = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
@@ -302,7 +306,10 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
             return
         with user_action(f"Marking slice {index} labelled"):
             self.logic.annotation.mark_labelled(parameters.annotation, [index])
-            self.ui.statusLabel.text = f"Slice {index} counts as labelled."
+            effort = self.logic.annotation.slice_effort(parameters.annotation).get(index)
+            start = "the prediction" if effort and effort.prefilled else "an empty slice"
+            changes = f"; your changes from {start}: {effort.summary()}" if effort else ""
+            self.ui.statusLabel.text = f"Slice {index} counts as labelled{changes}."
             self.showSuggestions()
 
     def onExport(self) -> None:
@@ -371,7 +378,10 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
                 self.updateGUIFromParameterNode()
                 self.onSuggestOrCancel()
                 return
-            self.ui.statusLabel.text = "Suggested slices are marked in the views; click a row to go there."
+            self.ui.statusLabel.text = (
+                "Suggested slices are marked in the views and start as the model's prediction: click a "
+                "row to go there, correct the slice, then Mark labelled."
+            )
         self.updateGUIFromParameterNode()
 
 
@@ -445,8 +455,12 @@ class ActiveAnnotateTest(ScriptedLoadableModuleTest):
         from asdseg.errors import CancelledError
 
         from ActiveAnnotateLib.annotation_logic import AnnotationLogic
-        from ActiveAnnotateLib.slice_views import show_slice, slice_under_view
-        from ASDSegLib.volume_nodes import oriented_image_from_array, update_volume_node_from_image
+        from ActiveAnnotateLib.slice_views import show_slice
+        from ASDSegLib.volume_nodes import (
+            oriented_image_from_array,
+            slice_under_view,
+            update_volume_node_from_image,
+        )
 
         image, label = phantom_image(make_phantom(shape=(48, 48, 32), seed=4))
         volume_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "phantom")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from asdseg.demo.phantom_model import CARD as DEMO_CARD
 from asdseg.demo.phantom_model import ensure_demo_model
 from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.networks import build_network
-from asdseg.registry import save_model
+from asdseg.registry import save_model, user_models_dir
 from asdseg.registry.model_card import ModelCard
 
 torch.set_num_threads(2)
@@ -99,6 +100,14 @@ def attention_model(tmp_path: Path) -> ModelCard:
 def demo_model(tmp_path_factory: pytest.TempPathFactory) -> ModelCard:
     """The trained phantom model, as the demo installs it (about a minute once per test session)."""
     return ensure_demo_model(tmp_path_factory.mktemp("demo") / "phantom-demo")
+
+
+@pytest.fixture
+def demo_installed(demo_model: ModelCard) -> ModelCard:
+    """The trained phantom model, installed in this test's model folder."""
+    target = user_models_dir() / demo_model.name
+    shutil.copytree(demo_model.directory, target)
+    return ModelCard.load(target / "card.json")
 
 
 @pytest.fixture

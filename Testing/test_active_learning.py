@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from asdseg.active.annotator_effort import SliceEffort, measure_effort
 from asdseg.active.second_opinion import confidence_labels, sdm_labels
 from asdseg.active.slice_scores import SliceScores, agreement_scores, score_slices, slice_entropy
 from asdseg.active.sparse_labels import (
     SparseLabels,
+    read_slice_effort,
     read_sparse_labels,
     slices_json_path,
     write_sparse_labels,
@@ -197,6 +199,68 @@ def test_sparse_labels_without_or_with_a_foreign_slices_file_are_refused(tmp_pat
         read_sparse_labels(path)
 
 
+def test_effort_of_a_prefilled_and_of_a_drawn_slice_by_hand() -> None:
+    prediction = np.zeros((5, 5), dtype=np.int64)
+    prediction[0:2, 0:2] = 1  # 4 voxels of label 1
+    prediction[4, 4] = 2  # 1 voxel of label 2
+    corrected = prediction.copy()
+    corrected[0, 0] = 0  # removed one voxel of label 1
+    corrected[3, 0:3] = 1  # added three voxels of label 1
+    corrected[4, 4] = 1  # label 2 -> 1: added (a changed label), not removed
+    # Dice: label 1: prediction 4, corrected 3 + 3 + 1 = 7, shared 3 -> 6/11; label 2: 1 vs 0 -> 0.
+    effort = measure_effort(corrected, prediction, prefilled=True)
+    assert (effort.prefilled, effort.added, effort.removed) == (True, 4, 1)
+    assert effort.dice == pytest.approx((6 / 11 + 0.0) / 2)
+    # Not pre-filled: the annotator drew everything from an empty slice.
+    drawn = measure_effort(corrected, prediction, prefilled=False)
+    assert (drawn.prefilled, drawn.added, drawn.removed, drawn.dice) == (False, 7, 0, effort.dice)
+    # No prediction known: no Dice; both empty: the model was right.
+    assert measure_effort(corrected, None, prefilled=False) == SliceEffort(False, 7, 0, None)
+    empty = np.zeros((5, 5), dtype=np.int64)
+    assert measure_effort(empty, empty, prefilled=True) == SliceEffort(True, 0, 0, 1.0)
+    with pytest.raises(ValueError, match="needs the prediction"):
+        measure_effort(corrected, None, prefilled=True)
+    assert effort.summary() == "+4 \u22121, Dice 0.27"
+    assert SliceEffort(False, 7, 0, None).summary() == "+7 \u22120"
+    assert SliceEffort.from_dict(effort.to_dict()) == effort
+
+
+def test_effort_goes_into_the_slices_file_and_a_malformed_entry_is_refused(tmp_path: Path) -> None:
+    image, label = phantom_image(make_phantom(shape=(12, 12, 8), seed=1))
+    path = tmp_path / "labels.nii.gz"
+    effort = {2: SliceEffort(True, 10, 3, 0.875), 5: SliceEffort(False, 40, 0, None)}
+    # Slice 6 is not labelled: its effort is not written.
+    write_sparse_labels(
+        SparseLabels(image_to_array(label, np.int64), {2, 5}),
+        image,
+        LABELS,
+        path,
+        {**effort, 6: SliceEffort(True, 1, 1, 0.5)},
+    )
+    record = json.loads(slices_json_path(path).read_text())
+    assert record["effort"]["2"] == {"prefilled": True, "added": 10, "removed": 3, "dice": 0.875}
+    assert read_slice_effort(path) == effort
+    assert read_sparse_labels(path)[1].labelled_slices == {2, 5}, "readers of the slices still read it"
+    write_sparse_labels(SparseLabels(image_to_array(label, np.int64), {2}), image, LABELS, path)
+    assert "effort" not in json.loads(slices_json_path(path).read_text())
+    assert read_slice_effort(path) == {}
+
+    malformed = {
+        "a negative count": ({"2": {**effort[2].to_dict(), "added": -1}}, "'added' must be a voxel count"),
+        "a fractional count": ({"2": {**effort[2].to_dict(), "removed": 1.5}}, "'removed'"),
+        "a Dice above 1": ({"2": {**effort[2].to_dict(), "dice": 1.5}}, "'dice' must be null or a number"),
+        "prefilled as text": ({"2": {**effort[2].to_dict(), "prefilled": "yes"}}, "'prefilled'"),
+        "a missing field": ({"2": {"prefilled": True, "added": 1}}, "expected an object with"),
+        "an unlabelled slice": ({"3": effort[2].to_dict()}, "'3', which is not one of the labelled"),
+        "not a mapping": ([effort[2].to_dict()], "'effort' must map slice numbers"),
+    }
+    for name, (entries, message) in malformed.items():
+        slices_json_path(path).write_text(json.dumps({**record, "labelled_slices": [2], "effort": entries}))
+        with pytest.raises(InputError, match=message) as error:
+            read_slice_effort(path)
+        assert str(slices_json_path(path)) in str(error.value), name
+
+
 def test_sparse_patches_always_hold_labelled_voxels() -> None:
     label = np.full((32, 32, 40), UNLABELLED, dtype=np.int64)
     label[:, :, 35] = 0
@@ -293,5 +357,3 @@ def test_second_opinions_of_the_sdm_and_the_confidence_map() -> None:
     assert confidence_labels(result)[:, :, 0].tolist() == [[1, 0], [1, 0]]
     card = ModelCard({"labels": [label.to_dict() for label in LABELS]}, Path("."))
     assert sdm_labels(result, card)[:, :, 0].tolist() == [[2, 2], [1, 0]]
-
-

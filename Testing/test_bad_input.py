@@ -644,6 +644,22 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
         lambda w: [*SUGGEST, "-i", str(w / "img.nii.gz"), "--output", str(w / "img.nii.gz")],
         ("--output", "is the input"),
     ),
+    "suggest: --segmentation is the image": (
+        lambda w: [*SUGGEST, "-i", str(w / "img.nii.gz"), "--segmentation", str(w / "img.nii.gz")],
+        ("--segmentation", "is the input"),
+    ),
+    "suggest: --segmentation without an image suffix": (
+        lambda w: [*SUGGEST, "-i", str(w / "img.nii.gz"), "--segmentation", str(w / "prediction.txt")],
+        ("--segmentation", "prediction.txt", "use an image suffix"),
+    ),
+    "suggest: --segmentation's sidecar is --output": (
+        lambda w: [
+            *SUGGEST,
+            *["-i", str(w / "img.nii.gz"), "--output", str(w / "p.labels.json")],
+            *["--segmentation", str(w / "p.nii.gz")],
+        ],
+        ("--segmentation", "--output already writes", "p.labels.json"),
+    ),
     "suggest: labels of another shape": (
         lambda w: [
             *SUGGEST,

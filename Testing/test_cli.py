@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import subprocess
 import sys
 import time
@@ -203,6 +204,34 @@ def test_evaluate_prints_a_table_and_writes_csv(phantom_files, tmp_path: Path, c
     rows = list(csv.DictReader(csv_path.open()))
     assert [row["label"] for row in rows] == ["1", "2"]
     assert all(float(row["dice"]) == 1.0 and float(row["hd95_mm"]) == 0.0 for row in rows)
+
+
+def test_suggest_also_writes_the_label_map_segment_gives(
+    attention_model: ModelCard, phantom_files, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--segmentation`` adds the model's label map (what ActiveAnnotate pre-fills slices with)
+    and its sidecars, equal to ``asdseg segment`` at the same precision; the rest is unchanged."""
+    image_path, _ = phantom_files
+    model = str(attention_model.directory)
+    arguments = ["suggest", "-i", str(image_path), "--model", model, "-k", "3", "--device", "cpu"]
+    assert main([*arguments, "--output", str(tmp_path / "plain.json")]) == 0
+    prediction = tmp_path / "out" / "prediction.nii.gz"
+    with_map = [*arguments, "--output", str(tmp_path / "with.json"), "--segmentation", str(prediction)]
+    assert main(with_map) == 0
+    assert f"wrote {prediction}" in capsys.readouterr().out
+    record = json.loads((tmp_path / "with.json").read_text())
+    assert record == json.loads((tmp_path / "plain.json").read_text())
+
+    segmented = tmp_path / "segmented.nii.gz"
+    segment = ["segment", "-i", str(image_path), "-o", str(segmented), "--model", model]
+    assert main([*segment, "--device", "cpu", "--precision", "fp32"]) == 0
+    written = read_image(prediction)
+    assert same_geometry(written, read_image(image_path))
+    labels = sitk.GetArrayFromImage(written)
+    np.testing.assert_array_equal(labels, sitk.GetArrayFromImage(read_image(segmented)))
+    assert labels.any()
+    sidecar = (tmp_path / "out" / "prediction.labels.json").read_text()
+    assert sidecar == (tmp_path / "segmented.labels.json").read_text()
 
 
 def test_models_list_show_install(tiny_model: ModelCard, capsys) -> None:

@@ -11,7 +11,8 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from asdseg.active.sparse_labels import read_sparse_labels
+from asdseg.active.annotator_effort import SliceEffort
+from asdseg.active.sparse_labels import read_slice_effort, read_sparse_labels
 from asdseg.active.suggest import suggest_slices
 from asdseg.background import JobState
 from asdseg.errors import AsdsegError, CancelledError, InputError, ModelError
@@ -19,9 +20,15 @@ from asdseg.io.image_io import image_to_array, read_image, same_geometry
 from asdseg.registry import load_network
 from asdseg.registry.model_card import ModelCard
 
-from ActiveAnnotateLib.annotation_logic import AnnotationLogic
-from ActiveAnnotateLib.slice_views import show_slice, slice_centre_ras, slice_under_view
-from ASDSegLib.volume_nodes import image_from_volume_node, oriented_image_from_array
+from ActiveAnnotateLib.annotation_logic import PREDICTION_REFERENCE_ROLE, AnnotationLogic
+from ActiveAnnotateLib.slice_views import show_slice, slice_centre_ras
+from ASDSegLib.segmentation_logic import SegmentationLogic
+from ASDSegLib.volume_nodes import (
+    array_from_image_data,
+    image_from_volume_node,
+    oriented_image_from_array,
+    slice_under_view,
+)
 from conftest import wait_until
 from mrml_application import SlicerCore, roi_around_voxels, start_slicer_core
 
@@ -58,6 +65,23 @@ def paint_reference(segmentation_node, volume_node, label_path: Path) -> np.ndar
             slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
         )
     return reference.transpose(2, 1, 0)
+
+
+def paint(segmentation_node, volume_node, labels: np.ndarray) -> None:
+    """Make each segment exactly the voxels of its label value in ``labels`` ((k, j, i))."""
+    for segment_id, label in SegmentationLogic.segment_labels(segmentation_node):
+        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            oriented_image_from_array((labels == label.value).astype(np.uint8), volume_node),
+            segmentation_node,
+            segment_id,
+            slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
+        )
+
+
+def annotation(segmentation_node, volume_node) -> np.ndarray:
+    """The segments with their label values as a (k, j, i) array on the volume's grid."""
+    segment_labels = SegmentationLogic.segment_labels(segmentation_node)
+    return SegmentationLogic.merged_label_map(segmentation_node, segment_labels, volume_node)
 
 
 def test_show_slice_puts_the_red_view_on_slice_k_of_a_rotated_volume(core: SlicerCore, volume_node) -> None:
@@ -105,7 +129,7 @@ def test_suggestions_match_the_engine_and_are_marked_in_the_views(
     logic: AnnotationLogic, core: SlicerCore, volume_node, phantom_files: tuple[Path, Path]
 ) -> None:
     segmentation_node = logic.create_annotation_segmentation(volume_node, logic.model_card())
-    paint_reference(segmentation_node, volume_node, phantom_files[1])
+    reference = paint_reference(segmentation_node, volume_node, phantom_files[1])
     logic.mark_labelled(segmentation_node, [10, 11])
     nodes_before = core.node_ids()
     run = logic.start_suggest(segmentation_node, "disagreement", budget=3, device="cpu")
@@ -117,7 +141,9 @@ def test_suggestions_match_the_engine_and_are_marked_in_the_views(
     )
     assert [row["slice"] for row in rows] == [query.slice for query in expected.queries]
     assert [row["disagreement_voxels"] for row in rows] == [int(query.score) for query in expected.queries]
-    assert all(row["status"] == "to label" for row in rows)
+    # Suggested slices the reference leaves empty were pre-filled with the prediction.
+    for row in rows:
+        assert row["status"] == ("to label" if reference[:, :, row["slice"]].any() else "to correct")
     markers = core.scene.GetFirstNodeByClass("vtkMRMLMarkupsFiducialNode")
     assert markers.GetNumberOfControlPoints() == len(rows)
     for index, row in enumerate(rows):
@@ -128,6 +154,128 @@ def test_suggestions_match_the_engine_and_are_marked_in_the_views(
         )
     logic.mark_labelled(segmentation_node, [rows[0]["slice"]])
     assert logic.suggestions(segmentation_node)[0]["status"] == "labelled"
+
+
+@pytest.fixture
+def trained_logic(logic: AnnotationLogic, demo_model: ModelCard) -> AnnotationLogic:
+    """The logic with the trained phantom model in use: its prediction has the phantom's
+    structures and background on every slice (an untrained network's is one label everywhere)."""
+    logic.model = str(demo_model.directory)
+    return logic
+
+
+def test_suggested_slices_nobody_drew_start_as_the_prediction(
+    trained_logic: AnnotationLogic, core: SlicerCore, volume_node, phantom_files, tmp_path: Path
+) -> None:
+    logic = trained_logic
+    card = logic.model_card()
+    segmentation_node = logic.create_annotation_segmentation(volume_node, card)
+    image = image_from_volume_node(volume_node)
+    expected = suggest_slices(image, card, load_network(card), {10, 11}, "disagreement", 4)
+    prediction = sitk.GetArrayFromImage(expected.segmentation.label_map)  # (k, j, i)
+    suggested = [query.slice for query in expected.queries]
+    drawn = suggested[1]  # the annotator has drawn on it already (not marked labelled)
+    labels = np.zeros_like(prediction)
+    labels[10:12] = sitk.GetArrayFromImage(read_image(phantom_files[1]))[10:12]
+    labels[drawn, 3:7, 4:9] = 2
+    paint(segmentation_node, volume_node, labels)
+    logic.mark_labelled(segmentation_node, [10, 11])
+    nodes_before = core.node_ids()
+
+    cancelled = logic.start_suggest(segmentation_node, "disagreement", budget=4, device="cpu")
+    cancelled.cancel()
+    with pytest.raises(CancelledError):
+        logic.finish_suggest(cancelled)
+    assert core.node_ids() == nodes_before, "a cancelled suggestion changes nothing in the scene"
+    np.testing.assert_array_equal(annotation(segmentation_node, volume_node), labels)
+    assert logic.prediction_node(segmentation_node) is None and not logic.prefilled_slices(segmentation_node)
+
+    run = logic.start_suggest(segmentation_node, "disagreement", budget=4, device="cpu")
+    rows = logic.finish_suggest(run)
+    assert [row["slice"] for row in rows] == suggested
+    prefilled = sorted(set(suggested) - {drawn})
+    assert logic.prefilled_slices(segmentation_node) == set(prefilled)
+    assert len(np.unique(prediction[prefilled])) > 1, "the prediction there is more than one label"
+    after = annotation(segmentation_node, volume_node)
+    np.testing.assert_array_equal(after[prefilled], prediction[prefilled])
+    untouched = [index for index in range(after.shape[0]) if index not in prefilled]
+    np.testing.assert_array_equal(after[untouched], labels[untouched])
+    statuses = {row["slice"]: row["status"] for row in rows}
+    assert statuses == {index: "to label" if index == drawn else "to correct" for index in suggested}
+
+    prediction_node = logic.prediction_node(segmentation_node)
+    assert prediction_node.IsA("vtkMRMLLabelMapVolumeNode")
+    assert segmentation_node.GetNodeReference(PREDICTION_REFERENCE_ROLE) is prediction_node
+    np.testing.assert_array_equal(array_from_image_data(prediction_node.GetImageData()), prediction)
+    assert same_geometry(image_from_volume_node(prediction_node), image, tolerance=1e-6)
+    constants = slicer.vtkMRMLSubjectHierarchyConstants
+    assert prediction_node.GetAttribute(constants.GetSubjectHierarchyExcludeFromTreeAttributeName())
+
+    # The next suggestion replaces the prediction in the same node.
+    logic.finish_suggest(logic.start_suggest(segmentation_node, "random", budget=2, device="cpu"))
+    assert logic.prediction_node(segmentation_node) is prediction_node
+    assert core.scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 1
+
+    # Saved with the scene: the reference, the voxels and the pre-filled slices come back.
+    assert core.scene.WriteToMRB(str(tmp_path / "session.mrb"))
+    reloaded = start_slicer_core().scene
+    reloaded.SetURL(slicer.vtkMRMLScene.UnpackSlicerDataBundle(str(tmp_path / "session.mrb"), str(tmp_path)))
+    assert reloaded.Connect()
+    segmentation_again = reloaded.GetFirstNodeByName(segmentation_node.GetName())
+    assert AnnotationLogic.prefilled_slices(segmentation_again) >= set(prefilled)
+    stored = AnnotationLogic.prediction_node(segmentation_again)
+    np.testing.assert_array_equal(
+        array_from_image_data(stored.GetImageData()), array_from_image_data(prediction_node.GetImageData())
+    )
+
+
+def test_marking_a_corrected_slice_records_what_the_annotator_changed(
+    trained_logic: AnnotationLogic, volume_node, tmp_path: Path
+) -> None:
+    logic = trained_logic
+    segmentation_node = logic.create_annotation_segmentation(volume_node, logic.model_card())
+    run = logic.start_suggest(segmentation_node, "disagreement", budget=3, device="cpu")
+    rows = logic.finish_suggest(run)
+    prediction = logic.prediction_array(segmentation_node)
+    corrected = annotation(segmentation_node, volume_node)
+    # A pre-filled slice: remove 3 voxels of its most frequent label and add 5 of it elsewhere.
+    index = next(row["slice"] for row in rows if prediction[row["slice"]].any())
+    assert logic.suggestions(segmentation_node)[0]["status"] == "to correct"
+    values, counts = np.unique(prediction[index][prediction[index] > 0], return_counts=True)
+    value, count = int(values[counts.argmax()]), int(counts.max())
+    assert count > 3
+    for j, i in np.argwhere(prediction[index] == value)[:3]:
+        corrected[index, j, i] = 0
+    for j, i in np.argwhere(prediction[index] == 0)[:5]:
+        corrected[index, j, i] = value
+    # A slice nobody suggested, drawn from scratch: a 3 x 4 box of label 1.
+    drawn = next(k for k in range(corrected.shape[0]) if k not in {row["slice"] for row in rows})
+    corrected[drawn, 2:5, 6:10] = 1
+    paint(segmentation_node, volume_node, corrected)
+    logic.mark_labelled(segmentation_node, [index, drawn])
+
+    effort = logic.slice_effort(segmentation_node)
+    # Dice of the changed label: the prediction's `count` voxels vs. count - 3 + 5, sharing count - 3;
+    # every other label the prediction has there is untouched (Dice 1).
+    others = len(values) - 1
+    expected_dice = (others + 2 * (count - 3) / (2 * count + 2)) / len(values)
+    assert effort[index] == SliceEffort(True, 5, 3, pytest.approx(expected_dice))
+    box = np.zeros_like(prediction[drawn])
+    box[2:5, 6:10] = 1
+    present = set(np.unique(prediction[drawn])) - {0, 1}  # labels predicted there, not drawn: Dice 0
+    predicted_1 = prediction[drawn] == 1
+    dice_1 = 2 * np.count_nonzero(box & predicted_1) / (12 + np.count_nonzero(predicted_1))
+    assert effort[drawn] == SliceEffort(False, 12, 0, pytest.approx(dice_1 / (1 + len(present))))
+    row = next(row for row in logic.suggestions(segmentation_node) if row["slice"] == index)
+    assert (row["status"], row["effort"]) == ("labelled", effort[index])
+    logic.mark_labelled(segmentation_node, [index])  # marked again: its effort stays as measured
+    assert logic.slice_effort(segmentation_node) == effort
+
+    written = logic.export_labels(segmentation_node, tmp_path / "labels.nii.gz")
+    assert read_slice_effort(written[0]) == effort
+    assert read_sparse_labels(written[0])[1].labelled_slices == {index, drawn}
+    logic.mark_labelled(segmentation_node, [drawn], labelled=False)
+    assert set(logic.slice_effort(segmentation_node)) == {index}
 
 
 def test_with_an_roi_only_its_slices_are_suggested(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -44,14 +43,6 @@ def core() -> SlicerCore:
 @pytest.fixture
 def logic(core: SlicerCore) -> SegmentationLogic:
     return SegmentationLogic(core.scene)
-
-
-@pytest.fixture
-def demo_installed(demo_model: ModelCard) -> ModelCard:
-    """The trained phantom model, installed in this test's model folder."""
-    target = user_models_dir() / demo_model.name
-    shutil.copytree(demo_model.directory, target)
-    return ModelCard.load(target / "card.json")
 
 
 @pytest.fixture

@@ -248,7 +248,8 @@ def write_report(output: Path, rows: list[dict[str, Any]], settings: FineTuneSet
         )
     with atomic_path(output / "results.md") as temporary:
         temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    plot_recovery(summary, output / "recovery.png")
+    if summary:  # nothing to draw before the first row
+        plot_recovery(summary, output / "recovery.png")
 
 
 def plot_recovery(summary: list[dict[str, Any]], path: Path) -> None:

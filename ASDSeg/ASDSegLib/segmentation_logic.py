@@ -44,6 +44,13 @@ MODEL_ATTRIBUTE = "ASDSeg.Model"
 LABEL_VALUE_TAG = "ASDSeg.LabelValue"
 #: Node reference roles from the segmentation node to its overlay volumes.
 OVERLAY_REFERENCE_ROLES = {"confidence": "ASDSeg.confidence", "sdm": "ASDSeg.sdm"}
+#: Node reference role from the segmentation node to the label map the model predicted, kept
+#: (hidden) so that the user's corrections can be found by difference (ASDSeg's Teach).
+PREDICTION_REFERENCE_ROLE = "ASDSeg.prediction"
+#: Teach's records about the corrections of the prediction in place, which a new run replaces:
+#: the slices checked as right, and the corrections folder entry they were saved to (the next
+#: corrections of this volume go to a new entry, so the saved ones are kept).
+CORRECTION_ATTRIBUTES = ("ASDSeg.CheckedSlices", "ASDSeg.CorrectionsEntry")
 #: The label values whose own SDM volume the segmentation references (comma-separated).
 ORGAN_SDMS_ATTRIBUTE = "ASDSeg.organSDMs"
 
@@ -396,6 +403,9 @@ class SegmentationLogic:
             segmentation_node.SetAttribute(MODEL_ATTRIBUTE, run.card.name)
             segmentation_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
             self._fill_segments(segmentation_node, outputs.label_map, run.card.labels, volume_node)
+            self._keep_prediction(segmentation_node, outputs.label_map, volume_node, created)
+            for attribute in CORRECTION_ATTRIBUTES:
+                segmentation_node.RemoveAttribute(attribute)
             result = SegmentationOutputs(segmentation_node)
             for kind, image in (("confidence", outputs.confidence), ("sdm", outputs.sdm)):
                 node = self._overlay_node(segmentation_node, kind, image, volume_node, created)
@@ -447,6 +457,26 @@ class SegmentationLogic:
             raise AsdsegError(
                 f"the engine wrote label values {sorted(unknown)} that the model card does not name."
             )
+
+    def _keep_prediction(
+        self,
+        segmentation_node: slicer.vtkMRMLSegmentationNode,
+        label_map: sitk.Image,
+        volume_node: slicer.vtkMRMLScalarVolumeNode,
+        created: list[slicer.vtkMRMLNode],
+    ) -> None:
+        """The model's label map as a label map volume referenced by the segmentation, replaced
+        by every run. It is left out of the Data module's tree (and the panel's selectors take no
+        label maps) but not hidden from editors: Slicer's Save dialog skips those, and a resumed
+        session needs it to find the corrections."""
+        node = segmentation_node.GetNodeReference(PREDICTION_REFERENCE_ROLE)
+        if node is None:
+            node = self._add_node("vtkMRMLLabelMapVolumeNode", f"{volume_node.GetName()} ASDSeg prediction")
+            constants = slicer.vtkMRMLSubjectHierarchyConstants
+            node.SetAttribute(constants.GetSubjectHierarchyExcludeFromTreeAttributeName(), "1")
+            created.append(node)
+            segmentation_node.SetNodeReferenceID(PREDICTION_REFERENCE_ROLE, node.GetID())
+        update_volume_node_from_image(node, label_map)
 
     def _overlay_node(
         self,

@@ -79,3 +79,26 @@ def oriented_image_from_array(
     oriented.ShallowCopy(image_data_from_array(array))
     oriented.SetImageToWorldMatrix(ijk_to_ras_matrix(like))
     return oriented
+
+
+def slice_under_view(
+    volume_node: slicer.vtkMRMLScalarVolumeNode, slice_node: slicer.vtkMRMLSliceNode
+) -> int | None:
+    """The slice ``index`` of the volume the view shows, or None when the view is not on one of
+    the volume's slices (turned to another plane, or outside the volume)."""
+    slice_to_ras = slice_node.GetSliceToRAS()
+    centre = [slice_to_ras.GetElement(row, 3) for row in range(3)]
+    ras_to_ijk = vtk.vtkMatrix4x4()
+    volume_node.GetRASToIJKMatrix(ras_to_ijk)
+    transform = volume_node.GetParentTransformNode()
+    if transform is not None:
+        from_world = vtk.vtkGeneralTransform()
+        transform.GetTransformFromWorld(from_world)
+        centre = from_world.TransformPoint(centre)
+    ijk = ras_to_ijk.MultiplyPoint((*centre, 1.0))
+    normal_ijk = ras_to_ijk.MultiplyPoint((*[slice_to_ras.GetElement(row, 2) for row in range(3)], 0.0))
+    if abs(normal_ijk[2]) < 0.999 * np.linalg.norm(normal_ijk[:3]):
+        return None
+    index = round(ijk[2])
+    inside = abs(ijk[2] - index) < 0.25 and 0 <= index < volume_node.GetImageData().GetDimensions()[2]
+    return index if inside else None

@@ -2,10 +2,14 @@
 
 The annotator's labels are an ordinary segmentation node (edited with the Segment Editor); the
 slices that count as labelled are stored on it as a node attribute, so they are saved with the
-scene and a session can be resumed. Suggesting and fine-tuning run the engine in a child process
-(``asdseg suggest`` / ``asdseg finetune``) on files written to a temporary folder, so the caller
-only polls and Cancel is immediate; the model in use changes only when a fine-tuning round has
-completed and its new model has been read back.
+scene and a session can be resumed. Each suggestion pre-fills the suggested slices nobody has
+drawn yet with the model's prediction, so the annotator corrects instead of drawing; the
+prediction stays in the scene (a label map the segmentation references) and marking a slice
+labelled records what the annotator changed there (:mod:`asdseg.active.annotator_effort`).
+Suggesting and fine-tuning run the engine in a child process (``asdseg suggest`` / ``asdseg
+finetune``) on files written to a temporary folder, so the caller only polls and Cancel is
+immediate; the model in use changes only when a fine-tuning round has completed and its new
+model has been read back.
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import slicer
 
+from asdseg.active.annotator_effort import SliceEffort, measure_effort
 from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
 from asdseg.active.strategies import DEFAULT_STRATEGY
 from asdseg.active.suggestion_report import read_suggestions
 from asdseg.background import FolderJob
-from asdseg.errors import InputError, ModelError
-from asdseg.io.image_io import write_image
+from asdseg.errors import AsdsegError, InputError, ModelError
+from asdseg.io.image_io import read_image, write_image
 from asdseg.io.labels import Label
 from asdseg.registry import find_model
 from asdseg.registry.model_card import ModelCard
@@ -32,19 +38,32 @@ from asdseg.registry.model_card import ModelCard
 from .slice_views import mark_suggestions
 from ASDSegLib.roi_nodes import check_roi_node, roi_region
 from ASDSegLib.segmentation_logic import SegmentationLogic, apply_label
-from ASDSegLib.volume_nodes import image_from_volume_node
+from ASDSegLib.volume_nodes import (
+    array_from_image_data,
+    image_data_from_array,
+    image_from_volume_node,
+    oriented_image_from_array,
+)
 
-#: Segmentation node attributes: the labelled slices and the last suggestion (JSON).
+#: Segmentation node attributes (JSON): the labelled slices, the last suggestion, the slices
+#: pre-filled with the prediction, and what the annotator changed per labelled slice.
 LABELLED_SLICES_ATTRIBUTE = "ActiveAnnotate.LabelledSlices"
 SUGGESTIONS_ATTRIBUTE = "ActiveAnnotate.Suggestions"
+PREFILLED_SLICES_ATTRIBUTE = "ActiveAnnotate.PrefilledSlices"
+EFFORT_ATTRIBUTE = "ActiveAnnotate.Effort"
+#: Node reference role from the segmentation to the label map of the model's prediction.
+PREDICTION_REFERENCE_ROLE = "ActiveAnnotate.Prediction"
 BACKGROUND = Label(0, "background", (0, 0, 0))
 
 
 class SuggestRun(FolderJob):
-    def __init__(self, volume_node, segmentation_node, arguments, folder, output, **child) -> None:
+    def __init__(
+        self, volume_node, segmentation_node, arguments, folder, output, prediction, **child
+    ) -> None:
         self.volume_node = volume_node
         self.segmentation_node = segmentation_node
         self.output = output
+        self.prediction = prediction
         super().__init__(folder, arguments, **child)
 
 
@@ -139,23 +158,71 @@ class AnnotationLogic:
         text = segmentation_node.GetAttribute(LABELLED_SLICES_ATTRIBUTE)
         return set(json.loads(text)) if text else set()
 
+    @staticmethod
+    def prefilled_slices(segmentation_node) -> set[int]:
+        """The slices a suggestion filled with the prediction (labelled since, or not yet)."""
+        text = segmentation_node.GetAttribute(PREFILLED_SLICES_ATTRIBUTE)
+        return set(json.loads(text)) if text else set()
+
+    @staticmethod
+    def slice_effort(segmentation_node) -> dict[int, SliceEffort]:
+        """What the annotator changed on each labelled slice, recorded when it was marked."""
+        text = segmentation_node.GetAttribute(EFFORT_ATTRIBUTE)
+        entries = json.loads(text) if text else {}
+        return {int(index): SliceEffort.from_dict(entry) for index, entry in entries.items()}
+
     def mark_labelled(self, segmentation_node, indices: Sequence[int], labelled: bool = True) -> set[int]:
-        """Count slices ``indices`` as labelled (or no longer); returns the labelled set."""
-        dimensions = self._source_volume(segmentation_node).GetImageData().GetDimensions()
+        """Count slices ``indices`` as labelled (or no longer); returns the labelled set. Each
+        newly labelled slice gets its :class:`SliceEffort` against the stored prediction; a
+        slice no longer labelled loses it."""
+        volume_node = self._source_volume(segmentation_node)
+        dimensions = volume_node.GetImageData().GetDimensions()
         bad = [index for index in indices if not 0 <= index < dimensions[2]]
         if bad:
             raise InputError(f"slice(s) {bad} are outside the volume's {dimensions[2]} slices.")
         slices = self.labelled_slices(segmentation_node)
-        slices = slices | set(indices) if labelled else slices - set(indices)
+        effort = self.slice_effort(segmentation_node)
+        if labelled:
+            effort.update(self._measure_effort(segmentation_node, volume_node, set(indices) - slices))
+            slices = slices | set(indices)
+        else:
+            effort = {index: entry for index, entry in effort.items() if index not in indices}
+            slices = slices - set(indices)
         segmentation_node.SetAttribute(LABELLED_SLICES_ATTRIBUTE, json.dumps(sorted(slices)))
+        entries = {str(index): effort[index].to_dict() for index in sorted(effort)}
+        segmentation_node.SetAttribute(EFFORT_ATTRIBUTE, json.dumps(entries))
         return slices
 
+    def _measure_effort(self, segmentation_node, volume_node, indices: set[int]) -> dict[int, SliceEffort]:
+        """The effort on slices ``indices`` as they are now, against the stored prediction; a
+        slice counts as pre-filled only while that prediction is there to compare with."""
+        if not indices:
+            return {}
+        corrected = self._annotation_array(segmentation_node, volume_node)
+        prediction = self.prediction_array(segmentation_node)
+        prefilled = self.prefilled_slices(segmentation_node) if prediction is not None else set()
+        return {
+            index: measure_effort(
+                corrected[index], None if prediction is None else prediction[index], index in prefilled
+            )
+            for index in indices
+        }
+
     def suggestions(self, segmentation_node) -> list[dict]:
-        """The last suggested slices, each with its ``status``: labelled or to label."""
+        """The last suggested slices, each with its ``status`` (labelled, to correct: pre-filled
+        with the prediction, or to label) and ``effort`` (a :class:`SliceEffort` once labelled)."""
         text = segmentation_node.GetAttribute(SUGGESTIONS_ATTRIBUTE)
         rows = json.loads(text) if text else []
         labelled = self.labelled_slices(segmentation_node)
-        return [{**row, "status": "labelled" if row["slice"] in labelled else "to label"} for row in rows]
+        prefilled = self.prefilled_slices(segmentation_node)
+        effort = self.slice_effort(segmentation_node)
+
+        def status(index: int) -> str:
+            if index in labelled:
+                return "labelled"
+            return "to correct" if index in prefilled else "to label"
+
+        return [{**row, "status": status(row["slice"]), "effort": effort.get(row["slice"])} for row in rows]
 
     @staticmethod
     def _source_volume(segmentation_node):
@@ -196,7 +263,30 @@ class AnnotationLogic:
         is one of the model's labels (the files fine-tuning reads)."""
         sparse, labels = self.sparse_labels(segmentation_node, card)
         reference = image_from_volume_node(self._source_volume(segmentation_node))
-        return write_sparse_labels(sparse, reference, [BACKGROUND, *labels], path)
+        effort = self.slice_effort(segmentation_node)
+        return write_sparse_labels(sparse, reference, [BACKGROUND, *labels], path, effort)
+
+    # The prediction -------------------------------------------------------------------------
+
+    @staticmethod
+    def prediction_node(segmentation_node):
+        """The label map of the last suggestion's prediction on the volume's grid, or None."""
+        return segmentation_node.GetNodeReference(PREDICTION_REFERENCE_ROLE)
+
+    def prediction_array(self, segmentation_node) -> np.ndarray | None:
+        """The stored prediction as a (k, j, i) label array, or None before any suggestion."""
+        node = self.prediction_node(segmentation_node)
+        if node is None or node.GetImageData() is None:
+            return None
+        return array_from_image_data(node.GetImageData())
+
+    @staticmethod
+    def _annotation_array(segmentation_node, volume_node) -> np.ndarray:
+        """The annotation's segments with their label values, a (k, j, i) array on the volume's grid."""
+        segment_labels = SegmentationLogic.segment_labels(segmentation_node)
+        if not segment_labels:
+            return np.zeros(tuple(reversed(volume_node.GetImageData().GetDimensions())), dtype=np.int16)
+        return SegmentationLogic.merged_label_map(segmentation_node, segment_labels, volume_node)
 
     # Suggesting -----------------------------------------------------------------------------
 
@@ -215,11 +305,11 @@ class AnnotationLogic:
         check_roi_node(roi_node)
         roi = roi_region(roi_node, volume_node)[0] if roi_node is not None else None
         folder = tempfile.TemporaryDirectory(prefix="activeannotate-", dir=self.temp_dir)
-        paths = {
-            name: Path(folder.name) / file for name, file in (("image", "image.nrrd"), ("output", "out.json"))
-        }
+        files = (("image", "image.nrrd"), ("output", "out.json"), ("prediction", "prediction.nrrd"))
+        paths = {name: Path(folder.name) / file for name, file in files}
         arguments = ["suggest", "--model", str(card.directory), "--image", str(paths["image"])]
         arguments += ["--strategy", strategy, "-k", str(budget), "--output", str(paths["output"])]
+        arguments += ["--segmentation", str(paths["prediction"])]
         arguments += ["--device", device, *(roi.cli_arguments() if roi is not None else [])]
         try:
             write_image(image_from_volume_node(volume_node), paths["image"], compress=False)
@@ -230,20 +320,88 @@ class AnnotationLogic:
         except BaseException:
             folder.cleanup()
             raise
-        return SuggestRun(volume_node, segmentation_node, arguments, folder, paths["output"], **self.child)
+        outputs = (paths["output"], paths["prediction"])
+        return SuggestRun(volume_node, segmentation_node, arguments, folder, *outputs, **self.child)
 
     def finish_suggest(self, run: SuggestRun) -> list[dict]:
-        """Store the suggestion on the segmentation, mark the slices in the views and return
-        the rows (slice, p_dsc, p_accuracy, disagreement_voxels, entropy, status), most wanted
-        first."""
+        """Store the suggestion and the prediction on the segmentation, pre-fill the suggested
+        slices (see :meth:`_prefill`), mark the slices in the views and return the rows (slice,
+        p_dsc, p_accuracy, disagreement_voxels, entropy, status, effort), most wanted first. A
+        failed or cancelled run raises before the scene is touched."""
         try:
             run.wait_for_success("suggesting cancelled; nothing changed.")
             record = read_suggestions(run.output)
+            prediction = sitk.GetArrayFromImage(read_image(run.prediction))
         finally:
             run.close()
-        run.segmentation_node.SetAttribute(SUGGESTIONS_ATTRIBUTE, json.dumps(record["suggested"]))
+        dimensions = tuple(reversed(run.volume_node.GetImageData().GetDimensions()))
+        if prediction.shape != dimensions:
+            raise AsdsegError(f"the engine's prediction is {prediction.shape}, the volume {dimensions}.")
+        node = run.segmentation_node
+        self._prefill(node, run.volume_node, prediction, [row["slice"] for row in record["suggested"]])
+        node.SetAttribute(SUGGESTIONS_ATTRIBUTE, json.dumps(record["suggested"]))
         mark_suggestions(self.scene, run.volume_node, record["suggested"])
-        return self.suggestions(run.segmentation_node)
+        return self.suggestions(node)
+
+    def _prefill(self, segmentation_node, volume_node, prediction: np.ndarray, suggested: list[int]) -> None:
+        """Fill each suggested slice that is neither labelled nor drawn on with the prediction
+        ((k, j, i) label values), segment by segment, and keep the prediction in the scene.
+
+        Label values no segment has are dropped: the annotator could not correct them. Slices
+        pre-filled earlier and still not labelled keep the prediction they were filled with in
+        the stored one, so that their effort is measured against what the annotator was shown.
+        """
+        segment_labels = SegmentationLogic.segment_labels(segmentation_node)
+        values = [label.value for _, label in segment_labels]
+        prediction = np.where(np.isin(prediction, values), prediction, 0).astype(prediction.dtype)
+        annotation = self._annotation_array(segmentation_node, volume_node)
+        labelled = self.labelled_slices(segmentation_node)
+        fill = sorted(index for index in suggested if index not in labelled and not annotation[index].any())
+        prefilled = self.prefilled_slices(segmentation_node)
+        previous = self.prediction_array(segmentation_node)
+        if previous is not None and previous.shape == prediction.shape:
+            kept = sorted(prefilled - labelled - set(fill))
+            prediction[kept] = previous[kept]
+        for segment_id, label in segment_labels:
+            if (prediction[fill] == label.value).any():
+                self._fill_slices(segmentation_node, volume_node, segment_id, label, prediction, fill)
+        self._store_prediction(segmentation_node, volume_node, prediction)
+        segmentation_node.SetAttribute(PREFILLED_SLICES_ATTRIBUTE, json.dumps(sorted(prefilled | set(fill))))
+
+    @staticmethod
+    def _fill_slices(
+        segmentation_node, volume_node, segment_id: str, label: Label, prediction: np.ndarray, fill: list[int]
+    ) -> None:
+        """Set slices ``fill`` of the segment to the prediction's voxels of its label value and
+        keep its other slices. The whole segment is replaced: merging into it
+        (``MODE_MERGE_MAX``) put the voxels into another segment of its shared labelmap layer."""
+        mask = SegmentationLogic.merged_label_map(segmentation_node, [(segment_id, label)], volume_node) > 0
+        mask[fill] = prediction[fill] == label.value
+        if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            oriented_image_from_array(mask.astype(np.uint8), volume_node),
+            segmentation_node,
+            segment_id,
+            slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
+        ):
+            raise AsdsegError(f"Slicer could not pre-fill segment {label.name!r} with the prediction.")
+
+    def _store_prediction(self, segmentation_node, volume_node, prediction: np.ndarray) -> None:
+        """Put ``prediction`` into the segmentation's prediction label map (created the first
+        time) on the volume's grid. It is left out of the Data module's tree and shown in no
+        view, but not hidden from editors: Slicer's Save dialog skips those, and the prediction
+        must be saved with the scene for a resumed session to measure effort against it."""
+        node = self.prediction_node(segmentation_node)
+        if node is None:
+            node = self.scene.CreateNodeByClass("vtkMRMLLabelMapVolumeNode")
+            node.UnRegister(None)
+            node.SetName(self.scene.GenerateUniqueName(f"{volume_node.GetName()} prediction"))
+            constants = slicer.vtkMRMLSubjectHierarchyConstants
+            node.SetAttribute(constants.GetSubjectHierarchyExcludeFromTreeAttributeName(), "1")
+            node = self.scene.AddNode(node)
+            segmentation_node.SetNodeReferenceID(PREDICTION_REFERENCE_ROLE, node.GetID())
+        node.SetAndObserveImageData(image_data_from_array(prediction))
+        node.CopyOrientation(volume_node)
+        node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
 
     # Fine-tuning ----------------------------------------------------------------------------
 

@@ -372,15 +372,19 @@ def command_suggest(args: argparse.Namespace) -> int:
     from asdseg.active.sparse_labels import read_sparse_labels
     from asdseg.active.suggest import suggest_slices
     from asdseg.active.suggestion_report import format_suggestions, suggestion_record, write_suggestions
-    from asdseg.inference.segment import SegmentationOptions
+    from asdseg.inference.segment import SegmentationOptions, planned_outputs, write_result
     from asdseg.progress import json_progress, tqdm_progress
     from asdseg.registry import find_model, load_network
 
     card = find_model(args.model)
     if args.second_opinion is not None:
         check_second_opinion(card, args.second_opinion)
-    if args.output:
-        check_output_paths([("--output", args.output)], [args.image, *([args.labels] if args.labels else [])])
+    _check_output_path(args.segmentation, "--segmentation")
+    outputs = [("--output", args.output)] if args.output else []
+    if args.segmentation:
+        outputs += [("--segmentation", path) for _, path in planned_outputs(card.labels, args.segmentation)]
+    if outputs:
+        check_output_paths(outputs, [args.image, *([args.labels] if args.labels else [])])
     image = read_image(args.image)
     roi = _region_of_interest(args, image, card)[0]
     labelled = set()
@@ -415,6 +419,9 @@ def command_suggest(args: argparse.Namespace) -> int:
     if args.output:
         write_suggestions(record, args.output)
         print(f"wrote {args.output}")
+    if args.segmentation:
+        for path in write_result(suggestion.segmentation, args.segmentation):
+            print(f"wrote {path}")
     return 0
 
 
@@ -523,35 +530,39 @@ def command_finetune(args: argparse.Namespace) -> int:
         )
         return EXIT_STOPPED
     print(f"wrote model {result.model.directory}")
-    status = 0
+    verdict = None
     if splits is not None:
-        status = report_teach_verdict(card, result.model, images, splits, Path(args.output_dir), args.device)
-    if args.install_as and status == 0:
+        verdict = teach_verdict(card, result.model, images, splits, args.device)
+        print(verdict.message(), file=sys.stdout if verdict.accepted else sys.stderr)
+    installed = None
+    if args.install_as and (verdict is None or verdict.accepted):
         from asdseg.active.teach import install_taught_model
 
         installed = install_taught_model(result.model.directory, args.install_as)
         print(f"installed {installed.name} (version {installed.data['version']}) into {installed.directory}")
-    return status
+    if verdict is not None:
+        write_teach_report(Path(args.output_dir), verdict, installed)
+    return 0 if verdict is None or verdict.accepted else EXIT_WORSE
 
 
-def report_teach_verdict(
-    old_card: ModelCard, new_card: ModelCard, images: list, splits: list, output_dir: Path, device: str
-) -> int:
-    """Score both models on the held-out slices, write ``teach_report.json`` beside the run, and
-    exit with EXIT_WORSE when the new model is worse (its folder is kept, not installed)."""
+def teach_verdict(old_card: ModelCard, new_card: ModelCard, images: list, splits: list, device: str):
+    """Both models scored on the corrected slices the round held out."""
     from asdseg.active.teach import judge
     from asdseg.inference.segment import SegmentationOptions
-    from asdseg.io.image_io import atomic_path
     from asdseg.registry import load_network
 
     options = SegmentationOptions(device=device)
-    verdict = judge(
-        old_card, load_network(old_card), new_card, load_network(new_card), images, splits, options
-    )
+    return judge(old_card, load_network(old_card), new_card, load_network(new_card), images, splits, options)
+
+
+def write_teach_report(output_dir: Path, verdict, installed: ModelCard | None) -> None:
+    """``teach_report.json`` beside the run: the verdict and the name the model was installed
+    under (None when it was worse, or not asked to be installed), which ASDSeg's Teach reads."""
+    from asdseg.io.image_io import atomic_path
+
+    report = {**verdict.to_dict(), "installed": installed.name if installed is not None else None}
     with atomic_path(output_dir / TEACH_REPORT) as temporary:
-        temporary.write_text(json.dumps(verdict.to_dict(), indent=2) + "\n", encoding="utf-8")
-    print(verdict.message(), file=sys.stdout if verdict.accepted else sys.stderr)
-    return 0 if verdict.accepted else EXIT_WORSE
+        temporary.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 def command_demo(args: argparse.Namespace) -> int:
@@ -762,6 +773,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-area", type=non_negative_int, default=10, help="ignore specks smaller than this (voxels)"
     )
     suggest.add_argument("--output", help="also write every slice's scores and the suggestion as JSON")
+    suggest.add_argument(
+        "--segmentation",
+        metavar="PATH",
+        help="also write the model's label map on the image's grid, with its label sidecars (what "
+        "ActiveAnnotate pre-fills the suggested slices with)",
+    )
     suggest.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     _add_roi_arguments(suggest)
     suggest.add_argument("--progress", default="bar", choices=["bar", "json"])

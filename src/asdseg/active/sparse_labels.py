@@ -10,13 +10,14 @@ sees :data:`asdseg.training.losses.UNLABELLED` on every slice that is not labell
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from asdseg.active.annotator_effort import SliceEffort
 from asdseg.errors import InputError
 from asdseg.io.image_io import array_to_image, image_to_array, read_image
 from asdseg.io.labels import Label, label_pixel_type, sidecar_stem, write_label_map
@@ -71,10 +72,16 @@ class SparseLabels:
 
 
 def write_sparse_labels(
-    sparse: SparseLabels, reference: sitk.Image, labels: Sequence[Label], path: str | Path
+    sparse: SparseLabels,
+    reference: sitk.Image,
+    labels: Sequence[Label],
+    path: str | Path,
+    effort: Mapping[int, SliceEffort] | None = None,
 ) -> list[Path]:
     """Write the label map (geometry of ``reference``), its sidecars and the slices file, all
-    or nothing. Voxels of unlabelled slices are written as background."""
+    or nothing. Voxels of unlabelled slices are written as background. ``effort`` (what the
+    annotator changed per slice) goes into the slices file for the labelled slices it has;
+    readers that do not know it ignore it, so the format version stays."""
     label = np.zeros_like(sparse.label)
     indices = sorted(sparse.labelled_slices)
     label[:, :, indices] = sparse.label[:, :, indices]
@@ -85,8 +92,20 @@ def write_sparse_labels(
         "size": list(sparse.label.shape),
         "labelled_slices": indices,
     }
+    if effort:
+        record["effort"] = {str(index): effort[index].to_dict() for index in indices if index in effort}
     text = json.dumps(record, indent=2) + "\n"
     return write_label_map(image, labels, path, extra_texts={slices_json_path(path): text})
+
+
+def _read_record(record_path: Path) -> dict:
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"{record_path}: not a labelled-slices file ({error}).") from error
+    if not isinstance(record, dict):
+        raise InputError(f"{record_path}: not a labelled-slices file (not a JSON object).")
+    return record
 
 
 def read_sparse_labels(path: str | Path) -> tuple[sitk.Image, SparseLabels]:
@@ -100,11 +119,11 @@ def read_sparse_labels(path: str | Path) -> tuple[sitk.Image, SparseLabels]:
             "labels with ActiveAnnotate or 'asdseg' (or create the file listing every slice if the "
             "whole volume is labelled)."
         )
+    record = _read_record(record_path)
     try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
         slices = record["labelled_slices"]
         size = tuple(record["size"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+    except (KeyError, TypeError) as error:
         raise InputError(f"{record_path}: not a labelled-slices file ({error}).") from error
     image = read_image(path)
     label = image_to_array(image, np.int64)
@@ -114,3 +133,23 @@ def read_sparse_labels(path: str | Path) -> tuple[sitk.Image, SparseLabels]:
             "do not belong together."
         )
     return image, SparseLabels(label, set(slices))
+
+
+def read_slice_effort(path: str | Path) -> dict[int, SliceEffort]:
+    """What the annotator changed on each labelled slice of the sparse labels ``path`` (the
+    label map; its slices file is read), by slice; empty when the file records none."""
+    record_path = slices_json_path(path)
+    record = _read_record(record_path)
+    entries = record.get("effort", {})
+    if not isinstance(entries, dict):
+        raise InputError(f"{record_path}: 'effort' must map slice numbers to entries, got {entries!r}.")
+    labelled = record.get("labelled_slices")
+    effort = {}
+    for key, entry in entries.items():
+        if not key.isdigit() or not isinstance(labelled, list) or int(key) not in labelled:
+            raise InputError(f"{record_path}: effort of {key!r}, which is not one of the labelled slices.")
+        try:
+            effort[int(key)] = SliceEffort.from_dict(entry)
+        except InputError as error:
+            raise InputError(f"{record_path}: effort of slice {key}: {error}.") from error
+    return effort

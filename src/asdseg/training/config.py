@@ -128,9 +128,7 @@ class TrainingConfig:
         if self.steps < 1 or self.validate_every < 1 or self.checkpoint_every < 1:
             raise InputError("steps, validate_every and checkpoint_every must be positive.")
         if self.precision not in TRAINING_PRECISIONS:
-            raise InputError(
-                f"precision {self.precision!r} is not one of {', '.join(TRAINING_PRECISIONS)}."
-            )
+            raise InputError(f"precision {self.precision!r} is not one of {', '.join(TRAINING_PRECISIONS)}.")
         spacing = self.data.spacing
         if spacing is not None and not all(math.isfinite(value) and value > 0 for value in spacing):
             raise InputError(f"data.spacing {list(spacing)} must be three positive sizes in mm.")
