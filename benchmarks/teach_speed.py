@@ -1,0 +1,84 @@
+"""How long a teach round takes: ``asdseg finetune`` of a shipped model on 3 LA 2018 volumes with
+5 corrected slices each (the last 3 cases of ``train.list``, slices spread over the atrium),
+200 steps and one in five slices held out, as ASDSeg's Teach runs it. The command is timed
+end to end (start-up, resampling, training, judging), and ``teach_speed.json`` with the
+machine is written to ``--output``.
+
+    python benchmarks/teach_speed.py --model la-sassnet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
+from asdseg.demo.end_to_end import find_la2018
+from asdseg.io.image_io import atomic_path, image_to_array, read_image
+from asdseg.machine import describe_machine, machine_line
+from asdseg.registry import find_model
+from asdseg.training.data import case_names
+
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results"
+VOLUMES, SLICES, STEPS = 3, 5, 200
+
+
+def write_corrections(root: Path, folder: Path, model: str) -> list[str]:
+    """``--image`` / ``--labels`` arguments for the last VOLUMES cases, SLICES slices each."""
+    labels = find_model(model).labels
+    images, label_paths = [], []
+    for index, name in enumerate(case_names(root)[-VOLUMES:]):
+        image = read_image(root / "train" / name / "image.nii.gz")
+        label = image_to_array(read_image(root / "train" / name / "label.nii.gz"), np.int64)
+        organ = [k for k in range(label.shape[2]) if label[:, :, k].any()]
+        chosen = {organ[round(position)] for position in np.linspace(0, len(organ) - 1, SLICES)}
+        images.append(folder / f"image-{index}.nrrd")
+        label_paths.append(folder / f"labels-{index}.nii.gz")
+        sitk.WriteImage(image, str(images[-1]))
+        write_sparse_labels(SparseLabels(label, chosen), image, labels, label_paths[-1])
+    return ["--image", *map(str, images), "--labels", *map(str, label_paths)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="la-sassnet")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    args = parser.parse_args()
+    root = find_la2018()
+    if root is None:
+        raise SystemExit("LA 2018 data not found (../shared/data/la2018 or $ASDSEG_LA2018).")
+    with tempfile.TemporaryDirectory(prefix="teach-speed-") as folder:
+        inputs = write_corrections(root, Path(folder), args.model)
+        command = [sys.executable, "-m", "asdseg", "finetune", "--model", args.model, *inputs]
+        command += ["--steps", str(STEPS), "--hold-out-every", "5", "--progress", "json"]
+        command += ["--output-dir", str(Path(folder) / "round")]
+        started = time.monotonic()
+        finished = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.monotonic() - started
+    if finished.returncode not in (0, 4):
+        raise SystemExit(f"finetune failed:\n{finished.stderr[-2000:]}")
+    result = {
+        "machine": describe_machine(),
+        "model": args.model,
+        "volumes": VOLUMES,
+        "corrected_slices_per_volume": SLICES,
+        "steps": STEPS,
+        "seconds": round(seconds, 1),
+        "goal_seconds": 180,
+    }
+    args.output.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.output / "teach_speed.json") as temporary:
+        temporary.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"{machine_line()}: teach round of {STEPS} steps on {VOLUMES} volumes: {seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
