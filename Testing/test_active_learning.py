@@ -246,13 +246,23 @@ def test_effort_goes_into_the_slices_file_and_a_malformed_entry_is_refused(tmp_p
     assert read_slice_effort(path) == {}
 
     malformed = {
-        "a negative count": ({"2": {**effort[2].to_dict(), "added": -1}}, "'added' must be a voxel count"),
-        "a fractional count": ({"2": {**effort[2].to_dict(), "removed": 1.5}}, "'removed'"),
-        "a Dice above 1": ({"2": {**effort[2].to_dict(), "dice": 1.5}}, "'dice' must be null or a number"),
-        "prefilled as text": ({"2": {**effort[2].to_dict(), "prefilled": "yes"}}, "'prefilled'"),
-        "a missing field": ({"2": {"prefilled": True, "added": 1}}, "expected an object with"),
+        "a negative count": ({"2": {**effort[2].to_dict(), "added": -1}}, "at effort.2.added, -1 is less"),
+        "a fractional count": (
+            {"2": {**effort[2].to_dict(), "removed": 1.5}},
+            "at effort.2.removed, 1.5 is not of type 'integer'",
+        ),
+        "a Dice above 1": ({"2": {**effort[2].to_dict(), "dice": 1.5}}, "at effort.2.dice, 1.5 is greater"),
+        "prefilled as text": (
+            {"2": {**effort[2].to_dict(), "prefilled": "yes"}},
+            "at effort.2.prefilled, 'yes' is not of type 'boolean'",
+        ),
+        "a missing field": (
+            {"2": {"prefilled": True, "added": 1}},
+            "at effort.2, '(removed|dice)' is a required",
+        ),
         "an unlabelled slice": ({"3": effort[2].to_dict()}, "'3', which is not one of the labelled"),
-        "not a mapping": ([effort[2].to_dict()], "'effort' must map slice numbers"),
+        "not a slice number": ({"two": effort[2].to_dict()}, "at effort, 'two' does not match"),
+        "not a mapping": ([effort[2].to_dict()], "at effort, .* is not of type 'object'"),
     }
     for name, (entries, message) in malformed.items():
         slices_json_path(path).write_text(json.dumps({**record, "labelled_slices": [2], "effort": entries}))

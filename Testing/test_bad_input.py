@@ -29,7 +29,14 @@ from asdseg.errors import InputError
 from asdseg.io.image_io import atomic_paths, read_image, same_geometry, write_image
 from asdseg.io.labels import Label
 from asdseg.networks import build_network
-from asdseg.registry import available_models, install_model, save_model, shipped_models, user_models_dir
+from asdseg.registry import (
+    available_models,
+    install_model,
+    load_network,
+    save_model,
+    shipped_models,
+    user_models_dir,
+)
 from asdseg.registry.model_card import ModelCard
 from asdseg.training.config import DEFAULT_NETWORKS, RECIPES, config_from_dict
 from asdseg.training.data import load_split
@@ -200,8 +207,8 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
         ("b.nii.gz", "extreme values"),
     ),
     "input is a folder": (
-        lambda w: [*SEGMENT, "-i", folder(w / "d.nii.gz"), "-o", str(w / "o.nii.gz")],
-        ("d.nii.gz", "is not a file"),
+        lambda w: [*SEGMENT, "-i", folder(w / "d.nii.gz"), "-o", str(w / "out")],
+        ("d.nii.gz", "the folder holds no image"),
     ),
     "sheared direction to NIfTI": (
         lambda w: [
@@ -668,7 +675,25 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
             "--labels",
             sparse_file(w, "s.nii.gz", (9, 9, 9), 1),
         ],
-        ("--labels", "s.nii.gz", "does not match the image"),
+        ("--labels", "s.nii.gz", "its size (9, 9, 9) differs from the image"),
+    ),
+    "suggest: labels with another spacing": (
+        lambda w: [
+            *SUGGEST,
+            "-i",
+            str(w / "img.nii.gz"),
+            "--labels",
+            moved_labels(w, spacing=(2.0, 2.0, 2.0)),
+        ],
+        ("--labels", "moved.nii.gz", "its spacing (2.0, 2.0, 2.0) differs from the image"),
+    ),
+    "finetune: labels with another origin": (
+        lambda w: [*finetune(w)[:5], "--labels", moved_labels(w, origin=(0.0, 0.0, 0.0)), *finetune(w)[7:]],
+        ("--labels", "moved.nii.gz", "its origin (0.0, 0.0, 0.0) differs from the image"),
+    ),
+    "suggest: --output that is not .json": (
+        lambda w: [*SUGGEST, "-i", str(w / "img.nii.gz"), "--output", str(w / "x.nii.gz")],
+        ("--output", "x.nii.gz", "give a .json file name"),
     ),
     "suggest: -k 0": (
         lambda w: [*SUGGEST, "-i", str(w / "img.nii.gz"), "-k", "0"],
@@ -733,7 +758,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
             "--output-dir",
             str(w / "round"),
         ],
-        ("do not match the image",),
+        ("its size (9, 9, 9) differs from the image",),
     ),
     "finetune: new model over the one it starts from": (
         lambda w: [
@@ -751,7 +776,25 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
     ),
     "finetune: --resume without a checkpoint": (
         lambda w: finetune(w, "--resume", "--steps", "1"),
-        ("no checkpoint there",),
+        ("no checkpoint there", "start without --resume"),
+    ),
+    "release: a run stopped before its first checkpoint": (
+        lambda w: ["release", folder(w / "stopped"), "--name", "stopped"],
+        ("no checkpoint there", "train the run to its last step before releasing it"),
+    ),
+    "train: a patch size that is not a multiple of 16": (
+        lambda w: [
+            "train",
+            "--config",
+            write(w / "c.json", '{"patch_size": [24, 24, 24]}'),
+            "--output-dir",
+            str(w / "r"),
+        ],
+        ("patch_size [24, 24, 24] must be three multiples of 16",),
+    ),
+    "train: --init-from a model that is not installed": (
+        lambda w: ["train", "--init-from", "nosuch", "--steps", "1", "--output-dir", str(w / "r")],
+        ("'nosuch'",),
     ),
     # demo
     "demo: --output-dir is a file": (
@@ -773,6 +816,19 @@ def spaced(w: Path, spacing: float) -> sitk.Image:
     image = sitk.ReadImage(str(w / "img.nii.gz"))
     image.SetSpacing((spacing,) * 3)
     return image
+
+
+def moved_labels(w: Path, **geometry: tuple[float, float, float]) -> str:
+    """The workspace's sparse labels with another spacing or origin, as ``moved.nii.gz``."""
+    reference = sitk.ReadImage(str(w / "img.nii.gz"))
+    if "spacing" in geometry:
+        reference.SetSpacing(geometry["spacing"])
+    if "origin" in geometry:
+        reference.SetOrigin(geometry["origin"])
+    labels = [Label.from_dict(entry) for entry in attention_card()["labels"]]
+    sparse = SparseLabels(np.ones(reference.GetSize(), dtype=np.int64), {4, 9})
+    write_sparse_labels(sparse, reference, labels, w / "moved.nii.gz")
+    return str(w / "moved.nii.gz")
 
 
 def spaced_label(w: Path) -> Path:
@@ -950,6 +1006,51 @@ def test_a_full_disk_is_an_error_naming_the_file_and_changes_nothing(
     assert code == 2 and "Traceback" not in error
     assert str(out / "prob.nii.gz") in error and "No space left on device" in error
     assert snapshot(workspace) == before
+
+
+def limited_file_size(limit: int) -> None:
+    """In the child: files may grow to ``limit`` bytes; a longer write fails with EFBIG (the
+    signal that would kill the process is ignored), as on a full disk."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+#: Commands whose outputs outgrow a 1 KB file-size limit: an uncompressed label map (ITK), a fine-tuning
+#: round's files (its config, torch.save's checkpoint), a model install (the weights).
+FULL_DISK_COMMANDS: dict[str, Callable[[Path], list[str]]] = {
+    "segment": lambda w: [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "seg.nii")],
+    "finetune": lambda w: finetune(w, "--steps", "2"),
+    "models install": lambda w: ["models", "install", card_copy(w, name="copy")],
+}
+
+
+@pytest.mark.parametrize("command", sorted(FULL_DISK_COMMANDS))
+def test_a_file_size_limit_is_an_error_naming_the_file_and_leaves_nothing_half_written(
+    command: str, workspace: Path, model_home: Path
+) -> None:
+    argv = FULL_DISK_COMMANDS[command](workspace)
+    before = snapshot(workspace, model_home)
+    completed = subprocess.run(
+        [sys.executable, "-m", "asdseg", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=lambda: limited_file_size(1024),
+        env={**os.environ, "ASDSEG_HOME": str(model_home), "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert "Traceback" not in completed.stderr
+    reasons = ("File too large", "could not be written", "cut short while being written")
+    assert any(reason in completed.stderr for reason in reasons), completed.stderr
+    assert str(workspace) in completed.stderr or str(model_home) in completed.stderr, completed.stderr
+    after = snapshot(workspace, model_home)
+    half_written = {
+        path for path, digest in after.items() if before.get(path) != digest and digest != "folder"
+    }
+    assert not half_written, completed.stderr
 
 
 def test_a_read_only_folder_is_refused_before_any_work(
@@ -1135,3 +1236,72 @@ def test_a_sheared_volume_keeps_its_direction_in_metaimage(workspace: Path) -> N
     sheared = volume(workspace, "sh.mha", phantom_array(workspace), direction=SHEARED)
     assert main([*SEGMENT, "-i", sheared, "-o", str(workspace / "o.mha")]) == 0
     assert np.allclose(sitk.ReadImage(str(workspace / "o.mha")).GetDirection(), SHEARED)
+
+
+def test_an_emulated_precision_gets_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from asdseg import devices
+
+    cpu = torch.device("cpu")
+    assert "fp16 on a CPU is emulated" in devices.precision_warning(cpu, "fp16")
+    assert devices.precision_warning(cpu, "fp32") is None
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert "bf16 is emulated" in devices.precision_warning(cpu, "bf16")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert devices.precision_warning(cpu, "bf16") is None
+
+
+def test_an_image_with_one_value_everywhere_is_named_before_training() -> None:
+    from asdseg.training.data import Case, CaseSplit, constant_images
+
+    varied = Case("varied", np.arange(8, dtype=np.float32).reshape(2, 2, 2), None)
+    blank = Case("blank", np.zeros((2, 2, 2), dtype=np.float32), None)
+    assert constant_images(CaseSplit(labelled=[varied], unlabelled=[blank], validation=[])) == ["blank"]
+
+
+KILL_AT_RENAME = """
+import os, signal, sys
+import asdseg.cli as cli
+
+real_replace, calls = os.replace, [0]
+
+def replace_or_die(source, target):
+    calls[0] += 1
+    if calls[0] == {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(source, target)
+
+os.replace = replace_or_die
+sys.exit(cli.main({argv!r}))
+"""
+
+
+@pytest.mark.parametrize("kill_at", [1, 2, 3])
+def test_kill_9_while_replacing_a_model_leaves_the_old_or_the_new_one(
+    kill_at: int, workspace: Path, model_home: Path
+) -> None:
+    """``models install`` over an installed model, killed (SIGKILL, nothing can clean up) at
+    its first, second or third rename: the folder holds a whole model, its card naming weights
+    of the checksum it records, the old model's or the new one's."""
+    installed = user_models_dir() / "tiny"
+    old = ModelCard.load(installed / "card.json").weights_sha256
+    torch.manual_seed(1)
+    candidate = save_model(
+        build_network("vnet", tiny_card()["architecture"]["params"]), tiny_card(), workspace / "new"
+    )
+    script = KILL_AT_RENAME.format(
+        kill_at=kill_at, argv=["models", "install", str(candidate.directory / "card.json")]
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ASDSEG_HOME": str(model_home)},
+    )
+    assert completed.returncode in (0, -9), completed.stderr
+    card = ModelCard.load(installed / "card.json")
+    load_network(card)  # the weights it names are whole and match its checksum
+    new = hashlib.sha256(card.weights_path.read_bytes()).hexdigest()
+    assert card.weights_sha256 in (old, new)
+    if completed.returncode == 0:
+        assert card.weights_sha256 != old

@@ -149,7 +149,14 @@ def dicom_case(tmp_path: Path) -> dict:
         "file_ending": ".nii.gz",
     }
     (dataset / "dataset.json").write_text(json.dumps(description))
-    return {"root": tmp_path, "dataset": dataset, "voxels": voxels}
+    return {
+        "root": tmp_path,
+        "dataset": dataset,
+        "voxels": voxels,
+        "uids": uids,
+        "study": study,
+        "frame": frame,
+    }
 
 
 def run_import(case: dict, *extra: str, name: str = "pelvis_001") -> int:
@@ -224,3 +231,47 @@ def test_contours_of_another_frame_of_reference_are_refused(dicom_case: dict, ca
     assert run_import(dicom_case, "--structure", "prostate=CTV Prostate") == 2
     assert "they do not belong together" in capsys.readouterr().err
     assert sorted(path.name for path in dicom_case["dataset"].iterdir()) == ["dataset.json"]
+
+
+def _cut_slice(series: Path) -> None:
+    """Slice 3 (file slice_01.dcm: files are written out of order) cut in half."""
+    path = series / "slice_01.dcm"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _drop_middle_slice(series: Path) -> None:
+    (series / "slice_01.dcm").unlink()
+
+
+def _not_dicom(series: Path) -> None:
+    (series / "slice_99.dcm").write_bytes(b"\0" * 50)
+
+
+BROKEN_SERIES = {
+    "a slice cut in half": (_cut_slice, "slice_01.dcm"),
+    "a slice missing in the middle": (_drop_middle_slice, "not evenly spaced"),
+    "a file that is not DICOM": (_not_dicom, "slice_99.dcm is not readable DICOM"),
+}
+
+
+@pytest.mark.parametrize("problem", sorted(BROKEN_SERIES))
+def test_a_series_missing_a_slice_is_refused_and_writes_nothing(
+    problem: str, dicom_case: dict, capsys
+) -> None:
+    damage, message = BROKEN_SERIES[problem]
+    damage(dicom_case["root"] / "series")
+    before = (dicom_case["dataset"] / "dataset.json").read_text()
+    assert run_import(dicom_case, "--structure", "prostate=CTV Prostate") == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+    assert sorted(path.name for path in dicom_case["dataset"].iterdir()) == ["dataset.json"]
+    assert (dicom_case["dataset"] / "dataset.json").read_text() == before
+
+
+def test_contour_points_outside_the_image_are_counted(dicom_case: dict, capsys) -> None:
+    """The bladder box widened past the last column on its 5 slices: 2 corners each lie outside."""
+    wide = {**BOXES, "Bladder": (2, 6, 3, 10, 4, COLUMNS + 3)}
+    case = dicom_case
+    write_rtstruct(case["root"] / "rtstruct.dcm", case["uids"], case["study"], case["frame"], wide)
+    assert run_import(dicom_case, "--structure", "prostate=CTV Prostate") == 0
+    assert "structure 'Bladder': 10 contour point(s) lie outside the series' image" in capsys.readouterr().err

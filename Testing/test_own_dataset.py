@@ -380,7 +380,46 @@ def _wrong_count(folder: Path) -> None:
     (folder / "dataset.json").write_text(json.dumps(description))
 
 
+def _uncompressed_with_a_label_cut_in_half(folder: Path) -> None:
+    """The dataset as uncompressed .nii files, one label map cut in half (ITK reads the missing
+    voxels as zeros without an error)."""
+    for path in [*folder.glob("imagesTr/*.nii.gz"), *folder.glob("labelsTr/*.nii.gz")]:
+        sitk.WriteImage(sitk.ReadImage(str(path)), str(path.with_suffix("")))
+        path.unlink()
+    _change_description(folder, file_ending=".nii")
+    label = folder / "labelsTr" / "synthpelvis_003.nii"
+    with label.open("r+b") as handle:
+        handle.truncate(label.stat().st_size // 2)
+
+
+def _image_cut_short(folder: Path) -> None:
+    path = folder / "imagesTr" / "synthpelvis_004_0000.nii.gz"
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _change_description(folder: Path, **changes: object) -> None:
+    description = json.loads((folder / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps({**description, **changes}))
+
+
 MALFORMED: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
+    "a .nii label cut in half": (
+        _uncompressed_with_a_label_cut_in_half,
+        [],
+        "synthpelvis_003.nii: truncated: its header describes",
+    ),
+    "an image cut short": (_image_cut_short, [], "synthpelvis_004_0000.nii.gz: not a readable image"),
+    "a starting model that is not installed": (lambda folder: None, ["--init-from", "nosuch"], "'nosuch'"),
+    "numTraining as a word": (
+        lambda folder: _change_description(folder, numTraining="zero"),
+        [],
+        "at numTraining, 'zero' is not of type 'integer'",
+    ),
+    "numTraining as text": (
+        lambda folder: _change_description(folder, numTraining="6"),
+        [],
+        "at numTraining, '6' is not of type 'integer'",
+    ),
     "image without label": (_drop_label, [], "images without a label in labelsTr: synthpelvis_002"),
     "label without image": (_drop_image, [], "labels without an image in imagesTr: synthpelvis_002"),
     "label on another grid": (_shift_label, [], "case synthpelvis_001: the label's origin"),

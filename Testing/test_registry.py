@@ -17,7 +17,7 @@ def test_card_schema_rejects_missing_and_malformed_fields(tiny_model: ModelCard)
     with pytest.raises(ModelError, match=r"'license' is a required property"):
         validate_card(card, "card.json")
     bad_patch = {**tiny_model.data, "inference": {**tiny_model.data["inference"], "patch_size": [20, 16, 16]}}
-    with pytest.raises(ModelError, match=r"inference/patch_size/0"):
+    with pytest.raises(ModelError, match=r"at inference.patch_size\[0\], 20 is not a multiple of 16"):
         validate_card(bad_patch, "card.json")
     no_background = {**tiny_model.data, "labels": tiny_model.data["labels"][1:]}
     with pytest.raises(ModelError, match=r"include 0"):
@@ -32,7 +32,7 @@ def test_card_sets_test_time_mirroring_and_the_user_can_turn_it_off(tiny_model: 
     assert mirrored.window_settings().mirror_axes == (0, 1)
     assert mirrored.window_settings(mirror_axes=()).mirror_axes == ()
     repeated = {**tiny_model.data, "inference": {**tiny_model.data["inference"], "mirror_axes": [0, 0]}}
-    with pytest.raises(ModelError, match=r"inference/mirror_axes"):
+    with pytest.raises(ModelError, match=r"at inference.mirror_axes, "):
         validate_card(repeated, "card.json")
 
 

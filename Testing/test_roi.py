@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from asdseg.cli import main
+from asdseg.cli import build_parser, main
 from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.errors import InputError
 from asdseg.inference.segment import SegmentationOptions, channel_array, segment_image
@@ -149,6 +149,39 @@ def test_a_box_partly_outside_the_volume_is_clipped_with_a_warning() -> None:
     ]
     whole = RegionOfInterest(tuple(np.min(edges, axis=0)), tuple(np.max(edges, axis=0)))
     assert whole.index_box(image) == (CropBox((0, 0, 0), image.GetSize()), [])
+
+
+def test_a_box_reaching_far_past_the_volume_is_clipped_not_overflowed() -> None:
+    image = rotated_phantom()
+    box, warnings = RegionOfInterest((-1e20, 4, 3), (1e20, 1e20, 1e20), "voxel").index_box(image)
+    assert box == CropBox((0, 4, 3), tuple(image.GetSize()))
+    assert "past the volume along x, y, z" in warnings[0]
+
+
+@pytest.mark.parametrize("corner", ["-1.5e-05", "-2E+1", "-.5", "-7"])
+def test_every_negative_number_the_engine_prints_is_an_roi_corner(corner: str) -> None:
+    """argparse alone takes -1.5e-05 for an option; the corner format of cli_arguments is %.17g."""
+    args = build_parser().parse_args(
+        ["segment", "--model", "m", "-i", "a.nii", "-o", "b.nii", "--roi", corner, "0", "0", "1", "1", "1"]
+    )
+    assert args.roi == [float(corner), 0, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--roi", "-inf", "0", "0", "1", "1", "1"], "-inf is out of range; it must be a finite number"),
+        (["--roi", "0", "nan", "0", "1", "1", "1"], "nan is out of range; it must be a finite number"),
+        (["--roi-space", "voxel"], "--roi-space does nothing without --roi"),
+    ],
+)
+def test_non_finite_corners_and_options_that_do_nothing_are_refused(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["segment", "--model", "m", "-i", "a.nii", "-o", "b.nii", *argv])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from asdseg.active.slice_scores import SECOND_OPINIONS
 from asdseg.active.strategies import DEFAULT_STRATEGY
@@ -21,6 +22,7 @@ from asdseg.io.output_paths import check_output_dir, check_output_paths
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
+    import torch
 
     from asdseg.preprocessing.roi import RegionOfInterest
     from asdseg.preprocessing.transforms import CropBox
@@ -48,11 +50,19 @@ def _region_of_interest(
     rather than after a long run."""
     from asdseg.preprocessing.roi import RegionOfInterest, segmentation_region
 
-    roi = RegionOfInterest.from_values(args.roi, args.roi_space) if args.roi is not None else None
+    roi = RegionOfInterest.from_values(args.roi, args.roi_space or "lps") if args.roi is not None else None
     warnings = segmentation_region(image, roi, card)[1]
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return roi, warnings
+
+
+def _warn_about_precision(device: torch.device, precision: str) -> None:
+    from asdseg.devices import precision_warning
+
+    warning = precision_warning(device, precision)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _add_roi_arguments(parser: argparse.ArgumentParser, per_image: bool = False) -> None:
@@ -64,7 +74,7 @@ def _add_roi_arguments(parser: argparse.ArgumentParser, per_image: bool = False)
     parser.add_argument(
         "--roi",
         nargs=6,
-        type=float,
+        type=finite_float,
         action="append" if per_image else "store",
         metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"),
         help=f"{what}, given by its minimum and maximum corners; the rest of the outputs is "
@@ -73,7 +83,6 @@ def _add_roi_arguments(parser: argparse.ArgumentParser, per_image: bool = False)
     )
     parser.add_argument(
         "--roi-space",
-        default="lps",
         choices=["lps", "ras", "voxel"],
         help="how --roi is given: LPS mm (default), RAS mm (the coordinates 3D Slicer shows), or "
         "the first and last voxel index (0-based, both included) along the image's i, j, k axes",
@@ -104,6 +113,19 @@ window_overlap = _number_option(float, lambda value: 0.0 <= value < 1.0, "in [0,
 positive_float = _number_option(
     float, lambda value: math.isfinite(value) and value > 0, "a positive finite number, e.g. 0.005"
 )
+finite_float = _number_option(float, math.isfinite, "a finite number, e.g. -12.5 or 1.5e-05")
+
+#: Every way to write a negative number, the engine's own (-1.5e-05) and -inf included.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-inf(inity)?$", re.IGNORECASE)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse's parser, taking every negative number (:data:`NEGATIVE_NUMBER`) for a value.
+    argparse's own rule knows only -1 and -1.5, and reads -inf as -i with the value nf, so it
+    refused ROI corners the engine prints. No option of asdseg looks like a number."""
+
+    def _parse_optional(self, arg_string: str) -> Any:
+        return None if NEGATIVE_NUMBER.match(arg_string) else super()._parse_optional(arg_string)
 
 
 def label_values(text: str) -> list[int]:
@@ -118,61 +140,158 @@ def label_values(text: str) -> list[int]:
 
 
 def command_segment(args: argparse.Namespace) -> int:
-    from asdseg.inference.segment import SegmentationOptions, planned_outputs, segment_image, write_result
-    from asdseg.preprocessing.input_checks import DEFAULT_MAX_ANISOTROPY, check_output_geometry
-    from asdseg.progress import json_progress, tqdm_progress
-    from asdseg.registry import find_model, load_network
+    from asdseg.inference.batch import is_batch
+    from asdseg.registry import find_model
 
-    outputs = (
-        (args.output, "-o"),
-        (args.confidence, "--confidence"),
-        (args.sdm, "--sdm"),
-        (args.probabilities, "--probabilities"),
-    )
-    for path, option in outputs:
-        _check_output_path(path, option)
     card = find_model(args.model)
     if args.confidence and not card.has_confidence:
         raise InputError(f"model {card.name!r} has no confidence network; drop --confidence.")
     if args.sdm and not card.has_sdm:
         raise InputError(f"model {card.name!r} has no signed-distance-map head; drop --sdm.")
-    check_output_paths(
-        planned_outputs(card.labels, args.output, args.confidence, args.sdm, args.probabilities),
-        [args.input],
-    )
-    image = read_image(args.input)
-    check_output_geometry(image, args.input, [path for path, _ in outputs if path])
+    if is_batch(args.input):
+        return _segment_volumes(args, card)
+    (source,) = args.input
+    outputs = _map_outputs(args, args.output, args.confidence, args.sdm, args.probabilities)
+    for option, path in outputs:
+        _check_output_path(path, option)
+    _check_segment_outputs(card, [source], [outputs])
+    image = read_image(source)
+    _check_output_geometry(image, source, outputs)
     roi, shown = _region_of_interest(args, image, card)
-    network = load_network(card)
-    options = SegmentationOptions(
-        device=args.device,
-        precision=args.precision,
-        overlap=args.overlap,
-        mirror_axes=() if args.no_mirroring else None,
-        batch_size=args.batch_size,
-        largest_component=args.largest_component,
-        max_anisotropy=None if args.allow_anisotropic else DEFAULT_MAX_ANISOTROPY,
-        roi=roi,
-    )
-    if args.progress == "json":
-        update, close = json_progress(), lambda: None
-    else:
-        update, close = tqdm_progress("segmenting")
-    try:
-        result = segment_image(image, card, network, options, source=args.input, progress=update)
-    finally:
-        close()
-    for warning in result.warnings:
-        if warning not in shown:
-            print(f"warning: {warning}", file=sys.stderr)
-    for report in result.component_reports:
-        if report.components > 1:
-            print(
-                f"largest component of label {report.value}: kept {report.voxels_after} of "
-                f"{report.voxels_before} voxels ({report.components} components)"
+    segmenter = _Segmenter(args, card, roi)
+    segmenter.segment(image, source, outputs, shown)
+    return 0
+
+
+def _map_outputs(args: argparse.Namespace, *paths: str | Path | None) -> list[tuple[str, str | Path]]:
+    """The label map and the optional maps asked for, each with its option."""
+    options = ("-o", "--confidence", "--sdm", "--probabilities")
+    return [(option, path) for option, path in zip(options, paths) if path is not None]
+
+
+def _check_segment_outputs(
+    card: ModelCard, inputs: list, outputs: list[list[tuple[str, str | Path]]]
+) -> None:
+    from asdseg.inference.segment import planned_outputs
+
+    planned = []
+    for volume_outputs in outputs:
+        paths = dict(volume_outputs)
+        planned += planned_outputs(
+            card.labels,
+            paths["-o"],
+            paths.get("--confidence"),
+            paths.get("--sdm"),
+            paths.get("--probabilities"),
+        )
+    check_output_paths(planned, inputs)
+
+
+def _check_output_geometry(
+    image: sitk.Image, source: str | Path, outputs: list[tuple[str, str | Path]]
+) -> None:
+    from asdseg.preprocessing.input_checks import check_output_geometry
+
+    check_output_geometry(image, source, [path for _, path in outputs])
+
+
+class _Segmenter:
+    """The model loaded once, with the options of the command line, for one volume or many."""
+
+    def __init__(self, args: argparse.Namespace, card: ModelCard, roi: RegionOfInterest | None) -> None:
+        from asdseg.devices import select_device
+        from asdseg.inference.segment import SegmentationOptions
+        from asdseg.preprocessing.input_checks import DEFAULT_MAX_ANISOTROPY
+        from asdseg.registry import load_network
+
+        try:
+            device = select_device(args.device)
+        except ValueError as error:
+            raise InputError(f"--device {args.device}: {error}") from error
+        _warn_about_precision(device, args.precision)
+        self.card, self.network, self.progress = card, load_network(card), args.progress
+        self.options = SegmentationOptions(
+            device=args.device,
+            precision=args.precision,
+            overlap=args.overlap,
+            mirror_axes=() if args.no_mirroring else None,
+            batch_size=args.batch_size,
+            largest_component=args.largest_component,
+            max_anisotropy=None if args.allow_anisotropic else DEFAULT_MAX_ANISOTROPY,
+            roi=roi,
+        )
+
+    def segment(
+        self, image: sitk.Image, source: str | Path, outputs: list[tuple[str, str | Path]], shown: list[str]
+    ) -> None:
+        """Segment ``image`` and write the outputs, printing what the user should know."""
+        from asdseg.inference.segment import segment_image, write_result
+        from asdseg.progress import json_progress, tqdm_progress
+
+        if self.progress == "json":
+            update, close = json_progress(), lambda: None
+        else:
+            update, close = tqdm_progress("segmenting")
+        try:
+            result = segment_image(
+                image, self.card, self.network, self.options, source=source, progress=update
             )
-    for path in write_result(result, args.output, args.confidence, args.sdm, args.probabilities):
-        print(f"wrote {path}")
+        finally:
+            close()
+        for warning in result.warnings:
+            if warning not in shown:
+                print(f"warning: {warning}", file=sys.stderr)
+        for report in result.component_reports:
+            if report.components > 1:
+                print(
+                    f"largest component of label {report.value}: kept {report.voxels_after} of "
+                    f"{report.voxels_before} voxels ({report.components} components)"
+                )
+        paths = dict(outputs)
+        written = write_result(
+            result, paths["-o"], paths.get("--confidence"), paths.get("--sdm"), paths.get("--probabilities")
+        )
+        for path in written:
+            print(f"wrote {path}")
+
+
+def _segment_volumes(args: argparse.Namespace, card: ModelCard) -> int:
+    """``-i`` with several files or a folder: every output option names a folder, the model is
+    loaded once, and a volume that fails is reported and skipped rather than ending the run."""
+    import time
+
+    from asdseg.inference.batch import batch_cases, check_output_folder
+
+    if args.roi is not None:
+        raise InputError("--roi is for one volume; segment volumes that need an ROI one at a time.")
+    folders = [
+        (option, check_output_folder(path, option))
+        for option, path in _map_outputs(args, args.output, args.confidence, args.sdm, args.probabilities)
+    ]
+    cases = batch_cases(args.input)
+    outputs = [[(option, case.output(folder)) for option, folder in folders] for case in cases]
+    _check_segment_outputs(card, [case.image for case in cases], outputs)
+    started = time.monotonic()
+    segmenter = _Segmenter(args, card, None)
+    failed = []
+    for number, (case, case_outputs) in enumerate(zip(cases, outputs), start=1):
+        print(f"[{number}/{len(cases)}] {case.name}", flush=True)
+        try:
+            image = read_image(case.image)
+            _check_output_geometry(image, case.image, case_outputs)
+            segmenter.segment(image, case.image, case_outputs, [])
+        except AsdsegError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed.append(case.name)
+    seconds = time.monotonic() - started
+    done = len(cases) - len(failed)
+    print(
+        f"segmented {done} of {len(cases)} volumes in {seconds:.1f} s "
+        f"({seconds / len(cases):.1f} s per volume)"
+    )
+    if failed:
+        print(f"error: {len(failed)} volume(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -285,7 +404,9 @@ def dataset_run_values(args: argparse.Namespace, values: dict) -> dict:
 
 
 def command_train(args: argparse.Namespace) -> int:
+    from asdseg.registry import find_model
     from asdseg.training.config import config_from_dict, read_config_values
+    from asdseg.training.data import constant_images
     from asdseg.training.dataset_training import write_split
     from asdseg.training.distributed import end_distributed
     from asdseg.training.trainer import CHECKPOINT_FILE, Trainer
@@ -306,6 +427,16 @@ def command_train(args: argparse.Namespace) -> int:
     config = config_from_dict(values, args.config or "config")
     check_output_dir(args.output_dir, "--output-dir")
     trainer = Trainer(config, args.output_dir, device=args.device)
+    _warn_about_precision(trainer.device, trainer.precision)
+    for name in constant_images(trainer.split):
+        print(
+            f"warning: case {name}: every voxel of its image has the same value; it teaches the "
+            "model nothing. Check its export.",
+            file=sys.stderr,
+        )
+    if config.init_from is not None and not args.resume:
+        # Before anything is written: a model that is not installed or does not fit the run.
+        trainer.start_from(find_model(config.init_from))
     try:
         new_run = not (Path(args.output_dir) / CHECKPOINT_FILE).exists()
         if config.data.split is not None and new_run and trainer.context.is_main:
@@ -358,6 +489,12 @@ def command_import_dicom_rt(args: argparse.Namespace) -> int:
     imported = import_rtstruct(args.series, args.rtstruct, args.dataset, args.case, dict(args.structure))
     for label, structure in imported.structures.items():
         print(f"{label}: structure {structure!r}, {imported.voxels[label]} voxels")
+    for structure, points in imported.clipped_points.items():
+        print(
+            f"warning: structure {structure!r}: {points} contour point(s) lie outside the series' image; "
+            "the label ends at the image's edge there.",
+            file=sys.stderr,
+        )
     if imported.overlapping_voxels:
         print(
             f"{imported.overlapping_voxels} voxels lie in more than one structure; each went to the label "
@@ -369,7 +506,7 @@ def command_import_dicom_rt(args: argparse.Namespace) -> int:
 
 def command_suggest(args: argparse.Namespace) -> int:
     from asdseg.active.second_opinion import check_second_opinion
-    from asdseg.active.sparse_labels import read_sparse_labels
+    from asdseg.active.sparse_labels import check_labels_fit_image, read_sparse_labels
     from asdseg.active.suggest import suggest_slices
     from asdseg.active.suggestion_report import format_suggestions, suggestion_record, write_suggestions
     from asdseg.inference.segment import SegmentationOptions, planned_outputs, write_result
@@ -385,16 +522,16 @@ def command_suggest(args: argparse.Namespace) -> int:
         outputs += [("--segmentation", path) for _, path in planned_outputs(card.labels, args.segmentation)]
     if outputs:
         check_output_paths(outputs, [args.image, *([args.labels] if args.labels else [])])
+    if args.output is not None and Path(args.output).suffix.lower() != ".json":
+        raise InputError(
+            f"--output {args.output}: the suggestion is written as JSON; give a .json file name."
+        )
     image = read_image(args.image)
     roi = _region_of_interest(args, image, card)[0]
     labelled = set()
     if args.labels:
         labels_image, sparse = read_sparse_labels(args.labels)
-        if labels_image.GetSize() != image.GetSize():
-            raise InputError(
-                f"--labels {args.labels}: size {labels_image.GetSize()} does not match the image "
-                f"{args.image} ({image.GetSize()}); give the sparse labels drawn on this image."
-            )
+        check_labels_fit_image(labels_image, image, args.labels, args.image)
         labelled = sparse.labelled_slices
     update, close = (
         (json_progress(), lambda: None) if args.progress == "json" else tqdm_progress("segmenting")
@@ -441,7 +578,7 @@ def _training_regions(args: argparse.Namespace, images: list[sitk.Image]) -> lis
     regions = []
     for image, path, values in zip(images, args.image, boxes * len(images) if len(boxes) == 1 else boxes):
         try:
-            region, warnings = RegionOfInterest.from_values(values, args.roi_space).index_box(image)
+            region, warnings = RegionOfInterest.from_values(values, args.roi_space or "lps").index_box(image)
         except InputError as error:
             raise InputError(f"{path}: {error}") from error
         for warning in warnings:
@@ -464,12 +601,13 @@ def command_finetune(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from asdseg.active.finetune import FineTuneSettings, fine_tune, model_grid_case
-    from asdseg.active.sparse_labels import read_sparse_labels
+    from asdseg.active.sparse_labels import check_labels_fit_image, read_sparse_labels
     from asdseg.active.teach import hold_out
     from asdseg.errors import CancelledError
     from asdseg.progress import emit_progress
     from asdseg.registry import find_model
     from asdseg.registry.model_card import check_model_name
+    from asdseg.training.trainer import CHECKPOINT_FILE
 
     if len(args.image) != len(args.labels):
         raise InputError(
@@ -487,7 +625,11 @@ def command_finetune(args: argparse.Namespace) -> int:
             "another output folder so that the round can fail without losing that model."
         )
     images = [read_image(image) for image in args.image]
-    corrections = [read_sparse_labels(labels)[1] for labels in args.labels]
+    corrections = []
+    for image, image_path, labels_path in zip(images, args.image, args.labels):
+        labels_image, sparse = read_sparse_labels(labels_path)
+        check_labels_fit_image(labels_image, image, labels_path, image_path)
+        corrections.append(sparse)
     splits = hold_out(corrections, args.hold_out_every) if args.hold_out_every else None
     training = [split.training for split in splits] if splits else corrections
     cases = [
@@ -523,11 +665,14 @@ def command_finetune(args: argparse.Namespace) -> int:
             resume=args.resume,
         )
     except CancelledError as error:
-        print(
-            f"stopped: {error} The last checkpoint in {args.output_dir} is intact; run the same command "
-            "with --resume to continue from it.",
-            file=sys.stderr,
-        )
+        if (Path(args.output_dir) / CHECKPOINT_FILE).is_file():
+            advice = (
+                f"The last checkpoint in {args.output_dir} is intact; run the same command with "
+                "--resume to continue from it."
+            )
+        else:
+            advice = "It stopped before its first checkpoint: nothing to resume; run it again from the start."
+        print(f"stopped: {error} {advice}", file=sys.stderr)
         return EXIT_STOPPED
     print(f"wrote model {result.model.directory}")
     verdict = None
@@ -590,12 +735,25 @@ AS_NEW_VERSION_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asdseg", description=__doc__)
+    parser = CommandParser(prog="asdseg", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     segment = commands.add_parser("segment", help="segment a volume with an installed model")
-    segment.add_argument("-i", "--input", required=True, help="input volume (.nii, .nii.gz, .nrrd, .mha)")
-    segment.add_argument("-o", "--output", required=True, help="label map to write (sidecars go beside it)")
+    segment.add_argument(
+        "-i",
+        "--input",
+        required=True,
+        nargs="+",
+        help="input volume (.nii, .nii.gz, .nrrd, .mha); or several, or a folder of them, segmented "
+        "with the model loaded once",
+    )
+    segment.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="label map to write (sidecars go beside it); with several inputs, a folder that gets "
+        "<case><suffix> per volume (so do --confidence, --sdm and --probabilities)",
+    )
     segment.add_argument("--model", required=True, help="model name (see 'asdseg models list')")
     segment.add_argument("--confidence", help="also write the voxel-wise confidence map here")
     segment.add_argument("--sdm", help="also write the signed distance map here")
@@ -790,7 +948,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--labels", nargs="+", required=True, help="their sparse labels, same order")
     finetune.add_argument("--steps", type=positive_int, default=200, help="training steps")
     finetune.add_argument(
-        "--learning-rate", type=positive_float, help="SGD learning rate (default: the paper's 0.001)"
+        "--learning-rate",
+        type=positive_float,
+        help="SGD learning rate (default: 0.001, the paper's, for attention models; 0.003 for others)",
     )
     finetune.add_argument("--batch-size", type=positive_int, default=2)
     finetune.add_argument(
@@ -871,7 +1031,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Failures the user can act on print one line and exit 2; Ctrl-C and
     SIGTERM exit 130 and 143. Every output is written atomically, so none of these leaves a
     partial file behind."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "roi_space", None) is not None and args.roi is None:
+        parser.error("--roi-space does nothing without --roi; give --roi X0 Y0 Z0 X1 Y1 Z1 or leave it out")
     try:
         with _terminate_as_interrupt():
             return args.handler(args)

@@ -87,6 +87,23 @@ def auto_precision(device: torch.device) -> str:
     return "fp32"
 
 
+def precision_warning(device: torch.device, precision: str) -> str | None:
+    """What to tell a user who asked for a precision that ``device`` only emulates."""
+    if device.type != "cpu":
+        return None
+    if precision == "fp16":
+        return (
+            "fp16 on a CPU is emulated and far slower than bf16 or fp32 (12x slower than bf16 on an "
+            "AMD EPYC); use --precision auto."
+        )
+    if precision == "bf16" and not cpu_has_native_bf16():
+        return (
+            "this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 is emulated, about 50x slower "
+            "than fp32; use --precision auto."
+        )
+    return None
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Autocast context for ``precision`` (fp32 means none; auto: :func:`auto_precision`) on
     ``device``'s type."""

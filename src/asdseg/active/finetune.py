@@ -38,16 +38,30 @@ FINAL_LOW_RATE_FRACTION = 0.25
 @dataclass(frozen=True)
 class FineTuneSettings:
     steps: int = 200
-    #: The paper's rate (SGD, momentum 0.9, weight decay 1e-4). At 0.005, rounds fine-tuning
-    #: la-attention moved its held-out Dice by up to 4 points from round to round and seed to
-    #: seed, and could leave it below where it started (benchmarks/active_learning_study.py).
-    learning_rate: float = 0.001
+    #: SGD (momentum 0.9, weight decay 1e-4) rate; None: the recipe's own
+    #: (:data:`RECIPE_LEARNING_RATES`).
+    learning_rate: float | None = None
     batch_size: int = 2
     checkpoint_every: int = 50
     seed: int = 1337
     #: Keep the segmenter's encoder as it was (only decoder and heads learn); not for
     #: attention models, whose recipe trains the whole network as the paper does.
     freeze_encoder: bool = False
+    #: Batches of random patches of the fine-tuning volumes the BatchNorm statistics are
+    #: re-estimated over at the end (AdaBN, :mod:`asdseg.training.batchnorm_statistics`); 0 keeps
+    #: those training left.
+    batchnorm_statistics_batches: int = 30
+    #: Export the average of the weights over the final low-rate steps (SWA) rather than the
+    #: last step's (:mod:`asdseg.training.weight_averaging`).
+    average_final_weights: bool = True
+
+
+#: Each fine-tuning recipe's default learning rate. The attention U-Net's is the paper's: at
+#: 0.005, rounds fine-tuning la-attention moved its held-out Dice by up to 4 points from round to
+#: round and seed to seed (benchmarks/active_learning_study.py). For sparse-finetune, la-sassnet
+#: on the simulated second site of benchmarks/site_adaptation.py (15 corrected slices, 200
+#: steps) won back 66 % of the shift's drop at 0.001, 68 % at 0.003 and diverged at 0.01.
+RECIPE_LEARNING_RATES = {"attention-unet": 0.001, "sparse-finetune": 0.003}
 
 
 def class_indices(target: np.ndarray, card: ModelCard, name: str) -> np.ndarray:
@@ -142,6 +156,7 @@ def fine_tune(
     if not cases:
         raise InputError("nothing to fine-tune on: give at least one labelled volume.")
     recipe, loss = fine_tuning_recipe(card, settings)
+    low_rate_from = max(1, round(settings.steps * (1 - FINAL_LOW_RATE_FRACTION)))
     config = TrainingConfig(
         recipe=recipe,
         data=DataConfig(
@@ -153,8 +168,8 @@ def fine_tune(
         batch_size=settings.batch_size,
         labelled_per_batch=settings.batch_size,
         steps=settings.steps,
-        learning_rate=settings.learning_rate,
-        lr_decay_every=max(1, round(settings.steps * (1 - FINAL_LOW_RATE_FRACTION))),
+        learning_rate=settings.learning_rate or RECIPE_LEARNING_RATES[recipe],
+        lr_decay_every=low_rate_from,
         lr_decay_factor=0.1,
         validate_every=settings.steps,
         checkpoint_every=min(settings.checkpoint_every, settings.steps),
@@ -165,6 +180,8 @@ def fine_tune(
         # patches of sparse rounds do; fp32 keeps a 200-step round within minutes anyway.
         precision="fp32",
         init_from=str(card.directory),
+        batchnorm_statistics_batches=settings.batchnorm_statistics_batches,
+        average_weights_after=low_rate_from if settings.average_final_weights else None,
     )
     split = CaseSplit(labelled=list(cases), unlabelled=[], validation=[])
     base_card = fine_tuned_card(card, name or f"{card.name}-finetuned", cases)

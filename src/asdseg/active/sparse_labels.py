@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from asdseg.active.annotator_effort import SliceEffort
 from asdseg.errors import InputError
 from asdseg.io.image_io import array_to_image, image_to_array, read_image
+from asdseg.io.json_files import read_json
 from asdseg.io.labels import Label, label_pixel_type, sidecar_stem, write_label_map
 
 SLICES_FORMAT_VERSION = 1
@@ -99,13 +100,7 @@ def write_sparse_labels(
 
 
 def _read_record(record_path: Path) -> dict:
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{record_path}: not a labelled-slices file ({error}).") from error
-    if not isinstance(record, dict):
-        raise InputError(f"{record_path}: not a labelled-slices file (not a JSON object).")
-    return record
+    return read_json(record_path, "labelled_slices", "labelled-slices file")
 
 
 def read_sparse_labels(path: str | Path) -> tuple[sitk.Image, SparseLabels]:
@@ -120,11 +115,7 @@ def read_sparse_labels(path: str | Path) -> tuple[sitk.Image, SparseLabels]:
             "whole volume is labelled)."
         )
     record = _read_record(record_path)
-    try:
-        slices = record["labelled_slices"]
-        size = tuple(record["size"])
-    except (KeyError, TypeError) as error:
-        raise InputError(f"{record_path}: not a labelled-slices file ({error}).") from error
+    slices, size = record["labelled_slices"], tuple(record["size"])
     image = read_image(path)
     label = image_to_array(image, np.int64)
     if size != label.shape:
@@ -140,16 +131,29 @@ def read_slice_effort(path: str | Path) -> dict[int, SliceEffort]:
     label map; its slices file is read), by slice; empty when the file records none."""
     record_path = slices_json_path(path)
     record = _read_record(record_path)
-    entries = record.get("effort", {})
-    if not isinstance(entries, dict):
-        raise InputError(f"{record_path}: 'effort' must map slice numbers to entries, got {entries!r}.")
-    labelled = record.get("labelled_slices")
     effort = {}
-    for key, entry in entries.items():
-        if not key.isdigit() or not isinstance(labelled, list) or int(key) not in labelled:
+    for key, entry in record.get("effort", {}).items():
+        if int(key) not in record["labelled_slices"]:
             raise InputError(f"{record_path}: effort of {key!r}, which is not one of the labelled slices.")
-        try:
-            effort[int(key)] = SliceEffort.from_dict(entry)
-        except InputError as error:
-            raise InputError(f"{record_path}: effort of slice {key}: {error}.") from error
+        effort[int(key)] = SliceEffort.from_dict(entry)
     return effort
+
+
+def check_labels_fit_image(
+    labels_image: sitk.Image, image: sitk.Image, labels_path: str | Path, image_path: str | Path
+) -> None:
+    """Refuse sparse labels that are not on the image's voxel grid (size, spacing, origin or
+    direction): their slice numbers would then name other anatomy."""
+    properties = {
+        "size": (labels_image.GetSize(), image.GetSize()),
+        "spacing": (labels_image.GetSpacing(), image.GetSpacing()),
+        "origin": (labels_image.GetOrigin(), image.GetOrigin()),
+        "direction": (labels_image.GetDirection(), image.GetDirection()),
+    }
+    for name, (labels_value, image_value) in properties.items():
+        if not np.allclose(labels_value, image_value, rtol=1e-5, atol=1e-4):
+            raise InputError(
+                f"--labels {labels_path}: its {name} {tuple(round(v, 4) for v in labels_value)} differs from "
+                f"the image {image_path}'s {tuple(round(v, 4) for v in image_value)}; give the sparse labels "
+                "drawn on this image (or resample them onto it, nearest neighbour)."
+            )

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from asdseg.errors import InputError
 from asdseg.io.image_io import atomic_path
+from asdseg.io.json_files import read_json
 
 if TYPE_CHECKING:  # suggest needs torch; Slicer's process only reads the record
     from asdseg.active.suggest import SliceSuggestion
@@ -68,13 +68,4 @@ def write_suggestions(record: dict[str, Any], path: str | Path) -> None:
 
 
 def read_suggestions(path: str | Path) -> dict[str, Any]:
-    try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-        missing = [key for key in ("suggested", "mean_p_dsc", "slices") if key not in record]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise InputError(f"{path}: not a slice suggestion written by 'asdseg suggest' ({error}).") from error
-    if missing:
-        raise InputError(
-            f"{path}: not a slice suggestion written by 'asdseg suggest' (no {', '.join(missing)})."
-        )
-    return record
+    return read_json(path, "suggestions", "slice suggestion written by 'asdseg suggest'")

@@ -23,7 +23,6 @@ dataset does not declare, a second channel) is refused before any training, nami
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,8 @@ import SimpleITK as sitk
 
 from asdseg.errors import InputError
 from asdseg.io.anatomy import named_label
+from asdseg.io.image_io import read_image
+from asdseg.io.json_files import read_json
 from asdseg.io.labels import Label
 
 DATASET_FILE = "dataset.json"
@@ -162,13 +163,7 @@ def _read_description(root: Path) -> dict[str, Any]:
             f"{root}: no {DATASET_FILE}. A dataset folder holds dataset.json, imagesTr/ and labelsTr/ "
             "(the nnU-Net v2 or the Medical Segmentation Decathlon layout)."
         )
-    try:
-        description = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: not readable JSON ({error}).") from error
-    if not isinstance(description, dict):
-        raise InputError(f"{path}: must be a JSON object.")
-    return description
+    return read_json(path, "dataset", "dataset.json")
 
 
 def _one_channel(description: dict[str, Any], where: Path) -> str:
@@ -367,7 +362,7 @@ def _check_geometry(case: DatasetCase) -> tuple[float, ...]:
 
 
 def _check_label_values(case: DatasetCase, labels: tuple[Label, ...]) -> None:
-    voxels = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label)))
+    voxels = sitk.GetArrayFromImage(read_image(case.label))
     values = np.unique(voxels)
     if not np.array_equal(values, np.round(values)):
         raise InputError(f"{case.label}: holds fractional values; a label map holds whole label values.")
@@ -382,13 +377,14 @@ def _check_label_values(case: DatasetCase, labels: tuple[Label, ...]) -> None:
 
 
 def check_dataset(dataset: Dataset) -> tuple[float, float, float]:
-    """Read every case's image header and label: one channel, the label on the image's grid,
-    only the label values dataset.json declares (unlabelled images: their header). Returns the
-    median spacing (mm, per axis) of the labelled cases, which the cases are trained at, as
-    nnU-Net does."""
+    """Read every case whole before training starts: each file complete and readable, one
+    channel, the label on the image's grid, only the label values dataset.json declares.
+    Returns the median spacing (mm, per axis) of the labelled cases, which the cases are trained
+    at, as nnU-Net does."""
     spacings = []
     for case in dataset.cases:
         spacing = _check_geometry(case)
+        read_image(case.image)
         if case.label is not None:
             spacings.append(spacing)
             _check_label_values(case, dataset.labels)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +49,9 @@ class ImportedCase:
     voxels: dict[str, int] = field(default_factory=dict)
     #: Voxels inside more than one structure (the label listed later in dataset.json keeps them).
     overlapping_voxels: int = 0
+    #: Structure name -> its contour points outside the series' slices in plane (the contour is
+    #: clipped to the image there).
+    clipped_points: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,12 +111,65 @@ def read_series(folder: Path) -> tuple[sitk.Image, str]:
         found = "no DICOM image series" if not series else f"{len(series)} image series"
         raise InputError(f"--series {folder}: {found}; give a folder holding exactly one series.")
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    check_every_slice_read(folder, series[0], files)
     reader = sitk.ImageFileReader()
     reader.SetFileName(files[0])
     reader.ReadImageInformation()
     known = reader.HasMetaDataKey(FRAME_OF_REFERENCE)
     frame = reader.GetMetaData(FRAME_OF_REFERENCE).strip(" \x00") if known else ""
-    return sitk.ReadImage(files), frame
+    try:
+        image = sitk.ReadImage(files)
+    except RuntimeError as error:
+        raise InputError(
+            f"--series {folder}: a slice could not be read ({error}); export the series again."
+        ) from error
+    check_even_spacing(folder, image, files)
+    return image, frame
+
+
+def check_every_slice_read(folder: Path, series_uid: str, files: Sequence[str]) -> None:
+    """Refuse a series folder holding a file that the series reader left out although it is a
+    slice of the series, or that is not readable DICOM at all (a truncated copy): the volume would
+    silently miss that slice."""
+    import pydicom
+
+    used = {Path(name).resolve() for name in files}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.resolve() in used:
+            continue
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as error:  # pydicom raises many types for a broken file
+            raise InputError(
+                f"--series {folder}: {path.name} is not readable DICOM (truncated or corrupt? {error}); "
+                "copy or export the series again, or move the file out of the folder."
+            ) from error
+        if str(header.get("SeriesInstanceUID", "")) == series_uid:
+            raise InputError(
+                f"--series {folder}: {path.name} is a slice of the series that could not be read "
+                "(truncated or corrupt?); copy or export the series again."
+            )
+
+
+def check_even_spacing(folder: Path, image: sitk.Image, files: Sequence[str]) -> None:
+    """Refuse a series whose slices are not evenly spaced (a slice missing in between): the
+    volume's one slice spacing would put every slice after the gap at the wrong place."""
+    if len(files) < 3:
+        return
+    normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
+    positions = []
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        positions.append(float(np.dot(reader.GetOrigin(), normal)))
+    gaps = np.diff(np.sort(positions))
+    if gaps.max() - gaps.min() > max(0.01, 0.01 * float(np.median(gaps))):
+        raise InputError(
+            f"--series {folder}: the slices are not evenly spaced (gaps from {gaps.min():.3g} to "
+            f"{gaps.max():.3g} mm): a slice is missing or the folder mixes series; export the whole "
+            "series again."
+        )
 
 
 def match_structures(
@@ -148,12 +204,14 @@ def match_structures(
     return matched
 
 
-def structure_mask(image: sitk.Image, contours: list[np.ndarray], name: str) -> np.ndarray:
-    """(z, y, x) mask of the voxels whose centres lie inside an odd number of ``contours``."""
+def structure_mask(image: sitk.Image, contours: list[np.ndarray], name: str) -> tuple[np.ndarray, int]:
+    """(z, y, x) mask of the voxels whose centres lie inside an odd number of ``contours``, and
+    the number of contour points outside the image in plane (the mask ends at its edge)."""
     size_x, size_y, size_z = image.GetSize()
     mask = np.zeros((size_z, size_y, size_x), dtype=bool)
     column, row = np.meshgrid(np.arange(size_x), np.arange(size_y))
     centres = np.column_stack([column.ravel(), row.ravel()])
+    clipped = 0
     for points in contours:
         index = np.array([image.TransformPhysicalPointToContinuousIndex(point.tolist()) for point in points])
         slice_index = round(float(np.mean(index[:, 2])))
@@ -164,20 +222,24 @@ def structure_mask(image: sitk.Image, contours: list[np.ndarray], name: str) -> 
             )
         if not 0 <= slice_index < size_z:
             raise InputError(f"structure {name!r}: a contour lies outside the series (slice {slice_index}).")
+        outside = (index[:, :2] < -0.5) | (index[:, :2] > np.array([size_x, size_y]) - 0.5)
+        clipped += int(outside.any(axis=1).sum())
         inside = Polygon(index[:, :2]).contains_points(centres).reshape(size_y, size_x)
         mask[slice_index] ^= inside
-    return mask
+    return mask, clipped
 
 
 def _label_map(image: sitk.Image, structures: dict, labels: list[Label], matched: dict[str, str]) -> tuple:
     size = image.GetSize()
     label_map = np.zeros(size[::-1], dtype=np.uint8)
-    voxels, overlapping = {}, 0
+    voxels, overlapping, clipped = {}, 0, {}
     for label in labels:
         if label.value == 0:
             continue
         structure = matched[label.name]
-        mask = structure_mask(image, structures[structure], structure)
+        mask, clipped_points = structure_mask(image, structures[structure], structure)
+        if clipped_points:
+            clipped[structure] = clipped_points
         if not mask.any():
             raise InputError(
                 f"structure {structure!r} (label {label.name}) covers no voxel of this series; check that "
@@ -186,7 +248,7 @@ def _label_map(image: sitk.Image, structures: dict, labels: list[Label], matched
         overlapping += int(np.count_nonzero(mask & (label_map > 0)))
         label_map[mask] = label.value
         voxels[label.name] = int(np.count_nonzero(mask))
-    return label_map, voxels, overlapping
+    return label_map, voxels, overlapping, clipped
 
 
 def import_rtstruct(
@@ -221,7 +283,7 @@ def import_rtstruct(
             f"series in {series_dir} is in {frame}: they do not belong together. Give the series the "
             "contours were drawn on."
         )
-    label_map, voxels, overlapping = _label_map(image, structure_set.contours, labels, matched)
+    label_map, voxels, overlapping, clipped = _label_map(image, structure_set.contours, labels, matched)
     label_image = sitk.GetImageFromArray(label_map)
     label_image.CopyInformation(image)
     if "numTraining" in description:
@@ -231,4 +293,4 @@ def import_rtstruct(
         save_image(image, temporaries[0], image_path)
         save_image(label_image, temporaries[1], label_path)
         temporaries[2].write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
-    return ImportedCase(image_path, label_path, matched, voxels, overlapping)
+    return ImportedCase(image_path, label_path, matched, voxels, overlapping, clipped)

@@ -65,10 +65,9 @@ def read_image(path: str | Path) -> sitk.Image:
         raise InputError(f"{path}: is not a file.")
     if image_suffix(path) not in SUPPORTED_SUFFIXES:
         raise InputError(f"{path}: unsupported file type; use one of {', '.join(SUPPORTED_SUFFIXES)}.")
-    if path.name.lower().endswith(".gz"):
-        check_gzip_complete(path)
+    stored_bytes = check_gzip_complete(path) if path.name.lower().endswith(".gz") else path.stat().st_size
     if image_suffix(path) in (".nii", ".nii.gz"):
-        check_nifti_finite(path)
+        check_nifti_finite(check_nifti_whole(path, stored_bytes), path)
     try:
         image = sitk.ReadImage(str(path))
         # Force the whole pixel buffer to be decoded now, so that a truncated file fails here.
@@ -82,27 +81,48 @@ def read_image(path: str | Path) -> sitk.Image:
     return as_3d(image)
 
 
-def check_gzip_complete(path: Path) -> None:
-    """Decompress ``path`` to its end: ITK's NIfTI reader fills a truncated .nii.gz with zeros
-    instead of failing, which would silently segment a partial scan."""
+def check_gzip_complete(path: Path) -> int:
+    """Decompress ``path`` to its end (its checksum is checked there) and return the
+    decompressed size: ITK's NIfTI reader fills a truncated .nii.gz with zeros instead of
+    failing, which would silently segment a partial scan."""
+    size = 0
     try:
         with gzip.open(path, "rb") as stream:
-            while stream.read(1 << 22):
-                pass
+            while chunk := stream.read(1 << 22):
+                size += len(chunk)
     except (EOFError, OSError, zlib.error) as error:
         raise InputError(
             f"{path}: not a readable image: the compressed data is truncated or corrupt ({error}). "
             "Copy or export the file again."
         ) from error
+    return size
 
 
-def check_nifti_finite(path: Path) -> None:
-    """Refuse NIfTI files with NaN/Inf voxels. ITK's NIfTI reader replaces them with 0, which
-    would hide a broken export, so the raw voxels are checked with nibabel first."""
+def check_nifti_whole(path: Path, stored_bytes: int) -> nibabel.Nifti1Image:
+    """The NIfTI file at ``path`` (nibabel's lazy image), refused when it is shorter than its
+    header says (``stored_bytes``: its size, or its decompressed size): ITK reads the missing
+    voxels of a cut .nii as zeros, and its writer only prints a warning when it could not write
+    them all."""
     try:
         header_image = nibabel.load(str(path))
     except Exception as error:  # nibabel raises many types for a file that is not NIfTI
         raise InputError(f"{path}: not a readable image (not NIfTI: {error}).") from error
+    header = header_image.header
+    # The voxels follow the 348-byte header and 4-byte extension flag at the least (ITK writes a
+    # vox_offset of 0 into single-file NIfTI).
+    offset = max(int(header.get_data_offset()), 352)
+    expected = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    if stored_bytes < expected:
+        raise InputError(
+            f"{path}: truncated: its header describes {expected} bytes but the file holds {stored_bytes}. "
+            "Copy or export the file again."
+        )
+    return header_image
+
+
+def check_nifti_finite(header_image: nibabel.Nifti1Image, path: Path) -> None:
+    """Refuse NaN/Inf voxels: ITK's NIfTI reader replaces them with 0, which would hide a broken
+    export, so the raw voxels are checked with nibabel first."""
     if header_image.get_data_dtype().kind != "f":
         return
     voxels = np.asanyarray(header_image.dataobj)
@@ -242,9 +262,12 @@ def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
         yield temporaries
         _replace_all(temporaries, targets)
     except OSError as error:
-        # Name the file the user asked for, not its hidden temporary.
+        # Name the file the user asked for, not its hidden temporary; a failed write() (a full
+        # disk, a file-size limit) names no file at all.
         if error.filename is not None and Path(error.filename) in temporaries:
             error.filename = str(targets[temporaries.index(Path(error.filename))])
+        elif error.filename is None:
+            error.filename = ", ".join(str(target) for target in targets)
         raise
     finally:
         for temporary in temporaries:
@@ -259,14 +282,35 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield temporary
 
 
-def save_image(image: sitk.Image, temporary: Path, target: Path, compress: bool = True) -> None:
-    """Write ``image`` into ``temporary`` (the atomic stand-in for ``target``). A failed write
-    (full disk, quota) is an :class:`OSError` naming ``target``: ITK reports it as RuntimeError."""
+@contextlib.contextmanager
+def write_errors_named(target: str | Path) -> Iterator[None]:
+    """A failed write (a full disk, a quota, a file-size limit) that the writer reports as
+    RuntimeError, as ITK and ``torch.save`` do, becomes an :class:`OSError` naming ``target``."""
     try:
-        sitk.WriteImage(image, str(temporary), useCompression=compress)
+        yield
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
-        raise OSError(errno.EIO, f"the image could not be written ({reason})", str(target)) from error
+        raise OSError(errno.EIO, f"could not be written ({reason})", str(target)) from error
+
+
+def save_image(image: sitk.Image, temporary: Path, target: Path, compress: bool = True) -> None:
+    """Write ``image`` into ``temporary`` (the atomic stand-in for ``target``); a failed write is
+    an :class:`OSError` naming ``target``. ITK's NIfTI writer only prints a warning when the disk
+    is full, so a NIfTI file is checked to be whole before it may replace ``target``."""
+    with write_errors_named(target):
+        sitk.WriteImage(image, str(temporary), useCompression=compress)
+    if image_suffix(target) in (".nii", ".nii.gz"):
+        try:
+            compressed = temporary.name.lower().endswith(".gz")
+            check_nifti_whole(
+                temporary, check_gzip_complete(temporary) if compressed else temporary.stat().st_size
+            )
+        except InputError as error:
+            raise OSError(
+                errno.EIO,
+                "the file was cut short while being written (a full disk or a file-size limit?)",
+                str(target),
+            ) from error
 
 
 def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from asdseg.io.image_io import atomic_paths, check_file_name, image_suffix, save_image
+from asdseg.io.json_files import read_json
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def sidecar_contents(labels: Sequence[Label]) -> dict[str, str]:
 
 def read_labels_json(path: str | Path) -> list[Label]:
     """Labels from a JSON sidecar written by :func:`write_label_sidecars`."""
-    return [Label.from_dict(entry) for entry in json.loads(Path(path).read_text())["labels"]]
+    return [Label.from_dict(entry) for entry in read_json(path, "label_sidecar", "label sidecar")["labels"]]
 
 
 def label_pixel_type(labels: Sequence[Label]) -> type:

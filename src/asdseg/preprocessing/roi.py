@@ -110,8 +110,11 @@ def index_box_from_bounds(
     voxels per axis a 3D volume needs.
     """
     size = np.asarray(size, dtype=int)
-    start = np.ceil(np.asarray(low, dtype=float) - _EDGE_TOLERANCE).astype(int)
-    stop = np.floor(np.asarray(high, dtype=float) + _EDGE_TOLERANCE).astype(int) + 1
+    # Bounds far past the volume (1e20) would overflow the integer conversion; one voxel past
+    # it says the same.
+    low, high = (np.clip(np.asarray(bound, dtype=float), -1.0, size) for bound in (low, high))
+    start = np.ceil(low - _EDGE_TOLERANCE).astype(int)
+    stop = np.floor(high + _EDGE_TOLERANCE).astype(int) + 1
     clipped_start, clipped_stop = np.maximum(start, 0), np.minimum(stop, size)
     if np.any(clipped_stop <= clipped_start):
         missed = [axis for axis, a, b in zip(_AXES, clipped_start, clipped_stop) if b <= a]

@@ -17,6 +17,8 @@ weights, so that Slicer's model list never loads torch into the application.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import sys
@@ -246,18 +248,40 @@ def save_model(
     network: nn.Module, card_data: dict, directory: str | Path, half_precision: bool = False
 ) -> ModelCard:
     """Write ``network``'s weights (as float16 with ``half_precision``) and ``card_data`` (with
-    the weights' SHA-256 filled in) into ``directory``, both atomically. Used by training to
-    produce an installable model and by the release of shipped models."""
+    the weights' SHA-256 filled in) into ``directory``. Used by training to produce an
+    installable model and by the release of shipped models.
+
+    Replacing a model survives a crash (kill -9, power loss) at any moment: the new weights go
+    into a file of their own (named after their checksum where the card's file name is taken),
+    and the rename of the card that names them is the one step that switches models, so the
+    folder always holds a whole model, the old or the new. The old weights file goes last."""
     import torch
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights_file = card_data["weights"]["file"]
+    previous = _weights_in_use(directory)
     state = half_precision_state(network) if half_precision else network.state_dict()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    weights = buffer.getvalue()
+    checksum = hashlib.sha256(weights).hexdigest()
+    weights_file = card_data["weights"]["file"]
+    if previous is not None and previous.name == weights_file:
+        weights_file = f"{Path(weights_file).stem}-{checksum[:12]}{Path(weights_file).suffix}"
+    card_data = {**card_data, "weights": {"file": weights_file, "sha256": checksum}}
+    validate_card(card_data, directory / CARD_FILE)
     with atomic_path(directory / weights_file) as temporary:
-        torch.save(state, temporary)
-        card_data = {**card_data, "weights": {"file": weights_file, "sha256": sha256_of(temporary)}}
-        validate_card(card_data, directory / CARD_FILE)
+        temporary.write_bytes(weights)
     with atomic_path(directory / CARD_FILE) as card_temporary:
         card_temporary.write_text(json.dumps(card_data, indent=2) + "\n", encoding="utf-8")
+    if previous is not None and previous.name != weights_file:
+        previous.unlink(missing_ok=True)
     return ModelCard.load(directory / CARD_FILE)
+
+
+def _weights_in_use(directory: Path) -> Path | None:
+    """The weights file the model card in ``directory`` names, if there is a readable card."""
+    try:
+        return ModelCard.load(directory / CARD_FILE).weights_path
+    except ModelError:
+        return None

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jsonschema
-
 from asdseg.errors import ModelError
+from asdseg.io.json_files import check_json, read_json, schema
 from asdseg.io.labels import Label
 
 if TYPE_CHECKING:
@@ -24,18 +20,13 @@ ATTENTION_ARCHITECTURES = ("attention-unet",)
 CARD_FILE = "card.json"
 
 
-@cache
 def card_schema() -> dict[str, Any]:
-    return json.loads(resources.files("asdseg").joinpath("schemas/model_card.schema.json").read_text())
+    return schema("model_card")
 
 
 def validate_card(card: dict[str, Any], source: str | Path) -> None:
     """Raise :class:`ModelError` naming the offending field when ``card`` breaks the schema."""
-    try:
-        jsonschema.validate(card, card_schema())
-    except jsonschema.ValidationError as error:
-        where = "/".join(str(part) for part in error.absolute_path) or "(top level)"
-        raise ModelError(f"{source}: invalid model card at {where}: {error.message}") from error
+    check_json(card, "model_card", source, "model card", ModelError)
     weights_file = card["weights"]["file"]
     if Path(weights_file).name != weights_file or weights_file in (".", "..", CARD_FILE):
         raise ModelError(
@@ -67,10 +58,7 @@ class ModelCard:
     @classmethod
     def load(cls, path: str | Path) -> ModelCard:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise ModelError(f"{path}: cannot read the model card: {error}") from error
+        data = read_json(path, "model_card", "model card", ModelError)
         validate_card(data, path)
         return cls(data, path.parent)
 

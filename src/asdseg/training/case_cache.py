@@ -18,6 +18,7 @@ import numpy as np
 
 from asdseg.errors import InputError
 from asdseg.io.image_io import atomic_path
+from asdseg.io.json_files import read_json
 from asdseg.training.config import DataConfig
 from asdseg.training.data import Case, CaseSplit, split_names
 
@@ -30,14 +31,16 @@ def _stored_arrays(root: Path, name: str, labelled: bool) -> dict[str, np.ndarra
     """The case's voxels in their stored type, (x, y, z) order, and its spacing."""
     import SimpleITK as sitk  # only where the cache is written
 
+    from asdseg.io.image_io import read_image
+
     folder = root / "train" / name
-    image = sitk.ReadImage(str(folder / "image.nii.gz"))
+    image = read_image(folder / "image.nii.gz")
     arrays = {
         "image": sitk.GetArrayFromImage(image).transpose(2, 1, 0).copy(),
         "spacing": np.asarray(image.GetSpacing(), dtype=np.float64),
     }
     if labelled:
-        label = sitk.ReadImage(str(folder / "label.nii.gz"))
+        label = read_image(folder / "label.nii.gz")
         arrays["label"] = sitk.GetArrayFromImage(label).transpose(2, 1, 0).astype(np.uint8)
     return arrays
 
@@ -94,10 +97,7 @@ def load_cached_split(folder: str | Path, missing_parts_ok: bool = False) -> Cas
     from asdseg.preprocessing.transforms import normalize_intensity
 
     folder = Path(folder)
-    try:
-        index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{folder}: no readable case cache index ({error}).") from error
+    index = read_json(folder / INDEX_FILE, "case_cache", "case cache index")
     archives: dict[str, Any] = {}
     split = CaseSplit(labelled=[], unlabelled=[], validation=[])
     for name, entry in index["cases"].items():

@@ -1,7 +1,6 @@
 """Training configuration: one JSON file per run, every field with the papers' default."""
 
 import copy
-import json
 import math
 import types
 import typing
@@ -12,6 +11,7 @@ from typing import Any, Optional, Union
 import jsonschema
 
 from asdseg.errors import InputError
+from asdseg.io.json_files import read_json
 from asdseg.registry.model_card import card_schema
 
 #: fp16 is left out: it needs loss scaling, and on a CPU it is slower than bf16.
@@ -105,6 +105,14 @@ class TrainingConfig:
     #: instead of random ones: to train a shipped model for more steps, or on a site's own cases.
     #: Its architecture must be the one this run exports.
     init_from: Optional[str] = None
+    #: After the last step, the BatchNorm statistics of the exported network are re-estimated
+    #: over this many batches of random patches of the training volumes (AdaBN; fine-tuning on a
+    #: new site's slices sets it, :mod:`asdseg.training.batchnorm_statistics`); 0 keeps them.
+    batchnorm_statistics_batches: int = 0
+    #: The exported network gets the average of its weights over the steps after this one (SWA,
+    #: :mod:`asdseg.training.weight_averaging`; fine-tuning averages its final low-rate steps);
+    #: None exports the last step's weights.
+    average_weights_after: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not self.network:
@@ -132,8 +140,11 @@ class TrainingConfig:
         spacing = self.data.spacing
         if spacing is not None and not all(math.isfinite(value) and value > 0 for value in spacing):
             raise InputError(f"data.spacing {list(spacing)} must be three positive sizes in mm.")
-        if len(self.patch_size) != 3 or min(self.patch_size) < 8:
-            raise InputError(f"patch_size {self.patch_size} must be three sizes of at least 8 voxels.")
+        if len(self.patch_size) != 3 or any(size < 16 or size % 16 for size in self.patch_size):
+            raise InputError(
+                f"patch_size {list(self.patch_size)} must be three multiples of 16 (the networks halve "
+                "a patch four times, and a model card takes no other size), e.g. [112, 112, 80]."
+            )
 
     def check_network(self) -> None:
         """Refuse a segmenter the recipe's losses cannot train, or that cannot be built, before
@@ -243,13 +254,4 @@ def load_config(path: Union[str, Path], overrides: Optional[dict[str, Any]] = No
 
 def read_config_values(path: Union[str, Path]) -> dict[str, Any]:
     """The settings of a JSON config file, not yet checked."""
-    path = Path(path)
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: cannot read the training config: {error}") from error
-    if not isinstance(values, dict):
-        raise InputError(
-            f"{path}: a training config is a JSON object of settings, not {type(values).__name__}."
-        )
-    return values
+    return read_json(path, "training_config", "training config")

@@ -148,6 +148,13 @@ def load_split(data: DataConfig, num_classes: int | None = None) -> CaseSplit:
     )
 
 
+def constant_images(split: CaseSplit) -> list[str]:
+    """The cases whose image holds one value everywhere (an all-zero export, say): a run would
+    train on them without a word, learning nothing from them."""
+    cases = [*split.labelled, *split.unlabelled, *split.validation]
+    return [case.name for case in cases if np.ptp(case.image) == 0]
+
+
 class PatchSampler:
     """Random patches of ``patch_size`` with foreground oversampling and axial augmentation."""
 

@@ -17,6 +17,7 @@ from typing import Any
 from asdseg.errors import InputError
 from asdseg.io.datasets import UNLABELLED_FOLDER, Dataset
 from asdseg.io.image_io import atomic_path
+from asdseg.io.json_files import read_json
 from asdseg.training.config import DEFAULT_NETWORKS, DataConfig
 
 PARTS = ("labelled", "unlabelled", "validation")
@@ -59,18 +60,10 @@ def read_split_file(path: str | Path, dataset: Dataset) -> dict[str, list[str]]:
     """A split by case name: ``{"labelled": [...], "unlabelled": [...], "validation": [...]}``,
     or nnU-Net's ``splits_final.json`` (its first fold: ``train`` labelled, ``val`` validation)."""
     path = Path(path)
-    try:
-        split = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"--splits {path}: not readable JSON ({error}).") from error
-    if isinstance(split, list) and split and isinstance(split[0], dict) and "train" in split[0]:
+    split = read_json(path, "splits", "split file")
+    if isinstance(split, list):
         split = {"labelled": split[0]["train"], "validation": split[0].get("val", [])}
-    if not isinstance(split, dict) or set(split) - set(PARTS):
-        raise InputError(
-            f'--splits {path}: give {{"labelled": [...], "unlabelled": [...], "validation": [...]}} '
-            "(case names) or nnU-Net's splits_final.json."
-        )
-    split = {part: [str(name) for name in split.get(part, [])] for part in PARTS}
+    split = {part: split.get(part, []) for part in PARTS}
     listed = [name for part in PARTS for name in split[part]]
     unknown = sorted(set(listed) - set(dataset.names))
     twice = sorted({name for name in listed if listed.count(name) > 1})

@@ -64,7 +64,9 @@ class FinishedRun:
 def load_finished_run(run_dir: str | Path) -> FinishedRun:
     """The exported network of the run in ``run_dir``, from its last checkpoint; a run that has
     not reached its last step is refused."""
-    state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
+    state = load_checkpoint(
+        Path(run_dir) / CHECKPOINT_FILE, "train the run to its last step before releasing it."
+    )
     config = config_from_dict(state["config"])
     if state["step"] < config.steps:
         raise InputError(

@@ -33,6 +33,7 @@ from asdseg.machine import describe_machine, machine_line
 from asdseg.networks import architecture_outputs
 from asdseg.registry import find_model, load_network, save_model
 from asdseg.registry.model_card import ModelCard
+from asdseg.training.batchnorm_statistics import reestimate_batchnorm_statistics
 from asdseg.training.checkpoint import load_checkpoint, save_checkpoint
 from asdseg.training.config import TrainingConfig
 from asdseg.training.data import Case, CaseSplit, PatchSampler, load_split
@@ -40,6 +41,7 @@ from asdseg.training.dataset_training import dataset_card
 from asdseg.training.distributed import check_replicas_agree, device_for, init_distributed
 from asdseg.training.recipes import RECIPE_CLASSES
 from asdseg.training.recipes.base import Recipe
+from asdseg.training.weight_averaging import FinalWeightAverage
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -124,6 +126,11 @@ class Trainer:
                 network.to(memory_format=torch.channels_last_3d)
         if self.context.enabled:
             self.recipe.distribute()
+        self.weight_average = (
+            None
+            if config.average_weights_after is None
+            else FinalWeightAverage(self.recipe.export_network(), config.average_weights_after)
+        )
         self.step = 0
         self.history: list[dict[str, float]] = []
         #: The released model this run started from (:func:`starting_model_entry`), if any.
@@ -131,6 +138,7 @@ class Trainer:
         #: Seconds spent in :meth:`run` before the current call (earlier calls and resumed runs).
         self.earlier_seconds = 0.0
         self.run_started: float | None = None
+        self.checkpointed_seconds = 0.0
 
     def start_from(self, card: ModelCard) -> None:
         """Load a released model's weights into the networks this run exports (the segmenter, and
@@ -161,10 +169,13 @@ class Trainer:
             "training_seconds": self.training_seconds(),
             "machine": describe_machine(),
             "precision": self.precision,
+            **({"weight_average": self.weight_average.state_dict()} if self.weight_average else {}),
         }
 
     def resume(self) -> None:
-        state = load_checkpoint(self.output_dir / CHECKPOINT_FILE)
+        state = load_checkpoint(
+            self.output_dir / CHECKPOINT_FILE, "nothing to resume: start without --resume."
+        )
         if state["config"]["recipe"] != self.config.recipe:
             raise InputError(
                 f"{self.output_dir}: the checkpoint is from recipe {state['config']['recipe']!r}, not "
@@ -178,8 +189,10 @@ class Trainer:
             self.rng = np.random.default_rng([self.config.seed, self.context.rank, self.step])
             self.sampler.rng = self.rng
         self.history = list(state["history"])
+        if self.weight_average is not None and "weight_average" in state:
+            self.weight_average.load_state_dict(state["weight_average"])
         self.started_from = state.get("started_from")
-        self.earlier_seconds = float(state.get("training_seconds", 0.0))
+        self.earlier_seconds = self.checkpointed_seconds = float(state.get("training_seconds", 0.0))
 
     def training_seconds(self) -> float:
         """Wall-clock seconds this run has trained, validation included, across resumptions; the
@@ -202,7 +215,11 @@ class Trainer:
 
     def checkpoint(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(self.output_dir / CHECKPOINT_FILE, self.state())
+        state = self.state()
+        save_checkpoint(self.output_dir / CHECKPOINT_FILE, state)
+        #: The card reports the time the checkpoint holds, so that a release from the checkpoint
+        #: reports the same.
+        self.checkpointed_seconds = state["training_seconds"]
         self.write_logs()
 
     # Loop -------------------------------------------------------------------------------------
@@ -228,6 +245,8 @@ class Trainer:
                 f"saved. Lower the learning rate (now {rate:g}) and start again."
             )
         self.step += 1
+        if self.weight_average is not None:
+            self.weight_average.update(self.recipe.export_network(), self.step)
         row = {"step": self.step, "learning_rate": rate, **losses}
         validate = self.step % config.validate_every == 0 or self.step == config.steps
         if self.context.is_main and self.split.validation and validate:
@@ -264,7 +283,7 @@ class Trainer:
                 f"{self.output_dir} already holds a run's checkpoint; continue it with --resume or "
                 "choose another output folder (nothing was overwritten)."
             )
-        if self.step == 0 and self.config.init_from is not None:
+        if self.step == 0 and self.config.init_from is not None and self.started_from is None:
             # A fresh run only: a resumed one takes its weights from the checkpoint, and its
             # starting model may have been uninstalled since.
             self.start_from(find_model(self.config.init_from))
@@ -321,7 +340,7 @@ class Trainer:
                 "protocol": f"{config.data.labelled} labelled cases, recipe {config.recipe}",
                 "recipe": config.recipe,
                 "steps": self.step,
-                "training_minutes": round(self.training_seconds() / 60, 1),
+                "training_minutes": round(self.checkpointed_seconds / 60, 1),
                 "hardware": f"{self.context.world_size} x {self.device}",
                 "machine": machine_line(),
                 "precision": self.precision,
@@ -341,4 +360,17 @@ class Trainer:
                 **{key: card["training"][key] for key in ("steps", "training_minutes")},
             }
             card = {**self.base_card, **kept, "training": training}
-        return save_model(self.recipe.export_network(), card, self.output_dir / "model")
+        network = self.recipe.export_network()
+        if self.weight_average is not None:
+            self.weight_average.apply(network)
+        if config.batchnorm_statistics_batches:
+            reestimate_batchnorm_statistics(
+                network,
+                self.split.labelled + self.split.unlabelled,
+                config.patch_size,
+                config.batchnorm_statistics_batches,
+                config.batch_size,
+                self.device,
+                config.seed,
+            )
+        return save_model(network, card, self.output_dir / "model")

@@ -67,12 +67,19 @@ class SparseFineTuneRecipe(Recipe):
                     parameter.requires_grad_(False)
 
     def card_notes(self) -> str:
-        frozen = ", encoder frozen" if self.settings["freeze_encoder"] else ""
-        return (
-            "fine-tuned on sparse slices: (CE + Dice) / 2 over labelled voxels; an SDM head learns only "
-            f"the sign of its map there (hinge, weight {self.settings['sdm_sign_weight']}); a confidence "
-            f"network learns where the segmenter is right on the labelled voxels (BCE){frozen}."
-        )
+        notes = [
+            "fine-tuned on sparse slices: (CE + Dice) / 2 over labelled voxels",
+            "an SDM head learns only the sign of its map there (hinge, weight "
+            f"{self.settings['sdm_sign_weight']})",
+            "a confidence network learns where the segmenter is right on the labelled voxels (BCE)",
+        ]
+        if self.settings["freeze_encoder"]:
+            notes.append("encoder frozen")
+        if self.config.average_weights_after is not None:
+            notes.append(f"weights averaged over the steps after step {self.config.average_weights_after}")
+        if self.config.batchnorm_statistics_batches:
+            notes.append("BatchNorm statistics re-estimated on the fine-tuning volumes")
+        return "; ".join(notes) + "."
 
     def training_step(self, images, labels, unlabelled_images, step) -> dict[str, float]:
         network = self.networks["segmenter"]  # fine-tuning runs in one process, never under DDP

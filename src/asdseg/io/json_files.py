@@ -1,0 +1,61 @@
+"""Reading the JSON files a user gives the tool (dataset.json, splits, labelled-slices files,
+training configs, model cards, slice suggestions, label sidecars).
+
+Each file is parsed and checked against its JSON schema in ``asdseg/schemas`` before any of its
+values is used, so that a malformed file, whatever is wrong in it, ends in one kind of error:
+the file, the key and what was expected, never a traceback or a value taken for something else
+(a JSON string read as a list of case names).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import best_match
+
+from asdseg.errors import AsdsegError, InputError
+
+
+@cache
+def schema(name: str) -> dict[str, Any]:
+    """The schema ``asdseg/schemas/<name>.schema.json``."""
+    text = resources.files("asdseg").joinpath(f"schemas/{name}.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def key_path(parts: Any) -> str:
+    """``labelled_slices[0]`` from jsonschema's path ``["labelled_slices", 0]``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "the top level"
+
+
+def check_json(
+    value: Any, schema_name: str, source: str | Path, what: str, error: type[AsdsegError] = InputError
+) -> None:
+    """Raise ``error`` naming ``source``, the key and what the schema expects there when
+    ``value`` breaks schema ``schema_name``."""
+    problem = best_match(jsonschema.Draft202012Validator(schema(schema_name)).iter_errors(value))
+    if problem is not None:
+        hint = schema(schema_name).get("hint", "")
+        raise error(
+            f"{source}: not a valid {what}: at {key_path(problem.absolute_path)}, {problem.message}. {hint}"
+        )
+
+
+def read_json(path: str | Path, schema_name: str, what: str, error: type[AsdsegError] = InputError) -> Any:
+    """The contents of JSON file ``path``, checked against schema ``schema_name``; a file that
+    cannot be read, is not JSON or breaks the schema raises ``error`` naming the file."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as problem:
+        raise error(f"{path}: cannot read the {what}: {problem}") from problem
+    check_json(value, schema_name, path, what, error)
+    return value
