@@ -143,6 +143,41 @@ def test_sigterm_stops_cleanly_keeping_the_last_checkpoint(
     assert not (output / "model").exists(), "a stopped run writes no model"
 
 
+def test_kill_9_then_resume_finishes_the_round_with_a_model_that_loads(
+    attention_model: ModelCard, tmp_path: Path
+) -> None:
+    """SIGKILL (nothing can clean up) past the first checkpoint: --resume continues from step 50
+    to the last step, and the model it writes loads with the card's step count."""
+    output = tmp_path / "round-1"
+    arguments = ["finetune", *write_inputs(tmp_path, attention_model), "--output-dir", str(output)]
+    arguments += ["--steps", "80", "--progress", "json"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "asdseg", *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=engine_environment(),
+    )
+    for line in process.stdout:
+        if json.loads(line)["done"] >= 55:
+            break
+    process.kill()
+    process.communicate(timeout=30)
+    assert load_checkpoint(output / CHECKPOINT_FILE)["step"] == 50
+    assert not (output / "model").exists()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "asdseg", *arguments, "--resume"],
+        capture_output=True,
+        text=True,
+        env=engine_environment(),
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    model = ModelCard.load(output / "model" / "card.json")
+    load_network(model)
+    assert model.data["training"]["steps"] == 80
+    assert load_checkpoint(output / CHECKPOINT_FILE)["step"] == 80
+
+
 def untrained_model(folder: Path, kind: str) -> ModelCard:
     """An untrained 4-filter network of each released kind (the 2-filter fixtures are too small
     to learn the phantom in a test's few steps): la-sassnet's VNet with an SDM head, a VNet with

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 
 from asdseg.cli import main
 from asdseg.demo.phantoms import make_phantom, phantom_image
+from asdseg.inference.batch import batch_cases
 from asdseg.io.image_io import SUPPORTED_SUFFIXES, image_suffix, image_to_array, read_image
 from asdseg.registry import install_model
 from asdseg.registry.model_card import ModelCard
@@ -84,4 +85,13 @@ def test_two_volumes_of_one_name_are_refused(
 ) -> None:
     sitk.WriteImage(read_image(volumes / "a.nii.gz"), str(volumes / "a.nrrd"))
     assert segment("-i", str(volumes), "-o", str(tmp_path / "out")) == 2
-    assert "several inputs would be written as a" in capsys.readouterr().err
+    assert "several inputs would be written as scans" in capsys.readouterr().err
+
+
+def test_files_of_one_name_in_case_folders_are_named_after_their_folders(tmp_path: Path) -> None:
+    for case in ("case1", "case2"):
+        (tmp_path / case).mkdir()
+        (tmp_path / case / "image.nii.gz").write_bytes(b"")
+    cases = batch_cases([tmp_path / "case1" / "image.nii.gz", tmp_path / "case2" / "image.nii.gz"])
+    assert [case.name for case in cases] == ["case1", "case2"]
+    assert cases[0].output(tmp_path / "out") == tmp_path / "out" / "case1.nii.gz"

@@ -3,7 +3,8 @@
 ``asdseg segment -i`` takes several files or a folder; the model is loaded once and the volumes
 are segmented one after the other, each written as soon as it is done. A volume's outputs are
 named after it: ``<folder>/<case><suffix>``, the case being the file name without its image
-suffix and without nnU-Net's channel tag (``_0000``), as nnU-Net names its predictions.
+suffix and without nnU-Net's channel tag (``_0000``), as nnU-Net names its predictions; where
+files share one name in folders of their own (``<case>/image.nii.gz``), the folder's name.
 """
 
 from __future__ import annotations
@@ -56,14 +57,16 @@ def batch_cases(inputs: Sequence[str | Path]) -> list[BatchCase]:
             paths += found
         else:
             paths.append(given)
-    cases = [BatchCase(CHANNEL_TAG.sub("", path.name[: -len(image_suffix(path))]), path) for path in paths]
-    names = [case.name for case in cases]
+    names = [CHANNEL_TAG.sub("", path.name[: -len(image_suffix(path))]) for path in paths]
+    if len(set(names)) < len(names):
+        # One file name per case folder (<case>/image.nii.gz, as in LA 2018): the folders name them.
+        names = [path.parent.name for path in paths]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise InputError(
             f"-i: several inputs would be written as {', '.join(twice)}; give volumes whose names differ."
         )
-    return cases
+    return [BatchCase(name, path) for name, path in zip(names, paths)]
 
 
 def check_output_folder(path: str | Path, option: str) -> Path:
