@@ -754,9 +754,9 @@ class ASDSegTest(ScriptedLoadableModuleTest):
         import numpy as np
         import SimpleITK as sitk
 
-        from asdseg.demo.phantoms import make_phantom, phantom_image
         from asdseg.errors import CancelledError
         from asdseg.io.image_io import read_image, same_geometry
+        from asdseg.phantoms import make_phantom, phantom_image
 
         from ASDSegLib.segmentation_logic import RunOptions
         from ASDSegLib.volume_nodes import update_volume_node_from_image

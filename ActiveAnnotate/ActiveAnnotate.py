@@ -451,8 +451,8 @@ class ActiveAnnotateTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
 
         from asdseg.active.sparse_labels import read_sparse_labels
-        from asdseg.demo.phantoms import make_phantom, phantom_image
         from asdseg.errors import CancelledError
+        from asdseg.phantoms import make_phantom, phantom_image
 
         from ActiveAnnotateLib.annotation_logic import AnnotationLogic
         from ActiveAnnotateLib.slice_views import show_slice

@@ -13,11 +13,11 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from asdseg.demo.end_to_end import find_la2018
+from asdseg.data_paths import LA2018_MISSING, find_la2018
 from asdseg.demo.phantom_model import CARD as DEMO_CARD
 from asdseg.demo.phantom_model import ensure_demo_model
-from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.networks import build_network
+from asdseg.phantoms import make_phantom, phantom_image
 from asdseg.registry import save_model, user_models_dir
 from asdseg.registry.model_card import ModelCard
 
@@ -143,6 +143,4 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
 
 
 LA2018 = find_la2018()
-needs_la2018 = pytest.mark.skipif(
-    LA2018 is None, reason="LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018)"
-)
+needs_la2018 = pytest.mark.skipif(LA2018 is None, reason=LA2018_MISSING)

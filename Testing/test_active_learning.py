@@ -29,11 +29,11 @@ from asdseg.active.suggestion_report import (
     suggestion_record,
     write_suggestions,
 )
-from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.errors import InputError, ModelError
 from asdseg.inference.segment import SegmentationResult
 from asdseg.io.image_io import array_to_image, image_to_array
 from asdseg.io.labels import Label
+from asdseg.phantoms import make_phantom, phantom_image
 from asdseg.registry import load_network
 from asdseg.registry.model_card import ModelCard
 from asdseg.training.data import Case, PatchSampler

@@ -24,11 +24,11 @@ import torch
 
 from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
 from asdseg.cli import main
-from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.errors import InputError
 from asdseg.io.image_io import atomic_paths, read_image, same_geometry, write_image
 from asdseg.io.labels import Label
 from asdseg.networks import build_network
+from asdseg.phantoms import make_phantom, phantom_image
 from asdseg.registry import (
     available_models,
     install_model,

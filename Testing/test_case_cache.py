@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from asdseg.demo.phantoms import make_phantom
 from asdseg.errors import InputError
+from asdseg.phantoms import make_phantom
 from asdseg.training.case_cache import load_cached_split, write_case_cache
 from asdseg.training.config import DataConfig
 from asdseg.training.data import load_split

@@ -19,12 +19,12 @@ from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
 from asdseg.active.teach import hold_out
 from asdseg.background import BackgroundJob, JobState, engine_environment
 from asdseg.cli import EXIT_STOPPED, EXIT_WORSE, TEACH_REPORT
-from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.errors import InputError, ModelError
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.segment import segment_image
 from asdseg.io.image_io import image_to_array, write_image
 from asdseg.networks import build_network
+from asdseg.phantoms import make_phantom, phantom_image
 from asdseg.preprocessing.transforms import CropBox
 from asdseg.registry import find_model, load_network, save_model
 from asdseg.registry.model_card import ModelCard

@@ -24,10 +24,10 @@ from asdseg.active.sparse_labels import (
     write_sparse_labels,
 )
 from asdseg.active.suggestion_report import read_suggestions
-from asdseg.demo.phantoms import write_synthetic_pelvis_dataset
 from asdseg.errors import AsdsegError
 from asdseg.io.datasets import read_dataset
 from asdseg.io.labels import Label, labels_json, read_labels_json
+from asdseg.phantoms import write_synthetic_pelvis_dataset
 from asdseg.registry.model_card import ModelCard
 from asdseg.training.case_cache import load_cached_split
 from asdseg.training.config import load_config

@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from asdseg.cli import main
-from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.errors import ModelError
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.segment import SegmentationOptions, segment_image
 from asdseg.io.image_io import image_to_array
+from asdseg.phantoms import make_phantom, phantom_image
 from asdseg.registry import download as download_module
 from asdseg.registry import (
     downloads_dir,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.evaluation.model_evaluation import (
     CONFIDENCE_MAP,
     SOFTMAX,
@@ -16,6 +15,7 @@ from asdseg.evaluation.model_evaluation import (
 )
 from asdseg.inference.postprocessing import keep_largest_component
 from asdseg.io.image_io import array_to_image, image_to_array
+from asdseg.phantoms import make_phantom, phantom_image
 from asdseg.preprocessing.transforms import normalize_intensity
 from asdseg.registry.model_card import ModelCard
 

@@ -15,18 +15,18 @@ import slicer
 import vtk
 
 from asdseg.cli import main
-from asdseg.demo.phantoms import (
+from asdseg.evaluation.metrics import dice
+from asdseg.inference.segment import SegmentationOptions, segment_image
+from asdseg.io.datasets import DECATHLON, NNUNET, read_dataset
+from asdseg.io.image_io import image_to_array, read_image
+from asdseg.io.labels import read_labels_json
+from asdseg.phantoms import (
     BLADDER,
     PROSTATE,
     RECTUM,
     make_synthetic_pelvis,
     write_synthetic_pelvis_dataset,
 )
-from asdseg.evaluation.metrics import dice
-from asdseg.inference.segment import SegmentationOptions, segment_image
-from asdseg.io.datasets import DECATHLON, NNUNET, read_dataset
-from asdseg.io.image_io import image_to_array, read_image
-from asdseg.io.labels import read_labels_json
 from asdseg.registry import load_network, user_models_dir
 from asdseg.registry.model_card import ModelCard
 from asdseg.training.config import config_from_dict

@@ -12,10 +12,10 @@ import pytest
 import SimpleITK as sitk
 
 from asdseg.cli import build_parser, main
-from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.errors import InputError
 from asdseg.inference.segment import SegmentationOptions, channel_array, segment_image
 from asdseg.io.image_io import image_to_array, read_image, same_geometry
+from asdseg.phantoms import make_phantom, phantom_image
 from asdseg.preprocessing.roi import RegionOfInterest, segmentation_region
 from asdseg.preprocessing.transforms import CropBox, normalize_intensity
 from asdseg.registry import find_model, install_model, load_network

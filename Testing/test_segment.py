@@ -10,7 +10,6 @@ import SimpleITK as sitk
 import torch
 
 from asdseg.demo.phantom_model import TARGET_DICE, validation_summary
-from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.errors import InputError
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.confidence_calibration import ConfidenceCalibration
@@ -19,6 +18,7 @@ from asdseg.inference.segment import SegmentationOptions, segment_image, write_r
 from asdseg.io.image_io import image_to_array, read_image, same_geometry
 from asdseg.io.labels import read_labels_json, sidecar_paths
 from asdseg.networks import build_network
+from asdseg.phantoms import make_phantom, phantom_image
 from asdseg.preprocessing.transforms import normalize_intensity
 from asdseg.registry import load_network, save_model
 from asdseg.registry.model_card import ModelCard, validate_card

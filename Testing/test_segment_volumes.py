@@ -10,9 +10,9 @@ import pytest
 import SimpleITK as sitk
 
 from asdseg.cli import main
-from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.inference.batch import batch_cases
 from asdseg.io.image_io import SUPPORTED_SUFFIXES, image_suffix, image_to_array, read_image
+from asdseg.phantoms import make_phantom, phantom_image
 from asdseg.registry import install_model
 from asdseg.registry.model_card import ModelCard
 

@@ -32,7 +32,7 @@ from active_learning_study import SETTINGS, STARTING_MODEL_CASES, Study, load_vo
 
 from asdseg.active.slice_scores import score_slices
 from asdseg.active.strategies import select_slices
-from asdseg.demo.end_to_end import find_la2018
+from asdseg.data_paths import require_la2018
 from asdseg.evaluation.metrics import dice
 from asdseg.io.image_io import atomic_path
 from asdseg.machine import describe_machine, machine_line
@@ -165,9 +165,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/active_learning_study"))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
-    root = find_la2018()
-    if root is None:
-        raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
+    root = require_la2018()
     torch.set_num_threads(args.threads)
     settings = SETTINGS["paper"]
     card = ModelCard.load(Path(args.model) / "card.json")

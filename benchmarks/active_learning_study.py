@@ -62,7 +62,7 @@ from asdseg.active.slice_scores import SliceScores, mean_agreement, score_slices
 from asdseg.active.sparse_labels import SparseLabels
 from asdseg.active.stopping import DEFAULT_SIGMA, has_converged
 from asdseg.active.strategies import STRATEGIES, select_slices
-from asdseg.demo.end_to_end import find_la2018
+from asdseg.data_paths import require_la2018
 from asdseg.evaluation.figures import save_active_learning_curves
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.sliding_window import predict_volume
@@ -552,9 +552,7 @@ def main() -> None:
     if args.report:
         report(args.output)
         return
-    root = find_la2018()
-    if root is None:
-        raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
+    root = require_la2018()
     torch.set_num_threads(args.threads)
     settings = SETTINGS[args.setting]
     card = ModelCard.load(Path(args.model) / "card.json")

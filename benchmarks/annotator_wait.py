@@ -24,7 +24,7 @@ import torch
 from asdseg.active.finetune import FineTuneSettings, fine_tune, model_grid_case
 from asdseg.active.sparse_labels import SparseLabels
 from asdseg.active.suggest import suggest_slices
-from asdseg.demo.end_to_end import find_la2018
+from asdseg.data_paths import require_la2018
 from asdseg.io.image_io import atomic_path, image_to_array, read_image
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import load_network
@@ -43,9 +43,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=FineTuneSettings().steps, help="fine-tuning steps")
     parser.add_argument("--output", default="benchmarks/results/annotator_wait/results.json")
     args = parser.parse_args()
-    root = find_la2018()
-    if root is None:
-        raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
+    root = require_la2018()
     torch.set_num_threads(args.threads)
     card = ModelCard.load(Path(args.model) / "card.json")
     name = case_names(root)[-1]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from asdseg.demo.end_to_end import find_la2018
+from asdseg.data_paths import require_la2018
 from asdseg.evaluation.calibration import ErrorDetection
 from asdseg.evaluation.model_evaluation import near_organ, reference_cases
 from asdseg.inference.segment import SegmentationOptions, channel_array, segment_image
@@ -170,9 +170,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/asdnet_confidence_gate"))
     args = parser.parse_args()
-    root = find_la2018()
-    if root is None:
-        raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
+    root = require_la2018()
     torch.set_num_threads(args.threads)
     results = measure(args.run, root, args.cases)
     table = markdown(results)

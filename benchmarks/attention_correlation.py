@@ -32,7 +32,7 @@ import torch
 from scipy.stats import linregress, rankdata, spearmanr
 
 from asdseg.active.slice_scores import score_slices
-from asdseg.demo.end_to_end import find_la2018
+from asdseg.data_paths import require_la2018
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.sliding_window import WindowSettings, predict_volume
 from asdseg.io.image_io import atomic_path
@@ -185,9 +185,7 @@ def main() -> None:
     parser.add_argument("--runs", default="benchmark_results/attention_correlation")
     parser.add_argument("--results", default="benchmarks/results/attention_correlation")
     args = parser.parse_args()
-    root = find_la2018()
-    if root is None:
-        raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
+    root = require_la2018()
     torch.set_num_threads(args.threads)
     started = time.monotonic()
     trainer = train(root, Path(args.runs), args.steps)

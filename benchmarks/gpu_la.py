@@ -372,12 +372,10 @@ def collect(args: argparse.Namespace) -> None:
 
 
 def pack(args: argparse.Namespace) -> None:
-    from asdseg.demo.end_to_end import find_la2018
+    from asdseg.data_paths import require_la2018
     from asdseg.training.case_cache import write_case_cache
 
-    root = find_la2018()
-    if root is None:
-        raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
+    root = require_la2018()
     data = config_from_dict(full_config("supervised")).data
     data.root = str(root)
     for path in write_case_cache(data, args.output, args.part_mib * 2**20):

@@ -36,7 +36,7 @@ LA_SPACING = (0.625, 0.625, 0.625)
 
 def benchmark_volume(folder: Path) -> tuple[Path, str]:
     """The first held-out LA 2018 case, or a synthetic volume of its size and spacing."""
-    from asdseg.demo.end_to_end import find_la2018
+    from asdseg.data_paths import find_la2018
     from asdseg.training.data import case_names
 
     root = find_la2018()

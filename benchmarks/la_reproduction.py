@@ -47,7 +47,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from asdseg.demo.end_to_end import find_la2018
+from asdseg.data_paths import require_la2018
 from asdseg.evaluation.model_evaluation import evaluate_model, reference_cases
 from asdseg.inference.segment import SegmentationOptions
 from asdseg.io.image_io import atomic_path
@@ -341,9 +341,7 @@ def main() -> None:
         "previous one's final model, named '<row>, seeds A then B'",
     )
     args = parser.parse_args()
-    root = find_la2018()
-    if root is None:
-        raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
+    root = require_la2018()
     held_out = case_names(root)[-HELD_OUT:] if args.setting != "smoke" else case_names(root)[6:8]
     if args.shipped is not None:
         cards = shipped_cards(args.shipped)

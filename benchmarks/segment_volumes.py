@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from asdseg.demo.end_to_end import find_la2018
+from asdseg.data_paths import require_la2018
 from asdseg.io.image_io import atomic_path
 from asdseg.machine import describe_machine, machine_line
 from asdseg.training.data import case_names
@@ -56,9 +56,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
-    root = find_la2018()
-    if root is None:
-        raise SystemExit("LA 2018 data not found (../shared/data/la2018 or $ASDSEG_LA2018).")
+    root = require_la2018()
     images = [root / "train" / name / "image.nii.gz" for name in case_names(root)[-args.cases :]]
     result: dict = {
         "machine": describe_machine(),

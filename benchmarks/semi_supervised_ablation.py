@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from la_reproduction import ENHANCED_UNET, HELD_OUT, SASSNET_CE_DICE, SDM_VNET, SVNET, VNET, evaluate
 
-from asdseg.demo.end_to_end import find_la2018
+from asdseg.data_paths import require_la2018
 from asdseg.io.image_io import atomic_path
 from asdseg.machine import describe_machine, machine_line
 from asdseg.training.config import config_from_dict
@@ -269,9 +269,7 @@ def main() -> None:
     args = parser.parse_args()
     results = Path(args.results)
     if not args.report:
-        root = find_la2018()
-        if root is None:
-            raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
+        root = require_la2018()
         torch.set_num_threads(args.threads)
         for row, seed in jobs(args.rows, tuple(args.seeds)):
             done = (results / "runs" / f"{slug(row)}-seed{seed}.json").exists()

@@ -47,7 +47,7 @@ import torch
 from asdseg.active.finetune import RECIPE_LEARNING_RATES, FineTuneSettings, fine_tune, model_grid_case
 from asdseg.active.sparse_labels import SparseLabels
 from asdseg.active.suggest import suggest_slices
-from asdseg.demo.end_to_end import find_la2018
+from asdseg.data_paths import require_la2018
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.segment import SegmentationOptions, segment_image
 from asdseg.io.image_io import atomic_path, image_to_array, read_image
@@ -312,9 +312,7 @@ def main() -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     rows = read_rows(args.output / "rows.csv")
     if not args.report:
-        root = find_la2018()
-        if root is None:
-            raise SystemExit("LA 2018 data not found (../shared/data/la2018 or $ASDSEG_LA2018).")
+        root = require_la2018()
         rows = run_grid(args, settings, load_cases(root), rows)
     write_report(args.output, rows, settings)
     print(f"wrote {args.output}")

@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
-from asdseg.demo.end_to_end import find_la2018
+from asdseg.data_paths import require_la2018
 from asdseg.io.image_io import atomic_path, image_to_array, read_image
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import find_model
@@ -52,9 +52,7 @@ def main() -> None:
     parser.add_argument("--model", default="la-sassnet")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
-    root = find_la2018()
-    if root is None:
-        raise SystemExit("LA 2018 data not found (../shared/data/la2018 or $ASDSEG_LA2018).")
+    root = require_la2018()
     with tempfile.TemporaryDirectory(prefix="teach-speed-") as folder:
         inputs = write_corrections(root, Path(folder), args.model)
         command = [sys.executable, "-m", "asdseg", "finetune", "--model", args.model, *inputs]

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from asdseg.demo.end_to_end import find_la2018
+from asdseg.data_paths import require_la2018
 from asdseg.evaluation.calibration import ErrorDetection, ReliabilityBins
 from asdseg.evaluation.metrics import dice
 from asdseg.evaluation.model_evaluation import near_organ, reference_cases
@@ -161,9 +161,7 @@ def main() -> None:
     parser.add_argument("--min-auroc", type=float, default=0.8)
     parser.add_argument("--results", default="benchmarks/results/confidence_calibration")
     args = parser.parse_args()
-    root = find_la2018()
-    if root is None:
-        raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
+    root = require_la2018()
     model = Path(args.model)
     card = ModelCard.load(model / "card.json")
     if "confidence_calibration" in card.data:

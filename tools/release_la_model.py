@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from asdseg.demo.end_to_end import find_la2018
+from asdseg.data_paths import require_la2018
 from asdseg.evaluation.model_evaluation import (
     ModelEvaluation,
     ReferenceCase,
@@ -217,9 +217,7 @@ def main() -> None:
     args = parser.parse_args()
 
     run = load_finished_run(args.run)
-    root = Path(run.config.data.root) if Path(run.config.data.root).is_dir() else find_la2018()
-    if root is None:
-        raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
+    root = Path(run.config.data.root) if Path(run.config.data.root).is_dir() else require_la2018()
     names = split_names(replace(run.config.data, root=str(root)))
     data = card_data(run, root, names, args)
     folder = args.output / args.name

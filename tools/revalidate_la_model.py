@@ -21,7 +21,7 @@ from pathlib import Path
 
 from release_la_model import validate
 
-from asdseg.demo.end_to_end import find_la2018
+from asdseg.data_paths import require_la2018
 from asdseg.evaluation.model_evaluation import reference_cases
 from asdseg.io.image_io import atomic_path
 from asdseg.registry import load_network
@@ -35,9 +35,7 @@ def main() -> None:
     )
     parser.add_argument("--model", type=Path, required=True, help="the shipped model's folder")
     args = parser.parse_args()
-    root = find_la2018()
-    if root is None:
-        raise SystemExit("LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018).")
+    root = require_la2018()
     shipped = ModelCard.load(args.model / CARD_FILE)
     raw_map = {key: value for key, value in shipped.data.items() if key != "confidence_calibration"}
     card = ModelCard(raw_map, shipped.directory)

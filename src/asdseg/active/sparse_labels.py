@@ -123,7 +123,10 @@ def read_sparse_labels(path: str | Path) -> tuple[sitk.Image, SparseLabels]:
             f"{record_path} describes a {size} volume but {path.name} is {label.shape}; the two files "
             "do not belong together."
         )
-    return image, SparseLabels(label, set(slices))
+    try:
+        return image, SparseLabels(label, set(slices))
+    except InputError as error:
+        raise InputError(f"{record_path}: {error}") from error
 
 
 def read_slice_effort(path: str | Path) -> dict[int, SliceEffort]:
@@ -135,7 +138,10 @@ def read_slice_effort(path: str | Path) -> dict[int, SliceEffort]:
     for key, entry in record.get("effort", {}).items():
         if int(key) not in record["labelled_slices"]:
             raise InputError(f"{record_path}: effort of {key!r}, which is not one of the labelled slices.")
-        effort[int(key)] = SliceEffort.from_dict(entry)
+        try:
+            effort[int(key)] = SliceEffort.from_dict(entry)
+        except InputError as error:  # what the schema lets through (2.0 for 2)
+            raise InputError(f"{record_path}: effort of slice {key}: {error}.") from error
     return effort
 
 

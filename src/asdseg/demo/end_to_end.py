@@ -14,7 +14,6 @@ model has them, a metrics CSV and an overlay PNG into the output folder.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from asdseg.data_paths import LA2018_MISSING, find_la2018
 from asdseg.demo.phantom_model import ensure_demo_model
-from asdseg.demo.phantoms import make_phantom, phantom_image
 from asdseg.errors import InputError
 from asdseg.evaluation.evaluate_predictions import evaluate_label_maps, format_table, write_csv
 from asdseg.evaluation.figures import save_overlay_png
 from asdseg.inference.segment import SegmentationOptions, segment_image, write_result
 from asdseg.io.image_io import image_to_array, read_image, write_image
+from asdseg.phantoms import make_phantom, phantom_image
 from asdseg.progress import tqdm_progress
 from asdseg.registry import available_models, find_model, load_network
 from asdseg.registry.model_card import ModelCard
@@ -52,17 +52,6 @@ DEMO_OUTPUTS = (
 
 #: Where the demo reports what it is doing (print in the terminal).
 Say = Callable[[str], None]
-
-
-def find_la2018() -> Path | None:
-    """The LA 2018 folder: ``$ASDSEG_LA2018``, else ``../shared/data/la2018`` from the repo."""
-    candidates = [os.environ.get("ASDSEG_LA2018")]
-    repository = Path(__file__).resolve().parents[3]
-    candidates += [str(repository.parent / "shared" / "data" / "la2018")]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "train.list").is_file():
-            return Path(candidate)
-    return None
 
 
 @dataclass
@@ -121,7 +110,7 @@ def choose_model_and_input(say: Say, model: str | None = None) -> tuple[ModelCar
     if la_model is None:
         say("No trained left-atrium model is installed: running the phantom demo instead.")
     else:
-        say("LA 2018 data not found (../shared/data/la2018 or $ASDSEG_LA2018): running the phantom demo.")
+        say(f"{LA2018_MISSING} Running the phantom demo.")
     card = ensure_demo_model(
         progress=lambda step, steps, loss: (
             say(f"  step {step} (at most {steps}) loss {loss:.3f}") if step % 40 == 0 else None

@@ -1,7 +1,7 @@
 """The phantom model the demo runs where the LA 2018 data is not found.
 
 It is a small VNet with an SDM head, trained on the CPU on synthetic phantoms
-(:mod:`asdseg.demo.phantoms`) and installed as the user model ``phantom-demo``. It shows the whole
+(:mod:`asdseg.phantoms`) and installed as the user model ``phantom-demo``. It shows the whole
 pipeline working with real weights; it knows nothing about anatomy.
 
 Training runs in rounds and stops once the model segments both structures well on held-out
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from asdseg.demo.phantoms import ELLIPSOID, SPHERE, make_phantom
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.sliding_window import WindowSettings, predict_volume
 from asdseg.networks import build_network
+from asdseg.phantoms import ELLIPSOID, SPHERE, make_phantom
 from asdseg.preprocessing.transforms import normalize_intensity
 from asdseg.registry import save_model, user_models_dir
 from asdseg.registry.model_card import ModelCard
@@ -46,7 +46,7 @@ CARD = {
     "version": "2",
     "description": "Demo model for synthetic phantoms (ellipsoid + sphere); not for clinical images.",
     "task": "phantom",
-    "modality": "synthetic MRI-like phantom (asdseg.demo.phantoms), 1 mm isotropic",
+    "modality": "synthetic MRI-like phantom (asdseg.phantoms), 1 mm isotropic",
     "architecture": {
         "name": "vnet",
         "params": {"num_classes": 3, "base_filters": 8, "dropout": 0.0, "sdm_head": True},
@@ -60,7 +60,7 @@ CARD = {
     "preprocessing": {"spacing": [1.0, 1.0, 1.0], "normalization": "zscore"},
     "inference": {"patch_size": [PATCH, PATCH, PATCH], "overlap": 0.5, "blend": "gaussian"},
     "training": {
-        "data": "synthetic phantoms generated on the fly (asdseg.demo.phantoms, seeds 1000+)",
+        "data": "synthetic phantoms generated on the fly (asdseg.phantoms, seeds 1000+)",
         "protocol": (
             f"supervised Dice+CE plus SDM MSE on random 32^3 crops, Adam; rounds of {ROUND_STEPS} steps "
             f"(the last quarter at a tenth of the learning rate) until both structures reach Dice "

@@ -242,8 +242,12 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 
 
 def config_from_dict(values: dict[str, Any], where: str = "config") -> TrainingConfig:
+    """The config ``values`` describe, checked; an error names ``where`` (the file) first."""
     config = _build(TrainingConfig, values, where)
-    config.check()
+    try:
+        config.check()
+    except InputError as error:
+        raise InputError(f"{where}: {error}") from error
     return config
 
 

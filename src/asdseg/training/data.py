@@ -16,10 +16,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from asdseg.demo.phantoms import make_phantom
 from asdseg.errors import InputError
 from asdseg.io.datasets import is_dataset_folder, read_dataset
 from asdseg.io.image_io import image_to_array, read_image
+from asdseg.phantoms import make_phantom
 from asdseg.preprocessing.transforms import normalize_intensity, resample_like, resample_to_spacing
 from asdseg.training.config import DataConfig
 from asdseg.training.losses import UNLABELLED

@@ -1,7 +1,8 @@
 """Synthetic MRI-like phantoms: an ellipsoid and a sphere in a noisy, bias-shaded background, and
 a synthetic male pelvis (bladder, prostate, rectum) written as a training set.
 
-Used by the tests and the demo so that both run on a fresh clone without any real data.
+Used by the tests, the demo and training without a data folder, so that all of them run on a
+fresh clone without any real data.
 """
 
 from __future__ import annotations
@@ -144,8 +145,8 @@ def make_synthetic_pelvis(shape: Sequence[int] = (64, 64, 48), seed: int = 0, no
 SYNTHETIC_PELVIS_INFO = {
     "name": "SyntheticPelvis",
     "description": "Synthetic male-pelvis phantoms (bladder, prostate, rectum on a T2-like volume) "
-    "made by asdseg.demo.phantoms for tests; not patient data, no anatomy to learn.",
-    "reference": "asdseg.demo.phantoms.make_synthetic_pelvis",
+    "made by asdseg.phantoms for tests; not patient data, no anatomy to learn.",
+    "reference": "asdseg.phantoms.make_synthetic_pelvis",
     "licence": "CC0-1.0 (synthetic)",
     "release": "1.0",
 }
