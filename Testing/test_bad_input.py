@@ -171,9 +171,11 @@ def evaluate(w: Path, *extra: str) -> list[str]:
     return ["evaluate", "--pred", str(w / "lab.nii.gz"), "--ref", str(w / "lab.nii.gz"), *extra]
 
 
-#: name -> (argv built in the workspace, fragments the error message must contain).
-CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
-    # Inputs segment cannot use.
+Cases = dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]]
+
+
+#: segment: case -> (argv built in the workspace, fragments the error message must contain).
+SEGMENT_CASES: Cases = {
     "truncated .nii": (
         lambda w: [*SEGMENT, "-i", write(w / "t.nii", "x"), "-o", str(w / "o.nii.gz")],
         ("t.nii", "not a readable image"),
@@ -232,7 +234,6 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
         ],
         ("sh.mha", "not a rotation", "s.nrrd"),
     ),
-    # Options out of range, refused by the parser before any work.
     "overlap 1.5": (
         lambda w: segment(w, "--overlap", "1.5"),
         ("--overlap", "[0, 1)"),
@@ -253,7 +254,6 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
         lambda w: segment(w, "--device", "tpu"),
         ("tpu",),
     ),
-    # Outputs that collide with the input, with each other, or cannot be written.
     "-o is the input": (
         lambda w: [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "img.nii.gz")],
         ("-o", "img.nii.gz", "is the input"),
@@ -350,7 +350,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
         ],
         ("tiny", "no confidence network"),
     ),
-    # evaluate
+}
+
+#: evaluate: case -> (argv built in the workspace, fragments the error message must contain).
+EVALUATE_CASES: Cases = {
     "evaluate --labels a,b": (lambda w: evaluate(w, "--labels", "a,b"), ("--labels", "a,b")),
     "evaluate --labels 0": (lambda w: evaluate(w, "--labels", "0"), ("--labels", "1 to 65535")),
     "evaluate a probability map": (
@@ -414,7 +417,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
         ],
         ("2 predictions but 1 references",),
     ),
-    # models
+}
+
+#: models: case -> (argv built in the workspace, fragments the error message must contain).
+MODELS_CASES: Cases = {
     "install: weights.file escapes the folder": (
         lambda w: [
             "models",
@@ -529,23 +535,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
         lambda w: ["models", "install", "nope"],
         ("unknown model 'nope'",),
     ),
-    "release: a shipped model's name": (
-        lambda w: ["release", str(w), "--name", "la-sassnet"],
-        ("'la-sassnet' is the name of a shipped model", "--as-new-version"),
-    ),
-    "release: a new version numbered as the shipped one": (
-        lambda w: [
-            "release",
-            str(w),
-            "--name",
-            "la-sassnet",
-            "--version",
-            shipped_version("la-sassnet"),
-            "--as-new-version",
-        ],
-        ("is the shipped model's version",),
-    ),
-    # train
+}
+
+#: train: case -> (argv built in the workspace, fragments the error message must contain).
+TRAIN_CASES: Cases = {
     "train: config value of the wrong type": (
         lambda w: [
             "train",
@@ -642,7 +635,48 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
         lambda w: ["train", "--steps", "1", "--output-dir", write(w / "r", "x")],
         ("--output-dir", "is a file, not a folder"),
     ),
-    # suggest
+    "train: a patch size that is not a multiple of 16": (
+        lambda w: [
+            "train",
+            "--config",
+            write(w / "c.json", '{"patch_size": [24, 24, 24]}'),
+            "--output-dir",
+            str(w / "r"),
+        ],
+        ("patch_size [24, 24, 24] must be three multiples of 16",),
+    ),
+    "train: --init-from a model that is not installed": (
+        lambda w: ["train", "--init-from", "nosuch", "--steps", "1", "--output-dir", str(w / "r")],
+        ("'nosuch'",),
+    ),
+}
+
+#: release: case -> (argv built in the workspace, fragments the error message must contain).
+RELEASE_CASES: Cases = {
+    "release: a shipped model's name": (
+        lambda w: ["release", str(w), "--name", "la-sassnet"],
+        ("'la-sassnet' is the name of a shipped model", "--as-new-version"),
+    ),
+    "release: a new version numbered as the shipped one": (
+        lambda w: [
+            "release",
+            str(w),
+            "--name",
+            "la-sassnet",
+            "--version",
+            shipped_version("la-sassnet"),
+            "--as-new-version",
+        ],
+        ("is the shipped model's version",),
+    ),
+    "release: a run stopped before its first checkpoint": (
+        lambda w: ["release", folder(w / "stopped"), "--name", "stopped"],
+        ("no checkpoint there", "train the run to its last step before releasing it"),
+    ),
+}
+
+#: suggest: case -> (argv built in the workspace, fragments the error message must contain).
+SUGGEST_CASES: Cases = {
     "suggest: --output is a folder": (
         lambda w: [*SUGGEST, "-i", str(w / "img.nii.gz"), "--output", folder(w / "s.json")],
         ("--output", "s.json", "is a folder"),
@@ -687,10 +721,6 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
         ],
         ("--labels", "moved.nii.gz", "its spacing (2.0, 2.0, 2.0) differs from the image"),
     ),
-    "finetune: labels with another origin": (
-        lambda w: [*finetune(w)[:5], "--labels", moved_labels(w, origin=(0.0, 0.0, 0.0)), *finetune(w)[7:]],
-        ("--labels", "moved.nii.gz", "its origin (0.0, 0.0, 0.0) differs from the image"),
-    ),
     "suggest: --output that is not .json": (
         lambda w: [*SUGGEST, "-i", str(w / "img.nii.gz"), "--output", str(w / "x.nii.gz")],
         ("--output", "x.nii.gz", "give a .json file name"),
@@ -710,7 +740,14 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
         ],
         ("tiny", "cannot give a 'attention' second opinion", "sdm, mirroring"),
     ),
-    # finetune
+}
+
+#: finetune: case -> (argv built in the workspace, fragments the error message must contain).
+FINETUNE_CASES: Cases = {
+    "finetune: labels with another origin": (
+        lambda w: [*finetune(w)[:5], "--labels", moved_labels(w, origin=(0.0, 0.0, 0.0)), *finetune(w)[7:]],
+        ("--labels", "moved.nii.gz", "its origin (0.0, 0.0, 0.0) differs from the image"),
+    ),
     "finetune: --learning-rate nan": (lambda w: finetune(w, "--learning-rate", "nan"), ("--learning-rate",)),
     "finetune: --learning-rate -1": (lambda w: finetune(w, "--learning-rate", "-1"), ("--learning-rate",)),
     "finetune: --batch-size 0": (lambda w: finetune(w, "--batch-size", "0"), ("--batch-size", "at least 1")),
@@ -778,25 +815,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
         lambda w: finetune(w, "--resume", "--steps", "1"),
         ("no checkpoint there", "start without --resume"),
     ),
-    "release: a run stopped before its first checkpoint": (
-        lambda w: ["release", folder(w / "stopped"), "--name", "stopped"],
-        ("no checkpoint there", "train the run to its last step before releasing it"),
-    ),
-    "train: a patch size that is not a multiple of 16": (
-        lambda w: [
-            "train",
-            "--config",
-            write(w / "c.json", '{"patch_size": [24, 24, 24]}'),
-            "--output-dir",
-            str(w / "r"),
-        ],
-        ("patch_size [24, 24, 24] must be three multiples of 16",),
-    ),
-    "train: --init-from a model that is not installed": (
-        lambda w: ["train", "--init-from", "nosuch", "--steps", "1", "--output-dir", str(w / "r")],
-        ("'nosuch'",),
-    ),
-    # demo
+}
+
+#: demo: case -> (argv built in the workspace, fragments the error message must contain).
+DEMO_CASES: Cases = {
     "demo: --output-dir is a file": (
         lambda w: ["demo", "--output-dir", write(w / "d", "x")],
         ("--output-dir", "is a file, not a folder"),
@@ -809,6 +831,18 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
         lambda w: ["demo", "--output-dir", str(w / "d"), "--model", "tiny"],
         ("tiny", "left-atrium"),
     ),
+}
+
+#: One table per command.
+BAD_INPUT: dict[str, Cases] = {
+    "segment": SEGMENT_CASES,
+    "evaluate": EVALUATE_CASES,
+    "models": MODELS_CASES,
+    "train": TRAIN_CASES,
+    "release": RELEASE_CASES,
+    "suggest": SUGGEST_CASES,
+    "finetune": FINETUNE_CASES,
+    "demo": DEMO_CASES,
 }
 
 
@@ -871,11 +905,13 @@ def nan_model(w: Path) -> str:
     return str(save_model(network, card, w / "nan-model").directory / "card.json")
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize(
+    ("command", "case"), [(command, case) for command, table in BAD_INPUT.items() for case in sorted(table)]
+)
 def test_bad_input_is_refused_cleanly(
-    case: str, workspace: Path, model_home: Path, capsys: pytest.CaptureFixture
+    command: str, case: str, workspace: Path, model_home: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    make_argv, fragments = CASES[case]
+    make_argv, fragments = BAD_INPUT[command][case]
     argv = make_argv(workspace)
     before = snapshot(workspace, model_home)
     try:
