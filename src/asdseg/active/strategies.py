@@ -144,7 +144,7 @@ def equal_interval(scores, labelled, budget, rng) -> list[SliceQuery]:
 #: What the CLI and ActiveAnnotate suggest with unless told otherwise: level with random and
 #: equal-interval in the LA study, above plain P-DSC at every budget. (``disagreement`` finds
 #: more of the model's wrong voxels, but fine-tuning on its picks fell below random at 10-20 %
-#: of slices in all three repeats; see the README's "Benchmarks".)
+#: of slices in all three repeats; see docs/benchmarks.md.)
 DEFAULT_STRATEGY = "p-dsc-spread"
 STRATEGIES: dict[str, Strategy] = {
     "p-dsc": _lowest("p_dsc"),

@@ -121,7 +121,7 @@ def read_dataset(root: str | Path) -> Dataset:
     else:
         raise InputError(
             f"{where}: neither the nnU-Net v2 layout (it has no file_ending) nor the Decathlon's (it has "
-            "no training list); see 'Your own data' in the README for both."
+            "no training list); see docs/own-data.md for both."
         )
     expected = description.get("numTraining")
     if expected is not None and expected != len(cases):
@@ -149,7 +149,7 @@ def nnunet_description(root: str | Path) -> tuple[dict[str, Any], list[Label]]:
     if "file_ending" not in description:
         raise InputError(
             f"{root / DATASET_FILE}: cases are added to the nnU-Net v2 layout only (it needs file_ending, "
-            "e.g. \".nii.gz\"); see 'Your own data' in the README."
+            "e.g. \".nii.gz\"); see docs/own-data.md."
         )
     return description, _nnunet_labels(description, root / DATASET_FILE)
 
