@@ -50,7 +50,7 @@ def _region_of_interest(
     rather than after a long run."""
     from asdseg.preprocessing.roi import RegionOfInterest, segmentation_region
 
-    roi = RegionOfInterest.from_values(args.roi, args.roi_space or "lps") if args.roi is not None else None
+    roi = RegionOfInterest.from_values(args.roi, args.roi_space) if args.roi is not None else None
     warnings = segmentation_region(image, roi, card)[1]
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -151,7 +151,7 @@ def command_segment(args: argparse.Namespace) -> int:
     if is_batch(args.input):
         return _segment_volumes(args, card)
     (source,) = args.input
-    outputs = _map_outputs(args, args.output, args.confidence, args.sdm, args.probabilities)
+    outputs = _map_outputs(args)
     for option, path in outputs:
         _check_output_path(path, option)
     _check_segment_outputs(card, [source], [outputs])
@@ -163,10 +163,15 @@ def command_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _map_outputs(args: argparse.Namespace, *paths: str | Path | None) -> list[tuple[str, str | Path]]:
+def _map_outputs(args: argparse.Namespace) -> list[tuple[str, str | Path]]:
     """The label map and the optional maps asked for, each with its option."""
-    options = ("-o", "--confidence", "--sdm", "--probabilities")
-    return [(option, path) for option, path in zip(options, paths) if path is not None]
+    paths = {
+        "-o": args.output,
+        "--confidence": args.confidence,
+        "--sdm": args.sdm,
+        "--probabilities": args.probabilities,
+    }
+    return [(option, path) for option, path in paths.items() if path is not None]
 
 
 def _check_segment_outputs(
@@ -264,10 +269,7 @@ def _segment_volumes(args: argparse.Namespace, card: ModelCard) -> int:
 
     if args.roi is not None:
         raise InputError("--roi is for one volume; segment volumes that need an ROI one at a time.")
-    folders = [
-        (option, check_output_folder(path, option))
-        for option, path in _map_outputs(args, args.output, args.confidence, args.sdm, args.probabilities)
-    ]
+    folders = [(option, check_output_folder(path, option)) for option, path in _map_outputs(args)]
     cases = batch_cases(args.input)
     outputs = [[(option, case.output(folder)) for option, folder in folders] for case in cases]
     _check_segment_outputs(card, [case.image for case in cases], outputs)
@@ -578,7 +580,7 @@ def _training_regions(args: argparse.Namespace, images: list[sitk.Image]) -> lis
     regions = []
     for image, path, values in zip(images, args.image, boxes * len(images) if len(boxes) == 1 else boxes):
         try:
-            region, warnings = RegionOfInterest.from_values(values, args.roi_space or "lps").index_box(image)
+            region, warnings = RegionOfInterest.from_values(values, args.roi_space).index_box(image)
         except InputError as error:
             raise InputError(f"{path}: {error}") from error
         for warning in warnings:
@@ -1033,8 +1035,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     partial file behind."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "roi_space", None) is not None and args.roi is None:
-        parser.error("--roi-space does nothing without --roi; give --roi X0 Y0 Z0 X1 Y1 Z1 or leave it out")
+    if hasattr(args, "roi_space"):
+        # No parser default, so that --roi-space alone can be told from no option at all.
+        if args.roi_space is not None and args.roi is None:
+            parser.error(
+                "--roi-space does nothing without --roi; give --roi X0 Y0 Z0 X1 Y1 Z1 or leave it out"
+            )
+        args.roi_space = args.roi_space or "lps"
     try:
         with _terminate_as_interrupt():
             return args.handler(args)

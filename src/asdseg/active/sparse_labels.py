@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from asdseg.active.annotator_effort import SliceEffort
 from asdseg.errors import InputError
-from asdseg.io.image_io import array_to_image, image_to_array, read_image
+from asdseg.io.image_io import array_to_image, grid_difference, grid_of, image_to_array, read_image
 from asdseg.io.json_files import read_json
 from asdseg.io.labels import Label, label_pixel_type, sidecar_stem, write_label_map
 
@@ -150,16 +150,15 @@ def check_labels_fit_image(
 ) -> None:
     """Refuse sparse labels that are not on the image's voxel grid (size, spacing, origin or
     direction): their slice numbers would then name other anatomy."""
-    properties = {
-        "size": (labels_image.GetSize(), image.GetSize()),
-        "spacing": (labels_image.GetSpacing(), image.GetSpacing()),
-        "origin": (labels_image.GetOrigin(), image.GetOrigin()),
-        "direction": (labels_image.GetDirection(), image.GetDirection()),
-    }
-    for name, (labels_value, image_value) in properties.items():
-        if not np.allclose(labels_value, image_value, rtol=1e-5, atol=1e-4):
-            raise InputError(
-                f"--labels {labels_path}: its {name} {tuple(round(v, 4) for v in labels_value)} differs from "
-                f"the image {image_path}'s {tuple(round(v, 4) for v in image_value)}; give the sparse labels "
-                "drawn on this image (or resample them onto it, nearest neighbour)."
-            )
+    labels_grid, image_grid = grid_of(labels_image), grid_of(image)
+    key = grid_difference(labels_grid, image_grid)
+    if key is not None:
+        raise InputError(
+            f"--labels {labels_path}: its {key} {_rounded(labels_grid[key])} differs from the image "
+            f"{image_path}'s {_rounded(image_grid[key])}; give the sparse labels drawn on this image (or "
+            "resample them onto it, nearest neighbour)."
+        )
+
+
+def _rounded(values: tuple) -> tuple:
+    return tuple(round(value, 4) for value in values)

@@ -33,7 +33,7 @@ import SimpleITK as sitk
 
 from asdseg.errors import InputError
 from asdseg.io.anatomy import named_label
-from asdseg.io.image_io import read_image
+from asdseg.io.image_io import grid_difference, read_image
 from asdseg.io.json_files import read_json
 from asdseg.io.labels import Label
 
@@ -52,7 +52,6 @@ INFO_FIELDS = {
 }
 #: How far image and label geometry may differ (mm, and direction cosines): NIfTI stores them as
 #: float32, so two writes of the same grid can differ in the last digits.
-GEOMETRY_TOLERANCE = 1e-4
 #: How many offending names an error message lists.
 SHOWN = 5
 
@@ -149,7 +148,7 @@ def nnunet_description(root: str | Path) -> tuple[dict[str, Any], list[Label]]:
     if "file_ending" not in description:
         raise InputError(
             f"{root / DATASET_FILE}: cases are added to the nnU-Net v2 layout only (it needs file_ending, "
-            "e.g. \".nii.gz\"); see docs/own-data.md."
+            'e.g. ".nii.gz"); see docs/own-data.md.'
         )
     return description, _nnunet_labels(description, root / DATASET_FILE)
 
@@ -349,15 +348,13 @@ def _check_geometry(case: DatasetCase) -> tuple[float, ...]:
     if case.label is None:
         return image["spacing"][:3]
     label = _geometry(case.label)
-    for key in ("size", "spacing", "origin", "direction"):
-        same_size = len(image[key]) == len(label[key])
-        close = same_size and np.allclose(image[key], label[key], rtol=0.0, atol=GEOMETRY_TOLERANCE)
-        if not close:
-            raise InputError(
-                f"case {case.name}: the label's {key} {label[key]} differs from the image's {image[key]}; "
-                "the label must be on the image's voxel grid. Resample it onto the image (nearest "
-                "neighbour) or export both again from the same volume."
-            )
+    key = grid_difference(label, image)
+    if key is not None:
+        raise InputError(
+            f"case {case.name}: the label's {key} {label[key]} differs from the image's {image[key]}; "
+            "the label must be on the image's voxel grid. Resample it onto the image (nearest "
+            "neighbour) or export both again from the same volume."
+        )
     return image["spacing"][:3]
 
 

@@ -65,7 +65,7 @@ def read_image(path: str | Path) -> sitk.Image:
         raise InputError(f"{path}: is not a file.")
     if image_suffix(path) not in SUPPORTED_SUFFIXES:
         raise InputError(f"{path}: unsupported file type; use one of {', '.join(SUPPORTED_SUFFIXES)}.")
-    stored_bytes = check_gzip_complete(path) if path.name.lower().endswith(".gz") else path.stat().st_size
+    stored_bytes = stored_size(path)
     if image_suffix(path) in (".nii", ".nii.gz"):
         check_nifti_finite(check_nifti_whole(path, stored_bytes), path)
     try:
@@ -98,11 +98,16 @@ def check_gzip_complete(path: Path) -> int:
     return size
 
 
+def stored_size(path: Path) -> int:
+    """The bytes ``path`` holds; of a .gz file, once decompressed to its end (which checks it
+    is whole: :func:`check_gzip_complete`)."""
+    return check_gzip_complete(path) if path.name.lower().endswith(".gz") else path.stat().st_size
+
+
 def check_nifti_whole(path: Path, stored_bytes: int) -> nibabel.Nifti1Image:
     """The NIfTI file at ``path`` (nibabel's lazy image), refused when it is shorter than its
-    header says (``stored_bytes``: its size, or its decompressed size): ITK reads the missing
-    voxels of a cut .nii as zeros, and its writer only prints a warning when it could not write
-    them all."""
+    header says (``stored_bytes``, from :func:`stored_size`): ITK reads the missing voxels of a
+    cut .nii as zeros, and its writer only prints a warning when it could not write them all."""
     try:
         header_image = nibabel.load(str(path))
     except Exception as error:  # nibabel raises many types for a file that is not NIfTI
@@ -301,10 +306,7 @@ def save_image(image: sitk.Image, temporary: Path, target: Path, compress: bool 
         sitk.WriteImage(image, str(temporary), useCompression=compress)
     if image_suffix(target) in (".nii", ".nii.gz"):
         try:
-            compressed = temporary.name.lower().endswith(".gz")
-            check_nifti_whole(
-                temporary, check_gzip_complete(temporary) if compressed else temporary.stat().st_size
-            )
+            check_nifti_whole(temporary, stored_size(temporary))
         except InputError as error:
             raise OSError(
                 errno.EIO,
@@ -317,6 +319,31 @@ def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> N
     """Write ``image`` atomically: either the whole new file is at ``path`` or nothing changed."""
     with atomic_path(path) as temporary:
         save_image(image, temporary, Path(path), compress)
+
+
+#: How far two voxel grids may differ (mm, or direction cosines) and still be one grid.
+GRID_TOLERANCE = 1e-4
+GRID_PROPERTIES = ("size", "spacing", "origin", "direction")
+
+
+def grid_of(image: sitk.Image) -> dict[str, tuple]:
+    """An image's voxel grid, keyed as :func:`grid_difference` compares it."""
+    return {
+        "size": image.GetSize(),
+        "spacing": image.GetSpacing(),
+        "origin": image.GetOrigin(),
+        "direction": image.GetDirection(),
+    }
+
+
+def grid_difference(first: dict[str, tuple], second: dict[str, tuple]) -> str | None:
+    """The first of size, spacing, origin and direction in which two grids (:func:`grid_of`, or
+    a header read alike) differ by more than :data:`GRID_TOLERANCE`; None when they are one."""
+    for key in GRID_PROPERTIES:
+        same_length = len(first[key]) == len(second[key])
+        if not (same_length and np.allclose(first[key], second[key], rtol=0.0, atol=GRID_TOLERANCE)):
+            return key
+    return None
 
 
 def same_geometry(first: sitk.Image, second: sitk.Image, tolerance: float = 1e-6) -> bool:

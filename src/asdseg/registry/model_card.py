@@ -27,6 +27,11 @@ def card_schema() -> dict[str, Any]:
 def validate_card(card: dict[str, Any], source: str | Path) -> None:
     """Raise :class:`ModelError` naming the offending field when ``card`` breaks the schema."""
     check_json(card, "model_card", source, "model card", ModelError)
+    check_card_beyond_schema(card, source)
+
+
+def check_card_beyond_schema(card: dict[str, Any], source: str | Path) -> None:
+    """What the schema cannot say: the weights beside the card, label values unique with 0."""
     weights_file = card["weights"]["file"]
     if Path(weights_file).name != weights_file or weights_file in (".", "..", CARD_FILE):
         raise ModelError(
@@ -59,7 +64,7 @@ class ModelCard:
     def load(cls, path: str | Path) -> ModelCard:
         path = Path(path)
         data = read_json(path, "model_card", "model card", ModelError)
-        validate_card(data, path)
+        check_card_beyond_schema(data, path)
         return cls(data, path.parent)
 
     @property

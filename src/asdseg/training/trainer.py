@@ -173,9 +173,7 @@ class Trainer:
         }
 
     def resume(self) -> None:
-        state = load_checkpoint(
-            self.output_dir / CHECKPOINT_FILE, "nothing to resume: start without --resume."
-        )
+        state = load_checkpoint(self.output_dir / CHECKPOINT_FILE)
         if state["config"]["recipe"] != self.config.recipe:
             raise InputError(
                 f"{self.output_dir}: the checkpoint is from recipe {state['config']['recipe']!r}, not "
