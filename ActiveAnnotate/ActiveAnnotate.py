@@ -9,12 +9,12 @@ trains the model on every labelled slice in a background process (progress, loss
 the new model is used for the next suggestion. Each suggested slice nobody has drawn on yet
 starts as the model's prediction, so the annotator corrects rather than draws; what they changed
 (voxels added and removed, Dice of the prediction) is shown per slice and exported with the labels.
-The widget is thin Qt glue over :class:`ActiveAnnotateLib.annotation_logic.AnnotationLogic`.
+The widget is thin Qt glue over :class:`ActiveAnnotateLib.annotation_logic.AnnotationLogic`, on
+the base it shares with ASDSeg's (ASDSegLib.panel).
 """
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -29,17 +29,11 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
 )
 
-from ASDSeg import (
-    ParameterNodeWidget,
-    engine_environment,
-    install_dependencies,
-    missing_dependencies,
-    python_slicer,
-    run_self_tests,
-    skip_without_dependencies,
-    suggested_export_path,
-    user_action,
-)
+# The glue ASDSeg's panel shares; importing ASDSegLib first makes the engine importable from a
+# source checkout, before any function below imports it.
+from ASDSegLib.engine_runs import engine_logic, python_slicer
+from ASDSegLib.installer import run_self_tests, skip_without_dependencies
+from ASDSegLib.panel import ParameterNodeWidget, user_action
 
 STRATEGIES = [
     "p-dsc",
@@ -162,11 +156,8 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
     def refreshModels(self) -> None:
         """The installed models (every one can rank slices and learn from them), plus the model in
         use when it is a fine-tuned round."""
-        missing = missing_dependencies()
-        self._engineReady = not missing
-        self.ui.installDependenciesButton.setVisible(bool(missing))
-        if missing:
-            self.ui.statusLabel.text = f"Needs {', '.join(missing)}: click 'Install dependencies'."
+        self._engineReady = not self.showMissingDependencies()
+        if not self._engineReady:
             return
         from asdseg.registry import available_models
 
@@ -174,21 +165,7 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
         names = sorted(available_models())
         if saved and saved not in names:
             names.append(saved)
-        was_blocked = self.ui.modelSelector.blockSignals(True)
-        self.ui.modelSelector.clear()
-        for name in names:
-            self.ui.modelSelector.addItem(
-                Path(name).parent.name if "/" in name or "\\" in name else name, name
-            )
-        self.ui.modelSelector.blockSignals(was_blocked)
-        index = self.ui.modelSelector.findData(saved)
-        self.ui.modelSelector.setCurrentIndex(index if index >= 0 else 0)
-        self.onModelChanged()
-
-    def onInstallDependencies(self) -> None:
-        with user_action("Installing the dependencies"):
-            if install_dependencies():
-                self.refreshModels()
+        self.listModels(names, saved)
 
     def onModelChanged(self, _index=None) -> None:
         name = self.ui.modelSelector.currentData
@@ -215,19 +192,18 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
     def onNewAnnotation(self) -> None:
         parameters = self._parameterNode
         with user_action("Creating the labels segmentation"):
-            card = self.logic.annotation.model_card()
-            parameters.annotation = self.logic.annotation.create_annotation_segmentation(
-                parameters.inputVolume, card
-            )
+            annotation = self.logic.annotation
+            card = annotation.model_card()
+            parameters.annotation = annotation.create_annotation_segmentation(parameters.inputVolume, card)
 
     # State ---------------------------------------------------------------------------------
 
     def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
         parameters = self._parameterNode
-        running = self._run is not None
+        running = self.currentRun is not None
         has_annotation = bool(parameters and parameters.annotation)
         ready = has_annotation and bool(parameters.modelName) and self._engineReady and not running
-        kind = type(self._run).__name__ if running else ""
+        kind = type(self.currentRun).__name__ if running else ""
         self.ui.suggestButton.text = "Cancel" if kind == "SuggestRun" else "Suggest slices"
         self.ui.fineTuneButton.text = "Cancel" if kind == "FineTuneRun" else "Fine-tune"
         self.ui.suggestButton.enabled = ready or kind == "SuggestRun"
@@ -250,29 +226,21 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
     def showSuggestions(self) -> None:
         parameters = self._parameterNode
         annotation = parameters.annotation if parameters and self._engineReady else None
-        rows = self.logic.annotation.suggestions(annotation) if annotation else []
+        logic = self.logic.annotation if annotation else None
+        rows = logic.suggestions(annotation) if annotation else []
         table = self.ui.suggestionsTable
         table.setRowCount(len(rows))
         for position, row in enumerate(rows):
-            disagreement = row.get("disagreement_voxels")  # absent from suggestions of earlier versions
-            cells = (
-                str(row["slice"]),
-                f"{row['p_dsc']:.3f}",
-                "—" if disagreement is None else str(disagreement),
-                row["status"],
-                row["effort"].summary() if row["effort"] else "",
-            )
-            for column, text in enumerate(cells):
+            for column, text in enumerate(logic.suggestion_cells(row)):
                 table.setItem(position, column, qt.QTableWidgetItem(text))
-        labelled = sorted(self.logic.annotation.labelled_slices(annotation)) if annotation else []
+        labelled = sorted(logic.labelled_slices(annotation)) if annotation else []
         listed = ", ".join(map(str, labelled)) or "none yet"
         self.ui.labelledLabel.text = f"Labelled slices ({len(labelled)}): {listed}"
 
     # Suggest, mark, export -----------------------------------------------------------------
 
     def onSuggestOrCancel(self) -> None:
-        if self._run is not None:
-            self._run.cancel()
+        if self.cancelRunning():
             return
         parameters = self._parameterNode
         with user_action("Suggesting slices"):
@@ -294,15 +262,12 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
             show_slice(slicer.mrmlScene, parameters.inputVolume, index)
 
     def onMarkLabelled(self) -> None:
-        from ASDSegLib.volume_nodes import slice_under_view
-
         parameters = self._parameterNode
-        red = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
-        index = slice_under_view(parameters.inputVolume, red)
+        index = self.sliceInRedView(
+            parameters.inputVolume,
+            "The red view is not on one of the volume's slices: click a suggested slice first.",
+        )
         if index is None:
-            slicer.util.errorDisplay(
-                "The red view is not on one of the volume's slices: click a suggested slice first."
-            )
             return
         with user_action(f"Marking slice {index} labelled"):
             self.logic.annotation.mark_labelled(parameters.annotation, [index])
@@ -313,25 +278,16 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
             self.showSuggestions()
 
     def onExport(self) -> None:
-        segmentation_node = self._parameterNode.annotation
-        path = qt.QFileDialog.getSaveFileName(
-            slicer.util.mainWindow(),
+        self.exportToFile(
+            self._parameterNode.annotation,
             "Export labelled slices to NIfTI",
-            suggested_export_path(segmentation_node),
-            "NIfTI (*.nii.gz *.nii)",
+            lambda node, path: self.logic.annotation.export_labels(node, path),
         )
-        if not path:
-            return
-        with user_action("Export (nothing was written)"):
-            written = self.logic.annotation.export_labels(segmentation_node, path)
-            self.ui.statusLabel.text = "Wrote " + ", ".join(item.name for item in written)
 
     # Fine-tuning ---------------------------------------------------------------------------
 
     def onFineTuneOrCancel(self) -> None:
-        if self._run is not None:
-            self.ui.statusLabel.text = "Cancelling..."
-            self._run.cancel()
+        if self.cancelRunning("Cancelling..."):
             return
         parameters = self._parameterNode
         with user_action("Starting the fine-tuning"):
@@ -342,47 +298,34 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
 
     # Polling -------------------------------------------------------------------------------
 
-    def onPollRun(self) -> None:
-        from asdseg.background import JobState
-        from asdseg.errors import AsdsegError, CancelledError
+    def progressText(self, run, progress) -> str | None:
+        if "loss" not in progress.details:
+            return None
+        loss, eta = progress.details["loss"], progress.details.get("eta_s", 0)
+        step = f"step {progress.done} of {progress.total}"
+        return f"Fine-tuning: {step}, loss {loss:.4f}, about {eta:.0f} s left"
 
-        run = self._run
-        if run.state() is JobState.RUNNING:
-            progress = run.progress
-            self.ui.progressBar.setValue(round(100 * progress.fraction))
-            if "loss" in progress.details:
-                loss, eta = progress.details["loss"], progress.details.get("eta_s", 0)
-                self.ui.statusLabel.text = (
-                    f"Fine-tuning: step {progress.done} of {progress.total}, loss {loss:.4f}, "
-                    f"about {eta:.0f} s left"
-                )
-            return
-        self.stopPolling()
+    def finishRun(self, run) -> None:
         fine_tuning = type(run).__name__ == "FineTuneRun"
-        try:
-            if fine_tuning:
-                card = self.logic.annotation.finish_finetune(run)
-            else:
-                self.logic.annotation.finish_suggest(run)
-        except CancelledError:
-            self.ui.statusLabel.text = "Cancelled; the model in use is unchanged."
-        except Exception as error:
-            if not isinstance(error, AsdsegError):
-                logging.exception("ActiveAnnotate: reading the engine's results failed")
-            self.ui.statusLabel.text = "Failed; the model in use is unchanged."
-            slicer.util.errorDisplay(f"{'Fine-tuning' if fine_tuning else 'Suggesting'} failed: {error}")
-        else:
-            if fine_tuning:
-                self.useModel(card)
-                self.ui.statusLabel.text = "Fine-tuned; suggesting the next slices with the new model."
-                self.updateGUIFromParameterNode()
-                self.onSuggestOrCancel()
-                return
-            self.ui.statusLabel.text = (
-                "Suggested slices are marked in the views and start as the model's prediction: click a "
-                "row to go there, correct the slice, then Mark labelled."
-            )
-        self.updateGUIFromParameterNode()
+
+        def read():
+            annotation = self.logic.annotation
+            return annotation.finish_finetune(run) if fine_tuning else annotation.finish_suggest(run)
+
+        what, unchanged = "Fine-tuning" if fine_tuning else "Suggesting", "the model in use is unchanged."
+        result = self.readResults(read, what, f"Failed; {unchanged}", f"Cancelled; {unchanged}")
+        if result is None:
+            return
+        if fine_tuning:
+            self.useModel(result)
+            self.ui.statusLabel.text = "Fine-tuned; suggesting the next slices with the new model."
+            self.updateGUIFromParameterNode()
+            self.onSuggestOrCancel()
+            return
+        self.ui.statusLabel.text = (
+            "Suggested slices are marked in the views and start as the model's prediction: click a "
+            "row to go there, correct the slice, then Mark labelled."
+        )
 
 
 #
@@ -409,13 +352,7 @@ class ActiveAnnotateLogic(ScriptedLoadableModuleLogic):
 
             from ActiveAnnotateLib.annotation_logic import AnnotationLogic
 
-            self._annotation = AnnotationLogic(
-                slicer.mrmlScene,
-                user_models_dir().parent / "active-learning",
-                python_slicer(),
-                engine_environment(),
-                slicer.app.temporaryPath,
-            )
+            self._annotation = engine_logic(AnnotationLogic, user_models_dir().parent / "active-learning")
         self._annotation.model = self.getParameterNode().modelName or None
         return self._annotation
 

@@ -20,7 +20,8 @@ from asdseg.io.image_io import image_to_array, read_image, same_geometry
 from asdseg.registry import load_network
 from asdseg.registry.model_card import ModelCard
 
-from ActiveAnnotateLib.annotation_logic import PREDICTION_REFERENCE_ROLE, AnnotationLogic
+from ActiveAnnotateLib.annotation_logic import AnnotationLogic
+from ActiveAnnotateLib.label_arrays import PREDICTION_REFERENCE_ROLE
 from ActiveAnnotateLib.slice_views import show_slice, slice_centre_ras
 from ASDSegLib.segmentation_logic import SegmentationLogic
 from ASDSegLib.volume_nodes import (

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import QApplication, QComboBox
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Per module: the parameters its widget writes itself instead of through a SlicerParameterName
-#: binding (``roi``: ASDSeg.ParameterNodeWidget binds it, see there), and widgets the test requires.
+#: binding (``roi``: ASDSegLib.panel.ParameterNodeWidget binds it, see there), and widgets the test requires.
 MODULES = {
     "ASDSeg": ({"modelName", "roi"}, {"segmentButton", "progressBar", "statusLabel", "exportButton"}),
     "ActiveAnnotate": (
@@ -34,6 +34,10 @@ MODULES = {
         },
     ),
 }
+
+
+#: The widget base both modules' widgets build on: its ``self.ui`` lookups are each module's too.
+SHARED_WIDGET_FILES = (ROOT / "ASDSeg" / "ASDSegLib" / "panel.py",)
 
 
 def ui_file(module: str) -> Path:
@@ -65,10 +69,13 @@ def module_tree(module: str) -> ast.Module:
 
 
 def ui_names_looked_up(module: str) -> set[str]:
-    """Every ``self.ui.<name>`` in the module's .py."""
+    """Every ``self.ui.<name>`` in the module's .py and in the widget base it builds on."""
+    shared = [ast.parse(path.read_text(encoding="utf-8")) for path in SHARED_WIDGET_FILES]
+    trees = [module_tree(module), *shared]
     return {
         node.attr
-        for node in ast.walk(module_tree(module))
+        for tree in trees
+        for node in ast.walk(tree)
         if isinstance(node, ast.Attribute)
         and isinstance(node.value, ast.Attribute)
         and node.value.attr == "ui"

@@ -24,7 +24,8 @@ from asdseg.registry import load_network, save_model, user_models_dir
 from asdseg.registry.model_card import ModelCard
 
 from ASDSegLib.roi_nodes import roi_region
-from ASDSegLib.segmentation_logic import LABEL_VALUE_TAG, RunOptions, SegmentationLogic, apply_label
+from ASDSegLib.segmentation_logic import RunOptions, SegmentationLogic
+from ASDSegLib.segments import LABEL_VALUE_TAG, apply_label
 from ASDSegLib.volume_nodes import image_from_volume_node, update_volume_node_from_image
 from conftest import tiny_card
 from mrml_application import SlicerCore, roi_around_voxels, start_slicer_core

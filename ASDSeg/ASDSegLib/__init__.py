@@ -1,7 +1,10 @@
-"""Qt-free parts of the ASDSeg module: MRML <-> engine conversions and the segmentation logic.
+"""The ASDSeg module's library: MRML <-> engine conversions and the segmentation logic, and the
+Slicer glue both modules' panels share.
 
-Nothing here imports Qt, so tests drive it against the real Slicer core libraries
-(``slicer-core``) and the module's widget stays thin glue.
+The logic imports no Qt, so tests drive it against the real Slicer core libraries
+(``slicer-core``) and the modules' widgets stay thin glue. Only the widget side needs Slicer's
+Qt: ``panel`` (the base of both widgets), ``engine_runs`` (PythonSlicer and polling a run) and
+``installer`` (installing the dependencies); only the module files import them.
 
 Importing this package makes the ``asdseg`` engine importable, so that every module of it (and
 ASDSeg.py and ActiveAnnotate.py, which import it first) can import the engine, also when Slicer

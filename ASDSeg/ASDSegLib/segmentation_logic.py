@@ -1,6 +1,6 @@
 """ASDSeg's logic: a volume node in, a segmentation node and overlay volumes out.
 
-The engine runs in a child process (:class:`asdseg.background.BackgroundJob`) on a copy of the
+The engine runs in a child process (:class:`segmentation_run.SegmentationRun`) on a copy of the
 volume written to a temporary folder, so the caller's thread only polls and a cancel is
 immediate. The scene is touched only once the run has succeeded and its outputs are read and
 checked; a cancelled or failed run leaves the scene exactly as it was.
@@ -8,40 +8,30 @@ checked; a cancelled or failed run leaves the scene exactly as it was.
 
 from __future__ import annotations
 
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 import slicer
-import vtk
 
-from asdseg.background import FolderJob, JobProgress, JobState
+from asdseg.background import JobProgress, JobState
 from asdseg.errors import AsdsegError, InputError, ModelError
-from asdseg.io.image_io import SUPPORTED_SUFFIXES, check_volume_shape, image_suffix, read_image, same_geometry
-from asdseg.io.image_io import write_image as write_image_file
-from asdseg.io.labels import Label, label_pixel_type, sdm_output_paths, write_label_map
-from asdseg.preprocessing.roi import RegionOfInterest
+from asdseg.io.image_io import check_volume_shape
+from asdseg.io.labels import Label
 from asdseg.registry import available_models, find_model
 from asdseg.registry.model_card import ModelCard
 
+from . import segments
 from .overlays import OVERLAY_KINDS, sdm_window, show_in_slice_views, style_overlay_node
 from .roi_nodes import add_roi_for_volume, check_roi_node, roi_region
-from .volume_nodes import (
-    array_from_image_data,
-    ijk_to_ras_matrix,
-    image_from_volume_node,
-    oriented_image_from_array,
-    update_volume_node_from_image,
-)
+from .segmentation_run import EngineOutputs, RunOptions, SegmentationRun
+from .segments import apply_label
+from .volume_nodes import image_from_volume_node, oriented_image_from_array, update_volume_node_from_image
 
 #: Segmentation node attribute naming the model that made it (marks ASDSeg's own nodes).
 MODEL_ATTRIBUTE = "ASDSeg.Model"
-#: Segment tag holding the label value the segment is exported with.
-LABEL_VALUE_TAG = "ASDSeg.LabelValue"
 #: Node reference roles from the segmentation node to its overlay volumes.
 OVERLAY_REFERENCE_ROLES = {"confidence": "ASDSeg.confidence", "sdm": "ASDSeg.sdm"}
 #: Node reference role from the segmentation node to the label map the model predicted, kept
@@ -53,44 +43,6 @@ PREDICTION_REFERENCE_ROLE = "ASDSeg.prediction"
 CORRECTION_ATTRIBUTES = ("ASDSeg.CheckedSlices", "ASDSeg.CorrectionsEntry")
 #: The label values whose own SDM volume the segmentation references (comma-separated).
 ORGAN_SDMS_ATTRIBUTE = "ASDSeg.organSDMs"
-
-_DEVICES = ("auto", "cpu", "cuda", "mps")
-_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-#: Slicer's terminology contexts the codes are looked up in. The DICOM master list holds every
-#: organ ASDSeg segments (left atrium, bladder, prostate, rectum); Slicer's "General Anatomy"
-#: list lacks the left atrium and the rectum (checked in Slicer 5.8.0 and 5.10.0).
-_TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
-_ANATOMY_CONTEXT = "Anatomic codes - DICOM master list"
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """What the user chose in the module panel; ``overlap=None`` means "as the model card says"."""
-
-    device: str = "auto"
-    precision: str = "auto"
-    overlap: float | None = None
-    largest_component: bool = True
-    #: Test-time mirroring as the model card asks (False: one pass, faster).
-    mirroring: bool = True
-
-    def check(self) -> None:
-        if self.device not in _DEVICES:
-            raise InputError(f"unknown device {self.device!r}; choose one of {', '.join(_DEVICES)}.")
-        if self.precision not in _PRECISIONS:
-            raise InputError(f"unknown precision {self.precision!r}; choose one of {', '.join(_PRECISIONS)}.")
-        if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
-            raise InputError(f"window overlap {self.overlap} is outside [0, 1); 0.5 is a good default.")
-
-    def cli_arguments(self) -> list[str]:
-        arguments = ["--device", self.device, "--precision", self.precision]
-        if self.overlap is not None:
-            arguments += ["--overlap", str(self.overlap)]
-        if self.largest_component:
-            arguments.append("--largest-component")
-        if not self.mirroring:
-            arguments.append("--no-mirroring")
-        return arguments
 
 
 @dataclass
@@ -105,118 +57,6 @@ class SegmentationOutputs:
     #: With several organs, each organ's own signed distance map, by organ name.
     organ_sdm_nodes: dict[str, slicer.vtkMRMLScalarVolumeNode] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _EngineOutputs:
-    label_map: sitk.Image
-    confidence: sitk.Image | None
-    sdm: sitk.Image | None
-    organ_sdms: dict[int, sitk.Image]  #: by label value
-
-
-class SegmentationRun(FolderJob):
-    """One volume being segmented by the engine in a child process."""
-
-    def __init__(
-        self,
-        volume_node: slicer.vtkMRMLScalarVolumeNode,
-        card: ModelCard,
-        options: RunOptions,
-        python_executable: str | None = None,
-        environment: dict[str, str] | None = None,
-        roi: RegionOfInterest | None = None,
-        roi_warnings: Sequence[str] = (),
-        temp_dir: str | Path | None = None,
-    ) -> None:
-        self.volume_node = volume_node
-        self.card = card
-        #: Said about the ROI before the run (it was clipped to the volume), shown with the result.
-        self.roi_warnings = list(roi_warnings)
-        self.input_image = image_from_volume_node(volume_node)
-        folder = tempfile.TemporaryDirectory(prefix="asdseg-", dir=temp_dir)
-        path = Path(folder.name)
-        self._paths = {"input": path / "input.nrrd", "label": path / "label.nrrd"}
-        arguments = ["segment", "--model", card.name, *options.cli_arguments()]
-        if roi is not None:
-            arguments += roi.cli_arguments()
-        if card.has_confidence:
-            self._paths["confidence"] = path / "confidence.nrrd"
-            arguments += ["--confidence", str(self._paths["confidence"])]
-        if card.has_sdm:
-            self._paths["sdm"] = path / "sdm.nrrd"
-            arguments += ["--sdm", str(self._paths["sdm"])]
-        arguments += ["--input", str(self._paths["input"]), "--output", str(self._paths["label"])]
-        try:
-            write_image_file(self.input_image, self._paths["input"], compress=False)
-        except BaseException:
-            folder.cleanup()
-            raise
-        super().__init__(folder, arguments, python_executable, environment)
-
-    def read_outputs(self) -> _EngineOutputs:
-        """The engine's outputs, checked to lie on the input's voxel grid."""
-        images = {"label": read_image(self._paths["label"]), "confidence": None, "sdm": None}
-        organ_sdms = {}
-        if "confidence" in self._paths:
-            images["confidence"] = read_image(self._paths["confidence"])
-        if "sdm" in self._paths:
-            values = [label.value for label in self.card.foreground_labels]
-            organ_sdms = {
-                value: read_image(path)
-                for value, path in sdm_output_paths(self._paths["sdm"], values).items()
-            }
-            # One overlay for all organs: the signed distance to the nearest organ surface.
-            maps = list(organ_sdms.values())
-            images["sdm"] = maps[0] if len(maps) == 1 else _voxelwise_minimum(maps)
-        for name, image in [*images.items(), *((f"SDM {value}", sdm) for value, sdm in organ_sdms.items())]:
-            if image is not None and not same_geometry(image, self.input_image, tolerance=1e-4):
-                raise AsdsegError(f"the engine's {name} output does not match the input's voxel grid.")
-        return _EngineOutputs(images["label"], images["confidence"], images["sdm"], organ_sdms)
-
-
-def _voxelwise_minimum(images: list[sitk.Image]) -> sitk.Image:
-    minimum = images[0]
-    for image in images[1:]:
-        minimum = sitk.Minimum(minimum, image)
-    return minimum
-
-
-def _segment_tag(segment: slicer.vtkSegment, key: str) -> str | None:
-    value = vtk.reference("")
-    return str(value) if segment.GetTag(key, value) else None
-
-
-def terminology_entry(label: Label) -> str | None:
-    """Slicer's serialised terminology string for a label with standard codes, else None."""
-    if label.terminology is None:
-        return None
-
-    def code(entry: dict | None) -> str:
-        return f"{entry['scheme']}^{entry['value']}^{entry['meaning']}" if entry else "^^"
-
-    terminology = label.terminology
-    parts = [
-        _TERMINOLOGY_CONTEXT,
-        code(terminology["category"]),
-        code(terminology["type"]),
-        "^^",
-        _ANATOMY_CONTEXT,
-        code(terminology.get("region")),
-        "^^",
-    ]
-    return "~".join(parts)
-
-
-def apply_label(segment: slicer.vtkSegment, label: Label) -> None:
-    """Name, colour, label-value tag and (when the label has codes) terminology of ``label``."""
-    segment.SetName(label.name)
-    segment.SetColor(*(channel / 255.0 for channel in label.color))
-    segment.SetTag(LABEL_VALUE_TAG, str(label.value))
-    terminology = terminology_entry(label)
-    if terminology is not None:
-        # vtkSegment.SetTerminology only exists from Slicer 5.10; the tag it sets works in all.
-        segment.SetTag(segment.GetTerminologyEntryTagName(), terminology)
 
 
 class SegmentationLogic:
@@ -362,12 +202,6 @@ class SegmentationLogic:
 
     # Scene ----------------------------------------------------------------------------------
 
-    @staticmethod
-    def source_volume(segmentation_node: slicer.vtkMRMLSegmentationNode) -> slicer.vtkMRMLVolumeNode | None:
-        """The volume whose voxel grid the segmentation was made on."""
-        role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
-        return segmentation_node.GetNodeReference(role)
-
     def find_segmentation(
         self, volume_node: slicer.vtkMRMLScalarVolumeNode, model_name: str
     ) -> slicer.vtkMRMLSegmentationNode | None:
@@ -382,7 +216,7 @@ class SegmentationLogic:
     def _apply(
         self,
         run: SegmentationRun,
-        outputs: _EngineOutputs,
+        outputs: EngineOutputs,
         segmentation_node: slicer.vtkMRMLSegmentationNode | None,
     ) -> SegmentationOutputs:
         volume_node = run.volume_node
@@ -568,88 +402,9 @@ class SegmentationLogic:
         show_in_slice_views(self.scene, self.source_volume(segmentation_node), foreground, opacity)
         return foreground
 
-    # Export ---------------------------------------------------------------------------------
+    # Segments and export: segments.py, shared with ActiveAnnotate and Teach ----------------
 
-    @staticmethod
-    def segment_labels(segmentation_node: slicer.vtkMRMLSegmentationNode) -> list[tuple[str, Label]]:
-        """(segment ID, label) for every segment, in segment order.
-
-        Segments ASDSeg made keep the value their model card gives them, wherever they were
-        moved in the list; segments the user added (or duplicated) get the next free values.
-        """
-        segmentation = segmentation_node.GetSegmentation()
-        segment_ids = [
-            segmentation.GetNthSegmentID(index) for index in range(segmentation.GetNumberOfSegments())
-        ]
-        values: dict[str, int] = {}
-        for segment_id in segment_ids:
-            tag = _segment_tag(segmentation.GetSegment(segment_id), LABEL_VALUE_TAG)
-            if tag is not None and tag.isdigit() and int(tag) > 0 and int(tag) not in values.values():
-                values[segment_id] = int(tag)
-        next_value = max(values.values(), default=0) + 1
-        for segment_id in segment_ids:
-            if segment_id not in values:
-                values[segment_id] = next_value
-                next_value += 1
-        labels = []
-        for segment_id in segment_ids:
-            segment = segmentation.GetSegment(segment_id)
-            color = tuple(round(channel * 255) for channel in segment.GetColor())
-            labels.append((segment_id, Label(values[segment_id], segment.GetName(), color)))
-        return labels
-
-    def export_segmentation(
-        self,
-        segmentation_node: slicer.vtkMRMLSegmentationNode,
-        path: str | Path,
-        reference_volume_node: slicer.vtkMRMLScalarVolumeNode | None = None,
-    ) -> list[Path]:
-        """Write the segmentation as a label map on the reference volume's grid (default: the
-        volume it was made from) with the label sidecars; returns the files written. The
-        scene is not changed, and existing files are replaced only once every file is complete.
-        """
-        if image_suffix(path) not in SUPPORTED_SUFFIXES:
-            raise InputError(
-                f"{path}: use a NIfTI file name (.nii.gz) or another of {', '.join(SUPPORTED_SUFFIXES)}."
-            )
-        reference = reference_volume_node or self.source_volume(segmentation_node)
-        if reference is None or reference.GetImageData() is None:
-            raise InputError("the segmentation has no reference volume; pick the volume to export on.")
-        segment_labels = self.segment_labels(segmentation_node)
-        if not segment_labels:
-            raise InputError(f"{segmentation_node.GetName()!r} has no segments; there is nothing to export.")
-        labels = [label for _, label in segment_labels]
-        label_map = self.merged_label_map(segmentation_node, segment_labels, reference)
-        background = Label(0, "background", (0, 0, 0))
-        array = label_map.astype(label_pixel_type(labels))
-        image = sitk.GetImageFromArray(array)
-        image.CopyInformation(image_from_volume_node(reference))
-        return write_label_map(image, [background, *labels], path)
-
-    @staticmethod
-    def merged_label_map(
-        segmentation_node: slicer.vtkMRMLSegmentationNode,
-        segment_labels: list[tuple[str, Label]],
-        reference: slicer.vtkMRMLScalarVolumeNode,
-    ) -> np.ndarray:
-        """The segments painted with their label values on ``reference``'s voxel grid, as a
-        (k, j, i) array; later segments win where segments overlap. The grid is taken in the
-        segmentation's own frame, which ASDSeg gives the same parent transform as its volume."""
-        geometry = slicer.vtkOrientedImageData()
-        geometry.SetDimensions(reference.GetImageData().GetDimensions())
-        geometry.SetImageToWorldMatrix(ijk_to_ras_matrix(reference))
-        segment_ids = vtk.vtkStringArray()
-        values = vtk.vtkIntArray()
-        for segment_id, label in segment_labels:
-            segment_ids.InsertNextValue(segment_id)
-            values.InsertNextValue(label.value)
-        merged = slicer.vtkOrientedImageData()
-        extent_mode = slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
-        if not segmentation_node.GenerateMergedLabelmapForAllSegments(
-            merged, extent_mode, geometry, segment_ids, values
-        ):
-            raise AsdsegError(f"Slicer could not merge the segments of {segmentation_node.GetName()!r}.")
-        dimensions = reference.GetImageData().GetDimensions()
-        if tuple(merged.GetDimensions()) != tuple(dimensions):
-            raise AsdsegError("the merged label map does not match the reference volume's grid.")
-        return array_from_image_data(merged)
+    source_volume = staticmethod(segments.source_volume)
+    segment_labels = staticmethod(segments.segment_labels)
+    merged_label_map = staticmethod(segments.merged_label_map)
+    export_segmentation = staticmethod(segments.export_segmentation)

@@ -35,15 +35,11 @@ from asdseg.io.labels import Label
 from asdseg.registry import find_model
 from asdseg.registry.model_card import ModelCard
 
+from . import label_arrays
 from .slice_views import mark_suggestions
 from ASDSegLib.roi_nodes import check_roi_node, roi_region
 from ASDSegLib.segmentation_logic import SegmentationLogic, apply_label
-from ASDSegLib.volume_nodes import (
-    array_from_image_data,
-    image_data_from_array,
-    image_from_volume_node,
-    oriented_image_from_array,
-)
+from ASDSegLib.volume_nodes import image_from_volume_node
 
 #: Segmentation node attributes (JSON): the labelled slices, the last suggestion, the slices
 #: pre-filled with the prediction, and what the annotator changed per labelled slice.
@@ -51,8 +47,6 @@ LABELLED_SLICES_ATTRIBUTE = "ActiveAnnotate.LabelledSlices"
 SUGGESTIONS_ATTRIBUTE = "ActiveAnnotate.Suggestions"
 PREFILLED_SLICES_ATTRIBUTE = "ActiveAnnotate.PrefilledSlices"
 EFFORT_ATTRIBUTE = "ActiveAnnotate.Effort"
-#: Node reference role from the segmentation to the label map of the model's prediction.
-PREDICTION_REFERENCE_ROLE = "ActiveAnnotate.Prediction"
 BACKGROUND = Label(0, "background", (0, 0, 0))
 
 
@@ -198,7 +192,7 @@ class AnnotationLogic:
         slice counts as pre-filled only while that prediction is there to compare with."""
         if not indices:
             return {}
-        corrected = self._annotation_array(segmentation_node, volume_node)
+        corrected = label_arrays.annotation_array(segmentation_node, volume_node)
         prediction = self.prediction_array(segmentation_node)
         prefilled = self.prefilled_slices(segmentation_node) if prediction is not None else set()
         return {
@@ -223,6 +217,20 @@ class AnnotationLogic:
             return "to correct" if index in prefilled else "to label"
 
         return [{**row, "status": status(row["slice"]), "effort": effort.get(row["slice"])} for row in rows]
+
+    @staticmethod
+    def suggestion_cells(row: dict) -> tuple[str, ...]:
+        """A row of :meth:`suggestions` as the panel's table shows it: slice, P-DSC, voxels the
+        two predictions disagree on (a dash for suggestions of earlier versions, which lack
+        them), status and the annotator's changes."""
+        disagreement = row.get("disagreement_voxels")
+        return (
+            str(row["slice"]),
+            f"{row['p_dsc']:.3f}",
+            "—" if disagreement is None else str(disagreement),
+            row["status"],
+            row["effort"].summary() if row["effort"] else "",
+        )
 
     @staticmethod
     def _source_volume(segmentation_node):
@@ -268,25 +276,8 @@ class AnnotationLogic:
 
     # The prediction -------------------------------------------------------------------------
 
-    @staticmethod
-    def prediction_node(segmentation_node):
-        """The label map of the last suggestion's prediction on the volume's grid, or None."""
-        return segmentation_node.GetNodeReference(PREDICTION_REFERENCE_ROLE)
-
-    def prediction_array(self, segmentation_node) -> np.ndarray | None:
-        """The stored prediction as a (k, j, i) label array, or None before any suggestion."""
-        node = self.prediction_node(segmentation_node)
-        if node is None or node.GetImageData() is None:
-            return None
-        return array_from_image_data(node.GetImageData())
-
-    @staticmethod
-    def _annotation_array(segmentation_node, volume_node) -> np.ndarray:
-        """The annotation's segments with their label values, a (k, j, i) array on the volume's grid."""
-        segment_labels = SegmentationLogic.segment_labels(segmentation_node)
-        if not segment_labels:
-            return np.zeros(tuple(reversed(volume_node.GetImageData().GetDimensions())), dtype=np.int16)
-        return SegmentationLogic.merged_label_map(segmentation_node, segment_labels, volume_node)
+    prediction_node = staticmethod(label_arrays.prediction_node)
+    prediction_array = staticmethod(label_arrays.prediction_array)
 
     # Suggesting -----------------------------------------------------------------------------
 
@@ -354,7 +345,7 @@ class AnnotationLogic:
         segment_labels = SegmentationLogic.segment_labels(segmentation_node)
         values = [label.value for _, label in segment_labels]
         prediction = np.where(np.isin(prediction, values), prediction, 0).astype(prediction.dtype)
-        annotation = self._annotation_array(segmentation_node, volume_node)
+        annotation = label_arrays.annotation_array(segmentation_node, volume_node)
         labelled = self.labelled_slices(segmentation_node)
         fill = sorted(index for index in suggested if index not in labelled and not annotation[index].any())
         prefilled = self.prefilled_slices(segmentation_node)
@@ -364,44 +355,9 @@ class AnnotationLogic:
             prediction[kept] = previous[kept]
         for segment_id, label in segment_labels:
             if (prediction[fill] == label.value).any():
-                self._fill_slices(segmentation_node, volume_node, segment_id, label, prediction, fill)
-        self._store_prediction(segmentation_node, volume_node, prediction)
+                label_arrays.fill_slices(segmentation_node, volume_node, segment_id, label, prediction, fill)
+        label_arrays.store_prediction(self.scene, segmentation_node, volume_node, prediction)
         segmentation_node.SetAttribute(PREFILLED_SLICES_ATTRIBUTE, json.dumps(sorted(prefilled | set(fill))))
-
-    @staticmethod
-    def _fill_slices(
-        segmentation_node, volume_node, segment_id: str, label: Label, prediction: np.ndarray, fill: list[int]
-    ) -> None:
-        """Set slices ``fill`` of the segment to the prediction's voxels of its label value and
-        keep its other slices. The whole segment is replaced: merging into it
-        (``MODE_MERGE_MAX``) put the voxels into another segment of its shared labelmap layer."""
-        mask = SegmentationLogic.merged_label_map(segmentation_node, [(segment_id, label)], volume_node) > 0
-        mask[fill] = prediction[fill] == label.value
-        if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            oriented_image_from_array(mask.astype(np.uint8), volume_node),
-            segmentation_node,
-            segment_id,
-            slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
-        ):
-            raise AsdsegError(f"Slicer could not pre-fill segment {label.name!r} with the prediction.")
-
-    def _store_prediction(self, segmentation_node, volume_node, prediction: np.ndarray) -> None:
-        """Put ``prediction`` into the segmentation's prediction label map (created the first
-        time) on the volume's grid. It is left out of the Data module's tree and shown in no
-        view, but not hidden from editors: Slicer's Save dialog skips those, and the prediction
-        must be saved with the scene for a resumed session to measure effort against it."""
-        node = self.prediction_node(segmentation_node)
-        if node is None:
-            node = self.scene.CreateNodeByClass("vtkMRMLLabelMapVolumeNode")
-            node.UnRegister(None)
-            node.SetName(self.scene.GenerateUniqueName(f"{volume_node.GetName()} prediction"))
-            constants = slicer.vtkMRMLSubjectHierarchyConstants
-            node.SetAttribute(constants.GetSubjectHierarchyExcludeFromTreeAttributeName(), "1")
-            node = self.scene.AddNode(node)
-            segmentation_node.SetNodeReferenceID(PREDICTION_REFERENCE_ROLE, node.GetID())
-        node.SetAndObserveImageData(image_data_from_array(prediction))
-        node.CopyOrientation(volume_node)
-        node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
 
     # Fine-tuning ----------------------------------------------------------------------------
 
