@@ -967,7 +967,8 @@ def test_sigterm_while_writing_removes_the_temporary_files(tmp_path: Path) -> No
     script = f"""
 import os, signal, sys, time
 from pathlib import Path
-import asdseg.cli as cli
+import asdseg.cli.models as models_command
+from asdseg.cli import main
 from asdseg.io.image_io import atomic_path
 
 def stopped_while_writing(args):
@@ -977,8 +978,8 @@ def stopped_while_writing(args):
         time.sleep(10)
     return 0
 
-cli.command_models = stopped_while_writing
-sys.exit(cli.main(["models", "list"]))
+models_command.command_models = stopped_while_writing
+sys.exit(main(["models", "list"]))
 """
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert completed.returncode == 143, completed.stderr

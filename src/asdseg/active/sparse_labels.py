@@ -160,5 +160,13 @@ def check_labels_fit_image(
         )
 
 
+def read_sparse_labels_of(image: sitk.Image, labels_path: str | Path, image_path: str | Path) -> SparseLabels:
+    """The sparse labels at ``labels_path``, refused unless they lie on the grid of ``image``
+    (read from ``image_path``)."""
+    labels_image, sparse = read_sparse_labels(labels_path)
+    check_labels_fit_image(labels_image, image, labels_path, image_path)
+    return sparse
+
+
 def _rounded(values: tuple) -> tuple:
     return tuple(round(value, 4) for value in values)

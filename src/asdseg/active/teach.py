@@ -10,6 +10,7 @@ held-out slices or the prediction hold: one number per model, old and new, on th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,31 @@ def judge(
         held_out_dice(new_card, new_network, images, splits, options),
         sum(len(split.held_out) for split in splits),
     )
+
+
+def teach_verdict(
+    old_card: ModelCard,
+    new_card: ModelCard,
+    images: Sequence[sitk.Image],
+    splits: Sequence[HoldOut],
+    device: str = "auto",
+) -> TeachVerdict:
+    """Both models, loaded from their cards, scored on the corrected slices the round held out."""
+    from asdseg.registry import load_network
+
+    options = SegmentationOptions(device=device)
+    return judge(old_card, load_network(old_card), new_card, load_network(new_card), images, splits, options)
+
+
+def write_teach_report(path: Path, verdict: TeachVerdict, installed: ModelCard | None) -> None:
+    """The round's report at ``path`` (beside the run): the verdict and the name the model was
+    installed under (None when it was worse, or not asked to be installed), which ASDSeg's Teach
+    reads."""
+    from asdseg.io.image_io import atomic_path
+
+    report = {**verdict.to_dict(), "installed": installed.name if installed is not None else None}
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 def taught_model_name(site_name: str) -> str:

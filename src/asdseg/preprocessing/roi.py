@@ -11,7 +11,7 @@ physical axes, the smallest index box holding the physical box.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -153,6 +153,46 @@ def segmentation_region(
     extent = np.subtract(box.stop, box.start) * np.asarray(image.GetSpacing())
     too_large = field_of_view_warning(extent, card, subject)
     return box, warnings + ([too_large] if too_large else [])
+
+
+def checked_region(
+    image: sitk.Image, values: Sequence[float] | None, space: str, card: ModelCard
+) -> tuple[RegionOfInterest | None, list[str]]:
+    """The ROI given by six numbers (x0 y0 z0 x1 y1 z1 in ``space``; None without them), checked
+    against ``image`` before any work, and the warnings about the region to segment (an ROI
+    clipped to the volume, too large a field of view), for showing at once rather than after a
+    long run."""
+    roi = RegionOfInterest.from_values(values, space) if values is not None else None
+    return roi, segmentation_region(image, roi, card)[1]
+
+
+def training_regions(
+    images: Sequence[sitk.Image],
+    paths: Sequence[str | Path],
+    boxes: Sequence[Sequence[float]],
+    space: str,
+    warn: Callable[[str], None],
+) -> list[CropBox | None]:
+    """The index box of each image (read from ``paths``) inside its ROI: ``boxes`` holds one ROI
+    for every image or one per image, in order (six numbers each, in ``space``), or none (None
+    for every image). Each clipping warning is passed to ``warn`` as soon as it is found."""
+    if len(boxes) not in (0, 1, len(images)):
+        raise InputError(
+            f"{len(boxes)} --roi boxes for {len(images)} images; give one box for every image, or "
+            "one per --image in the same order."
+        )
+    if not boxes:
+        return [None] * len(images)
+    regions = []
+    for image, path, values in zip(images, paths, list(boxes) * len(images) if len(boxes) == 1 else boxes):
+        try:
+            region, warnings = RegionOfInterest.from_values(values, space).index_box(image)
+        except InputError as error:
+            raise InputError(f"{path}: {error}") from error
+        for warning in warnings:
+            warn(f"{path}: {warning}")
+        regions.append(region)
+    return regions
 
 
 def median_field_of_view(paths: Iterable[str | Path]) -> list[float]:

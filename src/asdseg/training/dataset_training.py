@@ -11,11 +11,12 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from asdseg.errors import InputError
-from asdseg.io.datasets import UNLABELLED_FOLDER, Dataset
+from asdseg.io.datasets import UNLABELLED_FOLDER, Dataset, check_dataset, read_dataset
 from asdseg.io.image_io import atomic_path
 from asdseg.io.json_files import read_json
 from asdseg.training.config import DEFAULT_NETWORKS, DataConfig
@@ -121,6 +122,52 @@ def dataset_config_values(
         "provenance": provenance,
     }
     return values
+
+
+def choose_split(
+    dataset: Dataset,
+    configured: dict[str, Any],
+    labelled: int | None = None,
+    validation: int | None = None,
+    unlabelled: int | None = None,
+) -> dict[str, list[str]]:
+    """The split by counts: each of the labelled and validation counts given here, else the one
+    in ``configured`` (a config's ``data`` settings), else :func:`default_counts`'s."""
+    chosen = dict(zip(("labelled", "validation"), default_counts(len(dataset.labelled_names))))
+    given = {"labelled": labelled, "validation": validation}
+    for part in chosen:
+        if given[part] is not None:
+            chosen[part] = given[part]
+        elif isinstance(configured.get(part), int):
+            chosen[part] = configured[part]
+    return split_by_counts(dataset, chosen["labelled"], chosen["validation"], unlabelled)
+
+
+def dataset_run_values(
+    values: dict[str, Any],
+    dataset_dir: str | Path,
+    warn: Callable[[str], None],
+    split_file: str | Path | None = None,
+    labelled: int | None = None,
+    validation: int | None = None,
+    unlabelled: int | None = None,
+    licence: str | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """``values`` (a config's settings) for a run on the dataset folder ``dataset_dir``: the
+    folder read and checked case by case, the split chosen (``split_file``, else the counts, see
+    :func:`choose_split`), all before any training. A dataset whose licence neither dataset.json
+    nor ``licence`` states is passed to ``warn``."""
+    dataset = read_dataset(dataset_dir)
+    if split_file:
+        split = read_split_file(split_file, dataset)
+    else:
+        configured = values.get("data") if isinstance(values.get("data"), dict) else {}
+        split = choose_split(dataset, configured, labelled, validation, unlabelled)
+    spacing = check_dataset(dataset)
+    if not (licence or dataset.info.get("licence")):
+        warn("dataset.json states no licence; the model card will say so. Pass --data-licence.")
+    return dataset_config_values(values, dataset, split, spacing, licence, source)
 
 
 def write_split(output_dir: str | Path, split: dict[str, list[str]]) -> Path:

@@ -1,0 +1,5 @@
+import sys
+
+from asdseg.cli import main
+
+sys.exit(main())
