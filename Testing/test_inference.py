@@ -18,7 +18,7 @@ from asdseg.devices import (
     select_device,
 )
 from asdseg.errors import CancelledError
-from asdseg.inference.sliding_window import WindowSettings, predict_volume, window_count
+from asdseg.inference.sliding_window import WindowSettings, blend_windows, predict_volume, window_count
 from asdseg.networks import build_network
 from asdseg.progress import CancelToken
 
@@ -52,6 +52,39 @@ def test_blended_outputs_equal_a_pointwise_network_everywhere() -> None:
         np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-5)
         np.testing.assert_allclose(outputs["sdm"][0], -np.tanh(volume), atol=1e-5)
         np.testing.assert_allclose(outputs["confidence"], 1 / (1 + np.exp(-np.abs(volume))), atol=1e-5)
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+@pytest.mark.parametrize(
+    ("shape", "overlap", "batch_size"),
+    [((40, 33, 16), 0.5, 1), ((23, 16, 9), 0.25, 3), ((10, 7, 5), 0.5, 2), ((50, 20, 31), 0.9, 4)],
+)
+def test_windows_are_laid_out_and_blended_as_monai_does(
+    shape: tuple[int, int, int], overlap: float, batch_size: int, blend: str
+) -> None:
+    """The product's own sliding window (kept out of MONAI for start-up time) against MONAI's
+    ``sliding_window_inference``, with a network whose output depends on each window's
+    position and content, so that any difference in layout, weights or padding shows."""
+    from monai.inferers import sliding_window_inference
+
+    torch.manual_seed(0)
+    network = build_network("vnet", {"num_classes": 3, "base_filters": 2, "sdm_head": True}).eval()
+    settings = WindowSettings((16, 16, 16), overlap=overlap, blend=blend, batch_size=batch_size)
+    image = torch.randn((1, 1, *shape))
+
+    def predictor(windows: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = network(windows)
+        return {"probabilities": torch.softmax(outputs["logits"], dim=1), "sdm": outputs["sdm"]}
+
+    with torch.inference_mode():
+        ours = blend_windows(image, settings, predictor)
+        theirs = sliding_window_inference(
+            image, (16, 16, 16), batch_size, predictor, overlap=overlap, mode=blend
+        )
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert ours[name].shape == theirs[name].shape == (1, ours[name].shape[1], *shape)
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@
 and at ``auto`` precision (bf16 where the CPU computes it natively, fp32 elsewhere).
 
 End to end is the wall time of ``python -m asdseg segment`` writing the label map and the
-model's extra map (confidence or SDM), with the peak resident memory of that process. The
+model's extra map (confidence or SDM), with the peak resident memory of that process. The warm
+engine's figures are the same command sent twice to one :class:`asdseg.warm_engine.WarmEngine`,
+as Slicer's Segment clicks are: the second runs with torch and the model already loaded. The
 network's time is measured in a separate process that runs the same pipeline
 (:func:`asdseg.inference.segment.segment_image`) with a timer around each forward pass, so the windows,
 batches and precision are the same; their ratio is the overhead of everything else (starting
@@ -66,22 +68,17 @@ def thread_environment(threads: int) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(threads)}
 
 
+def segment_arguments(model: str, volume: Path, precision: str, folder: Path, name: str) -> list[str]:
+    """``asdseg segment``'s arguments as Slicer's Segment gives them: labels and the extra map."""
+    extra = extra_output_option(model)
+    arguments = ["segment", "-i", str(volume), "-o", str(folder / f"{name}.nii.gz")]
+    arguments += ["--model", model, "--device", "cpu", "--precision", precision]
+    return arguments + ([extra, str(folder / f"{name}-extra.nii.gz")] if extra else [])
+
+
 def end_to_end(model: str, volume: Path, precision: str, folder: Path, threads: int) -> dict:
     """Wall time and peak RSS of ``asdseg segment`` in its own process."""
-    extra = extra_output_option(model)
-    command = [
-        sys.executable,
-        "-m",
-        "asdseg",
-        "segment",
-        "-i",
-        str(volume),
-        "-o",
-        str(folder / "labels.nii.gz"),
-    ]
-    command += ["--model", model, "--device", "cpu", "--precision", precision]
-    if extra:
-        command += [extra, str(folder / "extra.nii.gz")]
+    command = [sys.executable, "-m", "asdseg", *segment_arguments(model, volume, precision, folder, "labels")]
     environment = thread_environment(threads)
     with (folder / "segment.log").open("w+") as log:
         started = time.perf_counter()
@@ -92,6 +89,26 @@ def end_to_end(model: str, volume: Path, precision: str, folder: Path, threads: 
             log.seek(0)
             raise SystemExit(f"{' '.join(command)} failed:\n{log.read()}")
     return {"end_to_end_s": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def warm_engine(model: str, volume: Path, precision: str, folder: Path, threads: int) -> dict:
+    """Wall time of a second Segment through the warm engine (:mod:`asdseg.warm_engine`), as
+    Slicer's second click runs it: the engine and the model are loaded by the first."""
+    from asdseg.background import JobState, engine_environment
+    from asdseg.warm_engine import WarmEngine
+
+    engine = WarmEngine(environment=engine_environment(thread_environment(threads)))
+    try:
+        seconds = []
+        for name in ("warm-first", "warm-second"):
+            started = time.perf_counter()
+            job = engine.submit(segment_arguments(model, volume, precision, folder, name))
+            if job.wait() is not JobState.SUCCEEDED:
+                raise SystemExit(f"the warm engine's segment failed: {job.error}")
+            seconds.append(time.perf_counter() - started)
+    finally:
+        engine.shutdown()
+    return {"warm_first_s": seconds[0], "warm_second_s": seconds[1]}
 
 
 def network_time(model: str, volume: Path, precision: str) -> dict:
@@ -143,7 +160,10 @@ def measure(model: str, volume: Path, precision: str, folder: Path, threads: int
     )
     row = {"model": model, "precision": precision, **json.loads(completed.stdout.strip().splitlines()[-1])}
     row.update(end_to_end(model, volume, precision, folder, threads))
+    row.update(warm_engine(model, volume, precision, folder, threads))
     row["end_to_end_over_network"] = row["end_to_end_s"] / row["network_s"]
+    row["cold_overhead_s"] = row["end_to_end_s"] - row["network_s"]
+    row["warm_second_over_network"] = row["warm_second_s"] / row["network_s"]
     return row
 
 
@@ -181,7 +201,8 @@ def main() -> int:
                     f"{model:13s} {precision:4s} ({row['resolved_precision']}): end to end "
                     f"{row['end_to_end_s']:6.1f} s, network {row['network_s']:6.1f} s "
                     f"({row['windows']} windows), ratio {row['end_to_end_over_network']:.2f}, "
-                    f"peak RSS {row['peak_rss_mb']:.0f} MB",
+                    f"peak RSS {row['peak_rss_mb']:.0f} MB; warm engine's second segment "
+                    f"{row['warm_second_s']:.1f} s (ratio {row['warm_second_over_network']:.2f})",
                     flush=True,
                 )
     result = {"volume": described, "threads": args.threads, "rows": rows, "machine": machine}

@@ -28,9 +28,13 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asdseg
 from asdseg.errors import AsdsegError, CancelledError
+
+if TYPE_CHECKING:
+    from asdseg.warm_engine import EngineJob, WarmEngine
 
 #: The fields every progress event has; any others are the event's details.
 PROGRESS_FIELDS = ("event", "done", "total", "stage")
@@ -227,7 +231,8 @@ class BackgroundJob:
 class FolderJob:
     """A :class:`BackgroundJob` working on files in its own temporary ``folder``, which
     :meth:`close` deletes after stopping the child. The Slicer modules write their inputs there
-    first, so that a failed start leaves nothing behind."""
+    first, so that a failed start leaves nothing behind. Given an ``engine``, the command runs
+    in that warm engine (:mod:`asdseg.warm_engine`) instead of a process of its own."""
 
     def __init__(
         self,
@@ -235,10 +240,15 @@ class FolderJob:
         arguments: Sequence[str],
         python_executable: str | None = None,
         environment: dict[str, str] | None = None,
+        engine: WarmEngine | None = None,
     ) -> None:
         self.folder = folder
         try:
-            self.job = BackgroundJob(arguments, python_executable, environment)
+            self.job: BackgroundJob | EngineJob = (
+                engine.submit(arguments)
+                if engine is not None
+                else BackgroundJob(arguments, python_executable, environment)
+            )
         except BaseException:
             folder.cleanup()
             raise

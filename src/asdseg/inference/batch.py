@@ -1,4 +1,5 @@
-"""Segmenting many volumes in one call: which volumes, and where each one's outputs go.
+"""Segmenting many volumes in one call: which volumes, where each one's outputs go, and the
+model loaded once for all of them (:class:`Segmenter`).
 
 ``asdseg segment -i`` takes several files or a folder; the model is loaded once and the volumes
 are segmented one after the other, each written as soon as it is done. A volume's outputs are
@@ -13,9 +14,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from asdseg.errors import InputError
 from asdseg.io.image_io import SUPPORTED_SUFFIXES, image_suffix
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+    from asdseg.inference.segment import SegmentationOptions, SegmentationResult
+    from asdseg.progress import ProgressCallback
+    from asdseg.registry.model_card import ModelCard
 
 #: nnU-Net's channel tag at the end of an image's name (``case_0000.nii.gz``).
 CHANNEL_TAG = re.compile(r"_\d{4}$")
@@ -81,3 +90,20 @@ def check_output_folder(path: str | Path, option: str) -> Path:
             "into it), not an image file."
         )
     return path
+
+
+class Segmenter:
+    """A model loaded once, with the options of a run, for one volume or many."""
+
+    def __init__(self, card: ModelCard, options: SegmentationOptions) -> None:
+        from asdseg.inference.loaded_networks import inference_network
+
+        self.card, self.network, self.options = card, inference_network(card), options
+
+    def segment(
+        self, image: sitk.Image, source: str | Path, progress: ProgressCallback | None = None
+    ) -> SegmentationResult:
+        """Segment ``image`` (read from ``source``)."""
+        from asdseg.inference.segment import segment_image
+
+        return segment_image(image, self.card, self.network, self.options, source=source, progress=progress)
