@@ -54,7 +54,7 @@ def test_truncated_weights_with_a_matching_card_are_refused(tiny_model: ModelCar
 def test_unknown_model_names_the_available_ones(tiny_model: ModelCard) -> None:
     install_model(tiny_model.directory / "card.json")
     with pytest.raises(
-        ModelError, match=r"unknown model 'heart'.*available: la-attention, la-dan, la-sassnet, tiny\)"
+        ModelError, match=r"unknown model 'heart'.*available: la-attention, la-dan, la-sassnet, la-sassnet-72, tiny\)"
     ):
         find_model("heart")
 
@@ -79,3 +79,15 @@ def test_install_refuses_a_wrong_checksum_and_leaves_nothing(
 def test_card_summary_shows_labels_and_training_data(tiny_model: ModelCard) -> None:
     summary = tiny_model.summary()
     assert "1=ellipsoid, 2=sphere" in summary and "synthetic phantoms" in summary
+
+
+def test_the_default_model_ships_and_is_what_segment_and_the_demo_run() -> None:
+    from asdseg.cli import build_parser
+    from asdseg.demo.end_to_end import choose_la_model
+    from asdseg.registry import DEFAULT_MODEL, default_model, shipped_models
+
+    card = default_model()
+    assert card is not None and card.name == DEFAULT_MODEL and DEFAULT_MODEL in shipped_models()
+    assert card.data["task"] == "left-atrium"
+    assert build_parser().parse_args(["segment", "-i", "in.nrrd", "-o", "out.nrrd"]).model == DEFAULT_MODEL
+    assert choose_la_model(None).name == DEFAULT_MODEL

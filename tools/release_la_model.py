@@ -34,9 +34,11 @@ from asdseg.evaluation.model_evaluation import (
     evaluate_model,
     reference_cases,
 )
+from asdseg.machine import machine_line
 from asdseg.networks import architecture_outputs
 from asdseg.preprocessing.roi import median_field_of_view
 from asdseg.progress import tqdm_progress
+from asdseg.registry import DEFAULT_MODEL
 from asdseg.registry.model_card import ModelCard
 from asdseg.training.data import split_names
 from asdseg.training.release import (
@@ -88,13 +90,44 @@ DESCRIPTIONS = {
 }
 
 
+def training_spacing(run: FinishedRun) -> list[float]:
+    """The isotropic spacing the run trained at: its config's, else the data's 0.625 mm times its
+    downsampling factor."""
+    spacing = run.config.data.spacing
+    return list(spacing) if spacing is not None else [0.625 * run.config.data.downsample] * 3
+
+
 def preprocessing_notes(run: FinishedRun) -> str:
-    factor = run.config.data.downsample
-    resolution = f"downsampled {factor}x with linear interpolation" if factor > 1 else "at 0.625 mm"
+    spacing = training_spacing(run)
+    resolution = "at 0.625 mm" if spacing == [0.625] * 3 else f"resampled to {spacing[0]:g} mm"
     return (
-        f"Trained {resolution}; at inference the input is resampled to the card's spacing and "
-        "the result back to the input grid. Intensities: the volume as given (the challenge crop) "
-        "is z-scored by its own mean and standard deviation; intensity.json is not used."
+        f"Trained {resolution} with linear interpolation; at inference the input is resampled to "
+        "the card's spacing and the result back to the input grid. Intensities: the volume as given "
+        "(the challenge crop) is z-scored by its own mean and standard deviation; intensity.json is "
+        "not used."
+    )
+
+
+#: Models trained on every labelled case have no unlabelled case, so the papers' semi-supervised
+#: descriptions do not fit them.
+ALL_LABELLED_DESCRIPTIONS = {
+    "sassnet": "VNet with a segmentation head and a signed-distance-map head (SASSNet's network), "
+    "trained with SASSNet's supervised terms. Gives the left atrium and its signed distance map.",
+}
+
+
+def description(recipe: str, names: dict[str, list[str]]) -> str:
+    """What the model is and what it is for: the papers' 16-label reproduction, or a model
+    trained on every labelled case we have (the product's default when it is :data:`DEFAULT_MODEL`)."""
+    labelled, held_out = len(names["labelled"]), len(names["validation"])
+    if labelled <= 16:
+        return DESCRIPTIONS[recipe] + (
+            f" The reproduction of the paper's setting ({labelled} labelled LA 2018 cases); "
+            f"the default left-atrium model is {DEFAULT_MODEL}, trained on every labelled case."
+        )
+    return ALL_LABELLED_DESCRIPTIONS[recipe] + (
+        f" Trained on all {labelled} labelled LA 2018 cases but the {held_out} validation cases "
+        "(training.notes says which terms that leaves): the model to use on left-atrium scans."
     )
 
 
@@ -138,6 +171,8 @@ def training_entry(run: FinishedRun, names: dict[str, list[str]], args: argparse
         "steps": run.steps,
         "hardware": args.hardware,
         "training_minutes": training_minutes(run, args.training_minutes),
+        **({"precision": run.precision} if run.precision else {}),
+        **({"machine": machine_line(run.machine)} if run.machine else {}),
         "config": config,
         "split": names,
         "weights_storage": weights_storage(run.network),
@@ -155,14 +190,14 @@ def card_data(
     return {
         "name": args.name,
         "version": args.version,
-        "description": DESCRIPTIONS[run.config.recipe],
+        "description": description(run.config.recipe, names),
         "task": "left-atrium",
         "modality": MODALITY,
         "architecture": architecture,
         "outputs": architecture_outputs(architecture),
         "labels": [{"value": 0, "name": "background", "color": [0, 0, 0]}, LEFT_ATRIUM],
         "preprocessing": {
-            "spacing": [0.625 * run.config.data.downsample] * 3,
+            "spacing": training_spacing(run),
             "normalization": run.config.data.normalization,
             "field_of_view_mm": median_field_of_view(
                 root / "train" / name / "image.nii.gz" for name in names["labelled"] + names["unlabelled"]

@@ -1,9 +1,10 @@
 """The main job (``asdseg demo``): segment a default input end to end and report how well.
 
-* When a trained left-atrium model is installed (two ship with the package) and the LA 2018
+* When a trained left-atrium model is installed (several ship with the package) and the LA 2018
   data is found (``../shared/data/la2018`` beside the repository, or ``$ASDSEG_LA2018``), it
   segments the last case of ``train.list`` (a validation case none of the models trained on)
-  with the model of the best validation Dice, or the one ``--model`` names, and evaluates it.
+  with the default model (:data:`asdseg.registry.DEFAULT_MODEL`), or the one ``--model`` names,
+  and evaluates it.
 * Otherwise (a fresh clone without the data) it trains the small phantom model once, until it
   segments held-out phantoms well (a minute or two on a CPU; :mod:`asdseg.demo.phantom_model`), makes
   a synthetic phantom with non-trivial geometry, segments and evaluates it.
@@ -30,7 +31,7 @@ from asdseg.inference.segment import SegmentationOptions, segment_image, write_r
 from asdseg.io.image_io import image_to_array, read_image, write_image
 from asdseg.phantoms import make_phantom, phantom_image
 from asdseg.progress import tqdm_progress
-from asdseg.registry import available_models, find_model, load_network
+from asdseg.registry import default_model, find_model, load_network
 from asdseg.registry.model_card import ModelCard
 
 LA_TASK = "left-atrium"
@@ -81,15 +82,9 @@ def phantom_input() -> DemoInput:
     return DemoInput(image, label, "synthetic phantom (seed 2026, rotated, 0.9 x 1.0 x 1.1 mm)")
 
 
-def validation_dice(card: ModelCard) -> float:
-    """The held-out Dice a released card reports (largest component kept), 0 without one."""
-    validation = card.data["metrics"].get("validation", {})
-    return float(validation.get("largest_component", {}).get("dice", 0.0))
-
-
 def choose_la_model(model: str | None) -> ModelCard | None:
-    """``model`` (which must segment the left atrium), else the left-atrium model with the best
-    validation Dice, else None."""
+    """``model`` (which must segment the left atrium), else the default model where it is a
+    left-atrium one, else None."""
     if model is not None:
         card = find_model(model)
         if card.data["task"] != LA_TASK:
@@ -98,8 +93,8 @@ def choose_la_model(model: str | None) -> ModelCard | None:
                 "LA 2018. Leave out --model, or try your model with 'asdseg segment'."
             )
         return card
-    la_models = [card for card in available_models().values() if card.data["task"] == LA_TASK]
-    return max(la_models, key=validation_dice, default=None)
+    card = default_model()
+    return card if card is not None and card.data["task"] == LA_TASK else None
 
 
 def choose_model_and_input(say: Say, model: str | None = None) -> tuple[ModelCard, DemoInput]:

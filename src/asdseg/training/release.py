@@ -59,6 +59,10 @@ class FinishedRun:
     started_from: dict[str, Any] | None = None
     #: Minutes the run trained (None for a checkpoint written before runs measured them).
     training_minutes: float | None = None
+    #: The autocast precision it trained in and the machine it trained on, where the checkpoint
+    #: recorded them.
+    precision: str | None = None
+    machine: dict[str, Any] | None = None
 
 
 def load_finished_run(run_dir: str | Path) -> FinishedRun:
@@ -84,6 +88,8 @@ def load_finished_run(run_dir: str | Path) -> FinishedRun:
         recipe.card_notes(),
         state.get("started_from"),
         round(state["training_seconds"] / 60, 1) if "training_seconds" in state else None,
+        state.get("precision"),
+        state.get("machine"),
     )
 
 
