@@ -54,7 +54,8 @@ def test_truncated_weights_with_a_matching_card_are_refused(tiny_model: ModelCar
 def test_unknown_model_names_the_available_ones(tiny_model: ModelCard) -> None:
     install_model(tiny_model.directory / "card.json")
     with pytest.raises(
-        ModelError, match=r"unknown model 'heart'.*available: la-attention, la-dan, la-sassnet, la-sassnet-72, tiny\)"
+        ModelError,
+        match=r"unknown model 'heart'.*available: la-attention, la-dan, la-sassnet, la-sassnet-72, tiny\)",
     ):
         find_model("heart")
 
