@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -144,3 +147,15 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
 
 LA2018 = find_la2018()
 needs_la2018 = pytest.mark.skipif(LA2018 is None, reason=LA2018_MISSING)
+
+
+def load_script(relative_path: str) -> ModuleType:
+    """A script of the repository that is not in a package (``benchmarks/...``, ``tools/...``),
+    imported as a module named after its file (registered in ``sys.modules``, where dataclasses
+    look their module up)."""
+    path = Path(__file__).resolve().parents[1] / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -3,24 +3,17 @@ accuracy and the share of the segmenter's errors among them."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "asdnet_confidence_gate.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def gate() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("asdnet_confidence_gate", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/asdnet_confidence_gate.py")
 
 
 def test_gate_counts_match_a_hand_computed_case(gate: ModuleType) -> None:

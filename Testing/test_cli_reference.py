@@ -3,16 +3,11 @@ parsers: a changed option, help text or default makes this fail until the page i
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "write_cli_reference.py"
+from conftest import load_script
 
 
 def test_the_cli_reference_page_is_up_to_date() -> None:
-    spec = importlib.util.spec_from_file_location("write_cli_reference", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("tools/write_cli_reference.py")
     expected = module.cli_reference()
     assert "## asdseg segment" in expected and "`--roi-space`" in expected
     assert module.PAGE.read_text(encoding="utf-8") == expected, (

@@ -4,7 +4,6 @@ fail until the tables are rewritten, and so does a broken marker. Reads JSON onl
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -12,15 +11,12 @@ from types import ModuleType
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "write_docs_tables.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("write_docs_tables", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/write_docs_tables.py")
 
 
 def test_the_generated_tables_are_up_to_date(tool: ModuleType) -> None:

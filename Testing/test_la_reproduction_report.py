@@ -3,21 +3,16 @@ seeds (and mirroring), the comparison the README quotes."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "la_reproduction.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def la_reproduction() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("la_reproduction", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/la_reproduction.py")
 
 
 def row(raw: float, largest: float) -> dict:

@@ -62,6 +62,29 @@ class JobProgress:
         return self.done / self.total if self.total else 0.0
 
 
+def progress_of(message: object) -> JobProgress | None:
+    """The progress a child's JSON stdout ``message`` reports, or None for any other message."""
+    if not isinstance(message, dict) or message.get("event") != "progress":
+        return None
+    details = {key: value for key, value in message.items() if key not in PROGRESS_FIELDS}
+    return JobProgress(message["done"], message["total"], message["stage"], details)
+
+
+def warnings_in(stderr_lines: Sequence[str]) -> list[str]:
+    """The CLI's ``warning: ...`` messages among ``stderr_lines``."""
+    return [line.removeprefix("warning: ") for line in stderr_lines if line.startswith("warning: ")]
+
+
+def error_in(stderr_lines: Sequence[str], exit_code: int | None, who: str) -> str:
+    """The CLI's last ``error: ...`` message among ``stderr_lines``, else the end of them with
+    ``who`` (the engine, the engine's command) and its ``exit_code``."""
+    messages = [line.removeprefix("error: ") for line in stderr_lines if line.startswith("error: ")]
+    if messages:
+        return messages[-1]
+    tail = "\n".join(stderr_lines[-15:]).strip()
+    return f"{who} stopped with exit code {exit_code}" + (f":\n{tail}" if tail else ".")
+
+
 def engine_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     """``base`` (default: this process's environment) with the folder holding this ``asdseg``
     package first on ``PYTHONPATH``, so the child runs the same engine as the parent even when
@@ -150,10 +173,10 @@ class BackgroundJob:
                 with self._lock:
                     self._stdout_lines.append(line.rstrip("\n"))
                 continue
-            if isinstance(message, dict) and message.get("event") == "progress":
-                details = {key: value for key, value in message.items() if key not in PROGRESS_FIELDS}
+            progress = progress_of(message)
+            if progress is not None:
                 with self._lock:
-                    self._progress = JobProgress(message["done"], message["total"], message["stage"], details)
+                    self._progress = progress
 
     def _read_stderr(self) -> None:
         for line in self._process.stderr:
@@ -210,22 +233,14 @@ class BackgroundJob:
     @property
     def warnings(self) -> list[str]:
         with self._lock:
-            return [
-                line.removeprefix("warning: ") for line in self._stderr_lines if line.startswith("warning: ")
-            ]
+            return warnings_in(self._stderr_lines)
 
     @property
     def error(self) -> str:
         """The CLI's error message, or the end of stderr when the child died another way."""
         with self._lock:
             lines = list(self._stderr_lines)
-        messages = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-        if messages:
-            return messages[-1]
-        tail = "\n".join(lines[-15:]).strip()
-        return f"the engine stopped with exit code {self._process.returncode}" + (
-            f":\n{tail}" if tail else "."
-        )
+        return error_in(lines, self._process.returncode, "the engine")
 
 
 class FolderJob:

@@ -27,12 +27,14 @@ from collections import deque
 from collections.abc import Sequence
 
 from asdseg.background import (
-    PROGRESS_FIELDS,
     JobProgress,
     JobState,
     engine_environment,
+    error_in,
     kill_process_group,
     own_process_group,
+    progress_of,
+    warnings_in,
 )
 from asdseg.engine_server import DEFAULT_KEPT_MODELS
 from asdseg.errors import AsdsegError
@@ -69,10 +71,10 @@ class EngineJob:
             with self._lock:
                 self._output.append(line)
             return
-        if message.get("event") == "progress":
-            details = {key: value for key, value in message.items() if key not in PROGRESS_FIELDS}
+        progress = progress_of(message)
+        if progress is not None:
             with self._lock:
-                self._progress = JobProgress(message["done"], message["total"], message["stage"], details)
+                self._progress = progress
         elif message.get("event") == "finished":
             with self._lock:
                 self._exit_code = int(message["exit_code"])
@@ -138,7 +140,7 @@ class EngineJob:
         with self._lock:
             lines = list(self._stderr)
             notes = list(self._notes)
-        return notes + [line[len("warning: ") :] for line in lines if line.startswith("warning: ")]
+        return notes + warnings_in(lines)
 
     @property
     def error(self) -> str:
@@ -147,13 +149,7 @@ class EngineJob:
             crash, lines = self._crash, list(self._stderr)
         if crash is not None:
             return crash
-        messages = [line[len("error: ") :] for line in lines if line.startswith("error: ")]
-        if messages:
-            return messages[-1]
-        tail = "\n".join(lines[-STDERR_TAIL:]).strip()
-        return f"the engine's command stopped with exit code {self._exit_code}" + (
-            f":\n{tail}" if tail else "."
-        )
+        return error_in(lines, self._exit_code, "the engine's command")
 
 
 class WarmEngine:
