@@ -155,14 +155,14 @@ class ASDSegWidget(ParameterNodeWidget):
         self.listModels(sorted(cards), saved or DEFAULT_MODEL)  # the default model unless one was chosen
 
     def queryDevices(self) -> None:
-        """Once per session: torch's view of the GPUs, asked in a PythonSlicer child so that a
-        slow or broken CUDA driver cannot freeze or break Slicer."""
+        """Once per session: torch's view of the GPUs, asked in the warm engine (a child, so that
+        a slow or broken CUDA driver cannot freeze or break Slicer), which it also starts."""
         if self._devices.job is not None or self.ui.deviceInfoLabel.text:
             return
-        from asdseg.background import BackgroundJob
+        from ASDSegLib.engine_runs import warm_job
 
         self.ui.deviceInfoLabel.text = "Asking torch which devices it can use..."
-        self._devices.start(BackgroundJob(["devices"], python_slicer(), engine_environment(), progress=False))
+        self._devices.start(warm_job(["devices"], progress=False))
 
     def onDevicesQueried(self, query) -> None:
         from asdseg.background import JobState
@@ -340,9 +340,10 @@ class ASDSegLogic(ScriptedLoadableModuleLogic):
     @property
     def segmentation(self):
         if self._segmentation is None:
+            from ASDSegLib.engine_runs import session_engine
             from ASDSegLib.segmentation_logic import SegmentationLogic
 
-            self._segmentation = engine_logic(SegmentationLogic)
+            self._segmentation = engine_logic(SegmentationLogic, engine=session_engine())
         return self._segmentation
 
     @property

@@ -31,7 +31,7 @@ from slicer.ScriptedLoadableModule import (
 
 # The glue ASDSeg's panel shares; importing ASDSegLib first makes the engine importable from a
 # source checkout, before any function below imports it.
-from ASDSegLib.engine_runs import engine_logic, python_slicer
+from ASDSegLib.engine_runs import engine_logic, python_slicer, session_engine
 from ASDSegLib.installer import run_self_tests, skip_without_dependencies
 from ASDSegLib.panel import ParameterNodeWidget, user_action
 
@@ -352,7 +352,9 @@ class ActiveAnnotateLogic(ScriptedLoadableModuleLogic):
 
             from ActiveAnnotateLib.annotation_logic import AnnotationLogic
 
-            self._annotation = engine_logic(AnnotationLogic, user_models_dir().parent / "active-learning")
+            self._annotation = engine_logic(
+                AnnotationLogic, user_models_dir().parent / "active-learning", engine=session_engine()
+            )
         self._annotation.model = self.getParameterNode().modelName or None
         return self._annotation
 

@@ -14,11 +14,12 @@ import vtk
 from asdseg.active.annotator_effort import SliceEffort
 from asdseg.active.sparse_labels import read_slice_effort, read_sparse_labels
 from asdseg.active.suggest import suggest_slices
-from asdseg.background import JobState
+from asdseg.background import JobState, engine_environment
 from asdseg.errors import AsdsegError, CancelledError, InputError, ModelError
 from asdseg.io.image_io import image_to_array, read_image, same_geometry
 from asdseg.registry import load_network
 from asdseg.registry.model_card import ModelCard
+from asdseg.warm_engine import EngineJob, WarmEngine
 
 from ActiveAnnotateLib.annotation_logic import AnnotationLogic
 from ActiveAnnotateLib.label_arrays import PREDICTION_REFERENCE_ROLE
@@ -395,3 +396,24 @@ def test_new_model_for_the_segments(core: SlicerCore, tmp_path: Path, volume_nod
     assert [label.name for label in card.labels] == ["background", "bladder"]
     assert card.spacing == pytest.approx(volume_node.GetSpacing())
     assert image_to_array(image_from_volume_node(volume_node)).shape == (40, 36, 30)
+
+
+def test_suggestions_in_the_warm_engine_equal_those_of_a_process_of_their_own(
+    logic: AnnotationLogic, core: SlicerCore, volume_node, tmp_path: Path
+) -> None:
+    engine = WarmEngine(environment=engine_environment())
+    warm = AnnotationLogic(core.scene, tmp_path / "warm-session", engine=engine)
+    warm.model = logic.model
+    try:
+        rows = []
+        for annotation_logic in (logic, warm, warm):
+            segmentation_node = annotation_logic.create_annotation_segmentation(
+                volume_node, annotation_logic.model_card()
+            )
+            run = annotation_logic.start_suggest(segmentation_node, "disagreement", budget=3, device="cpu")
+            assert isinstance(run.job, EngineJob) == (annotation_logic is warm)
+            rows.append(annotation_logic.finish_suggest(run))
+        assert rows[0] == rows[1] == rows[2] and len(rows[0]) == 3
+        assert engine.starts == 1
+    finally:
+        engine.shutdown()

@@ -13,8 +13,9 @@ import slicer
 import torch
 import vtk
 import vtk.util.numpy_support
+from test_background import long_segmentation, process_running
 
-from asdseg.background import JobState
+from asdseg.background import BackgroundJob, JobState, engine_environment
 from asdseg.errors import AsdsegError, CancelledError, InputError, ModelError
 from asdseg.inference.segment import SegmentationOptions, segment_image
 from asdseg.io.image_io import image_to_array, read_image, same_geometry
@@ -22,12 +23,13 @@ from asdseg.io.labels import Label
 from asdseg.networks import build_network
 from asdseg.registry import load_network, save_model, user_models_dir
 from asdseg.registry.model_card import ModelCard
+from asdseg.warm_engine import EngineJob, WarmEngine
 
 from ASDSegLib.roi_nodes import roi_region
 from ASDSegLib.segmentation_logic import RunOptions, SegmentationLogic
 from ASDSegLib.segments import LABEL_VALUE_TAG, apply_label
 from ASDSegLib.volume_nodes import image_from_volume_node, update_volume_node_from_image
-from conftest import tiny_card
+from conftest import tiny_card, wait_until
 from mrml_application import SlicerCore, roi_around_voxels, start_slicer_core
 
 LEFT_ATRIUM_CODES = {
@@ -495,3 +497,61 @@ def test_the_roi_and_its_reference_survive_saving_and_loading_the_scene(
     assert roi_again is not None and volume_again is not None
     roi = roi_region(roi_again, volume_again)[0]
     assert (roi.first, roi.last) == (FIRST, LAST)
+
+
+@pytest.fixture
+def warm_logic(core: SlicerCore) -> SegmentationLogic:
+    """The logic as the module builds it: its segmentations run in a warm engine."""
+    logic = SegmentationLogic(core.scene, engine=WarmEngine(environment=engine_environment()))
+    yield logic
+    logic.engine.shutdown()
+
+
+def test_segmentations_in_the_warm_engine_share_one_process_and_match_the_engine(
+    warm_logic: SegmentationLogic, volume_node, demo_installed: ModelCard, phantom_files
+) -> None:
+    expected = engine_result(phantom_files[0], demo_installed, largest_component=True).label_array()
+    processes = set()
+    for _ in range(2):
+        run = warm_logic.start(volume_node, demo_installed.name, fp32_options(largest_component=True))
+        assert isinstance(run.job, EngineJob)
+        processes.add(warm_logic.engine.pid)
+        outputs = warm_logic.finish(run)
+        assert not outputs.warnings
+        counts = segment_voxel_counts(outputs.segmentation_node)
+        for label in demo_installed.foreground_labels:
+            assert counts[label.name] == np.count_nonzero(expected == label.value) > 100
+    assert warm_logic.engine.starts == 1 and len(processes) == 1 and warm_logic.engine.running
+
+
+def test_a_busy_warm_engine_sends_the_segmentation_to_a_process_of_its_own(
+    warm_logic: SegmentationLogic, volume_node, demo_installed: ModelCard, tmp_path: Path
+) -> None:
+    """The other module's long job holds the engine: Segment neither waits for it nor fails."""
+    other = warm_logic.engine.submit(long_segmentation(tmp_path, demo_installed))
+    run = warm_logic.start(volume_node, demo_installed.name, fp32_options(largest_component=False))
+    assert isinstance(run.job, BackgroundJob)
+    outputs = warm_logic.finish(run)
+    assert outputs.segmentation_node.GetSegmentation().GetNumberOfSegments() == 2
+    assert other.state() is JobState.RUNNING  # untouched by the run beside it
+    other.cancel()
+
+
+def test_cancelling_in_the_warm_engine_ends_it_and_the_next_segmentation_starts_a_fresh_one(
+    core: SlicerCore, warm_logic: SegmentationLogic, volume_node, demo_installed: ModelCard
+) -> None:
+    large = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(96, 96, 96)).astype(np.float32))
+    node = core.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "large")
+    update_volume_node_from_image(node, large)
+    before = core.node_ids()
+    run = warm_logic.start(node, demo_installed.name, RunOptions(overlap=0.9))
+    assert wait_until(lambda: run.progress.done >= 1 or run.state() is not JobState.RUNNING, 120)
+    first_engine = warm_logic.engine.pid
+    run.cancel()
+    assert run.state() is JobState.CANCELLED and not warm_logic.engine.running
+    with pytest.raises(CancelledError):
+        warm_logic.finish(run)
+    assert core.node_ids() == before
+    assert wait_until(lambda: not process_running(first_engine), 5.0), "the cancelled engine lives on"
+    warm_logic.segment(volume_node, demo_installed.name, fp32_options(largest_component=False))
+    assert warm_logic.engine.starts == 2

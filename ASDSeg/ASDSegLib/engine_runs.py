@@ -1,6 +1,6 @@
 """The engine's child processes as both module panels run them: PythonSlicer with Slicer's
-start-up environment, and one run at a time polled by a Qt timer, so that Slicer's own thread
-never waits for the engine.
+start-up environment, the session's one warm engine for short jobs, and one run at a time polled
+by a Qt timer, so that Slicer's own thread never waits for the engine.
 
 Widget side (Qt): only the module files import it; the runs themselves (what a run writes,
 starts and reads back) are the Qt-free logic's.
@@ -40,13 +40,42 @@ def engine_environment() -> dict[str, str]:
     return with_engine(slicer.util.startupEnvironment())
 
 
-def engine_logic(logic_class, *arguments):
+#: The session's warm engine, shared by both modules (see :func:`session_engine`).
+_session_engine = None
+
+
+def session_engine():
+    """The one warm engine (:class:`asdseg.warm_engine.WarmEngine`) of this Slicer session,
+    shared by both modules: a PythonSlicer child started by its first job, which keeps the
+    recently used models loaded; ended by :func:`end_session_engine` and when Slicer exits."""
+    global _session_engine
+    if _session_engine is None:
+        from asdseg.warm_engine import WarmEngine
+
+        _session_engine = WarmEngine(python_slicer(), engine_environment())
+    return _session_engine
+
+
+def end_session_engine() -> None:
+    """End the warm engine (a scene close, a module's cleanup); the next job starts a new one."""
+    if _session_engine is not None:
+        _session_engine.shutdown()
+
+
+def warm_job(arguments, progress: bool = True):
+    """``asdseg <arguments>`` in the session's warm engine, or in a PythonSlicer child of its own
+    while the engine is busy (:func:`asdseg.background.start_job`)."""
+    from asdseg.background import start_job
+
+    return start_job(arguments, python_slicer(), engine_environment(), session_engine(), progress)
+
+
+def engine_logic(logic_class, *arguments, **options):
     """``logic_class`` (one of the Qt-free logics) on Slicer's scene, after its own
-    ``arguments``: its engine runs in PythonSlicer children that keep their files in Slicer's
-    temporary folder."""
-    return logic_class(
-        slicer.mrmlScene, *arguments, python_slicer(), engine_environment(), slicer.app.temporaryPath
-    )
+    ``arguments`` and before its keyword ``options`` (``engine=session_engine()``): its engine
+    runs in PythonSlicer children that keep their files in Slicer's temporary folder."""
+    child = (python_slicer(), engine_environment(), slicer.app.temporaryPath)
+    return logic_class(slicer.mrmlScene, *arguments, *child, **options)
 
 
 class RunPoller:

@@ -21,7 +21,7 @@ import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from .engine_runs import RunPoller
+from .engine_runs import RunPoller, end_session_engine
 from .installer import install_dependencies, missing_dependencies
 
 #: The oldest Slicer these modules run in (Python 3.9); 5.10 and newer run Python 3.12.
@@ -118,6 +118,7 @@ class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.cancelRun()
+        end_session_engine()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -135,6 +136,7 @@ class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.cancelRun()
+        end_session_engine()  # its loaded models go with the scene; the next job starts it again
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:

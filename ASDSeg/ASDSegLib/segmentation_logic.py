@@ -22,6 +22,7 @@ from asdseg.io.image_io import check_volume_shape
 from asdseg.io.labels import Label
 from asdseg.registry import available_models, find_model
 from asdseg.registry.model_card import ModelCard
+from asdseg.warm_engine import WarmEngine
 
 from . import segments
 from .overlays import OVERLAY_KINDS, sdm_window, show_in_slice_views, style_overlay_node
@@ -68,16 +69,19 @@ class SegmentationLogic:
         python_executable: str | None = None,
         environment: dict[str, str] | None = None,
         temp_dir: str | Path | None = None,
+        engine: WarmEngine | None = None,
     ) -> None:
         """``python_executable`` and ``environment`` are the child process's (default: this
         Python and :func:`asdseg.background.engine_environment`); in Slicer, PythonSlicer and
         Slicer's start-up environment. Runs keep their files in ``temp_dir`` (default: the
         system's); in Slicer, Slicer's temporary folder, which the user can move to a path
-        without non-ASCII characters, unlike Windows' own."""
+        without non-ASCII characters, unlike Windows' own. With ``engine`` (in Slicer, the
+        session's), segmentations run in that warm engine instead of a process each."""
         self.scene = scene
         self.python_executable = python_executable
         self.environment = environment
         self.temp_dir = temp_dir
+        self.engine = engine
 
     # Models ---------------------------------------------------------------------------------
 
@@ -145,6 +149,7 @@ class SegmentationLogic:
             roi,
             roi_warnings,
             self.temp_dir,
+            self.engine,
         )
 
     def finish(

@@ -1,6 +1,7 @@
 """One segmentation by the engine: the volume written to a temporary folder, ``asdseg segment``
-in a child process (:class:`asdseg.background.FolderJob`), and its outputs read back and checked
-to lie on the volume's voxel grid. Nothing here touches the scene (see segmentation_logic).
+in a child process or the session's warm engine (:class:`asdseg.background.FolderJob`), and its
+outputs read back and checked to lie on the volume's voxel grid. Nothing here touches the scene
+(see segmentation_logic).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from asdseg.io.image_io import write_image as write_image_file
 from asdseg.io.labels import sdm_output_paths
 from asdseg.preprocessing.roi import RegionOfInterest
 from asdseg.registry.model_card import ModelCard
+from asdseg.warm_engine import WarmEngine
 
 from .volume_nodes import image_from_volume_node
 
@@ -80,6 +82,7 @@ class SegmentationRun(FolderJob):
         roi: RegionOfInterest | None = None,
         roi_warnings: Sequence[str] = (),
         temp_dir: str | Path | None = None,
+        engine: WarmEngine | None = None,
     ) -> None:
         self.volume_node = volume_node
         self.card = card
@@ -104,7 +107,7 @@ class SegmentationRun(FolderJob):
         except BaseException:
             folder.cleanup()
             raise
-        super().__init__(folder, arguments, python_executable, environment)
+        super().__init__(folder, arguments, python_executable, environment, engine)
 
     def read_outputs(self) -> EngineOutputs:
         """The engine's outputs, checked to lie on the input's voxel grid."""

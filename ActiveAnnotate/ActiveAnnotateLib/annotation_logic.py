@@ -34,6 +34,7 @@ from asdseg.io.image_io import read_image, write_image
 from asdseg.io.labels import Label
 from asdseg.registry import find_model
 from asdseg.registry.model_card import ModelCard
+from asdseg.warm_engine import WarmEngine
 
 from . import label_arrays
 from .slice_views import mark_suggestions
@@ -96,12 +97,17 @@ class AnnotationLogic:
         python_executable: str | None = None,
         environment: dict[str, str] | None = None,
         temp_dir: str | Path | None = None,
+        engine: WarmEngine | None = None,
     ) -> None:
-        """``temp_dir``: where rounds write their inputs (see :class:`SegmentationLogic`)."""
+        """``temp_dir``: where rounds write their inputs (see :class:`SegmentationLogic`).
+        With ``engine`` (in Slicer, the session's) suggestions run in that warm engine; a
+        fine-tuning round always runs in a process of its own: it would hold the engine for
+        minutes, and the start-up it saves is a small part of it."""
         self.scene = scene
         self.work_dir = Path(work_dir)
         self.child = {"python_executable": python_executable, "environment": environment}
         self.temp_dir = temp_dir
+        self.engine = engine
         self.model: str | None = None
 
     # Models ---------------------------------------------------------------------------------
@@ -312,7 +318,9 @@ class AnnotationLogic:
             folder.cleanup()
             raise
         outputs = (paths["output"], paths["prediction"])
-        return SuggestRun(volume_node, segmentation_node, arguments, folder, *outputs, **self.child)
+        return SuggestRun(
+            volume_node, segmentation_node, arguments, folder, *outputs, **self.child, engine=self.engine
+        )
 
     def finish_suggest(self, run: SuggestRun) -> list[dict]:
         """Store the suggestion and the prediction on the segmentation, pre-fill the suggested

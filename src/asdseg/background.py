@@ -243,11 +243,25 @@ class BackgroundJob:
         return error_in(lines, self._process.returncode, "the engine")
 
 
+def start_job(
+    arguments: Sequence[str],
+    python_executable: str | None = None,
+    environment: dict[str, str] | None = None,
+    engine: WarmEngine | None = None,
+    progress: bool = True,
+) -> BackgroundJob | EngineJob:
+    """``asdseg <arguments>`` in ``engine`` when one is given and idle, else in a process of its
+    own: a job never waits for, or fails because of, another module's job in the engine."""
+    if engine is not None and not engine.busy:
+        return engine.submit(arguments, progress)
+    return BackgroundJob(arguments, python_executable, environment, progress)
+
+
 class FolderJob:
     """A :class:`BackgroundJob` working on files in its own temporary ``folder``, which
     :meth:`close` deletes after stopping the child. The Slicer modules write their inputs there
     first, so that a failed start leaves nothing behind. Given an ``engine``, the command runs
-    in that warm engine (:mod:`asdseg.warm_engine`) instead of a process of its own."""
+    in that warm engine (:mod:`asdseg.warm_engine`) when it is idle (:func:`start_job`)."""
 
     def __init__(
         self,
@@ -259,11 +273,7 @@ class FolderJob:
     ) -> None:
         self.folder = folder
         try:
-            self.job: BackgroundJob | EngineJob = (
-                engine.submit(arguments)
-                if engine is not None
-                else BackgroundJob(arguments, python_executable, environment)
-            )
+            self.job = start_job(arguments, python_executable, environment, engine)
         except BaseException:
             folder.cleanup()
             raise

@@ -184,6 +184,12 @@ class WarmEngine:
             return self._process is not None and self._process.poll() is None
 
     @property
+    def busy(self) -> bool:
+        """Whether a job is running in the engine (a :meth:`submit` now would be refused)."""
+        with self._lock:
+            return self._job is not None and not self._job._finished.is_set()
+
+    @property
     def pid(self) -> int | None:
         with self._lock:
             return None if self._process is None else self._process.pid
