@@ -313,12 +313,18 @@ def test_running_again_updates_the_same_nodes_unless_a_new_one_is_asked_for(
     assert core.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2
 
 
-def test_cancel_stops_the_engine_and_leaves_the_scene_unchanged(
-    core: SlicerCore, logic: SegmentationLogic, demo_installed: ModelCard, tmp_path: Path
-) -> None:
+def large_volume_node(core: SlicerCore) -> slicer.vtkMRMLScalarVolumeNode:
+    """A volume whose segmentation runs long enough (many windows) to be cancelled midway."""
     large = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(96, 96, 96)).astype(np.float32))
     node = core.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "large")
     update_volume_node_from_image(node, large)
+    return node
+
+
+def test_cancel_stops_the_engine_and_leaves_the_scene_unchanged(
+    core: SlicerCore, logic: SegmentationLogic, demo_installed: ModelCard, tmp_path: Path
+) -> None:
+    node = large_volume_node(core)
     before = core.node_ids()
     run = logic.start(node, demo_installed.name, RunOptions(overlap=0.9))
     deadline = time.monotonic() + 120
@@ -540,9 +546,7 @@ def test_a_busy_warm_engine_sends_the_segmentation_to_a_process_of_its_own(
 def test_cancelling_in_the_warm_engine_ends_it_and_the_next_segmentation_starts_a_fresh_one(
     core: SlicerCore, warm_logic: SegmentationLogic, volume_node, demo_installed: ModelCard
 ) -> None:
-    large = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(96, 96, 96)).astype(np.float32))
-    node = core.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "large")
-    update_volume_node_from_image(node, large)
+    node = large_volume_node(core)
     before = core.node_ids()
     run = warm_logic.start(node, demo_installed.name, RunOptions(overlap=0.9))
     assert wait_until(lambda: run.progress.done >= 1 or run.state() is not JobState.RUNNING, 120)
