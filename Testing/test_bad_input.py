@@ -25,7 +25,8 @@ import torch
 from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
 from asdseg.cli import main
 from asdseg.errors import InputError
-from asdseg.io.image_io import atomic_paths, read_image, same_geometry, write_image
+from asdseg.io.atomic_write import atomic_paths
+from asdseg.io.image_io import read_image, same_geometry, write_image
 from asdseg.io.labels import Label
 from asdseg.networks import build_network
 from asdseg.phantoms import make_phantom, phantom_image
@@ -969,7 +970,7 @@ import os, signal, sys, time
 from pathlib import Path
 import asdseg.cli.models as models_command
 from asdseg.cli import main
-from asdseg.io.image_io import atomic_path
+from asdseg.io.atomic_write import atomic_path
 
 def stopped_while_writing(args):
     with atomic_path(Path({str(tmp_path)!r}) / "seg.nii.gz") as temporary:

@@ -206,6 +206,35 @@ def test_evaluate_prints_a_table_and_writes_csv(phantom_files, tmp_path: Path, c
     assert all(float(row["dice"]) == 1.0 and float(row["hd95_mm"]) == 0.0 for row in rows)
 
 
+def test_evaluate_pairs_two_folders_by_case_name(phantom_files, tmp_path: Path, capsys) -> None:
+    """A folder of predictions (``case.nii.gz``, as segment names them) against an nnU-Net
+    labelsTr-like folder; a case on one side only is named."""
+    _, label_path = phantom_files
+    label = sitk.ReadImage(str(label_path))
+    predictions, references = tmp_path / "predictions", tmp_path / "labelsTr"
+    for folder in (predictions, references):
+        folder.mkdir()
+    for index, case in enumerate(["case_b", "case_a"]):
+        sitk.WriteImage(label, str(references / f"{case}.nii.gz"))
+        sitk.WriteImage(label if index else label * 0, str(predictions / f"{case}.nii.gz"))
+    csv_path = tmp_path / "metrics.csv"
+    arguments = ["evaluate", "--pred", str(predictions), "--ref", str(references), "--csv", str(csv_path)]
+    assert main(arguments) == 0
+    dice_of = {
+        (Path(row["case"]).name, row["label"]): float(row["dice"]) for row in csv.DictReader(csv_path.open())
+    }
+    assert dice_of == {
+        ("case_a.nii.gz", "1"): 1.0,
+        ("case_a.nii.gz", "2"): 1.0,
+        ("case_b.nii.gz", "1"): 0.0,
+        ("case_b.nii.gz", "2"): 0.0,
+    }
+    sitk.WriteImage(label, str(references / "case_c.nii.gz"))
+    capsys.readouterr()
+    assert main(arguments) == 2
+    assert "only among the references: case_c" in capsys.readouterr().err
+
+
 def test_suggest_also_writes_the_label_map_segment_gives(
     attention_model: ModelCard, phantom_files, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -487,3 +487,24 @@ def test_a_splits_file_and_counts_together_are_refused(
 def test_split_options_need_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--labelled", "3", "--output-dir", str(tmp_path / "run")]) == 2
     assert "--labelled: only with --dataset DIR" in capsys.readouterr().err
+
+
+def test_kill_9_during_release_leaves_no_model_or_a_whole_one(
+    pelvis_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Killed at its first rename and at its last (the one that puts the model in place), a
+    release leaves either no model or one that loads, and a release after the kill succeeds."""
+    from test_kill_during_writes import renames_of, run_killed_at
+
+    _, run = pelvis_run
+    argv = ["release", str(run), "--name", "pelvis-killed", "--output-dir", str(tmp_path / "models")]
+    renames = renames_of(run_killed_at(0, argv))
+    for kill_at in (1, renames):
+        models = tmp_path / f"models-{kill_at}"
+        argv[-1] = str(models)
+        assert run_killed_at(kill_at, argv).returncode == -9
+        visible = [path.name for path in models.glob("*") if not path.name.startswith(".")]
+        assert visible in ([], ["pelvis-killed"])
+        if not visible:
+            assert main(argv) == 0
+        load_network(ModelCard.load(models / "pelvis-killed" / "card.json"))

@@ -34,7 +34,7 @@ from asdseg.active.slice_scores import score_slices
 from asdseg.active.strategies import select_slices
 from asdseg.data_paths import require_la2018
 from asdseg.evaluation.metrics import dice
-from asdseg.io.image_io import atomic_path
+from asdseg.io.atomic_write import atomic_path
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry.model_card import ModelCard
 from asdseg.training.data import case_names

@@ -66,7 +66,8 @@ from asdseg.data_paths import require_la2018
 from asdseg.evaluation.figures import save_active_learning_curves
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.sliding_window import predict_volume
-from asdseg.io.image_io import atomic_path, image_to_array, read_image
+from asdseg.io.atomic_write import atomic_path
+from asdseg.io.image_io import image_to_array, read_image
 from asdseg.machine import describe_machine, machine_line
 from asdseg.preprocessing.transforms import (
     foreground_box,

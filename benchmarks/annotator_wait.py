@@ -25,7 +25,8 @@ from asdseg.active.finetune import FineTuneSettings, fine_tune, model_grid_case
 from asdseg.active.sparse_labels import SparseLabels
 from asdseg.active.suggest import suggest_slices
 from asdseg.data_paths import require_la2018
-from asdseg.io.image_io import atomic_path, image_to_array, read_image
+from asdseg.io.atomic_write import atomic_path
+from asdseg.io.image_io import image_to_array, read_image
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import load_network
 from asdseg.registry.model_card import ModelCard

@@ -34,7 +34,8 @@ from asdseg.data_paths import require_la2018
 from asdseg.evaluation.calibration import ErrorDetection
 from asdseg.evaluation.model_evaluation import near_organ, reference_cases
 from asdseg.inference.segment import SegmentationOptions, channel_array, segment_image
-from asdseg.io.image_io import atomic_path, image_to_array
+from asdseg.io.atomic_write import atomic_path
+from asdseg.io.image_io import image_to_array
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import find_model, load_network
 from asdseg.training.config import config_from_dict, read_config_values

@@ -35,7 +35,7 @@ from asdseg.active.slice_scores import score_slices
 from asdseg.data_paths import require_la2018
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.sliding_window import WindowSettings, predict_volume
-from asdseg.io.image_io import atomic_path
+from asdseg.io.atomic_write import atomic_path
 from asdseg.machine import describe_machine, machine_line
 from asdseg.training.config import config_from_dict
 from asdseg.training.data import Case

@@ -184,7 +184,7 @@ def main() -> int:
         print(json.dumps(network_time(model, Path(volume), precision)))
         return 0
 
-    from asdseg.io.image_io import atomic_path
+    from asdseg.io.atomic_write import atomic_path
     from asdseg.machine import describe_machine, machine_line
 
     machine = describe_machine()

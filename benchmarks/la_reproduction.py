@@ -50,7 +50,7 @@ from typing import Any
 from asdseg.data_paths import require_la2018
 from asdseg.evaluation.model_evaluation import evaluate_model, reference_cases
 from asdseg.inference.segment import SegmentationOptions
-from asdseg.io.image_io import atomic_path
+from asdseg.io.atomic_write import atomic_path
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import available_models, find_model, load_network
 from asdseg.registry.model_card import CARD_FILE, ModelCard

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from asdseg.data_paths import require_la2018
-from asdseg.io.image_io import atomic_path
+from asdseg.io.atomic_write import atomic_path
 from asdseg.machine import describe_machine, machine_line
 from asdseg.training.data import case_names
 

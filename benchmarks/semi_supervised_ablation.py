@@ -31,7 +31,7 @@ import torch
 from la_reproduction import ENHANCED_UNET, HELD_OUT, SASSNET_CE_DICE, SDM_VNET, SVNET, VNET, evaluate
 
 from asdseg.data_paths import require_la2018
-from asdseg.io.image_io import atomic_path
+from asdseg.io.atomic_write import atomic_path
 from asdseg.machine import describe_machine, machine_line
 from asdseg.training.config import config_from_dict
 from asdseg.training.data import case_names

@@ -50,7 +50,8 @@ from asdseg.active.suggest import suggest_slices
 from asdseg.data_paths import require_la2018
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.segment import SegmentationOptions, segment_image
-from asdseg.io.image_io import atomic_path, image_to_array, read_image
+from asdseg.io.atomic_write import atomic_path
+from asdseg.io.image_io import image_to_array, read_image
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import find_model, load_network
 from asdseg.registry.model_card import ModelCard

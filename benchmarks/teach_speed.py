@@ -22,7 +22,8 @@ import SimpleITK as sitk
 
 from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
 from asdseg.data_paths import require_la2018
-from asdseg.io.image_io import atomic_path, image_to_array, read_image
+from asdseg.io.atomic_write import atomic_path
+from asdseg.io.image_io import image_to_array, read_image
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import find_model
 from asdseg.training.data import case_names

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from asdseg.devices import autocast, cpu_has_native_bf16
-from asdseg.io.image_io import atomic_path
+from asdseg.io.atomic_write import atomic_path
 from asdseg.machine import describe_machine, machine_line
 from asdseg.training.config import config_from_dict
 from asdseg.training.recipes import RECIPE_CLASSES

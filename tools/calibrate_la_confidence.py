@@ -36,7 +36,8 @@ from asdseg.inference.confidence_calibration import (
     fit_logistic,
 )
 from asdseg.inference.segment import SegmentationOptions, channel_array, segment_image
-from asdseg.io.image_io import atomic_path, image_to_array
+from asdseg.io.atomic_write import atomic_path
+from asdseg.io.image_io import image_to_array
 from asdseg.machine import describe_machine
 from asdseg.registry import load_network, sha256_of
 from asdseg.registry.model_card import ModelCard

@@ -23,7 +23,7 @@ from release_la_model import validate
 
 from asdseg.data_paths import require_la2018
 from asdseg.evaluation.model_evaluation import reference_cases
-from asdseg.io.image_io import atomic_path
+from asdseg.io.atomic_write import atomic_path
 from asdseg.registry import load_network
 from asdseg.registry.model_card import CARD_FILE, ModelCard, validate_card
 from asdseg.training.release import calibration_metrics, validation_metrics, write_validation_files

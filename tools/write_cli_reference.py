@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from asdseg.cli import build_parser
-from asdseg.io.image_io import atomic_path
+from asdseg.io.atomic_write import atomic_path
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "cli-reference.md"
 

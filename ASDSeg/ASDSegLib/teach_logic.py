@@ -32,7 +32,8 @@ from asdseg.active.teach import HOLD_OUT_EVERY
 from asdseg.background import FolderJob, JobState
 from asdseg.cli import EXIT_WORSE, TEACH_REPORT
 from asdseg.errors import AsdsegError, CancelledError, InputError
-from asdseg.io.image_io import atomic_path, write_image
+from asdseg.io.atomic_write import atomic_path
+from asdseg.io.image_io import write_image
 from asdseg.io.labels import Label
 from asdseg.registry import find_model
 from asdseg.registry.model_card import ModelCard, check_model_name

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from asdseg.io.image_io import atomic_path
+from asdseg.io.atomic_write import atomic_path
 from asdseg.io.json_files import read_json
 
 if TYPE_CHECKING:  # suggest needs torch; Slicer's process only reads the record

@@ -148,7 +148,7 @@ def write_teach_report(path: Path, verdict: TeachVerdict, installed: ModelCard |
     """The round's report at ``path`` (beside the run): the verdict and the name the model was
     installed under (None when it was worse, or not asked to be installed), which ASDSeg's Teach
     reads."""
-    from asdseg.io.image_io import atomic_path
+    from asdseg.io.atomic_write import atomic_path
 
     report = {**verdict.to_dict(), "installed": installed.name if installed is not None else None}
     with atomic_path(path) as temporary:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from asdseg.cli.arguments import label_values
-from asdseg.errors import InputError
 from asdseg.io.output_paths import check_output_paths
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("evaluate", help="Dice, Jaccard, ASD, HD95 of predictions vs references")
-    evaluate.add_argument("--pred", nargs="+", required=True, help="predicted label maps")
-    evaluate.add_argument("--ref", nargs="+", required=True, help="reference label maps, same order")
+    evaluate.add_argument(
+        "--pred", nargs="+", required=True, help="predicted label maps, or a folder of them"
+    )
+    evaluate.add_argument(
+        "--ref",
+        nargs="+",
+        required=True,
+        help="reference label maps in the same order, or a folder of them (paired by case name)",
+    )
     evaluate.add_argument(
         "--labels", type=label_values, help="comma-separated label values (default: all non-zero present)"
     )
@@ -22,15 +27,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    from asdseg.evaluation.evaluate_predictions import evaluate_files, format_table, write_csv
+    from asdseg.evaluation.evaluate_predictions import evaluate_files, format_table, pair_by_case, write_csv
 
-    if len(args.pred) != len(args.ref):
-        raise InputError(
-            f"{len(args.pred)} predictions but {len(args.ref)} references; give one --ref per --pred."
-        )
+    pairs = pair_by_case(args.pred, args.ref)
     if args.csv:
-        check_output_paths([("--csv", args.csv)], [*args.pred, *args.ref])
-    rows = evaluate_files(list(zip(map(Path, args.pred), map(Path, args.ref))), args.labels)
+        check_output_paths([("--csv", args.csv)], [path for pair in pairs for path in pair])
+    rows = evaluate_files(pairs, args.labels)
     print(format_table(rows))
     if args.csv:
         write_csv(rows, args.csv)

@@ -13,7 +13,8 @@ import SimpleITK as sitk
 
 from asdseg.errors import InputError
 from asdseg.evaluation.metrics import CaseMetrics, evaluate_masks
-from asdseg.io.image_io import atomic_path, image_to_array, read_image, same_geometry
+from asdseg.io.atomic_write import atomic_path
+from asdseg.io.image_io import image_to_array, read_image, same_geometry
 
 COLUMNS = ("case", "label", *CaseMetrics.__dataclass_fields__)
 
@@ -22,6 +23,39 @@ def evaluate_label_maps(
     prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float], values: Iterable[int]
 ) -> dict[int, CaseMetrics]:
     return {value: evaluate_masks(prediction == value, reference == value, spacing) for value in values}
+
+
+def pair_by_case(
+    predictions: Sequence[str | Path], references: Sequence[str | Path]
+) -> list[tuple[Path, Path]]:
+    """Predictions and references given as files in the same order, or as folders (or several
+    files) whose volumes are paired by case name as ``asdseg segment`` names its outputs (an
+    nnU-Net ``labelsTr`` folder pairs with a folder of predictions). A case on one side only is
+    refused, naming it."""
+    from asdseg.inference.batch import batch_cases
+
+    if not any(Path(path).is_dir() for path in [*predictions, *references]):
+        if len(predictions) != len(references):
+            raise InputError(
+                f"{len(predictions)} predictions but {len(references)} references; give one --ref per "
+                "--pred, or two folders whose files are paired by case name."
+            )
+        return list(zip(map(Path, predictions), map(Path, references)))
+    predicted = {case.name: case.image for case in batch_cases(predictions)}
+    referenced = {case.name: case.image for case in batch_cases(references)}
+    alone = {
+        "predictions": sorted(set(predicted) - set(referenced)),
+        "references": sorted(set(referenced) - set(predicted)),
+    }
+    if any(alone.values()):
+        sides = "; ".join(
+            f"only among the {side}: {', '.join(names)}" for side, names in alone.items() if names
+        )
+        raise InputError(
+            f"--pred and --ref do not hold the same cases ({sides}); every prediction needs the "
+            "reference of the same name, and every reference a prediction."
+        )
+    return [(predicted[name], referenced[name]) for name in sorted(predicted)]
 
 
 def evaluate_files(

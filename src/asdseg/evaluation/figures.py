@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from asdseg.evaluation.calibration import ReliabilityBins
-from asdseg.io.image_io import atomic_path
+from asdseg.io.atomic_write import atomic_path
 from asdseg.io.labels import Label
 
 

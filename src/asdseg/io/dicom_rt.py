@@ -28,8 +28,9 @@ import SimpleITK as sitk
 from matplotlib.path import Path as Polygon
 
 from asdseg.errors import InputError
+from asdseg.io.atomic_write import atomic_paths
 from asdseg.io.datasets import DATASET_FILE, nnunet_description
-from asdseg.io.image_io import atomic_paths, save_image
+from asdseg.io.image_io import save_image
 from asdseg.io.labels import Label
 
 #: What a case name may hold: it becomes part of file names.

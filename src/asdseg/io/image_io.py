@@ -6,21 +6,20 @@ SimpleITK's index and of NIfTI, so that patch sizes and spacings read the same e
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import gzip
-import os
-import secrets
-import shutil
 import zlib
-from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import nibabel
 import numpy as np
 import SimpleITK as sitk
 
 from asdseg.errors import InputError
+from asdseg.io.atomic_write import atomic_path, recover_folder, write_errors_named
+
+if TYPE_CHECKING:
+    import nibabel
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Characters Windows refuses in a file name; Slicer's node names often hold ':' and '/'.
@@ -59,6 +58,7 @@ def image_suffix(path: str | Path) -> str:
 def read_image(path: str | Path) -> sitk.Image:
     """Read a 3D scalar image, with a clear :class:`InputError` for anything unusable."""
     path = Path(path)
+    recover_folder(path.parent)  # a write killed midway is completed before anything reads it
     if not path.exists():
         raise InputError(f"{path}: file not found. Check the path and try again.")
     if not path.is_file():
@@ -109,6 +109,8 @@ def check_nifti_whole(path: Path, stored_bytes: int) -> nibabel.Nifti1Image:
     header says (``stored_bytes``, from :func:`stored_size`): ITK reads the missing voxels of a
     cut .nii as zeros, and its writer only prints a warning when it could not write them all."""
     try:
+        import nibabel  # a quarter of a second: only where a NIfTI file is read or written
+
         header_image = nibabel.load(str(path))
     except Exception as error:  # nibabel raises many types for a file that is not NIfTI
         raise InputError(f"{path}: not a readable image (not NIfTI: {error}).") from error
@@ -191,111 +193,6 @@ def array_to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
     image.CopyInformation(reference)
     return image
-
-
-def _hidden_name(path: Path, tag: str) -> Path:
-    suffix = image_suffix(path) or path.suffix
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.{tag}{suffix}")
-
-
-def _create_temporary(path: Path, tag: str = "tmp") -> Path:
-    """A new empty file beside ``path``, hidden, keeping its suffix (SimpleITK picks the format
-    from it). Created with mode 0666 less the umask, as the final file should be: ``mkstemp``'s
-    0600 would survive the rename and hide every output from the user's group."""
-    while True:
-        temporary = _hidden_name(path, tag)
-        try:
-            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return temporary
-        except FileExistsError:
-            continue
-
-
-def _backup(target: Path) -> Path | None:
-    """A hidden copy of an existing ``target`` (a hard link where the file system allows), so
-    that a rename over it can be undone; None when there is nothing to keep."""
-    if not target.exists():
-        return None
-    if target.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(target))
-    backup = _hidden_name(target, "old")
-    try:
-        os.link(target, backup)
-    except OSError:
-        shutil.copy2(target, backup)
-    return backup
-
-
-def _replace_all(temporaries: Sequence[Path], targets: Sequence[Path]) -> None:
-    """Rename every temporary onto its target; if one rename fails, put back what the earlier
-    ones replaced (or remove what they created) before raising."""
-    done: list[tuple[Path, Path | None]] = []
-    try:
-        for temporary, target in zip(temporaries, targets):
-            backup = _backup(target)
-            done.append((target, backup))
-            os.replace(temporary, target)
-    except BaseException:
-        for target, backup in reversed(done):
-            with contextlib.suppress(OSError):
-                if backup is not None:
-                    os.replace(backup, target)
-                elif target.exists():
-                    target.unlink()
-        raise
-    finally:
-        for _, backup in done:
-            if backup is not None:
-                backup.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
-    """Yield one temporary path beside each of ``paths``; when the block succeeds they replace
-    their targets together, all or none.
-
-    A failure while writing removes the temporaries and leaves every target as it was; a failure
-    while renaming (a target that is a directory, an immutable file) undoes the renames already
-    made, so outputs that belong together (a label map, its sidecars, its SDM) never mix runs.
-    """
-    targets = [Path(path) for path in paths]
-    temporaries: list[Path] = []
-    try:
-        for target in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temporaries.append(_create_temporary(target))
-        yield temporaries
-        _replace_all(temporaries, targets)
-    except OSError as error:
-        # Name the file the user asked for, not its hidden temporary; a failed write() (a full
-        # disk, a file-size limit) names no file at all.
-        if error.filename is not None and Path(error.filename) in temporaries:
-            error.filename = str(targets[temporaries.index(Path(error.filename))])
-        elif error.filename is None:
-            error.filename = ", ".join(str(target) for target in targets)
-        raise
-    finally:
-        for temporary in temporaries:
-            temporary.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
-    On failure the temporary file is removed and whatever was at ``path`` is left untouched."""
-    with atomic_paths([path]) as (temporary,):
-        yield temporary
-
-
-@contextlib.contextmanager
-def write_errors_named(target: str | Path) -> Iterator[None]:
-    """A failed write (a full disk, a quota, a file-size limit) that the writer reports as
-    RuntimeError, as ITK and ``torch.save`` do, becomes an :class:`OSError` naming ``target``."""
-    try:
-        yield
-    except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
-        raise OSError(errno.EIO, f"could not be written ({reason})", str(target)) from error
 
 
 def save_image(image: sitk.Image, temporary: Path, target: Path, compress: bool = True) -> None:

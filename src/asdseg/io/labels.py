@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from asdseg.io.image_io import atomic_paths, check_file_name, image_suffix, save_image
+from asdseg.io.atomic_write import atomic_paths
+from asdseg.io.image_io import check_file_name, image_suffix, save_image
 from asdseg.io.json_files import read_json
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asdseg.errors import ModelError
-from asdseg.io.image_io import atomic_path
+from asdseg.io.atomic_write import atomic_path
 from asdseg.progress import ProgressCallback
 from asdseg.registry.catalogue import check_shipped_name, user_models_dir
 from asdseg.registry.download import download_file, sha256_of

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from asdseg.errors import InputError
-from asdseg.io.image_io import atomic_path
+from asdseg.io.atomic_write import atomic_path
 from asdseg.io.json_files import read_json
 from asdseg.training.config import DataConfig
 from asdseg.training.data import Case, CaseSplit, split_names

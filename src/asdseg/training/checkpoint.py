@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from asdseg.errors import AsdsegError
-from asdseg.io.image_io import atomic_path, write_errors_named
+from asdseg.io.atomic_write import atomic_path, write_errors_named
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from asdseg.errors import InputError
+from asdseg.io.atomic_write import atomic_path
 from asdseg.io.datasets import UNLABELLED_FOLDER, Dataset, check_dataset, read_dataset
-from asdseg.io.image_io import atomic_path
 from asdseg.io.json_files import read_json
 from asdseg.training.config import DEFAULT_NETWORKS, DataConfig
 

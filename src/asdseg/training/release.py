@@ -31,7 +31,7 @@ from asdseg.evaluation.model_evaluation import (
     evaluate_model,
     reference_cases,
 )
-from asdseg.io.image_io import atomic_path
+from asdseg.io.atomic_write import atomic_path
 from asdseg.io.labels import Label
 from asdseg.progress import ProgressCallback
 from asdseg.registry import half_precision_state, save_model

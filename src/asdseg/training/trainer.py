@@ -28,7 +28,7 @@ from asdseg.errors import InputError, NumericalError
 from asdseg.evaluation.figures import save_training_curves
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.sliding_window import WindowSettings, predict_volume
-from asdseg.io.image_io import atomic_path
+from asdseg.io.atomic_write import atomic_path
 from asdseg.machine import describe_machine, machine_line
 from asdseg.networks import architecture_outputs
 from asdseg.registry import find_model, load_network, save_model
