@@ -32,6 +32,7 @@ from asdseg.networks import build_network
 from asdseg.phantoms import make_phantom, phantom_image
 from asdseg.registry import (
     available_models,
+    find_model,
     install_model,
     load_network,
     save_model,
@@ -355,6 +356,20 @@ SEGMENT_CASES: Cases = {
 
 #: evaluate: case -> (argv built in the workspace, fragments the error message must contain).
 EVALUATE_CASES: Cases = {
+    "evaluate --csv into an image file": (
+        lambda w: evaluate(w, "--csv", str(w / "table.nii.gz")),
+        ("--csv", "table.nii.gz", "give a .csv file name"),
+    ),
+    "evaluate: folders that hold different cases": (
+        lambda w: [
+            "evaluate",
+            "--pred",
+            folder_with(w, "p", "a", "b"),
+            "--ref",
+            folder_with(w, "r", "a", "c"),
+        ],
+        ("only among the predictions: b", "only among the references: c"),
+    ),
     "evaluate --labels a,b": (lambda w: evaluate(w, "--labels", "a,b"), ("--labels", "a,b")),
     "evaluate --labels 0": (lambda w: evaluate(w, "--labels", "0"), ("--labels", "1 to 65535")),
     "evaluate a probability map": (
@@ -422,6 +437,10 @@ EVALUATE_CASES: Cases = {
 
 #: models: case -> (argv built in the workspace, fragments the error message must contain).
 MODELS_CASES: Cases = {
+    "install: a card with NaN": (
+        lambda w: ["models", "install", nan_card(w)],
+        ("card.json", "inference.overlap", "finite"),
+    ),
     "install: weights.file escapes the folder": (
         lambda w: [
             "models",
@@ -540,6 +559,82 @@ MODELS_CASES: Cases = {
 
 #: train: case -> (argv built in the workspace, fragments the error message must contain).
 TRAIN_CASES: Cases = {
+    "train: lr_decay_every 0": (
+        lambda w: [
+            "train",
+            "--config",
+            write(w / "c.json", '{"lr_decay_every": 0}'),
+            "--output-dir",
+            str(w / "r"),
+        ],
+        ("c.json", "lr_decay_every", "minimum"),
+    ),
+    "train: a negative seed": (
+        lambda w: ["train", "--config", write(w / "c.json", '{"seed": -1}'), "--output-dir", str(w / "r")],
+        ("c.json", "seed"),
+    ),
+    "train: an unknown normalisation": (
+        lambda w: [
+            "train",
+            "--config",
+            write(w / "c.json", '{"data": {"normalization": "foo"}}'),
+            "--output-dir",
+            str(w / "r"),
+        ],
+        ("c.json", "data.normalization", "zscore"),
+    ),
+    "train: a split whose labelled part is null": (
+        lambda w: [
+            "train",
+            "--config",
+            write(w / "c.json", '{"data": {"split": {"labelled": null}}}'),
+            "--output-dir",
+            str(w / "r"),
+        ],
+        ("c.json", "data.split"),
+    ),
+    "train: a split that is a string": (
+        lambda w: [
+            "train",
+            "--config",
+            write(w / "c.json", '{"data": {"split": "abc"}}'),
+            "--output-dir",
+            str(w / "r"),
+        ],
+        ("c.json", "data.split"),
+    ),
+    "train: a negative number of labelled cases": (
+        lambda w: [
+            "train",
+            "--config",
+            write(w / "c.json", '{"data": {"labelled": -1}}'),
+            "--output-dir",
+            str(w / "r"),
+        ],
+        ("c.json", "data.labelled"),
+    ),
+    "train: NaN deep in the config": (
+        lambda w: [
+            "train",
+            "--config",
+            write(w / "c.json", '{"data": {"spacing": [1.0, NaN, 1.0]}}'),
+            "--output-dir",
+            str(w / "r"),
+        ],
+        ("c.json", "data.spacing[1]", "finite"),
+    ),
+    "train: --resume where no run was": (
+        lambda w: ["train", "--steps", "2", "--output-dir", str(w / "r"), "--resume"],
+        ("--resume", "no checkpoint"),
+    ),
+    "train: an unknown --device": (
+        lambda w: ["train", "--steps", "2", "--output-dir", str(w / "r"), "--device", "bogus"],
+        ("unknown device 'bogus'",),
+    ),
+    "train: a label on another grid than its image": (
+        lambda w: ["train", "--config", la_folder_config(w), "--steps", "2", "--output-dir", str(w / "r")],
+        ("label.nii.gz", "its origin differs", "image.nii.gz"),
+    ),
     "train: config value of the wrong type": (
         lambda w: [
             "train",
@@ -654,6 +749,18 @@ TRAIN_CASES: Cases = {
 
 #: release: case -> (argv built in the workspace, fragments the error message must contain).
 RELEASE_CASES: Cases = {
+    "release: --as-new-version outside the model folder": (
+        lambda w: [
+            "release",
+            str(w),
+            "--name",
+            "la-sassnet",
+            "--as-new-version",
+            "--output-dir",
+            str(w / "m"),
+        ],
+        ("--as-new-version", "shadows no shipped model"),
+    ),
     "release: a shipped model's name": (
         lambda w: ["release", str(w), "--name", "la-sassnet"],
         ("'la-sassnet' is the name of a shipped model", "--as-new-version"),
@@ -745,6 +852,10 @@ SUGGEST_CASES: Cases = {
 
 #: finetune: case -> (argv built in the workspace, fragments the error message must contain).
 FINETUNE_CASES: Cases = {
+    "finetune: an unknown --device": (
+        lambda w: [*finetune(w)[:7], "--device", "bogus", *finetune(w)[9:]],
+        ("unknown device 'bogus'",),
+    ),
     "finetune: labels with another origin": (
         lambda w: [*finetune(w)[:5], "--labels", moved_labels(w, origin=(0.0, 0.0, 0.0)), *finetune(w)[7:]],
         ("--labels", "moved.nii.gz", "its origin (0.0, 0.0, 0.0) differs from the image"),
@@ -896,6 +1007,34 @@ def link(path: Path, target: Path) -> str:
 def copy_model(folder_path: Path) -> str:
     shutil.copytree(user_models_dir() / "tiny-attention", folder_path)
     return str(folder_path)
+
+
+def nan_card(w: Path) -> str:
+    """A copy of the tiny model whose card's window overlap is NaN (Python's json writes it)."""
+    card = json.loads(Path(card_copy(w, name="nan-card")).read_text())
+    card["inference"]["overlap"] = float("nan")
+    return write(w / "candidate" / "card.json", json.dumps(card))
+
+
+def folder_with(w: Path, name: str, *cases: str) -> str:
+    """A folder of copies of the workspace's label map, one per case name."""
+    (w / name).mkdir()
+    for case in cases:
+        shutil.copy(w / "lab.nii.gz", w / name / f"{case}.nii.gz")
+    return str(w / name)
+
+
+def la_folder_config(w: Path) -> str:
+    """A config on an LA 2018-style folder (train.list, train/<case>/{image,label}.nii.gz) whose
+    one case's label lies 5 mm off its image."""
+    case = Path(folder(w / "la" / "train" / "case1"))
+    shutil.copy(w / "img.nii.gz", case / "image.nii.gz")
+    label = sitk.ReadImage(str(w / "lab.nii.gz"))
+    label.SetOrigin(tuple(value + 5.0 for value in label.GetOrigin()))
+    sitk.WriteImage(label, str(case / "label.nii.gz"))
+    write(w / "la" / "train.list", "case1\n")
+    config = {"data": {"root": str(w / "la"), "labelled": 1, "validation": 0}, "patch_size": [16, 16, 16]}
+    return write(w / "c.json", json.dumps(config))
 
 
 def nan_model(w: Path) -> str:
@@ -1343,3 +1482,22 @@ def test_kill_9_while_replacing_a_model_leaves_the_old_or_the_new_one(
     assert card.weights_sha256 in (old, new)
     if completed.returncode == 0:
         assert card.weights_sha256 != old
+
+
+def test_a_folder_named_like_a_model_does_not_replace_it(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bare name means the installed or shipped model even where the current folder holds a
+    model folder of that name; ``./name`` means the folder."""
+    monkeypatch.chdir(workspace)
+    shutil.copytree(user_models_dir() / "tiny", workspace / "la-dan")
+    assert find_model("la-dan").directory == shipped_models()["la-dan"].directory
+    assert find_model("./la-dan").directory.resolve() == (workspace / "la-dan").resolve()
+
+
+def test_fine_tuning_on_a_constant_image_warns(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    zeros = volume(workspace, "zeros.nii.gz", np.zeros_like(phantom_array(workspace)))
+    argv = finetune(workspace, "--steps", "1")
+    argv[argv.index("--image") + 1] = zeros
+    assert main(argv) == 0
+    assert "zeros.nii.gz: every voxel has the same value" in capsys.readouterr().err

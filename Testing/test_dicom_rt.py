@@ -275,3 +275,50 @@ def test_contour_points_outside_the_image_are_counted(dicom_case: dict, capsys) 
     write_rtstruct(case["root"] / "rtstruct.dcm", case["uids"], case["study"], case["frame"], wide)
     assert run_import(dicom_case, "--structure", "prostate=CTV Prostate") == 0
     assert "structure 'Bladder': 10 contour point(s) lie outside the series' image" in capsys.readouterr().err
+
+
+def _rtstruct_with_contour(case: dict, change) -> None:
+    """The case's structure set with ``change`` applied to the bladder's first contour."""
+    path = case["root"] / "rtstruct.dcm"
+    write_rtstruct(path, case["uids"], case["study"], case["frame"], BOXES)
+    dataset = pydicom.dcmread(path)
+    change(dataset.ROIContourSequence[0].ContourSequence[0])
+    dataset.save_as(path, enforce_file_format=True)
+
+
+def _eleven_numbers(contour) -> None:
+    contour.ContourData = list(contour.ContourData)[:11]
+
+
+def _a_nan_coordinate(contour) -> None:
+    contour.ContourData = ["nan", *list(contour.ContourData)[1:]]
+
+
+def _no_points(contour) -> None:
+    del contour.ContourData
+
+
+def _moved_far_away(contour) -> None:
+    contour.ContourData = [
+        value + 1000.0 if index % 3 == 0 else value for index, value in enumerate(contour.ContourData)
+    ]
+
+
+BROKEN_CONTOURS = {
+    "11 coordinates": (_eleven_numbers, "holds 11 value(s)"),
+    "a NaN coordinate": (_a_nan_coordinate, "no usable ContourData"),
+    "no ContourData": (_no_points, "holds 0 value(s)"),
+    "a contour wholly outside the image": (_moved_far_away, "lies wholly outside"),
+}
+
+
+@pytest.mark.parametrize("problem", sorted(BROKEN_CONTOURS))
+def test_a_malformed_or_misplaced_contour_is_refused_and_writes_nothing(
+    problem: str, dicom_case: dict, capsys
+) -> None:
+    change, message = BROKEN_CONTOURS[problem]
+    _rtstruct_with_contour(dicom_case, change)
+    assert run_import(dicom_case, "--structure", "prostate=CTV Prostate") == 2
+    error = capsys.readouterr().err
+    assert message in error and "Bladder" in error and "Traceback" not in error
+    assert sorted(path.name for path in dicom_case["dataset"].iterdir()) == ["dataset.json"]

@@ -4,6 +4,8 @@ HTTP server."""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import re
 import shutil
@@ -190,6 +192,24 @@ def test_a_missing_file_is_not_retried_and_the_error_names_the_url(
     moved = ModelCard({**card.data, "weights": {**card.data["weights"], "url": url}}, card.directory)
     with pytest.raises(ModelError, match=rf"cannot download {re.escape(url)}: HTTP Error 404.*refuses it"):
         fetch_weights(moved, lambda *event: None)
+    assert server.requests == [None]
+
+
+def test_a_full_disk_is_not_retried_and_the_error_names_the_file(
+    remote: tuple[WeightsServer, ModelCard], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails here (no space left) is not a network failure: one request, and an
+    error naming the file being written."""
+    server, card = remote
+
+    class FullDisk(io.BytesIO):
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(download_module, "open", lambda *arguments: FullDisk(), raising=False)
+    with pytest.raises(OSError, match="No space left on device") as error:
+        fetch_weights(card, lambda *event: None)
+    assert error.value.filename == str(partial_path(downloads_dir() / card.weights_sha256 / "model.pt"))
     assert server.requests == [None]
 
 

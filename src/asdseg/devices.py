@@ -7,6 +7,8 @@ from typing import Literal
 
 import torch
 
+from asdseg.errors import DeviceError
+
 DeviceChoice = Literal["auto", "cpu", "cuda", "mps"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -41,7 +43,7 @@ def describe_available_devices() -> str:
 
 def select_device(choice: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then MPS, then CPU; an explicit choice that is not available
-    raises ValueError with what is available instead."""
+    raises :class:`DeviceError` with what is available instead."""
     choice = choice.lower()
     if choice == "auto":
         if cuda_available():
@@ -53,16 +55,16 @@ def select_device(choice: str = "auto") -> torch.device:
         return torch.device("cpu")
     if choice in ("cuda", "gpu") or choice.startswith("cuda:"):
         if not cuda_available():
-            raise ValueError(
+            raise DeviceError(
                 f"device {choice!r} was asked for but no CUDA GPU is usable "
                 f"({describe_available_devices()}). Use --device cpu or auto."
             )
         return torch.device("cuda" if choice == "gpu" else choice)
     if choice == "mps":
         if not mps_available():
-            raise ValueError("device 'mps' was asked for but is not available; use cpu or auto.")
+            raise DeviceError("device 'mps' was asked for but is not available; use cpu or auto.")
         return torch.device("mps")
-    raise ValueError(f"unknown device {choice!r}; choose auto, cpu, cuda or mps.")
+    raise DeviceError(f"unknown device {choice!r}; choose auto, cpu, cuda or mps.")
 
 
 def cpu_has_native_bf16() -> bool:

@@ -13,6 +13,10 @@ class InputError(AsdsegError):
     """An input volume cannot be used (missing, unreadable, wrong shape, bad values)."""
 
 
+class DeviceError(AsdsegError, ValueError):
+    """The device asked for is unknown or not usable here (a ValueError too, as torch's own)."""
+
+
 class ModelError(AsdsegError):
     """A model is unknown, its card is invalid, or its weights do not match the card."""
 

@@ -100,6 +100,15 @@ def check_roi_space(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     args.roi_space = args.roi_space or "lps"
 
 
+def check_text_output(path: str | None, option: str, suffix: str, what: str) -> None:
+    """Refuse an output option whose file name does not end in ``suffix`` (a .nii.gz that would
+    hold JSON or CSV)."""
+    if path is not None and not path.lower().endswith(suffix):
+        raise InputError(
+            f"{option} {path}: the {what} is written as {suffix[1:].upper()}; give a {suffix} file name."
+        )
+
+
 def check_image_output(path: str | None, option: str) -> None:
     """Refuse an output option naming a file without an image suffix."""
     if path is not None and image_suffix(path) not in SUPPORTED_SUFFIXES:

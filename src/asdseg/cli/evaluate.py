@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from asdseg.cli.arguments import label_values
+from asdseg.cli.arguments import check_text_output, label_values
 from asdseg.io.output_paths import check_output_paths
 
 
@@ -32,6 +32,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     pairs = pair_by_case(args.pred, args.ref)
     if args.csv:
         check_output_paths([("--csv", args.csv)], [path for pair in pairs for path in pair])
+    check_text_output(args.csv, "--csv", ".csv", "table")
     rows = evaluate_files(pairs, args.labels)
     print(format_table(rows))
     if args.csv:

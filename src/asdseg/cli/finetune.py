@@ -80,6 +80,7 @@ def command_finetune(args: argparse.Namespace) -> int:
     from asdseg.active.sparse_labels import read_sparse_labels_of
     from asdseg.active.teach import hold_out
     from asdseg.preprocessing.roi import training_regions
+    from asdseg.training.data import CaseSplit, constant_images
 
     card = _check_run(args)
     images = [read_image(image) for image in args.image]
@@ -94,6 +95,10 @@ def command_finetune(args: argparse.Namespace) -> int:
         model_grid_case(image, sparse, card, Path(path).name, region)
         for image, path, sparse, region in zip(images, args.image, training, regions)
     ]
+    for name in constant_images(CaseSplit(labelled=cases, unlabelled=[], validation=[])):
+        warn(
+            f"--image {name}: every voxel has the same value; it teaches the model nothing. Check its export."
+        )
     with on_sigterm(_stop):
         return _teach(args, card, cases, images, splits)
 

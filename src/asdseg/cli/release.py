@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from asdseg.cli.arguments import AS_NEW_VERSION_HELP
+from asdseg.errors import InputError
 from asdseg.io.output_paths import check_output_dir
 
 
@@ -32,6 +33,11 @@ def command_release(args: argparse.Namespace) -> int:
     check_output_dir(output, "--output-dir")
     if output.resolve() == user_models_dir().resolve():
         check_shipped_name(args.name, args.version, args.as_new_version)
+    elif args.as_new_version:
+        raise InputError(
+            f"--as-new-version: a model released into {output} shadows no shipped model (only your model "
+            "folder's do); leave out --as-new-version, or --output-dir to release into your model folder."
+        )
     update, close = tqdm_progress("validating")
     try:
         card = release_run(args.run, args.name, output, args.version, progress=update)

@@ -194,10 +194,7 @@ def _segmenter(args: argparse.Namespace, card: ModelCard, roi: RegionOfInterest 
     from asdseg.inference.segment import SegmentationOptions
     from asdseg.preprocessing.input_checks import DEFAULT_MAX_ANISOTROPY
 
-    try:
-        device = select_device(args.device)
-    except ValueError as error:
-        raise InputError(f"--device {args.device}: {error}") from error
+    device = select_device(args.device)
     warn_about_precision(device, args.precision)
     options = SegmentationOptions(
         device=args.device,

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asdseg.active.slice_scores import SECOND_OPINIONS
 from asdseg.active.strategies import DEFAULT_STRATEGY
 from asdseg.active.strategies import STRATEGIES as STRATEGY_NAMES
-from asdseg.cli.arguments import add_roi_arguments, check_image_output, non_negative_int, positive_int
+from asdseg.cli.arguments import (
+    add_roi_arguments,
+    check_image_output,
+    check_text_output,
+    non_negative_int,
+    positive_int,
+)
 from asdseg.cli.console import progress_reporter, warn
-from asdseg.errors import InputError
 from asdseg.io.image_io import read_image
 from asdseg.io.output_paths import check_output_paths
 
@@ -91,10 +95,7 @@ def _check_outputs(args: argparse.Namespace, card: ModelCard) -> None:
         outputs += [("--segmentation", path) for _, path in planned_outputs(card.labels, args.segmentation)]
     if outputs:
         check_output_paths(outputs, [args.image, *([args.labels] if args.labels else [])])
-    if args.output is not None and Path(args.output).suffix.lower() != ".json":
-        raise InputError(
-            f"--output {args.output}: the suggestion is written as JSON; give a .json file name."
-        )
+    check_text_output(args.output, "--output", ".json", "suggestion")
 
 
 def _suggest(

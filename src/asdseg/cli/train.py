@@ -93,10 +93,15 @@ def command_train(args: argparse.Namespace) -> int:
     from asdseg.registry import find_model
     from asdseg.training.config import config_from_dict
     from asdseg.training.data import constant_images
-    from asdseg.training.trainer import Trainer
+    from asdseg.training.trainer import CHECKPOINT_FILE, Trainer
 
     config = config_from_dict(_config_values(args), args.config or "config")
     check_output_dir(args.output_dir, "--output-dir")
+    if args.resume and not (Path(args.output_dir) / CHECKPOINT_FILE).exists():
+        raise InputError(
+            f"--resume: {args.output_dir} holds no checkpoint ({CHECKPOINT_FILE}) to continue; leave out "
+            "--resume to start a new run there, or give the output folder of the run to continue."
+        )
     trainer = Trainer(config, args.output_dir, device=args.device)
     warn_about_precision(trainer.device, trainer.precision)
     for name in constant_images(trainer.split):
@@ -149,8 +154,8 @@ def _run(trainer: Trainer, config: TrainingConfig, args: argparse.Namespace) -> 
     from asdseg.training.distributed import end_distributed
     from asdseg.training.trainer import CHECKPOINT_FILE
 
+    new_run = not (Path(args.output_dir) / CHECKPOINT_FILE).exists()
     try:
-        new_run = not (Path(args.output_dir) / CHECKPOINT_FILE).exists()
         if config.data.split is not None and new_run and trainer.context.is_main:
             print(f"split: {', '.join(f'{len(names)} {part}' for part, names in config.data.split.items())}")
             print(f"wrote {write_split(args.output_dir, config.data.split)}")

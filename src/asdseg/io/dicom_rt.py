@@ -97,9 +97,26 @@ def read_structure_set(path: Path) -> StructureSet:
                     f"--rtstruct {path}: contours of ROI number {roi.ReferencedROINumber}, which its "
                     "structure list does not name; the file is malformed."
                 )
-            points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
-            structures[names[roi.ReferencedROINumber]].append(points)
+            name = names[roi.ReferencedROINumber]
+            structures[name].append(contour_points(contour, name, path))
     return StructureSet(structures, frames)
+
+
+def contour_points(contour, name: str, path: Path) -> np.ndarray:
+    """A contour's (n, 3) points in mm; a contour without points, with a coordinate count that is
+    not a multiple of 3 or with a coordinate that is not a finite number is refused, naming it."""
+    values = contour.get("ContourData")
+    try:
+        points = np.asarray([] if values is None else values, dtype=float)
+    except (TypeError, ValueError):
+        points = np.asarray([np.nan])
+    if points.size == 0 or points.size % 3 or not np.isfinite(points).all():
+        raise InputError(
+            f"--rtstruct {path}: a contour of structure {name!r} has no usable ContourData: it needs "
+            f"finite x, y, z numbers for each point and holds {points.size} value(s). The file is "
+            "malformed; export the structure set again."
+        )
+    return points.reshape(-1, 3)
 
 
 def read_series(folder: Path) -> tuple[sitk.Image, str]:
@@ -223,8 +240,14 @@ def structure_mask(image: sitk.Image, contours: list[np.ndarray], name: str) -> 
             )
         if not 0 <= slice_index < size_z:
             raise InputError(f"structure {name!r}: a contour lies outside the series (slice {slice_index}).")
-        outside = (index[:, :2] < -0.5) | (index[:, :2] > np.array([size_x, size_y]) - 0.5)
-        clipped += int(outside.any(axis=1).sum())
+        outside = ((index[:, :2] < -0.5) | (index[:, :2] > np.array([size_x, size_y]) - 0.5)).any(axis=1)
+        low, high = index[:, :2].min(axis=0), index[:, :2].max(axis=0)
+        if (high < -0.5).any() or (low > np.array([size_x, size_y]) - 0.5).any():
+            raise InputError(
+                f"structure {name!r}: a contour on slice {slice_index} lies wholly outside the series' "
+                f"{size_x} x {size_y} voxels in plane; the RTSTRUCT was drawn on another series or grid."
+            )
+        clipped += int(outside.sum())
         inside = Polygon(index[:, :2]).contains_points(centres).reshape(size_y, size_x)
         mask[slice_index] ^= inside
     return mask, clipped

@@ -10,6 +10,7 @@ the file, the key and what was expected, never a traceback or a value taken for 
 from __future__ import annotations
 
 import json
+import math
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -49,6 +50,20 @@ def check_json(
         )
 
 
+def non_finite_key(value: Any, parts: tuple = ()) -> tuple | None:
+    """The key path of the first NaN or infinity in ``value``. Python's json reads NaN and
+    Infinity, which JSON does not have and no setting may be: they pass every bound a schema
+    sets and fail later, deep in the engine."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return parts
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = non_finite_key(item, (*parts, key))
+        if found is not None:
+            return found
+    return None
+
+
 def read_json(path: str | Path, schema_name: str, what: str, error: type[AsdsegError] = InputError) -> Any:
     """The contents of JSON file ``path``, checked against schema ``schema_name``; a file that
     cannot be read, is not JSON or breaks the schema raises ``error`` naming the file."""
@@ -57,5 +72,10 @@ def read_json(path: str | Path, schema_name: str, what: str, error: type[AsdsegE
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as problem:
         raise error(f"{path}: cannot read the {what}: {problem}") from problem
+    where = non_finite_key(value)
+    if where is not None:
+        raise error(
+            f"{path}: not a valid {what}: at {key_path(where)}, numbers must be finite (not NaN or Infinity)."
+        )
     check_json(value, schema_name, path, what, error)
     return value

@@ -98,13 +98,16 @@ def check_shipped_name(name: str, version: str, as_new_version: bool = False) ->
 
 def find_model(name: str) -> ModelCard:
     """An installed or shipped model by name, or a model folder (or its ``card.json``) by path,
-    such as the one a fine-tuning round writes."""
+    such as the one a fine-tuning round writes. A bare name that a model has means that model,
+    even where the current folder holds a folder of that name: ``./name`` means the folder."""
     path = Path(name)
+    models = available_models()
+    if name in models and not {"/", os.sep} & set(name):
+        return models[name]
     if path.is_dir() and (path / CARD_FILE).is_file():
         return ModelCard.load(path / CARD_FILE)
     if path.name == CARD_FILE and path.is_file():
         return ModelCard.load(path)
-    models = available_models()
     if name not in models:
         known = ", ".join(sorted(models)) or "none installed"
         raise ModelError(

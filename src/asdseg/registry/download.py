@@ -10,10 +10,12 @@ mend it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
@@ -69,15 +71,37 @@ def _transfer(url: str, part: Path, progress: ProgressCallback, stage: str) -> N
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else 0
         done = offset
-        with open(part, "ab" if offset else "wb") as stream:
+        with writing_here():
+            stream = open(part, "ab" if offset else "wb")  # noqa: SIM115 (closed by the with below)
+        with stream:
             for block in iter(lambda: response.read(CHUNK), b""):
-                stream.write(block)
+                with writing_here():
+                    stream.write(block)
                 done += len(block)
                 progress(done, total, stage)
-            stream.flush()
-            os.fsync(stream.fileno())
+            with writing_here():
+                stream.flush()
+                os.fsync(stream.fileno())
     if done < total:
         raise ConnectionError(f"the connection closed after {done} of {total} bytes")
+
+
+class LocalWriteError(Exception):
+    """Writing the downloaded bytes here failed (a full disk, a file-size limit, no permission):
+    unlike a broken connection, trying again will not help."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextlib.contextmanager
+def writing_here() -> Iterator[None]:
+    """A failed write to the local file is a :class:`LocalWriteError`, not a network failure."""
+    try:
+        yield
+    except OSError as error:
+        raise LocalWriteError(error) from error
 
 
 def _retriable(error: Exception) -> bool:
@@ -93,6 +117,10 @@ def _fetch(url: str, target: Path, progress: ProgressCallback, stage: str) -> No
         try:
             _transfer(url, part, progress, stage)
             return
+        except LocalWriteError as failed:
+            raise OSError(
+                failed.error.errno, f"could not be written ({failed.error.strerror})", str(part)
+            ) from failed
         except (OSError, http.client.HTTPException) as error:
             if attempt == ATTEMPTS or not _retriable(error):
                 raise ModelError(_failure_message(url, target, error)) from error

@@ -11,7 +11,7 @@ from typing import Any, Optional, Union
 import jsonschema
 
 from asdseg.errors import InputError
-from asdseg.io.json_files import read_json
+from asdseg.io.json_files import check_json, read_json
 from asdseg.registry.model_card import card_schema
 
 #: fp16 is left out: it needs loss scaling, and on a CPU it is slower than bf16.
@@ -243,6 +243,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 
 def config_from_dict(values: dict[str, Any], where: str = "config") -> TrainingConfig:
     """The config ``values`` describe, checked; an error names ``where`` (the file) first."""
+    check_json(values, "training_config", where, "training config")
     config = _build(TrainingConfig, values, where)
     try:
         config.check()

@@ -18,7 +18,7 @@ import torch
 
 from asdseg.errors import InputError
 from asdseg.io.datasets import is_dataset_folder, read_dataset
-from asdseg.io.image_io import image_to_array, read_image
+from asdseg.io.image_io import grid_difference, grid_of, image_to_array, read_image
 from asdseg.phantoms import make_phantom
 from asdseg.preprocessing.transforms import normalize_intensity, resample_like, resample_to_spacing
 from asdseg.training.config import DataConfig
@@ -82,6 +82,12 @@ def load_case(root: Path, name: str, data: DataConfig, labelled: bool) -> Case:
         raise InputError(f"{image_path}: an image without a label can only be an unlabelled case.")
     image = read_image(image_path)
     label = read_image(label_path) if labelled else None
+    differs = None if label is None else grid_difference(grid_of(image), grid_of(label))
+    if differs is not None:
+        raise InputError(
+            f"{label_path}: its {differs} differs from its image's ({image_path}); a label map must lie "
+            "on its image's voxel grid. Export the label from the image it was drawn on."
+        )
     if data.spacing is not None:
         image, label = resample_pair(image, label, data.spacing)
     if data.downsample > 1:
