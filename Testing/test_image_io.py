@@ -135,3 +135,15 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path: Path) -> None:
         raise RuntimeError("disk full")
     assert path.read_bytes() == b"old contents"
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_a_truncated_metaimage_is_named_without_a_stale_reason(tmp_path: Path) -> None:
+    """ITK ends its message with a stale errno ("No such file or directory") for a file that is
+    there but cut short; the error keeps ITK's own sentence instead."""
+    path = tmp_path / "cut.mha"
+    sitk.WriteImage(geometric_image((20, 20, 20)), str(path), False)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(InputError) as error:
+        read_image(path)
+    assert str(path) in str(error.value) and "truncated" in str(error.value)
+    assert "No such file" not in str(error.value)

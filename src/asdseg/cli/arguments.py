@@ -96,7 +96,12 @@ def check_roi_space(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if not hasattr(args, "roi_space"):
         return
     if args.roi_space is not None and args.roi is None:
-        parser.error("--roi-space does nothing without --roi; give --roi X0 Y0 Z0 X1 Y1 Z1 or leave it out")
+        # Without the top-level usage, which names no --roi-space: the command's own line.
+        parser.exit(
+            2,
+            f"asdseg {args.command}: error: --roi-space does nothing without --roi; give --roi X0 Y0 Z0 "
+            "X1 Y1 Z1 or leave it out\n",
+        )
     args.roi_space = args.roi_space or "lps"
 
 

@@ -27,8 +27,9 @@ DESCRIPTION = (
 #: Each command's module (``add_parser`` adds its subcommand, its handler the default), in order.
 COMMANDS = (segment, evaluate, models, train, release, import_dicom_rt, suggest, finetune, devices, demo)
 
-#: Every way to write a negative number, the engine's own (-1.5e-05) and -inf included.
-NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-inf(inity)?$", re.IGNORECASE)
+#: Every way to write a negative number, the engine's own (-1.5e-05), -inf and -nan included
+#: (the last two are then refused as not finite, by name).
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-(inf(inity)?|nan)$", re.IGNORECASE)
 
 
 class CommandParser(argparse.ArgumentParser):

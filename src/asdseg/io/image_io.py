@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import re
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -73,12 +74,20 @@ def read_image(path: str | Path) -> sitk.Image:
         # Force the whole pixel buffer to be decoded now, so that a truncated file fails here.
         sitk.GetArrayViewFromImage(image)
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
         raise InputError(
-            f"{path}: not a readable image (truncated or corrupt file?). Reader said: {reason}"
+            f"{path}: not a readable image (truncated or corrupt file?). Reader said: {itk_reason(error)}"
         ) from error
     check_volume_shape(image, path)
     return as_3d(image)
+
+
+def itk_reason(error: RuntimeError) -> str:
+    """ITK's own sentence from a SimpleITK exception, without the source location and object
+    address. Its trailing "Reason:" line repeats a stale errno ("No such file or directory" for a
+    file that is there but cut short), so it is used only when ITK says nothing else."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    said = [re.sub(r"^ITK ERROR: [^:]*: ", "", line) for line in lines if line.startswith("ITK ERROR")]
+    return said[-1] if said else (lines[-1] if lines else "unknown reason")
 
 
 def check_gzip_complete(path: Path) -> int:
