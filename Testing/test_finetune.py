@@ -29,6 +29,7 @@ from asdseg.preprocessing.transforms import CropBox
 from asdseg.registry import find_model, load_network, save_model
 from asdseg.registry.model_card import ModelCard
 from asdseg.training.checkpoint import load_checkpoint
+from asdseg.training.intensity_augmentation import IntensityAugmentation
 from asdseg.training.losses import UNLABELLED
 from asdseg.training.recipes.sparse_finetune import sparse_losses
 from asdseg.training.trainer import CHECKPOINT_FILE
@@ -246,6 +247,31 @@ def test_freezing_the_encoder_keeps_its_weights(tiny_model: ModelCard, tmp_path:
     weights = {name for name in encoder if "running" not in name and "num_batches" not in name}
     assert not weights & changed, "encoder weights moved"
     assert any(name.startswith("decoder") for name in changed), "the decoder did not learn"
+
+
+def test_intensity_augmentation_perturbs_patches_as_its_seed_says() -> None:
+    torch.manual_seed(0)
+    images = torch.randn(8, 1, 16, 16, 12)
+    augmentation = IntensityAugmentation()
+    augmented = augmentation(images, seed=5)
+    assert torch.equal(augmentation(images, seed=5), augmented)  # a resumed run draws the same
+    assert not torch.equal(augmentation(images, seed=6), augmented)
+    assert augmented.shape == images.shape and augmented.dtype == images.dtype
+    changed = [
+        bool((after - before).abs().max() > 1e-3) for after, before in zip(augmented, images, strict=True)
+    ]
+    assert 0 < sum(changed) < len(changed), "each transform is drawn with its own probability"
+
+
+def test_a_round_with_intensity_augmentation_learns_and_says_so(
+    tiny_model: ModelCard, tmp_path: Path
+) -> None:
+    image, _label, sparse = sparse_phantom(1)
+    case = model_grid_case(image, sparse, tiny_model, "case")
+    settings = FineTuneSettings(steps=40, learning_rate=0.05, intensity_augmentation=True)
+    result = fine_tune(tiny_model, [case], tmp_path / "round", settings, device="cpu")
+    assert "intensity augmentation" in result.model.data["training"]["notes"]
+    assert result.history[-1]["segmentation"] < result.history[0]["segmentation"]
 
 
 def test_every_fifth_corrected_slice_is_held_out_over_all_volumes() -> None:

@@ -44,7 +44,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from asdseg.active.finetune import RECIPE_LEARNING_RATES, FineTuneSettings, fine_tune, model_grid_case
+from asdseg.active.finetune import (
+    RECIPE_LEARNING_RATES,
+    FineTuneSettings,
+    fine_tune,
+    model_grid_case,
+)
 from asdseg.active.sparse_labels import SparseLabels
 from asdseg.active.suggest import suggest_slices
 from asdseg.data_paths import require_la2018
@@ -172,11 +177,22 @@ def adapt(
     return result.model, effort, (time.monotonic() - started) / 60
 
 
+#: What the rows written before rows recorded it were fine-tuned with (the 16-label models' patch).
+EARLIER_FINE_TUNING = "64x64x32"
+
+
+def fine_tuning_label(card: ModelCard, settings: FineTuneSettings) -> str:
+    """How a row's model was fine-tuned, where settings differ between rows: patch and
+    augmentation."""
+    patch = "x".join(map(str, card.data["inference"]["patch_size"]))
+    return patch + (", intensity augmentation" if settings.intensity_augmentation else "")
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     with path.open(encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+        return [{"fine_tuning": EARLIER_FINE_TUNING, **row} for row in csv.DictReader(handle)]
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -187,17 +203,20 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+KEY = ("model", "fine_tuning", "strategy", "budget", "volumes", "repeat")
+
+
 def row_key(row: dict[str, Any]) -> tuple:
-    return tuple(str(row[key]) for key in ("model", "strategy", "budget", "volumes", "repeat"))
+    return tuple(str(row[key]) for key in KEY)
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean recovery, Dice and effort per model, strategy, budget and volumes."""
+    """Mean recovery, Dice and effort per model, fine-tuning, strategy, budget and volumes."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault(row_key(row)[:4], []).append(row)
+        groups.setdefault(row_key(row)[:5], []).append(row)
     summary = []
-    for (model, strategy, budget, volumes), members in sorted(groups.items()):
+    for (model, fine_tuning, strategy, budget, volumes), members in sorted(groups.items()):
         values = {
             key: [float(row[key]) for row in members] for key in ("after", "recovered", "effort_voxels")
         }
@@ -205,6 +224,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         summary.append(
             {
                 "model": model,
+                "fine_tuning": fine_tuning,
                 "strategy": strategy,
                 "budget": int(budget),
                 "volumes": int(volumes),
@@ -238,13 +258,13 @@ def write_report(output: Path, rows: list[dict[str, Any]], settings: FineTuneSet
         f"over {settings.batchnorm_statistics_batches} batches of the adaptation volumes (0: not). "
         "Dice of the left atrium (%) on 5 shifted held-out cases, no test-time mirroring.",
         "",
-        "| model | strategy | slices (per volume x volumes) | before shift | shifted | after "
-        "| recovered (min-max) | voxels corrected |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | fine-tuning | strategy | slices (per volume x volumes) | before shift | shifted "
+        "| after | recovered (min-max) | voxels corrected |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for item in summary:
         lines.append(
-            f"| {item['model']} | {item['strategy']} | "
+            f"| {item['model']} | {item['fine_tuning']} | {item['strategy']} | "
             f"{item['slices']} ({item['budget']} x {item['volumes']}) | "
             f"{100 * item['before']:.1f} | {100 * item['shifted']:.1f} | {100 * item['after']:.1f} | "
             f"{100 * item['recovered']:.0f} % "
@@ -266,13 +286,16 @@ def plot_recovery(summary: list[dict[str, Any]], path: Path) -> None:
     models = sorted({item["model"] for item in summary})
     figure, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.8), squeeze=False)
     for axis, model in zip(axes[0], models, strict=True):
-        for strategy in sorted({item["strategy"] for item in summary if item["model"] == model}):
+        series = sorted(
+            {(item["strategy"], item["fine_tuning"]) for item in summary if item["model"] == model}
+        )
+        for strategy, fine_tuning in series:
             points = sorted(
                 (item["slices"], 100 * item["after"])
                 for item in summary
-                if item["model"] == model and item["strategy"] == strategy
+                if (item["model"], item["strategy"], item["fine_tuning"]) == (model, strategy, fine_tuning)
             )
-            axis.plot(*zip(*points, strict=True), marker="o", label=strategy)
+            axis.plot(*zip(*points, strict=True), marker="o", label=f"{strategy} ({fine_tuning})")
         reference = next(item for item in summary if item["model"] == model)
         axis.axhline(100 * reference["before"], color="green", linestyle="--", label="before the shift")
         axis.axhline(100 * reference["shifted"], color="red", linestyle=":", label="shifted, not adapted")
@@ -295,6 +318,11 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=FineTuneSettings.learning_rate)
     parser.add_argument("--freeze-encoder", action="store_true")
     parser.add_argument(
+        "--intensity-augmentation",
+        action=argparse.BooleanOptionalAction,
+        default=FineTuneSettings.intensity_augmentation,
+    )
+    parser.add_argument(
         "--batchnorm-batches",
         type=int,
         default=FineTuneSettings.batchnorm_statistics_batches,
@@ -309,6 +337,7 @@ def main() -> None:
         steps=args.steps,
         learning_rate=args.learning_rate,
         freeze_encoder=args.freeze_encoder,
+        intensity_augmentation=args.intensity_augmentation,
         batchnorm_statistics_batches=args.batchnorm_batches,
     )
     args.output.mkdir(parents=True, exist_ok=True)
@@ -326,6 +355,7 @@ def run_grid(args, settings: FineTuneSettings, cases: list[ShiftedCase], rows: l
     print(machine_line(), flush=True)
     for model in args.models:
         card = find_model(model)
+        label = fine_tuning_label(card, settings)
         before = mean_dice(card, [(case.original, case.original_label) for case in scored])
         shifted_dice = mean_dice(card, [(case.image, case.label) for case in scored])
         print(f"{model}: before the shift {100 * before:.1f}, shifted {100 * shifted_dice:.1f}", flush=True)
@@ -333,7 +363,7 @@ def run_grid(args, settings: FineTuneSettings, cases: list[ShiftedCase], rows: l
             for budget in args.budgets:
                 for volumes in args.volumes:
                     for repeat in range(args.repeats):
-                        key = (model, strategy, str(budget), str(volumes), str(repeat))
+                        key = (model, label, strategy, str(budget), str(volumes), str(repeat))
                         if key in done:
                             continue
                         with tempfile.TemporaryDirectory(prefix="site-adaptation-") as folder:
@@ -347,9 +377,7 @@ def run_grid(args, settings: FineTuneSettings, cases: list[ShiftedCase], rows: l
                                 Path(folder),
                             )
                             after = mean_dice(adapted, [(case.image, case.label) for case in scored])
-                        row = dict(
-                            zip(("model", "strategy", "budget", "volumes", "repeat"), key, strict=True)
-                        )
+                        row = dict(zip(KEY, key, strict=True))
                         row.update(
                             before=round(before, 5),
                             shifted=round(shifted_dice, 5),

@@ -416,16 +416,21 @@ def site_adaptation() -> list[str]:
     source = RESULTS / "site_adaptation" / "results.json"
     data = load(source)
     rows = []
-    for entry in sorted(data["summary"], key=lambda row: (row["model"], row["slices"], row["strategy"])):
+    for entry in sorted(
+        data["summary"],
+        key=lambda row: (row["model"], row["slices"], row["fine_tuning"], row["strategy"]),
+    ):
         slices = f"{entry['slices']} ({entry['budget']} x {entry['volumes']})"
         dice = [percent(entry[key], 1) for key in ("before", "shifted", "after")]
         low, high = percent(entry["recovered_min"], 0), percent(entry["recovered_max"], 0)
         recovered = f"{percent(entry['recovered'], 0)} % ({low} to {high})"
         voxels = number(entry["effort_voxels"], 0)
-        rows.append([entry["model"], entry["strategy"], slices, entry["repeats"], *dice, recovered, voxels])
+        model = [entry["model"], entry["fine_tuning"], entry["strategy"]]
+        rows.append([*model, slices, entry["repeats"], *dice, recovered, voxels])
     header = (
-        "model | strategy | corrected slices (per volume x volumes) | repeats | Dice % before shift"
-        " | shifted | after fine-tuning | drop won back (range) | voxels corrected (mean)"
+        "model | fine-tuning | strategy | corrected slices (per volume x volumes) | repeats"
+        " | Dice % before shift | shifted | after fine-tuning | drop won back (range)"
+        " | voxels corrected (mean)"
     )
     note = f"{data['settings']['steps']} fine-tuning steps"
     return [caption([source], [data.get("machine")], note), "", *table(header, rows)]

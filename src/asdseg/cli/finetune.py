@@ -61,6 +61,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="keep the segmenter's encoder as it was (models without an attention head)",
     )
     finetune.add_argument(
+        "--intensity-augmentation",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="perturb every batch with nnU-Net's intensity transforms (contrast, brightness, bias field, "
+        "noise, low resolution) so that a few slices teach the whole volume (default: on, for models "
+        "without an attention head)",
+    )
+    finetune.add_argument(
         "--output-dir", required=True, help="checkpoint, log and the new model (<dir>/model)"
     )
     finetune.add_argument("--name", help="name of the new model (default: <model>-finetuned)")
@@ -138,6 +146,8 @@ def _settings(args: argparse.Namespace) -> FineTuneSettings:
     settings = FineTuneSettings(
         steps=args.steps, batch_size=args.batch_size, freeze_encoder=args.freeze_encoder
     )
+    if args.intensity_augmentation is not None:
+        settings = replace(settings, intensity_augmentation=args.intensity_augmentation)
     if args.learning_rate is not None:
         settings = replace(settings, learning_rate=args.learning_rate)
     return settings

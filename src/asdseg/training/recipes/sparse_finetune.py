@@ -17,6 +17,8 @@ started from its weights. Each head learns what a sparse label can tell it:
   (on the segmenter's detached prediction, as in DAN).
 
 Unlabelled voxels give no gradient to any head (:data:`asdseg.training.losses.UNLABELLED`).
+With ``intensity_augmentation`` each batch is perturbed by nnU-Net's intensity transforms
+(:mod:`asdseg.training.intensity_augmentation`) before the network sees it.
 With ``freeze_encoder`` the segmenter's encoder keeps its weights (only decoder and heads
 learn); ``asdseg.active.finetune`` sets it.
 """
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asdseg.training.intensity_augmentation import IntensityAugmentation
 from asdseg.training.losses import confidence_target_loss, masked_dice_ce_loss, sdm_sign_loss
 from asdseg.training.recipes.base import Recipe
 
@@ -57,7 +60,11 @@ def segmenter_part(network: nn.Module) -> nn.Module:
 
 class SparseFineTuneRecipe(Recipe):
     name = "sparse-finetune"
-    DEFAULTS: ClassVar[dict[str, Any]] = {"sdm_sign_weight": 0.3, "freeze_encoder": False}
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "sdm_sign_weight": 0.3,
+        "freeze_encoder": False,
+        "intensity_augmentation": False,
+    }
 
     def __init__(self, config, device) -> None:
         super().__init__(config, device)
@@ -65,6 +72,7 @@ class SparseFineTuneRecipe(Recipe):
             for name, parameter in segmenter_part(self.networks["segmenter"]).named_parameters():
                 if name.startswith(ENCODER_PREFIXES):
                     parameter.requires_grad_(False)
+        self.augmentation = IntensityAugmentation() if self.settings["intensity_augmentation"] else None
 
     def card_notes(self) -> str:
         notes = [
@@ -75,6 +83,8 @@ class SparseFineTuneRecipe(Recipe):
         ]
         if self.settings["freeze_encoder"]:
             notes.append("encoder frozen")
+        if self.augmentation is not None:
+            notes.append("nnU-Net's intensity augmentation on every batch")
         if self.config.average_weights_after is not None:
             notes.append(f"weights averaged over the steps after step {self.config.average_weights_after}")
         if self.config.batchnorm_statistics_batches:
@@ -83,6 +93,8 @@ class SparseFineTuneRecipe(Recipe):
 
     def training_step(self, images, labels, unlabelled_images, step) -> dict[str, float]:
         network = self.networks["segmenter"]  # fine-tuning runs in one process, never under DDP
+        if self.augmentation is not None:
+            images = self.augmentation(images, seed=int(torch.randint(2**31 - 1, ())))
         outputs = segmenter_part(network)(images)
         confidence_network = getattr(network, "confidence_network", None)
         if confidence_network is not None:
