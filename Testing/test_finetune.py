@@ -206,9 +206,10 @@ def test_fine_tuning_any_architecture_learns_the_labelled_slices(kind: str, tmp_
     image, label, sparse = sparse_phantom(1)
     before = labelled_slice_dice(card, image, label, EVERY_FOURTH)
     case = model_grid_case(image, sparse, card, "case")
-    result = fine_tune(
-        card, [case], tmp_path / "round", FineTuneSettings(steps=40, learning_rate=0.05), device="cpu"
-    )
+    # Without the intensity augmentation, which has a test of its own: 40 steps of an untrained
+    # network are about the losses and heads, not about learning past perturbed intensities.
+    settings = FineTuneSettings(steps=40, learning_rate=0.05, intensity_augmentation=False)
+    result = fine_tune(card, [case], tmp_path / "round", settings, device="cpu")
     assert result.model is not None
     assert result.model.data["architecture"] == card.data["architecture"]
     assert "sparse" in result.model.data["training"]["protocol"]
@@ -271,7 +272,8 @@ def test_a_round_with_intensity_augmentation_learns_and_says_so(
     settings = FineTuneSettings(steps=40, learning_rate=0.05, intensity_augmentation=True)
     result = fine_tune(tiny_model, [case], tmp_path / "round", settings, device="cpu")
     assert "intensity augmentation" in result.model.data["training"]["notes"]
-    assert result.history[-1]["segmentation"] < result.history[0]["segmentation"]
+    losses = [entry["segmentation"] for entry in result.history]
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
 
 
 def test_every_fifth_corrected_slice_is_held_out_over_all_volumes() -> None:
