@@ -50,6 +50,11 @@ def check_json(
         )
 
 
+#: Parts of a document that report measurements rather than settings: an infinite distance
+#: there (HD95 of an empty prediction) is a result, not a typo.
+MEASUREMENTS = {"model_card": ("metrics",)}
+
+
 def non_finite_key(value: Any, parts: tuple = ()) -> tuple | None:
     """The key path of the first NaN or infinity in ``value``. Python's json reads NaN and
     Infinity, which JSON does not have and no setting may be: they pass every bound a schema
@@ -72,7 +77,10 @@ def read_json(path: str | Path, schema_name: str, what: str, error: type[AsdsegE
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as problem:
         raise error(f"{path}: cannot read the {what}: {problem}") from problem
-    where = non_finite_key(value)
+    checked = value
+    if isinstance(value, dict) and schema_name in MEASUREMENTS:
+        checked = {key: item for key, item in value.items() if key not in MEASUREMENTS[schema_name]}
+    where = non_finite_key(checked)
     if where is not None:
         raise error(
             f"{path}: not a valid {what}: at {key_path(where)}, numbers must be finite (not NaN or Infinity)."
