@@ -192,9 +192,10 @@ def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
     targets = [Path(path) for path in paths]
     temporaries: list[Path] = []
     try:
+        for folder in dict.fromkeys(target.parent for target in targets):
+            folder.mkdir(parents=True, exist_ok=True)
+            recover_folder(folder)
         for target in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            recover_folder(target.parent)
             temporaries.append(create_temporary(target))
         yield temporaries
         replace_all(temporaries, targets)
