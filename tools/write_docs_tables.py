@@ -472,13 +472,61 @@ def inference_speed() -> list[str]:
         seconds = [number(row[key], 1) for key in ("end_to_end_s", "segment_in_process_s", "network_s")]
         in_process = row["segment_in_process_s"] / row["network_s"]
         ratios = [number(row["end_to_end_over_network"]), number(in_process), number(row["peak_rss_mb"], 0)]
-        rows.append([row["model"], precision, row["windows"], *seconds, *ratios])
+        warm = [number(row.get("cold_overhead_s"), 1), number(row.get("warm_second_s"), 1)]
+        warm.append(number(row.get("warm_second_over_network")))
+        rows.append([row["model"], precision, row["windows"], *seconds, *ratios, *warm])
     header = (
         "model | precision | forward passes | end to end s | in process s | network s | ratio end to end"
-        " | ratio in process | peak RSS MB"
+        " | ratio in process | peak RSS MB | cold overhead s (goal <= 1.5) | warm engine's second s"
+        " | ratio warm second (goal <= 1.3)"
     )
     note = f"{data['volume']}, {data['threads']} threads"
     return [caption([source], [data.get("machine")], note), "", *table(header, rows)]
+
+
+def segment_volumes() -> list[str]:
+    """The command-line page's line: several volumes in one ``asdseg segment`` call."""
+    source = RESULTS / "segment_volumes.json"
+    data = load(source)
+    settings = [
+        f"{data[setting]['speed_up']:.2f}x {label} ({number(data[setting]['one_call_s'], 1)} s against "
+        f"{number(data[setting]['separate_calls_s'], 1)} s)"
+        for setting, label in (
+            ("card mirroring", "with the card's mirroring"),
+            ("no mirroring", "without it"),
+        )
+    ]
+    return [
+        f"{data['volumes']} LA cases with {data['model']} in one call took {settings[0]} and {settings[1]} "
+        f"less time than {data['volumes']} calls (goal {data['goal_speed_up']:g}x; "
+        f"{machine_line(data.get('machine'))}; from `{source.relative_to(ROOT)}`)."
+    ]
+
+
+def planning() -> list[str]:
+    source = RESULTS / "planning.json"
+    data = load(source)
+    rows = []
+    for row in data["rows"]:
+        budget = "free memory" if row["memory_gb"] is None else f"{row['memory_gb']:g} GB"
+        shape = " x ".join(map(str, row["median_shape"]))
+        patch = " x ".join(map(str, row["patch_size"]))
+        peaks = [
+            number(row["planned_peak_mb"], 0),
+            number(row["measured_peak_mb"], 0),
+            percent(row["peak_error"], 0),
+        ]
+        steps = [number(row["planned_step_s"]), number(row["measured_step_s"])]
+        spacing = " x ".join(f"{value:g}" for value in row["spacing"])
+        rows.append(
+            [row["dataset"], row["recipe"], budget, spacing, shape, patch, row["batch_size"], *peaks, *steps]
+        )
+    header = (
+        "dataset | recipe | budget | spacing mm | median shape | patch | batch | planned peak MB"
+        " | measured peak MB"
+        " | error % (goal within 20) | planned s/step | measured s/step"
+    )
+    return [caption([source], [data.get("machine")]), "", *table(header, rows)]
 
 
 def training_precision() -> list[str]:
@@ -543,6 +591,8 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "active-learning-picks": active_learning_picks,
     "interaction-times": interaction_times,
     "inference-speed": inference_speed,
+    "segment-volumes": segment_volumes,
+    "planning": planning,
     "training-precision": training_precision,
     "site-adaptation": site_adaptation,
     "site-adaptation-summary": site_adaptation_summary,

@@ -26,7 +26,7 @@ from asdseg.io.image_io import array_to_image, image_to_array
 from asdseg.preprocessing.transforms import CropBox, normalize_intensity, resample_like, resample_to_spacing
 from asdseg.registry.model_card import ATTENTION_ARCHITECTURES, ModelCard
 from asdseg.training.config import DataConfig, TrainingConfig
-from asdseg.training.data import Case, CaseSplit
+from asdseg.training.data import LABEL_DTYPE, Case, CaseSplit
 from asdseg.training.losses import UNLABELLED
 from asdseg.training.trainer import Trainer, TrainingResult
 
@@ -112,9 +112,11 @@ def model_grid_case(
         resampled,
         sitk.sitkNearestNeighbor,
     )
-    normalization = card.data["preprocessing"]["normalization"]
-    array = normalize_intensity(image_to_array(resampled), normalization)
-    return Case(name, array, image_to_array(target, np.int64), resampled.GetSpacing())
+    preprocessing = card.data["preprocessing"]
+    array = normalize_intensity(
+        image_to_array(resampled), preprocessing["normalization"], preprocessing.get("intensity")
+    )
+    return Case(name, array, image_to_array(target, LABEL_DTYPE), resampled.GetSpacing())
 
 
 def fine_tuning_recipe(card: ModelCard, settings: FineTuneSettings) -> tuple[str, dict]:
@@ -168,7 +170,10 @@ def fine_tune(
     config = TrainingConfig(
         recipe=recipe,
         data=DataConfig(
-            labelled=len(cases), validation=0, normalization=card.data["preprocessing"]["normalization"]
+            labelled=len(cases),
+            validation=0,
+            normalization=card.data["preprocessing"]["normalization"],
+            intensity=card.data["preprocessing"].get("intensity"),
         ),
         network=card.data["architecture"],
         labels=card.data["labels"],

@@ -19,6 +19,10 @@ AS_NEW_VERSION_HELP = (
 )
 
 
+#: ``asdseg train``'s and ``asdseg plan``'s recipes (those of asdseg.training.config.RECIPES).
+RECIPE_CHOICES = ("supervised", "asdnet", "sassnet", "dan", "attention-unet")
+
+
 def number_option(
     convert: Callable[[str], float], accept: Callable[[float], bool], requirement: str
 ) -> Callable[[str], float]:
@@ -42,6 +46,9 @@ non_negative_int = number_option(int, lambda value: value >= 0, "a whole number 
 window_overlap = number_option(float, lambda value: 0.0 <= value < 1.0, "in [0, 1), e.g. 0.5")
 positive_float = number_option(
     float, lambda value: math.isfinite(value) and value > 0, "a positive finite number, e.g. 0.005"
+)
+memory_gigabytes = number_option(
+    float, lambda value: math.isfinite(value) and value >= 0.1, "at least 0.1 (GB), e.g. 8"
 )
 finite_float = number_option(float, math.isfinite, "a finite number, e.g. -12.5 or 1.5e-05")
 

@@ -14,6 +14,7 @@ from asdseg.cli import (
     finetune,
     import_dicom_rt,
     models,
+    plan,
     release,
     segment,
     suggest,
@@ -22,10 +23,22 @@ from asdseg.cli import (
 
 #: What ``asdseg --help`` says first.
 DESCRIPTION = (
-    "The ``asdseg`` command line: segment, evaluate, models, train, suggest, finetune, devices, demo."
+    "The ``asdseg`` command line: segment, evaluate, models, plan, train, suggest, finetune, devices, demo."
 )
 #: Each command's module (``add_parser`` adds its subcommand, its handler the default), in order.
-COMMANDS = (segment, evaluate, models, train, release, import_dicom_rt, suggest, finetune, devices, demo)
+COMMANDS = (
+    segment,
+    evaluate,
+    models,
+    plan,
+    train,
+    release,
+    import_dicom_rt,
+    suggest,
+    finetune,
+    devices,
+    demo,
+)
 
 #: Every way to write a negative number, the engine's own (-1.5e-05), -inf and -nan included
 #: (the last two are then refused as not finite, by name).

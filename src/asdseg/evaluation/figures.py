@@ -81,11 +81,8 @@ def save_training_curves(history: Sequence[dict[str, float]], path: str | Path) 
 
     figure, (losses_axis, dice_axis) = plt.subplots(1, 2, figsize=(11, 4))
     steps = [row["step"] for row in history]
-    names = (
-        [key for key in history[-1] if key not in ("step", "learning_rate", "validation_dice")]
-        if history
-        else []
-    )
+    not_losses = ("step", "learning_rate", "validation_dice", "step_seconds")
+    names = [key for key in history[-1] if key not in not_losses] if history else []
     for name in names:
         values = [row.get(name, np.nan) for row in history]
         losses_axis.plot(steps, values, label=name, linewidth=1)

@@ -91,7 +91,10 @@ def _model_grid_input(image: sitk.Image, card: ModelCard) -> tuple[sitk.Image, C
     array = image_to_array(resampled)
     margin = card.data["preprocessing"].get("crop_foreground_margin")
     box = foreground_box(array, margin) if margin is not None else CropBox((0, 0, 0), array.shape)
-    normalized = normalize_intensity(array[box.slices], card.data["preprocessing"]["normalization"])
+    preprocessing = card.data["preprocessing"]
+    normalized = normalize_intensity(
+        array[box.slices], preprocessing["normalization"], preprocessing.get("intensity")
+    )
     return resampled, box, normalized
 
 

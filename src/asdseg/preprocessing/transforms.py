@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import SimpleITK as sitk
@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from asdseg.errors import InputError
 from asdseg.io.image_io import same_geometry
 
-Normalization = Literal["zscore", "zscore-foreground", "none"]
+Normalization = Literal["zscore", "zscore-foreground", "none", "ct"]
 
 #: Largest model grid a volume may be resampled to (2^29 voxels: 2 GiB as float32, before the
 #: network's per-class outputs). Beyond it the spacing in the header is almost surely wrong.
@@ -82,13 +82,22 @@ def resample_like(
     )
 
 
-def normalize_intensity(array: np.ndarray, mode: Normalization) -> np.ndarray:
+def normalize_intensity(
+    array: np.ndarray, mode: Normalization, intensity: dict[str, Any] | None = None
+) -> np.ndarray:
     """Z-score ``array`` over the whole volume, over its foreground (voxels above the
-    minimum, as nnU-Net does for MRI with a zero background), or leave it unchanged.
+    minimum, as nnU-Net does for MRI with a zero background), or leave it unchanged; for
+    ``ct``, clip to ``intensity["clip"]`` and z-score with the dataset's foreground ``mean`` and
+    ``std`` (nnU-Net's CTNormalization: Hounsfield units mean the same in every scan).
     """
     array = array.astype(np.float32, copy=False)
     if mode == "none":
         return array
+    if mode == "ct":
+        if intensity is None:
+            raise ValueError("normalisation ct needs the dataset's clip, mean and std")
+        low, high = intensity["clip"]
+        return ((np.clip(array, low, high) - intensity["mean"]) / intensity["std"]).astype(np.float32)
     if mode == "zscore":
         region = array
     elif mode == "zscore-foreground":

@@ -20,7 +20,7 @@ from asdseg.errors import InputError
 from asdseg.io.atomic_write import atomic_path
 from asdseg.io.json_files import read_json
 from asdseg.training.config import DataConfig
-from asdseg.training.data import Case, CaseSplit, split_names
+from asdseg.training.data import LABEL_DTYPE, Case, CaseSplit, split_names
 
 INDEX_FILE = "index.json"
 #: Roles written into the cache; validation cases stay behind (evaluation runs where the data is).
@@ -70,7 +70,7 @@ def write_case_cache(data: DataConfig, output: str | Path, part_bytes: int = 45 
     output.mkdir(parents=True, exist_ok=True)
     names = split_names(data)
     roles = {name: role for role in CACHED_ROLES for name in names[role]}
-    index: dict[str, Any] = {"normalization": data.normalization, "cases": {}}
+    index: dict[str, Any] = {"normalization": data.normalization, "intensity": data.intensity, "cases": {}}
     written = []
     for number, part in enumerate(_parts_by_size(root, list(roles), part_bytes), start=1):
         file_name = f"part{number:02d}.npz"
@@ -109,7 +109,7 @@ def load_cached_split(folder: str | Path, missing_parts_ok: bool = False) -> Cas
                 raise InputError(f"{folder}: part {part} of the case cache is missing; copy every part.")
             archives[part] = np.load(folder / part)
         archive = archives[part]
-        image = normalize_intensity(archive[f"{name}/image"], index["normalization"])
-        label = archive[f"{name}/label"].astype(np.int64) if entry["role"] == "labelled" else None
+        image = normalize_intensity(archive[f"{name}/image"], index["normalization"], index.get("intensity"))
+        label = archive[f"{name}/label"].astype(LABEL_DTYPE) if entry["role"] == "labelled" else None
         getattr(split, entry["role"]).append(Case(name, image, label, tuple(entry["spacing"])))
     return split

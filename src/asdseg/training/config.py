@@ -54,6 +54,9 @@ class DataConfig:
     #: Integer factor the volumes are downsampled by before training (the compact CPU setting).
     downsample: int = 1
     normalization: str = "zscore"
+    #: For ``normalization`` "ct": {"clip": [low, high], "mean": m, "std": s}, the training
+    #: data's foreground statistics (``asdseg plan`` measures them).
+    intensity: Optional[dict[str, Any]] = None
     #: Spacing (mm) every case is resampled to before training; None = each as stored.
     spacing: Optional[tuple[float, float, float]] = None
     phantom_shape: tuple[int, int, int] = (48, 48, 40)

@@ -24,12 +24,16 @@ from asdseg.preprocessing.transforms import normalize_intensity, resample_like, 
 from asdseg.training.config import DataConfig
 from asdseg.training.losses import UNLABELLED
 
+#: A training label's voxels: class indices and UNLABELLED (-1) in 2 bytes rather than int64's
+#: 8, since every case stays in memory for the whole run (batches are cast to int64).
+LABEL_DTYPE = np.int16
+
 
 @dataclass
 class Case:
     name: str
     image: np.ndarray  #: (x, y, z) float32, normalised
-    label: np.ndarray | None  #: (x, y, z) int64, or None for an unlabelled case
+    label: np.ndarray | None  #: (x, y, z) :data:`LABEL_DTYPE`, or None for an unlabelled case
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def without_label(self) -> Case:
@@ -92,8 +96,9 @@ def load_case(root: Path, name: str, data: DataConfig, labelled: bool) -> Case:
         image, label = resample_pair(image, label, data.spacing)
     if data.downsample > 1:
         image, label = resample_pair(image, label, [value * data.downsample for value in image.GetSpacing()])
-    array = normalize_intensity(image_to_array(image), data.normalization)
-    return Case(name, array, None if label is None else image_to_array(label, np.int64), image.GetSpacing())
+    array = normalize_intensity(image_to_array(image), data.normalization, data.intensity)
+    label_array = None if label is None else image_to_array(label, LABEL_DTYPE)
+    return Case(name, array, label_array, image.GetSpacing())
 
 
 def phantom_case(index: int, data: DataConfig, labelled: bool, num_classes: int | None = None) -> Case:
@@ -101,8 +106,9 @@ def phantom_case(index: int, data: DataConfig, labelled: bool, num_classes: int 
     classes (background and one structure, as the default config's), the sphere (label 2)."""
     with_sphere = num_classes is None or num_classes > 2
     phantom = make_phantom(shape=data.phantom_shape, seed=10_000 + index, with_sphere=with_sphere)
-    label = phantom.label.astype(np.int64) if labelled else None
-    return Case(f"phantom-{index:03d}", normalize_intensity(phantom.image, data.normalization), label)
+    label = phantom.label.astype(LABEL_DTYPE) if labelled else None
+    image = normalize_intensity(phantom.image, data.normalization, data.intensity)
+    return Case(f"phantom-{index:03d}", image, label)
 
 
 def split_names(data: DataConfig) -> dict[str, list]:

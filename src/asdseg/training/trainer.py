@@ -223,6 +223,7 @@ class Trainer:
     # Loop -------------------------------------------------------------------------------------
 
     def train_step(self) -> dict[str, float]:
+        started = time.perf_counter()
         config = self.config
         rate = learning_rate(config, self.step)
         self.recipe.set_learning_rate(rate)
@@ -245,7 +246,10 @@ class Trainer:
         self.step += 1
         if self.weight_average is not None:
             self.weight_average.update(self.recipe.export_network(), self.step)
+        # The step's own time (patches, forward, backward, update), without validation: what a
+        # plan's step time (asdseg plan) predicts.
         row = {"step": self.step, "learning_rate": rate, **losses}
+        row["step_seconds"] = time.perf_counter() - started
         validate = self.step % config.validate_every == 0 or self.step == config.steps
         if self.context.is_main and self.split.validation and validate:
             row["validation_dice"] = validation_dice(
@@ -331,6 +335,7 @@ class Trainer:
             "preprocessing": {
                 "spacing": list(self.split.spacing),
                 "normalization": config.data.normalization,
+                **({"intensity": config.data.intensity} if config.data.intensity is not None else {}),
             },
             "inference": {"patch_size": list(config.patch_size), "overlap": 0.5, "blend": "gaussian"},
             "training": {
