@@ -6,7 +6,7 @@ cases of ``train.list`` one call each, then all of them in one call (``-i`` with
 ``-o`` a folder), with the model card's test-time mirroring and with ``--no-mirroring``.
 Writes ``benchmarks/results/segment_volumes.json`` with the machine.
 
-    python benchmarks/segment_volumes.py [--model la-sassnet] [--cases 4]
+    python benchmarks/segment_volumes.py [--model la-sassnet-72] [--cases 4]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from asdseg.data_paths import require_la2018
 from asdseg.io.atomic_write import atomic_path
 from asdseg.machine import describe_machine, machine_line
+from asdseg.registry import DEFAULT_MODEL
 from asdseg.training.data import case_names
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "segment_volumes.json"
@@ -52,7 +53,7 @@ def compare(model: str, images: list[Path], folder: Path, extra: list[str]) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="la-sassnet")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
