@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test benchmark clean
+.PHONY: demo test test-all benchmark clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ test: $(BIN)/.installed
 	$(BIN)/ruff check src Testing benchmarks tools ASDSeg ActiveAnnotate
 	# What 3D Slicer runs must work on Python 3.9 (Slicer 5.8).
 	$(BIN)/vermin -t=3.9- --violations --eval-annotations --no-tips src ASDSeg ActiveAnnotate
-	$(BIN)/python -m pytest -q
+	# The default run stays under 15 minutes on 2 cores; make test-all adds the slow tests.
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: test
+	$(BIN)/python -m pytest -q -m slow
 
 # Writes benchmarks/results/inference_speed.json (kept in git, with the machine it ran on).
 benchmark: $(BIN)/.installed

@@ -1,6 +1,6 @@
 """Write docs/cli-reference.md from the ``asdseg`` command line's own parsers: every command, its
 options, what each does and its default. Built from the parsers' actions rather than argparse's
-formatted help, whose layout changes between Python versions; Testing/test_cli_reference.py fails
+formatted help, whose layout changes between Python versions; Testing/command_line/test_cli_reference.py fails
 when the page is stale.
 
     python tools/write_cli_reference.py

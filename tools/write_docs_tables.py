@@ -6,7 +6,7 @@ in benchmarks/results/), so that no figure in a table is typed by hand. Each tab
 
 and this script replaces what is between them with a caption naming the source (and the machine
 it records) and the table TABLES[NAME] builds; the prose around stays as written.
-Testing/test_docs_tables.py fails when a table is stale or a marker is broken. It reads JSON
+Testing/project/test_docs_tables.py fails when a table is stale or a marker is broken. It reads JSON
 only (no torch), so it runs anywhere the repository is.
 
     python tools/write_docs_tables.py            # rewrite the stale tables

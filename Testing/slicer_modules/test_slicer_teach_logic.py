@@ -153,6 +153,7 @@ def test_a_teach_round_installs_a_new_version_and_leaves_the_original_untouched(
     assert default_site_name(outcome.installed.name) == "phantom-demo-site1"
 
 
+@pytest.mark.slow
 def test_a_worse_model_is_refused_and_the_round_kept(
     core: SlicerCore, teach: TeachLogic, demo_installed: ModelCard, phantom_files, tmp_path: Path
 ) -> None:
@@ -180,6 +181,7 @@ def test_a_worse_model_is_refused_and_the_round_kept(
     assert "phantom-demo-site1" not in available_models()
 
 
+@pytest.mark.slow
 def test_a_stopped_round_resumes_on_the_same_corrections(
     core: SlicerCore, teach: TeachLogic, demo_installed: ModelCard, phantom_files, tmp_path: Path
 ) -> None:

@@ -26,6 +26,7 @@ def folder_contents(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_the_self_test_trains_in_a_child_and_leaves_the_users_models_alone(
     model_home: Path, tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -97,6 +97,7 @@ def test_every_recipe_has_a_test_setup() -> None:
     assert set(RECIPE_SETUPS) == set(RECIPE_CLASSES) - set(FINE_TUNING_RECIPES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted(RECIPE_SETUPS))
 def test_a_short_run_reduces_the_loss_and_beats_a_trivial_predictor(recipe: str, tmp_path: Path) -> None:
     torch.set_num_threads(2)

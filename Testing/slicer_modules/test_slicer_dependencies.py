@@ -16,7 +16,7 @@ from asdseg.registry.model_card import ModelCard
 
 from ASDSegLib.dependencies import PROTECTED_PACKAGES, missing_requirements, protected_constraints
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: Everything 3D Slicer runs: the engine (in PythonSlicer children) and both modules.
 SLICER_RUNS = sorted(
     path for folder in ("src", "ASDSeg", "ActiveAnnotate") for path in (ROOT / folder).rglob("*.py")

@@ -11,7 +11,7 @@ import re
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODULES = ("ASDSeg", "ActiveAnnotate")
 #: Engine dependencies a Slicer installation already provides (or, for matplotlib, that only
 #: the command-line demo's figures use), so Resources/requirements.txt does not list them.

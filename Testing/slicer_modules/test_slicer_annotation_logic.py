@@ -313,6 +313,7 @@ def test_a_finetuning_round_is_picked_up(logic: AnnotationLogic, volume_node, ph
     assert logic.finish_finetune(second).name == "annotation-round-002"
 
 
+@pytest.mark.slow
 def test_with_an_roi_a_round_trains_on_the_box_only(
     logic: AnnotationLogic, core: SlicerCore, volume_node, phantom_files
 ) -> None:

@@ -99,6 +99,7 @@ def scan(tmp_path: Path, model_home: Path) -> Path:
     return tmp_path / "img.nii.gz"
 
 
+@pytest.mark.slow
 def test_kill_9_during_segment_outputs_leaves_them_all_old_or_all_new(scan: Path) -> None:
     """A label map with its sidecars and an SDM in another folder, over an earlier run's
     outputs (from an older model) that must not be mixed with the new ones."""

@@ -17,7 +17,7 @@ from PySide6.QtCore import QFile, QObject
 from PySide6.QtUiTools import QUiLoader
 from PySide6.QtWidgets import QApplication, QComboBox
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: Per module: the parameters its widget writes itself instead of through a SlicerParameterName
 #: binding (``roi``: ASDSegLib.panel.ParameterNodeWidget binds it, see there), and widgets the test requires.
 MODULES = {

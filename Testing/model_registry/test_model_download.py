@@ -37,7 +37,7 @@ from asdseg.registry import (
 from asdseg.registry.download import ATTEMPTS, partial_path
 from asdseg.registry.model_card import ModelCard
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 class WeightsServer(ThreadingHTTPServer):

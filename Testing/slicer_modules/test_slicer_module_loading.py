@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODULE_FOLDERS = ("ASDSeg", "ActiveAnnotate")
 #: Everything of the two modules that Slicer runs in its own process.
 SLICER_SIDE_FILES = sorted(path for folder in MODULE_FOLDERS for path in (ROOT / folder).rglob("*.py"))
