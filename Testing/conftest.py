@@ -26,6 +26,12 @@ from asdseg.registry.model_card import ModelCard
 
 torch.set_num_threads(2)
 
+# Tests share helpers across the stage folders (``from test_background import ...``): each
+# folder is importable, as the flat folder was, whichever file pytest collects first.
+for _folder in sorted(Path(__file__).resolve().parent.iterdir()):
+    if _folder.is_dir() and not _folder.name.startswith((".", "_")) and str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
+
 ROTATED = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 
 

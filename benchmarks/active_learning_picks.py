@@ -21,7 +21,6 @@ bound; random is averaged over 20 draws. Writes ``picks.json`` and ``picks.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from asdseg.active.strategies import select_slices
 from asdseg.data_paths import require_la2018
 from asdseg.evaluation.metrics import dice
 from asdseg.io.atomic_write import atomic_path
+from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry.model_card import ModelCard
 from asdseg.training.data import case_names
@@ -182,8 +182,7 @@ def main() -> None:
         "machine_line": machine_line(describe_machine()),
     }
     args.output.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.output / "picks.json") as temporary:
-        temporary.write_text(json.dumps(results, indent=1) + "\n")
+    write_json(args.output / "picks.json", results, indent=1)
     with atomic_path(args.output / "picks.md") as temporary:
         temporary.write_text(markdown(results, study))
     print(markdown(results, study))

@@ -68,6 +68,7 @@ from asdseg.evaluation.metrics import dice
 from asdseg.inference.sliding_window import predict_volume
 from asdseg.io.atomic_write import atomic_path
 from asdseg.io.image_io import image_to_array, read_image
+from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.preprocessing.transforms import (
     foreground_box,
@@ -246,8 +247,7 @@ def load_state(folder: Path) -> dict[str, Any] | None:
 
 def save_state(folder: Path, state: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / "state.json") as temporary:
-        temporary.write_text(json.dumps(state, indent=1) + "\n")
+    write_json(folder / "state.json", state, indent=1)
 
 
 def round_row(
@@ -349,8 +349,7 @@ def initial_figures(study: Study, output: Path) -> dict[str, Any]:
     else:
         figures = {"dice": study.validation_dice(study.card), "mean_p_dsc": mean_agreement(scores)}
         output.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as temporary:
-            temporary.write_text(json.dumps(figures, indent=1) + "\n")
+        write_json(path, figures, indent=1)
     return {**figures, "scores": scores}
 
 
@@ -425,8 +424,7 @@ def report(output: Path) -> None:
     answers = comparisons(points)
     run = json.loads((output / "run.json").read_text())
     summary = {**run, "points": points, "answers": answers}
-    with atomic_path(output / "summary.json") as temporary:
-        temporary.write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(output / "summary.json", summary, indent=1)
     with atomic_path(output / "summary.md") as temporary:
         temporary.write_text(summary_markdown(summary))
     save_active_learning_curves(
@@ -577,8 +575,7 @@ def main() -> None:
         "budget": study.budget,
         "machine_line": machine_line(describe_machine()),
     }
-    with atomic_path(args.output / "run.json") as temporary:
-        temporary.write_text(json.dumps(run, indent=1) + "\n")
+    write_json(args.output / "run.json", run, indent=1)
     for strategy in args.strategies:
         for repeat in args.repeats if args.repeats is not None else range(settings.repeats):
             run_chain(study, strategy, repeat, args.output, initial)

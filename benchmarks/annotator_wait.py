@@ -13,7 +13,6 @@ cores and writes ``benchmarks/results/annotator_wait/results.json`` with the mac
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +24,8 @@ from asdseg.active.finetune import FineTuneSettings, fine_tune, model_grid_case
 from asdseg.active.sparse_labels import SparseLabels
 from asdseg.active.suggest import suggest_slices
 from asdseg.data_paths import require_la2018
-from asdseg.io.atomic_write import atomic_path
 from asdseg.io.image_io import image_to_array, read_image
+from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import load_network
 from asdseg.registry.model_card import ModelCard
@@ -76,8 +75,7 @@ def main() -> None:
     }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(output) as temporary:
-        temporary.write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
+    write_json(output, figures, indent=1)
     print(
         f"one round on {name}: fine-tune {figures['fine_tune_s']:.0f} s ({settings.steps} steps), "
         f"re-score + suggest {figures['rescore_and_suggest_s']:.0f} s, total {figures['total_s']:.0f} s "

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from asdseg.evaluation.model_evaluation import near_organ, reference_cases
 from asdseg.inference.segment import SegmentationOptions, channel_array, segment_image
 from asdseg.io.atomic_write import atomic_path
 from asdseg.io.image_io import image_to_array
+from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import find_model, load_network
 from asdseg.training.config import config_from_dict, read_config_values
@@ -175,8 +175,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results = measure(args.run, root, args.cases)
     table = markdown(results)
-    with atomic_path(args.results / "results.json") as temporary:
-        temporary.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    write_json(args.results / "results.json", results, indent=1)
     with atomic_path(args.results / "results.md") as temporary:
         temporary.write_text(table, encoding="utf-8")
     print(table)

@@ -22,7 +22,6 @@ Training is resumable (``--runs``); ``--evaluate-only`` skips it.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from asdseg.data_paths import require_la2018
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.sliding_window import WindowSettings, predict_volume
 from asdseg.io.atomic_write import atomic_path
+from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.training.config import config_from_dict
 from asdseg.training.data import Case
@@ -205,8 +205,7 @@ def main() -> None:
     }
     output = Path(args.results)
     output.mkdir(parents=True, exist_ok=True)
-    with atomic_path(output / "results.json") as temporary:
-        temporary.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    write_json(output / "results.json", results, indent=1)
     with atomic_path(output / "results.md") as temporary:
         temporary.write_text(markdown(results), encoding="utf-8")
     save_scatter(tables, output / "scatter.png")

@@ -184,7 +184,7 @@ def main() -> int:
         print(json.dumps(network_time(model, Path(volume), precision)))
         return 0
 
-    from asdseg.io.atomic_write import atomic_path
+    from asdseg.io.json_files import write_json
     from asdseg.machine import describe_machine, machine_line
 
     machine = describe_machine()
@@ -207,8 +207,7 @@ def main() -> int:
                 )
     result = {"volume": described, "threads": args.threads, "rows": rows, "machine": machine}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.output) as path:
-        path.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.output, result, indent=1)
     print(f"wrote {args.output}")
     return 0
 

@@ -51,6 +51,7 @@ from asdseg.data_paths import require_la2018
 from asdseg.evaluation.model_evaluation import evaluate_model, reference_cases
 from asdseg.inference.segment import SegmentationOptions
 from asdseg.io.atomic_write import atomic_path
+from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import available_models, find_model, load_network
 from asdseg.registry.model_card import CARD_FILE, ModelCard
@@ -228,8 +229,7 @@ def earlier_results(output: Path, setting: str) -> dict[str, Any]:
 
 def write_results(output: Path, setting: str, results: dict[str, Any], held_out: list[str]) -> None:
     table = markdown(results, setting, held_out)
-    with atomic_path(output / "results.json") as temporary:
-        temporary.write_text(json.dumps({"setting": setting, "recipes": results}, indent=2) + "\n")
+    write_json(output / "results.json", {"setting": setting, "recipes": results})
     with atomic_path(output / "results.md") as temporary:
         temporary.write_text(table)
     print(table)

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from asdseg.data_paths import find_la2018
-from asdseg.io.atomic_write import atomic_path
+from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.phantoms import write_synthetic_pelvis_dataset
 
@@ -191,8 +191,7 @@ def main() -> int:
             )
     result = {"rows": rows, "machine": machine}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.output) as path:
-        path.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.output, result, indent=1)
     print(f"wrote {args.output}")
     return 0
 

@@ -12,7 +12,6 @@ Writes ``benchmarks/results/segment_volumes.json`` with the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 from asdseg.data_paths import require_la2018
-from asdseg.io.atomic_write import atomic_path
+from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import DEFAULT_MODEL
 from asdseg.training.data import case_names
@@ -70,8 +69,7 @@ def main() -> None:
             result[setting] = compare(args.model, images, Path(folder), extra)
             print(f"{machine_line()}: {setting}: {result[setting]}", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.output) as temporary:
-        temporary.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(args.output, result)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from la_reproduction import ENHANCED_UNET, HELD_OUT, SASSNET_CE_DICE, SDM_VNET, 
 
 from asdseg.data_paths import require_la2018
 from asdseg.io.atomic_write import atomic_path
+from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.training.config import config_from_dict
 from asdseg.training.data import case_names
@@ -178,8 +179,7 @@ def run_job(row: str, seed: int, root: Path, runs: Path, results: Path) -> None:
         "machine": describe_machine(),
         "metrics": evaluate(model, root, held_out),
     }
-    with atomic_path(results / "runs" / f"{slug(row)}-seed{seed}.json") as temporary:
-        temporary.write_text(json.dumps(entry, indent=1) + "\n", encoding="utf-8")
+    write_json(results / "runs" / f"{slug(row)}-seed{seed}.json", entry, indent=1)
     dice = entry["metrics"]["largest_component"]["dice"]
     print(f"{row} seed {seed}: Dice {100 * dice:.2f} ({entry['seconds_per_step']:.2f} s/step)", flush=True)
 
@@ -277,8 +277,7 @@ def main() -> None:
                 run_job(row, seed, root, Path(args.runs), results)
     summary = summarise(results)
     if summary["rows"]:
-        with atomic_path(results / "results.json") as temporary:
-            temporary.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        write_json(results / "results.json", summary, indent=1)
         with atomic_path(results / "results.md") as temporary:
             temporary.write_text(markdown(summary), encoding="utf-8")
         print(markdown(summary))

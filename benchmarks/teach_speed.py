@@ -10,7 +10,6 @@ machine is written to ``--output``.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -22,8 +21,8 @@ import SimpleITK as sitk
 
 from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
 from asdseg.data_paths import require_la2018
-from asdseg.io.atomic_write import atomic_path
 from asdseg.io.image_io import image_to_array, read_image
+from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import DEFAULT_MODEL, find_model
 from asdseg.training.data import case_names
@@ -74,8 +73,7 @@ def main() -> None:
         "goal_seconds": 180,
     }
     args.output.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.output / "teach_speed.json") as temporary:
-        temporary.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(args.output / "teach_speed.json", result)
     print(f"{machine_line()}: teach round of {STEPS} steps on {VOLUMES} volumes: {seconds:.0f} s")
 
 

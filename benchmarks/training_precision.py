@@ -14,7 +14,6 @@ Writes the figures, with the machine, to ``benchmarks/results/training_precision
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from asdseg.devices import autocast, cpu_has_native_bf16
-from asdseg.io.atomic_write import atomic_path
+from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.training.config import config_from_dict
 from asdseg.training.recipes import RECIPE_CLASSES
@@ -114,8 +113,7 @@ def main() -> None:
     rows = measure(args.settings, args.repeats)
     result = {"machine": describe_machine(), "threads": args.threads, "rows": rows}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.output) as temporary:
-        temporary.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(args.output, result)
     print(f"wrote {args.output}")
 
 

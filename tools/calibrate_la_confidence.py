@@ -36,8 +36,8 @@ from asdseg.inference.confidence_calibration import (
     fit_logistic,
 )
 from asdseg.inference.segment import SegmentationOptions, channel_array, segment_image
-from asdseg.io.atomic_write import atomic_path
 from asdseg.io.image_io import image_to_array
+from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine
 from asdseg.registry import load_network, sha256_of
 from asdseg.registry.model_card import ModelCard
@@ -144,10 +144,8 @@ def write_card(
     )
     if sha256_of(model / card["weights"]["file"]) != card["weights"]["sha256"]:
         raise SystemExit("the weights do not match the card; nothing written.")
-    with atomic_path(card_path) as temporary:
-        temporary.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    with atomic_path(model / "confidence_calibration.json") as temporary:
-        temporary.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    write_json(card_path, card)
+    write_json(model / "confidence_calibration.json", results, indent=1)
 
 
 def main() -> None:
@@ -181,8 +179,7 @@ def main() -> None:
     )
     output = Path(args.results)
     output.mkdir(parents=True, exist_ok=True)
-    with atomic_path(output / f"{card.name}.json") as temporary:
-        temporary.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    write_json(output / f"{card.name}.json", results, indent=1)
     near = results["maps"]["calibrated"]["near"]
     print(json.dumps(results["maps"], indent=1))
     print(json.dumps(results["cases"], indent=1))

@@ -23,7 +23,7 @@ from release_la_model import validate
 
 from asdseg.data_paths import require_la2018
 from asdseg.evaluation.model_evaluation import reference_cases
-from asdseg.io.atomic_write import atomic_path
+from asdseg.io.json_files import write_json
 from asdseg.registry import load_network
 from asdseg.registry.model_card import CARD_FILE, ModelCard, validate_card
 from asdseg.training.release import calibration_metrics, validation_metrics, write_validation_files
@@ -51,8 +51,7 @@ def main() -> None:
     }
     validate_card(data, str(args.model / CARD_FILE))
     write_validation_files(data, evaluation, args.model)
-    with atomic_path(args.model / CARD_FILE) as temporary:
-        temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_json(args.model / CARD_FILE, data)
     print(json.dumps(data["metrics"]["validation"], indent=2))
 
 

@@ -32,8 +32,8 @@ from asdseg.active.teach import HOLD_OUT_EVERY
 from asdseg.background import FolderJob, JobState
 from asdseg.cli import EXIT_WORSE, TEACH_REPORT
 from asdseg.errors import AsdsegError, CancelledError, InputError
-from asdseg.io.atomic_write import atomic_path
 from asdseg.io.image_io import write_image
+from asdseg.io.json_files import write_json
 from asdseg.io.labels import Label
 from asdseg.registry import find_model
 from asdseg.registry.model_card import ModelCard, check_model_name
@@ -284,8 +284,7 @@ class TeachLogic:
             index += 1
         round_dir = rounds / f"round-{index:03d}"
         round_dir.mkdir(parents=True)
-        with atomic_path(round_dir / ROUND_INPUTS_FILE) as temporary:
-            temporary.write_text(json.dumps(inputs, indent=2) + "\n", encoding="utf-8")
+        write_json(round_dir / ROUND_INPUTS_FILE, inputs)
         return round_dir, False
 
     def finish_teach(self, run: TeachRun) -> TeachOutcome:

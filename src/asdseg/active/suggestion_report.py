@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from asdseg.io.atomic_write import atomic_path
-from asdseg.io.json_files import read_json
+from asdseg.io.json_files import read_json, write_json
 
 if TYPE_CHECKING:  # suggest needs torch; Slicer's process only reads the record
     from asdseg.active.suggest import SliceSuggestion
@@ -63,8 +61,7 @@ def format_suggestions(record: dict[str, Any]) -> str:
 
 
 def write_suggestions(record: dict[str, Any], path: str | Path) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_json(path, record)
 
 
 def read_suggestions(path: str | Path) -> dict[str, Any]:

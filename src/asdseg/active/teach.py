@@ -10,7 +10,6 @@ held-out slices or the prediction hold: one number per model, old and new, on th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from asdseg.active.sparse_labels import SparseLabels
 from asdseg.errors import InputError
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.segment import SegmentationOptions, segment_image
+from asdseg.io.json_files import write_json
 from asdseg.registry.model_card import ModelCard
 
 #: The share of corrected slices a teach round holds out: one in five.
@@ -148,11 +148,9 @@ def write_teach_report(path: Path, verdict: TeachVerdict, installed: ModelCard |
     """The round's report at ``path`` (beside the run): the verdict and the name the model was
     installed under (None when it was worse, or not asked to be installed), which ASDSeg's Teach
     reads."""
-    from asdseg.io.atomic_write import atomic_path
 
     report = {**verdict.to_dict(), "installed": installed.name if installed is not None else None}
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(path, report)
 
 
 def taught_model_name(site_name: str) -> str:

@@ -1,5 +1,5 @@
 """Reading the JSON files a user gives the tool (dataset.json, splits, labelled-slices files,
-training configs, model cards, slice suggestions, label sidecars).
+training configs, model cards, slice suggestions, label sidecars), and writing JSON whole.
 
 Each file is parsed and checked against its JSON schema in ``asdseg/schemas`` before any of its
 values is used, so that a malformed file, whatever is wrong in it, ends in one kind of error:
@@ -20,6 +20,7 @@ import jsonschema
 from jsonschema.exceptions import best_match
 
 from asdseg.errors import AsdsegError, InputError
+from asdseg.io.atomic_write import atomic_path
 
 
 @cache
@@ -87,3 +88,10 @@ def read_json(path: str | Path, schema_name: str, what: str, error: type[AsdsegE
         )
     check_json(value, schema_name, path, what, error)
     return value
+
+
+def write_json(path: str | Path, value: Any, indent: int = 2) -> None:
+    """``value`` as JSON (UTF-8, a newline at the end) at ``path``, written atomically: a reader
+    finds the old file or the new one, never half of it."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(value, indent=indent) + "\n", encoding="utf-8")

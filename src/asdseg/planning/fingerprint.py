@@ -20,9 +20,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from asdseg.errors import InputError
-from asdseg.io.atomic_write import atomic_path
 from asdseg.io.datasets import is_dataset_folder, read_dataset
 from asdseg.io.image_io import read_image
+from asdseg.io.json_files import write_json
 from asdseg.progress import ProgressCallback
 from asdseg.training.data import case_names, case_paths
 
@@ -196,6 +196,5 @@ def cached_fingerprint(
 def write_fingerprint(folder: str | Path, fingerprint: DatasetFingerprint) -> Path:
     path = Path(folder) / FINGERPRINT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(fingerprint.to_dict(), indent=1) + "\n", encoding="utf-8")
+    write_json(path, fingerprint.to_dict(), indent=1)
     return path

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from asdseg.errors import InputError
-from asdseg.io.atomic_write import atomic_path
+from asdseg.io.json_files import write_json
 from asdseg.planning.experiment_plan import PLAN_FILE, MemoryLine, TrainingPlan, labelled_patches, make_plan
 from asdseg.planning.fingerprint import DatasetFingerprint, cached_fingerprint, write_fingerprint
 from asdseg.progress import ProgressCallback
@@ -74,8 +74,7 @@ class RunPlan:
     def keep(self, folder: str | Path) -> Path:
         """Write plan.json and fingerprint.json into ``folder`` (a run's, once it starts)."""
         write_fingerprint(folder, self.fingerprint)
-        with atomic_path(Path(folder) / PLAN_FILE) as temporary:
-            temporary.write_text(json.dumps(self.contents, indent=1) + "\n", encoding="utf-8")
+        write_json(Path(folder) / PLAN_FILE, self.contents, indent=1)
         return Path(folder) / PLAN_FILE
 
 

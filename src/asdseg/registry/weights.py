@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asdseg.errors import ModelError
 from asdseg.io.atomic_write import atomic_path
+from asdseg.io.json_files import write_json
 from asdseg.progress import ProgressCallback
 from asdseg.registry.catalogue import check_shipped_name, user_models_dir
 from asdseg.registry.download import download_file, sha256_of
@@ -160,8 +160,7 @@ def save_model(
     validate_card(card_data, directory / CARD_FILE)
     with atomic_path(directory / weights_file) as temporary:
         temporary.write_bytes(weights)
-    with atomic_path(directory / CARD_FILE) as card_temporary:
-        card_temporary.write_text(json.dumps(card_data, indent=2) + "\n", encoding="utf-8")
+    write_json(directory / CARD_FILE, card_data)
     if previous is not None and previous.name != weights_file:
         previous.unlink(missing_ok=True)
     return ModelCard.load(directory / CARD_FILE)

@@ -10,7 +10,6 @@ arrays a run on the NIfTI files sees.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from asdseg.errors import InputError
 from asdseg.io.atomic_write import atomic_path
-from asdseg.io.json_files import read_json
+from asdseg.io.json_files import read_json, write_json
 from asdseg.training.config import DataConfig
 from asdseg.training.data import LABEL_DTYPE, Case, CaseSplit, split_names
 
@@ -86,8 +85,7 @@ def write_case_cache(data: DataConfig, output: str | Path, part_bytes: int = 45 
         with atomic_path(output / file_name) as temporary, open(temporary, "wb") as handle:
             np.savez_compressed(handle, **arrays)
         written.append(output / file_name)
-    with atomic_path(output / INDEX_FILE) as temporary:
-        temporary.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+    write_json(output / INDEX_FILE, index, indent=1)
     return [*written, output / INDEX_FILE]
 
 

@@ -9,16 +9,14 @@ licence and provenance go into the model card.
 from __future__ import annotations
 
 import copy
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from asdseg.errors import InputError
-from asdseg.io.atomic_write import atomic_path
 from asdseg.io.datasets import UNLABELLED_FOLDER, Dataset, check_dataset, read_dataset
-from asdseg.io.json_files import read_json
+from asdseg.io.json_files import read_json, write_json
 from asdseg.training.config import DEFAULT_NETWORKS, DataConfig
 
 PARTS = ("labelled", "unlabelled", "validation")
@@ -174,8 +172,7 @@ def write_split(output_dir: str | Path, split: dict[str, list[str]]) -> Path:
     """``split.json`` in the run folder, in the form ``--splits`` reads back."""
     path = Path(output_dir) / SPLIT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(split, indent=2) + "\n", encoding="utf-8")
+    write_json(path, split)
     return path
 
 

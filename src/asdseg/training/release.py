@@ -11,7 +11,6 @@ that anyone can check which cases a model has seen.
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from asdseg.evaluation.model_evaluation import (
     evaluate_model,
     reference_cases,
 )
-from asdseg.io.atomic_write import atomic_path
+from asdseg.io.json_files import write_json
 from asdseg.io.labels import Label
 from asdseg.progress import ProgressCallback
 from asdseg.registry import half_precision_state, save_model
@@ -143,8 +142,7 @@ def write_validation_files(data: dict[str, Any], shipped: ModelEvaluation, folde
     of the evaluation ``shipped`` of the model whose card ``data`` lives in ``folder``."""
     rows = [{"post_processing": kind, **row} for kind, kind_rows in shipped.rows.items() for row in kind_rows]
     write_csv(rows, folder / "validation.csv", ("post_processing", *COLUMNS))
-    with atomic_path(folder / "calibration.json") as temporary:
-        temporary.write_text(json.dumps(shipped.calibration_summary(), indent=2) + "\n", encoding="utf-8")
+    write_json(folder / "calibration.json", shipped.calibration_summary())
     curves = {
         f"{name}, {region}, error AUROC {shipped.error_detection[name][region].auroc():.2f}": bins
         for name, regions in shipped.calibration.items()

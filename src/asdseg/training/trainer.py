@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from asdseg.evaluation.figures import save_training_curves
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.sliding_window import WindowSettings, predict_volume
 from asdseg.io.atomic_write import atomic_path
+from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.networks import architecture_outputs
 from asdseg.registry import find_model, load_network, save_model
@@ -291,8 +291,7 @@ class Trainer:
             self.start_from(find_model(self.config.init_from))
         if self.context.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self.output_dir / "config.json") as temporary:
-                temporary.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+            write_json(self.output_dir / "config.json", self.config.to_dict())
         self.run_started = time.monotonic()
         bar = None
         if show_progress and self.context.is_main:
