@@ -85,8 +85,9 @@ def planned_setup(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
 
     values = read_config_values(args.config) if args.config else {}
     recipe = args.recipe or values.get("recipe", "supervised")
-    classes = recipe_network(args.dataset, recipe)["params"]["num_classes"]
-    network = values.get("network") or recipe_network(args.dataset, recipe)
+    default_network = recipe_network(args.dataset, recipe)
+    classes = default_network["params"]["num_classes"]
+    network = values.get("network") or default_network
     if isinstance(network, dict) and isinstance(network.get("params", {}), dict):
         network.setdefault("params", {}).setdefault("num_classes", classes)
     labels = [{"value": value, "name": f"class {value}", "color": [0, 0, 0]} for value in range(classes)]

@@ -302,9 +302,10 @@ def make_plan(
     budget = memory_budget_mb(device, memory_gb)
     on_gpu = device.startswith("cuda")
     spacing = target_spacing(fingerprint)
-    median = tuple(int(value) for value in np.median(resampled_shapes(fingerprint, spacing), axis=0))
+    shapes = resampled_shapes(fingerprint, spacing)
+    median = tuple(int(value) for value in np.median(shapes, axis=0))
     data_mb = data_megabytes(fingerprint, spacing)
-    dataset_voxels = float(resampled_shapes(fingerprint, spacing).prod(axis=1).sum())
+    dataset_voxels = float(shapes.prod(axis=1).sum())
     notes = [spacing_note(fingerprint, spacing)]
     host_budget = SAFETY * available_memory_mb("cpu") if on_gpu else budget
     if data_mb > host_budget:
@@ -314,6 +315,7 @@ def make_plan(
     step_budget = budget if on_gpu else budget - data_mb
     start = tuple(round_up(size) for size in median)
     candidates = patch_candidates(start, spacing)
+    largest = candidates[0]
     small = tuple(min(size, trial_size) for size, trial_size in zip(start, TRIAL_PATCH))
     measured = trial(_trial_settings(recipe, network, small, 2, precision, device))
     report(trial_line(measured))
@@ -346,7 +348,7 @@ def make_plan(
         )
     if start != patch:
         why = "the papers' 112 x 112 x 80 voxels"
-        if patch != patch_candidates(start, spacing)[0]:
+        if patch != largest:
             why += " and then to the memory budget"
         notes.append(
             f"patch {list(patch)}: the median shape {list(median)} padded to {list(start)}, cut to {why}"
