@@ -5,7 +5,7 @@ train`` runs on the plan.
 Datasets (synthetic unless said; written to a temporary folder):
 
 - tiny: 6 cases of 56 x 56 x 32 voxels of 1 x 1 x 2 mm, three organs, recipe dan (issue 37's
-  example);
+  example), at the free memory and at a 1 GB budget (issue 37's goal);
 - pelvic-anisotropic: 6 cases of 256 x 256 x 24 voxels of 0.7 x 0.7 x 4 mm (thick slices);
 - ct-large-fov: 4 CT cases of 384 x 384 x 160 voxels of 0.9 x 0.9 x 2 mm;
 - la-2018: the 80 LA 2018 cases (../shared) with recipe sassnet, at the free memory and at a
@@ -39,7 +39,13 @@ from asdseg.phantoms import write_synthetic_pelvis_dataset
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "planning.json"
 SYNTHETIC = {
-    "tiny": {"cases": 6, "shape": (56, 56, 32), "spacing": (1.0, 1.0, 2.0), "recipe": "dan"},
+    "tiny": {
+        "cases": 6,
+        "shape": (56, 56, 32),
+        "spacing": (1.0, 1.0, 2.0),
+        "recipe": "dan",
+        "budgets": (None, 1.0),
+    },
     "pelvic-anisotropic": {
         "cases": 6,
         "shape": (256, 256, 24),
@@ -186,9 +192,9 @@ def main() -> int:
                     rows.append(measure(name, root, "sassnet", folder, budget))
                 continue
             dataset = synthetic_dataset(name, Path(temporary))
-            rows.append(
-                measure(name, dataset, SYNTHETIC[name]["recipe"], Path(temporary) / f"{name}-run", None)
-            )
+            for budget in SYNTHETIC[name].get("budgets", (None,)):
+                folder = Path(temporary) / f"{name}-{budget}"
+                rows.append(measure(name, dataset, SYNTHETIC[name]["recipe"], folder, budget))
     result = {"rows": rows, "machine": machine}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.output, result, indent=1)

@@ -3,10 +3,12 @@ at a patch and batch size, on this machine.
 
 The trial runs in a process of its own (``python -m asdseg.planning.memory_trial SETTINGS``)
 so that its peak resident memory is its own: the same torch, recipe, networks, optimizer and
-autocast as ``asdseg train``, training two steps on synthetic cases of the patch's size. It
+autocast as ``asdseg train``, running two steps on synthetic cases of the patch's size. The
+second step is the run's last, so it pays what a run's end adds to a step: validation, the
+checkpoint, ``curves.png`` and the model (a tiny configuration's peak is mostly these). It
 reports the process's memory before the first step (Python, torch, the networks and their
-optimizer state), its peak over the steps (on a GPU, torch's peak allocation instead) and the
-second step's time (the first pays one-off allocations).
+optimizer state), its peak over the run (on a GPU, torch's peak allocation instead) and the
+second step's own time (the first pays one-off allocations).
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from asdseg.errors import InputError
 
-#: Synthetic cases the trial trains on (labelled and unlabelled).
+#: Synthetic cases the trial trains on (labelled and unlabelled), and validates on.
 TRIAL_CASES = 2
+VALIDATION_CASES = 1
+TRIAL_STEPS = 2
 
 
 @dataclass(frozen=True)
@@ -88,14 +91,14 @@ def run_trial(settings: TrialSettings) -> dict[str, float]:
         patch_size=tuple(settings.patch_size),
         batch_size=settings.batch_size,
         labelled_per_batch=settings.labelled_per_batch,
-        steps=10**6,
-        validate_every=10**6,
-        checkpoint_every=10**6,
+        steps=TRIAL_STEPS,
+        validate_every=TRIAL_STEPS,
+        checkpoint_every=TRIAL_STEPS,
         precision=settings.precision,
         data=DataConfig(
             labelled=TRIAL_CASES,
-            validation=0,
-            cases=2 * TRIAL_CASES,
+            validation=VALIDATION_CASES,
+            cases=2 * TRIAL_CASES + VALIDATION_CASES,
             phantom_shape=tuple(settings.patch_size),
         ),
     )
@@ -105,19 +108,14 @@ def run_trial(settings: TrialSettings) -> dict[str, float]:
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated() / 2**20 if on_gpu else _resident_mb()
-        trainer.train_step()
-        started = time.perf_counter()
-        trainer.train_step()
-        if on_gpu:
-            torch.cuda.synchronize()
-        step_s = time.perf_counter() - started
+        history = trainer.run(show_progress=False).history
         peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else _peak_resident_mb()
     voxels = settings.patch_size[0] * settings.patch_size[1] * settings.patch_size[2]
     return {
         "before_mb": before,
         "peak_mb": peak,
-        "step_s": step_s,
-        "trial_data_mb": 0.0 if on_gpu else 2 * TRIAL_CASES * voxels * 6 / 2**20,
+        "step_s": history[-1]["step_seconds"],
+        "trial_data_mb": 0.0 if on_gpu else (2 * TRIAL_CASES + VALIDATION_CASES) * voxels * 6 / 2**20,
     }
 
 
