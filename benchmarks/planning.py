@@ -14,7 +14,8 @@ Datasets (synthetic unless said; written to a temporary folder):
 Measured: the peak resident memory of a 4-step ``asdseg train`` (``wait4``), which includes
 loading the cases and the validation at the last step, and the median of its steps' own times
 (``step_seconds`` in log.csv: patches, forward, backward, update) after the first. Writes
-``benchmarks/results/planning.json`` with the machine.
+``benchmarks/results/planning.json``, each row with the machine that measured it; the rows of
+datasets not asked for are kept from the file as they were.
 
     python benchmarks/planning.py [--datasets tiny pelvic-anisotropic ct-large-fov la-2018]
 """
@@ -170,6 +171,14 @@ def measure(name: str, dataset: Path, recipe: str, folder: Path, memory_gb: floa
     return row
 
 
+def earlier_rows(path: Path) -> list[dict]:
+    """The rows of an earlier run, each with its machine (older files kept one for all)."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    return [{"machine": earlier.get("machine"), **row} for row in earlier["rows"]]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -179,7 +188,7 @@ def main() -> int:
     args = parser.parse_args()
     machine = describe_machine()
     print(f"machine: {machine_line(machine)}", flush=True)
-    rows = []
+    rows = [row for row in earlier_rows(args.output) if row["dataset"] not in args.datasets]
     with tempfile.TemporaryDirectory() as temporary:
         for name in args.datasets:
             if name == "la-2018":
@@ -189,13 +198,16 @@ def main() -> int:
                     continue
                 for budget in LA_BUDGETS:
                     folder = Path(temporary) / f"la-{budget}"
-                    rows.append(measure(name, root, "sassnet", folder, budget))
+                    rows.append({**measure(name, root, "sassnet", folder, budget), "machine": machine})
                 continue
             dataset = synthetic_dataset(name, Path(temporary))
             for budget in SYNTHETIC[name].get("budgets", (None,)):
                 folder = Path(temporary) / f"{name}-{budget}"
-                rows.append(measure(name, dataset, SYNTHETIC[name]["recipe"], folder, budget))
-    result = {"rows": rows, "machine": machine}
+                row = measure(name, dataset, SYNTHETIC[name]["recipe"], folder, budget)
+                rows.append({**row, "machine": machine})
+    order = [*SYNTHETIC, "la-2018"]
+    rows.sort(key=lambda row: order.index(row["dataset"]))  # stable: budgets keep their order
+    result = {"rows": rows}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.output, result, indent=1)
     print(f"wrote {args.output}")
