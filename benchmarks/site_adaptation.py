@@ -18,7 +18,9 @@ volume with the shipped model, the simulated annotator corrects the model's pred
 (the ground truth; effort = voxels changed from the prediction), and the shipped model is
 fine-tuned on those slices (``asdseg finetune``'s defaults, BatchNorm statistics re-estimated on
 the adaptation volumes included, unless ``--steps`` / ``--learning-rate`` / ``--batchnorm-batches``
-say otherwise). Recovered = (after - shifted) / (before - shifted).
+say otherwise). Recovered = (after - shifted) / (before - shifted). ``--strategies all-slices``
+(not a strategy) corrects every slice of each adaptation volume: the most a round can learn from
+those volumes, the ceiling of the strategies' rows (its budget column is the volumes' slice count).
 
 Writes ``rows.csv``, ``results.json`` (with the machine), ``results.md`` and ``recovery.png`` to
 ``--output`` (tracked: ``benchmarks/results/site_adaptation``). A row already in ``rows.csv`` is
@@ -69,6 +71,8 @@ NOISE = 0.08
 BIAS = (0.8, 0.5)  #: exp(a x) along one axial axis, exp(-b y^2) along the other
 POOL = 8  #: the last cases of train.list: adaptation volumes first, then the scored ones
 ADAPTATION = 3
+#: Every slice of each adaptation volume corrected: the rows' ceiling, not a strategy.
+ALL_SLICES = "all-slices"
 #: No test-time mirroring while scoring: the same cost for every row.
 SCORING = SegmentationOptions(mirror_axes=())
 
@@ -138,8 +142,13 @@ def mean_dice(card: ModelCard, images_labels: list[tuple[sitk.Image, np.ndarray]
 def corrected_slices(
     card: ModelCard, case: ShiftedCase, strategy: str, budget: int, seed: int
 ) -> tuple[SparseLabels, int]:
-    """The slices ``strategy`` asks for on the shifted volume, corrected to the truth, and the
-    voxels the annotator changed from the model's prediction there."""
+    """The slices ``strategy`` asks for on the shifted volume (every slice for
+    :data:`ALL_SLICES`), corrected to the truth, and the voxels the annotator changed from the
+    model's prediction there."""
+    if strategy == ALL_SLICES:
+        prediction = segment_image(case.image, card, load_network(card), SCORING).label_array()
+        every_slice = set(range(case.label.shape[2]))
+        return SparseLabels(case.label, every_slice), int((prediction != case.label).sum())
     suggestion = suggest_slices(
         case.image,
         card,
@@ -359,7 +368,8 @@ def run_grid(args, settings: FineTuneSettings, cases: list[ShiftedCase], rows: l
         shifted_dice = mean_dice(card, [(case.image, case.label) for case in scored])
         print(f"{model}: before the shift {100 * before:.1f}, shifted {100 * shifted_dice:.1f}", flush=True)
         for strategy in args.strategies:
-            for budget in args.budgets:
+            budgets = [min(case.label.shape[2] for case in cases)] if strategy == ALL_SLICES else args.budgets
+            for budget in budgets:
                 for volumes in args.volumes:
                     for repeat in range(args.repeats):
                         key = (model, label, strategy, str(budget), str(volumes), str(repeat))
