@@ -294,6 +294,7 @@ def run_finetune(arguments: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, env=engine_environment(), timeout=600)
 
 
+@pytest.mark.slow  # slicer_modules/test_slicer_teach_logic.py installs a version beside the original
 def test_a_teach_round_installs_rounds_side_by_side(tiny_model: ModelCard, tmp_path: Path) -> None:
     arguments = [*write_inputs(tmp_path, tiny_model), "--steps", "40", "--learning-rate", "0.05"]
     arguments += ["--hold-out-every", "5", "--install-as", "site-a"]

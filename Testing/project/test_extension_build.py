@@ -143,7 +143,7 @@ def test_the_repository_root_has_the_codes_licence() -> None:
     """The index requires a licence file at the root; it must be the licence pyproject.toml
     declares (the weights' terms are in their model cards)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    assert project["license"]["text"] == "Apache-2.0"
+    assert project["license"] == "Apache-2.0"  # an SPDX expression (PEP 639)
     text = (ROOT / "LICENSE").read_text(encoding="utf-8")
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text
