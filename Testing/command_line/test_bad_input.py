@@ -169,6 +169,11 @@ def segment(w: Path, *extra: str) -> list[str]:
     return [*SEGMENT, "-i", str(w / "img.nii.gz"), "-o", str(w / "o.nii.gz"), *extra]
 
 
+def train_config(w: Path, config: str, *extra: str) -> list[str]:
+    """train with ``config`` (JSON text) written to c.json, into the run folder r."""
+    return ["train", "--config", write(w / "c.json", config), "--output-dir", str(w / "r"), *extra]
+
+
 def evaluate(w: Path, *extra: str) -> list[str]:
     return ["evaluate", "--pred", str(w / "lab.nii.gz"), "--ref", str(w / "lab.nii.gz"), *extra]
 
@@ -560,67 +565,31 @@ MODELS_CASES: Cases = {
 #: train: case -> (argv built in the workspace, fragments the error message must contain).
 TRAIN_CASES: Cases = {
     "train: lr_decay_every 0": (
-        lambda w: [
-            "train",
-            "--config",
-            write(w / "c.json", '{"lr_decay_every": 0}'),
-            "--output-dir",
-            str(w / "r"),
-        ],
+        lambda w: train_config(w, '{"lr_decay_every": 0}'),
         ("c.json", "lr_decay_every", "minimum"),
     ),
     "train: a negative seed": (
-        lambda w: ["train", "--config", write(w / "c.json", '{"seed": -1}'), "--output-dir", str(w / "r")],
+        lambda w: train_config(w, '{"seed": -1}'),
         ("c.json", "seed"),
     ),
     "train: an unknown normalisation": (
-        lambda w: [
-            "train",
-            "--config",
-            write(w / "c.json", '{"data": {"normalization": "foo"}}'),
-            "--output-dir",
-            str(w / "r"),
-        ],
+        lambda w: train_config(w, '{"data": {"normalization": "foo"}}'),
         ("c.json", "data.normalization", "zscore"),
     ),
     "train: a split whose labelled part is null": (
-        lambda w: [
-            "train",
-            "--config",
-            write(w / "c.json", '{"data": {"split": {"labelled": null}}}'),
-            "--output-dir",
-            str(w / "r"),
-        ],
+        lambda w: train_config(w, '{"data": {"split": {"labelled": null}}}'),
         ("c.json", "data.split"),
     ),
     "train: a split that is a string": (
-        lambda w: [
-            "train",
-            "--config",
-            write(w / "c.json", '{"data": {"split": "abc"}}'),
-            "--output-dir",
-            str(w / "r"),
-        ],
+        lambda w: train_config(w, '{"data": {"split": "abc"}}'),
         ("c.json", "data.split"),
     ),
     "train: a negative number of labelled cases": (
-        lambda w: [
-            "train",
-            "--config",
-            write(w / "c.json", '{"data": {"labelled": -1}}'),
-            "--output-dir",
-            str(w / "r"),
-        ],
+        lambda w: train_config(w, '{"data": {"labelled": -1}}'),
         ("c.json", "data.labelled"),
     ),
     "train: NaN deep in the config": (
-        lambda w: [
-            "train",
-            "--config",
-            write(w / "c.json", '{"data": {"spacing": [1.0, NaN, 1.0]}}'),
-            "--output-dir",
-            str(w / "r"),
-        ],
+        lambda w: train_config(w, '{"data": {"spacing": [1.0, NaN, 1.0]}}'),
         ("c.json", "data.spacing[1]", "finite"),
     ),
     "train: --resume where no run was": (
@@ -636,91 +605,43 @@ TRAIN_CASES: Cases = {
         ("label.nii.gz", "its origin differs", "image.nii.gz"),
     ),
     "train: config value of the wrong type": (
-        lambda w: [
-            "train",
-            "--config",
-            write(w / "c.json", '{"steps": "ten"}'),
-            "--output-dir",
-            str(w / "r"),
-        ],
+        lambda w: train_config(w, '{"steps": "ten"}'),
         ("c.json", "'steps'", "must be int"),
     ),
     "train: bool for an int": (
-        lambda w: [
-            "train",
-            "--config",
-            write(w / "c.json", '{"data": {"labelled": true}}'),
-            "--output-dir",
-            str(w / "r"),
-        ],
+        lambda w: train_config(w, '{"data": {"labelled": true}}'),
         ("c.json data", "'labelled'"),
     ),
     "train: patch size of two numbers": (
-        lambda w: [
-            "train",
-            "--config",
-            write(w / "c.json", '{"patch_size": [64, 64]}'),
-            "--output-dir",
-            str(w / "r"),
-        ],
+        lambda w: train_config(w, '{"patch_size": [64, 64]}'),
         ("'patch_size'", "tuple[int, int, int]"),
     ),
     "train: config is a list": (
-        lambda w: ["train", "--config", write(w / "c.json", "[1]"), "--output-dir", str(w / "r")],
+        lambda w: train_config(w, "[1]"),
         ("c.json", "JSON object"),
     ),
     "train: learning rate NaN": (
-        lambda w: [
-            "train",
-            "--config",
-            write(w / "c.json", '{"learning_rate": NaN}'),
-            "--output-dir",
-            str(w / "r"),
-        ],
+        lambda w: train_config(w, '{"learning_rate": NaN}'),
         ("learning_rate", "finite"),
     ),
     "train: a network the recipe cannot train": (
-        lambda w: [
-            "train",
-            "--recipe",
-            "attention-unet",
-            "--config",
-            write(w / "c.json", '{"network": {"name": "vnet", "params": {"num_classes": 2}}}'),
-            "--output-dir",
-            str(w / "r"),
-        ],
+        lambda w: train_config(
+            w, '{"network": {"name": "vnet", "params": {"num_classes": 2}}}', "--recipe", "attention-unet"
+        ),
         ("attention-unet", "cannot train network 'vnet'"),
     ),
     "train: sassnet without an SDM head": (
-        lambda w: [
-            "train",
-            "--recipe",
-            "sassnet",
-            "--config",
-            write(w / "c.json", '{"network": {"name": "vnet", "params": {"num_classes": 2}}}'),
-            "--output-dir",
-            str(w / "r"),
-        ],
+        lambda w: train_config(
+            w, '{"network": {"name": "vnet", "params": {"num_classes": 2}}}', "--recipe", "sassnet"
+        ),
         ("sdm_head",),
     ),
     "train: labels and classes disagree": (
-        lambda w: [
-            "train",
-            "--config",
-            write(w / "c.json", '{"network": {"name": "vnet", "params": {"num_classes": 3}}}'),
-            "--output-dir",
-            str(w / "r"),
-        ],
+        lambda w: train_config(w, '{"network": {"name": "vnet", "params": {"num_classes": 3}}}'),
         ("num_classes is 3",),
     ),
     "train: a label without a name": (
-        lambda w: [
-            "train",
-            "--config",
-            write(w / "c.json", '{"labels": [{"value": 0}, {"value": 1}]}'),
-            "--output-dir",
-            str(w / "r"),
-        ],
+        lambda w: train_config(w, '{"labels": [{"value": 0}, {"value": 1}]}'),
         ("labels", "'name' is a required property"),
     ),
     "train: --steps 0": (
@@ -732,13 +653,7 @@ TRAIN_CASES: Cases = {
         ("--output-dir", "is a file, not a folder"),
     ),
     "train: a patch size that is not a multiple of 16": (
-        lambda w: [
-            "train",
-            "--config",
-            write(w / "c.json", '{"patch_size": [24, 24, 24]}'),
-            "--output-dir",
-            str(w / "r"),
-        ],
+        lambda w: train_config(w, '{"patch_size": [24, 24, 24]}'),
         ("patch_size [24, 24, 24] must be three multiples of 16",),
     ),
     "train: --init-from a model that is not installed": (
