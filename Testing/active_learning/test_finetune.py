@@ -144,6 +144,7 @@ def test_sigterm_stops_cleanly_keeping_the_last_checkpoint(
     assert not (output / "model").exists(), "a stopped run writes no model"
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_finishes_the_round_with_a_model_that_loads(
     attention_model: ModelCard, tmp_path: Path
 ) -> None:
@@ -320,7 +321,7 @@ def test_a_worse_model_is_not_installed(demo_model: ModelCard, tmp_path: Path) -
         SparseLabels(misleading, EVERY_FOURTH), image, demo_model.labels, tmp_path / "labels.nii.gz"
     )
     arguments = ["--model", str(demo_model.directory), "--image", str(tmp_path / "image.nii.gz")]
-    arguments += ["--labels", str(tmp_path / "labels.nii.gz"), "--device", "cpu", "--steps", "40"]
+    arguments += ["--labels", str(tmp_path / "labels.nii.gz"), "--device", "cpu", "--steps", "20"]
     arguments += ["--learning-rate", "0.05", "--hold-out-every", "5", "--install-as", "site-b"]
     done = run_finetune([*arguments, "--output-dir", str(tmp_path / "round")])
     assert done.returncode == EXIT_WORSE, done.stderr

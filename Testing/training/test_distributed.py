@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch.distributed as dist
 from test_training import tiny_config
 
@@ -14,6 +15,7 @@ from asdseg.background import engine_environment
 from asdseg.cli import main
 
 
+@pytest.mark.slow
 def test_two_processes_train_in_step_and_rank_zero_writes(tmp_path: Path) -> None:
     """SASSNet exercises both paths: DDP for the segmenter and the explicit gradient averaging
     of the discriminator. The trainer checks at the end that both processes hold the same

@@ -122,6 +122,7 @@ def command_train(args: argparse.Namespace) -> int:
 def _config_values(args: argparse.Namespace) -> tuple[dict[str, Any], RunPlan | None]:
     """The config's settings with the command line's overrides, and with ``--dataset`` the
     dataset's and the plan's (returned too, to be kept in the run folder when it starts)."""
+    from asdseg.registry import find_model
     from asdseg.training.config import read_config_values
     from asdseg.training.dataset_training import dataset_run_values
 
@@ -132,6 +133,10 @@ def _config_values(args: argparse.Namespace) -> tuple[dict[str, Any], RunPlan | 
         values["steps"] = args.steps
     if args.init_from is not None:
         values["init_from"] = args.init_from
+    if values.get("init_from") is not None and not args.resume:
+        # A starting model that is not installed is refused in a second, not after the plan's
+        # measured trial; whether it fits the run is checked once the run's networks exist.
+        find_model(values["init_from"])
     if args.dataset is None:
         given = [f"--{name.replace('_', '-')}" for name in DATASET_OPTIONS if getattr(args, name) is not None]
         if given:
