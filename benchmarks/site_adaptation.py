@@ -49,11 +49,13 @@ from asdseg.active.finetune import (
     RECIPE_LEARNING_RATES,
     FineTuneSettings,
     fine_tune,
+    fine_tuning_precision,
     model_grid_case,
 )
 from asdseg.active.sparse_labels import SparseLabels
 from asdseg.active.suggest import suggest_slices
 from asdseg.data_paths import require_la2018
+from asdseg.devices import auto_precision
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.segment import SegmentationOptions, segment_image
 from asdseg.io.atomic_write import atomic_path
@@ -191,10 +193,16 @@ EARLIER_FINE_TUNING = "64x64x32"
 
 
 def fine_tuning_label(card: ModelCard, settings: FineTuneSettings) -> str:
-    """How a row's model was fine-tuned, where settings differ between rows: patch and
-    augmentation."""
+    """How a row's model was fine-tuned, where settings differ between rows: patch,
+    augmentation, pseudo-labels and, when not fp32, precision."""
     patch = "x".join(map(str, card.data["inference"]["patch_size"]))
-    return patch + (", intensity augmentation" if settings.intensity_augmentation else "")
+    label = patch + (", intensity augmentation" if settings.intensity_augmentation else "")
+    if settings.pseudo_label_confidence is not None:
+        label += f", pseudo-labels >= {settings.pseudo_label_confidence:g}"
+    precision = fine_tuning_precision(card)
+    if precision == "auto":
+        precision = auto_precision(torch.device("cpu"))
+    return label + ("" if precision == "fp32" else f", {precision}")
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -220,10 +228,13 @@ def row_key(row: dict[str, Any]) -> tuple:
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean recovery, Dice and effort per model, fine-tuning, strategy, budget and volumes."""
+    """Mean recovery, Dice and effort per model, fine-tuning, strategy, budget and volumes, and
+    which of them was measured last."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    for row in rows:
+    latest: dict[tuple, int] = {}
+    for position, row in enumerate(rows):
         groups.setdefault(row_key(row)[:5], []).append(row)
+        latest[row_key(row)[:5]] = position
     summary = []
     for (model, fine_tuning, strategy, budget, volumes), members in sorted(groups.items()):
         values = {
@@ -246,6 +257,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "recovered_min": min(values["recovered"]),
                 "recovered_max": max(values["recovered"]),
                 "effort_voxels": statistics.mean(values["effort_voxels"]),
+                #: The position of the group's latest row in rows.csv: which setting was measured last.
+                "latest_row": latest[(model, fine_tuning, strategy, budget, volumes)],
             }
         )
     return summary
@@ -331,6 +344,11 @@ def main() -> None:
         default=FineTuneSettings.intensity_augmentation,
     )
     parser.add_argument(
+        "--pseudo-labels",
+        action=argparse.BooleanOptionalAction,
+        default=FineTuneSettings.pseudo_label_confidence is not None,
+    )
+    parser.add_argument(
         "--batchnorm-batches",
         type=int,
         default=FineTuneSettings.batchnorm_statistics_batches,
@@ -347,6 +365,7 @@ def main() -> None:
         freeze_encoder=args.freeze_encoder,
         intensity_augmentation=args.intensity_augmentation,
         batchnorm_statistics_batches=args.batchnorm_batches,
+        pseudo_label_confidence=FineTuneSettings.pseudo_label_confidence if args.pseudo_labels else None,
     )
     args.output.mkdir(parents=True, exist_ok=True)
     rows = read_rows(args.output / "rows.csv")

@@ -2,7 +2,7 @@
 5 corrected slices each (the last 3 cases of ``train.list``, slices spread over the atrium),
 200 steps and one in five slices held out, as ASDSeg's Teach runs it. The command is timed
 end to end (start-up, resampling, training, judging), and ``teach_speed.json`` with the
-machine is written to ``--output``.
+machine and the precision the round trained in is written to ``--output``.
 
     python benchmarks/teach_speed.py            # the default model (la-sassnet-72)
 """
@@ -10,6 +10,7 @@ machine is written to ``--output``.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -61,20 +62,25 @@ def main() -> None:
         started = time.monotonic()
         finished = subprocess.run(command, capture_output=True, text=True)
         seconds = time.monotonic() - started
-    if finished.returncode not in (0, 4):
-        raise SystemExit(f"finetune failed:\n{finished.stderr[-2000:]}")
+        if finished.returncode not in (0, 4):
+            raise SystemExit(f"finetune failed:\n{finished.stderr[-2000:]}")
+        card = json.loads((Path(folder) / "round" / "model" / "card.json").read_text())
     result = {
         "machine": describe_machine(),
         "model": args.model,
         "volumes": VOLUMES,
         "corrected_slices_per_volume": SLICES,
         "steps": STEPS,
+        "precision": card["training"]["precision"],
         "seconds": round(seconds, 1),
         "goal_seconds": 180,
     }
     args.output.mkdir(parents=True, exist_ok=True)
     write_json(args.output / "teach_speed.json", result)
-    print(f"{machine_line()}: teach round of {STEPS} steps on {VOLUMES} volumes: {seconds:.0f} s")
+    print(
+        f"{machine_line()}: teach round of {STEPS} steps ({result['precision']}) on {VOLUMES} volumes: "
+        f"{seconds:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from torch import nn
 from asdseg.active.finetune import FineTuneSettings, fine_tune, model_grid_case
 from asdseg.registry import load_network
 from asdseg.registry.model_card import ModelCard
-from asdseg.training.batchnorm_statistics import reestimate_batchnorm_statistics
+from asdseg.training.batchnorm_statistics import patch_fill, reestimate_batchnorm_statistics
 from asdseg.training.data import Case
 from asdseg.training.weight_averaging import FinalWeightAverage
 
@@ -38,6 +38,19 @@ def test_statistics_are_the_plain_average_over_the_patches() -> None:
     assert layer.momentum == 0.1, "the layer's own momentum is restored"
     assert not network.training
     assert all(torch.equal(value, weights[name]) for name, value in network.named_parameters())
+
+
+def test_volumes_filling_less_than_half_a_patch_leave_the_statistics_as_they_were() -> None:
+    network = nn.Sequential(nn.Conv3d(1, 1, 1), nn.BatchNorm3d(1))
+    before = {name: value.clone() for name, value in network.state_dict().items()}
+    thin = Case("thin", np.full((12, 12, 3), 3.0, dtype=np.float32), np.zeros((12, 12, 3), np.int64))
+    assert patch_fill(thin.image.shape, (8, 8, 8)) == 3 / 8
+    reestimate_batchnorm_statistics(network, [thin], (8, 8, 8), 3, 2, torch.device("cpu"))
+    assert all(torch.equal(value, before[name]) for name, value in network.state_dict().items())
+    assert not network.training
+    thicker = Case("thicker", np.full((12, 12, 6), 3.0, dtype=np.float32), np.zeros((12, 12, 6), np.int64))
+    reestimate_batchnorm_statistics(network, [thin, thicker], (8, 8, 8), 3, 2, torch.device("cpu"))
+    assert not torch.equal(network[1].running_mean, before["1.running_mean"]), "6 of 8 slices count"
 
 
 def test_a_fine_tuned_model_ships_re_estimated_statistics(tiny_model: ModelCard, tmp_path: Path) -> None:

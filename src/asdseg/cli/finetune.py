@@ -69,6 +69,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "without an attention head)",
     )
     finetune.add_argument(
+        "--pseudo-labels",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also train on the model's own prediction wherever no slice is corrected and "
+        "its probability is at least 0.9 (default: on, for models without an attention head)",
+    )
+    finetune.add_argument(
         "--output-dir", required=True, help="checkpoint, log and the new model (<dir>/model)"
     )
     finetune.add_argument("--name", help="name of the new model (default: <model>-finetuned)")
@@ -150,6 +157,8 @@ def _settings(args: argparse.Namespace) -> FineTuneSettings:
         settings = replace(settings, intensity_augmentation=args.intensity_augmentation)
     if args.learning_rate is not None:
         settings = replace(settings, learning_rate=args.learning_rate)
+    if args.pseudo_labels is False:
+        settings = replace(settings, pseudo_label_confidence=None)
     return settings
 
 

@@ -19,6 +19,14 @@ from torch import nn
 
 from asdseg.training.data import Case, PatchSampler
 
+#: The least share of a patch a case must fill to count towards the statistics.
+MIN_PATCH_FILL = 0.5
+
+
+def patch_fill(shape: Sequence[int], patch_size: Sequence[int]) -> float:
+    """The share of a patch's voxels that a volume of ``shape`` fills (the rest is padding)."""
+    return float(np.prod([min(size, side) / side for size, side in zip(shape, patch_size)]))
+
 
 def batchnorm_layers(network: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [module for module in network.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
@@ -36,7 +44,17 @@ def reestimate_batchnorm_statistics(
 ) -> None:
     """Replace the running mean and variance of every BatchNorm layer of ``network`` by their
     average over ``batches`` batches of random patches of ``cases``' images; the network is
-    left in eval mode, its weights untouched."""
+    left in eval mode, its weights untouched.
+
+    Cases that fill less than half of a patch are left out, and with none left the statistics
+    stay as they were: every patch of such a case is mostly zero padding, whose statistics are
+    nobody's site (the phantom model on a 24-voxel cube with 32-voxel patches, 42 % filled:
+    voxels predicted at >= 0.9 probability fell from 99 % to 34 %). A left-atrium volume of
+    about 94 x 94 x 59 voxels fills about 90 % of la-sassnet-72's 96 x 96 x 64 patch and counts."""
+    cases = [case for case in cases if patch_fill(case.image.shape, patch_size) >= MIN_PATCH_FILL]
+    if not cases:
+        network.eval()
+        return
     layers = batchnorm_layers(network)
     momenta = [layer.momentum for layer in layers]
     for layer in layers:
