@@ -221,7 +221,7 @@ class ASDSegWidget(ParameterNodeWidget):
     def progressText(self, run, progress) -> str | None:
         if not progress.total:
             return None
-        unit = "step" if type(run).__name__ == "TeachRun" else "window"
+        unit = {"fine-tuning": "step", "pseudo-labelling": "volume"}.get(progress.stage, "window")
         return f"{progress.stage.capitalize()}: {unit} {progress.done} of {progress.total}"
 
     def finishRun(self, run) -> None:

@@ -295,7 +295,10 @@ def test_pseudo_labels_fill_only_confident_unlabelled_voxels_with_the_prediction
     image, _label, sparse = sparse_phantom(5)
     case = model_grid_case(image, sparse, demo_model, "case")
     truth = model_grid_case(image, SparseLabels(sparse.label, set(range(24))), demo_model, "truth").label
-    filled = pseudo_labelled(demo_model, [case], 0.9, torch.device("cpu"), seed=0)[0]
+    events = []
+    report = lambda *event: events.append(event)  # noqa: E731
+    filled = pseudo_labelled(demo_model, [case, case], 0.9, torch.device("cpu"), seed=0, progress=report)[0]
+    assert events == [(done, 3, "pseudo-labelling") for done in (1, 2, 3)], "AdaBN, then each volume"
     corrected = case.label != UNLABELLED
     assert np.array_equal(filled.label[corrected], case.label[corrected]), "corrections are kept"
     added = (case.label == UNLABELLED) & (filled.label != UNLABELLED)

@@ -27,6 +27,7 @@ from asdseg.devices import select_device
 from asdseg.errors import InputError
 from asdseg.io.image_io import array_to_image, image_to_array
 from asdseg.preprocessing.transforms import CropBox, normalize_intensity, resample_like, resample_to_spacing
+from asdseg.progress import ProgressCallback
 from asdseg.registry.model_card import ATTENTION_ARCHITECTURES, ModelCard
 from asdseg.training.config import DataConfig, TrainingConfig
 from asdseg.training.data import LABEL_DTYPE, Case, CaseSplit
@@ -186,17 +187,20 @@ def fine_tune(
     should_stop: Callable[[], bool] | None = None,
     show_progress: bool = False,
     resume: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> TrainingResult:
     """Train ``card``'s model further on ``cases`` (from :func:`model_grid_case`) into
     ``output_dir``; its ``model`` folder holds the new model when the run completes. With
-    ``resume``, a stopped round continues from the checkpoint in ``output_dir``."""
+    ``resume``, a stopped round continues from the checkpoint in ``output_dir``. ``progress``
+    follows the pseudo-labelling before the first step; ``on_step`` and ``show_progress`` the
+    steps."""
     if not cases:
         raise InputError("nothing to fine-tune on: give at least one labelled volume.")
     recipe, loss = fine_tuning_recipe(card, settings)
     training, used_confidence = list(cases), None
     if recipe == "sparse-finetune" and settings.pseudo_label_confidence is not None:
         confidence = settings.pseudo_label_confidence
-        filled = pseudo_labelled(card, training, confidence, select_device(device), settings.seed)
+        filled = pseudo_labelled(card, training, confidence, select_device(device), settings.seed, progress)
         if filled is not None:
             training, used_confidence = filled, confidence
     low_rate_from = max(1, round(settings.steps * (1 - FINAL_LOW_RATE_FRACTION)))

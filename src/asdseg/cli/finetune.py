@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asdseg.cli.arguments import add_roi_arguments, non_negative_int, positive_float, positive_int
-from asdseg.cli.console import warn
+from asdseg.cli.console import progress_reporter, warn
 from asdseg.cli.exits import EXIT_STOPPED, EXIT_WORSE, on_sigterm
 from asdseg.errors import CancelledError, InputError
 from asdseg.io.image_io import read_image
@@ -175,13 +175,26 @@ def _teach(
     from asdseg.active.teach import install_taught_model, teach_verdict, write_teach_report
 
     settings = _settings(args)
-    started = time.monotonic()
+    update, close = progress_reporter(args.progress, "pseudo-labelling", unit="volume")
+    # The ETA counts this process's steps only: not the pseudo-labelling before them, nor the
+    # steps a resumed round did before.
+    started, steps_before = time.monotonic(), None
+
+    def stage_progress(done: int, total: int, stage: str) -> None:
+        nonlocal started
+        update(done, total, stage)
+        if done == total:
+            close()
+            started = time.monotonic()
 
     def report(row: dict[str, float]) -> None:
         from asdseg.progress import emit_progress
 
+        nonlocal steps_before
+        if steps_before is None:
+            steps_before = row["step"] - 1
         elapsed = time.monotonic() - started
-        eta = elapsed / row["step"] * (settings.steps - row["step"])
+        eta = elapsed / (row["step"] - steps_before) * (settings.steps - row["step"])
         emit_progress(row["step"], settings.steps, "fine-tuning", loss=row["loss"], eta_s=round(eta, 1))
 
     try:
@@ -195,6 +208,7 @@ def _teach(
             on_step=report if args.progress == "json" else None,
             show_progress=args.progress == "bar",
             resume=args.resume,
+            progress=stage_progress,
         )
     except CancelledError as error:
         print(f"stopped: {error} {_resume_advice(args.output_dir)}", file=sys.stderr)
