@@ -27,7 +27,9 @@ def warn_about_precision(device: torch.device, precision: str) -> None:
         warn(warning)
 
 
-def progress_reporter(kind: str, label: str, unit: str = "win") -> tuple[ProgressCallback, Callable[[], None]]:
+def progress_reporter(
+    kind: str, label: str, unit: str = "win"
+) -> tuple[ProgressCallback, Callable[[], None]]:
     """``--progress``'s reporter and what closes it: JSON lines (``json``) or a bar named ``label``
     counting ``unit``."""
     from asdseg.progress import json_progress, tqdm_progress
