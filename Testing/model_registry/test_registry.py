@@ -17,7 +17,7 @@ def test_card_schema_rejects_missing_and_malformed_fields(tiny_model: ModelCard)
     with pytest.raises(ModelError, match=r"'license' is a required property"):
         validate_card(card, "card.json")
     bad_patch = {**tiny_model.data, "inference": {**tiny_model.data["inference"], "patch_size": [20, 16, 16]}}
-    with pytest.raises(ModelError, match=r"at inference.patch_size\[0\], 20 is not a multiple of 16"):
+    with pytest.raises(ModelError, match=r"patch_size \[20, 16, 16\] must be a multiple of \[16, 16, 16\]"):
         validate_card(bad_patch, "card.json")
     no_background = {**tiny_model.data, "labels": tiny_model.data["labels"][1:]}
     with pytest.raises(ModelError, match=r"include 0"):

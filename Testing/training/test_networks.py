@@ -149,3 +149,41 @@ def test_sr2_comes_from_the_attention_maps_that_sr2_source_names() -> None:
     # the spatial weight is the final attention maps' probability of any organ
     organ = 1 - torch.softmax(outputs["final_attention_logits"], dim=1)[:, :1]
     torch.testing.assert_close(outputs["attention_map"], organ)
+
+
+#: Thick slices: z kept at the first level, halved at the two middle ones, kept at the last.
+THICK_SLICE_STRIDES = [[2, 2, 1], [2, 2, 2], [2, 2, 2], [1, 1, 1]]
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("vnet", {"sdm_head": True, "strides": THICK_SLICE_STRIDES}),
+        ("svnet", {"strides": THICK_SLICE_STRIDES[:3]}),
+        ("vnet-confidence", {"strides": THICK_SLICE_STRIDES}),
+        ("enhanced-unet-confidence", {"strides": THICK_SLICE_STRIDES}),
+        ("attention-unet", {"strides": THICK_SLICE_STRIDES[:3]}),
+    ],
+)
+def test_networks_with_strides_take_a_patch_of_what_their_levels_divide_and_learn(
+    name: str, params: dict
+) -> None:
+    """40 x 40 x 12 is no multiple of 16: only a network that halves z twice takes it."""
+    torch.manual_seed(0)
+    network = build_network(name, {"num_classes": 2, "base_filters": 2, **params}).train()
+    outputs = network(torch.randn(2, 1, 40, 40, 12))
+    assert outputs["logits"].shape == (2, 2, 40, 40, 12)
+    assert_every_parameter_learns(network, total(outputs))
+    with pytest.raises(RuntimeError):
+        build_network(name, {"num_classes": 2, "base_filters": 2})(torch.randn(1, 1, 40, 40, 12))
+
+
+def test_every_level_halving_every_axis_is_the_networks_default() -> None:
+    """Shipped models name no strides; naming 2 everywhere builds the same weights' shapes."""
+    default = build_network("vnet", {"sdm_head": True}).state_dict()
+    explicit = build_network("vnet", {"sdm_head": True, "strides": [[2, 2, 2]] * 4}).state_dict()
+    assert {key: value.shape for key, value in default.items()} == {
+        key: value.shape for key, value in explicit.items()
+    }
+    with pytest.raises(ValueError, match="strides must give 4 levels of three factors, each 1 or 2"):
+        build_network("vnet", {"strides": [[2, 2, 3]] * 4})

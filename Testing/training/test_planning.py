@@ -31,8 +31,10 @@ from asdseg.planning.fingerprint import (
     write_fingerprint,
 )
 from asdseg.planning.memory_trial import TrialResult, TrialSettings
+from asdseg.planning.pooling import planned_strides, with_strides
 from asdseg.planning.run_plan import apply_plan
 from asdseg.preprocessing.transforms import normalize_intensity
+from asdseg.strides import size_divisor
 from asdseg.training.config import config_from_dict
 
 NETWORK = {"name": "vnet", "params": {"num_classes": 4, "base_filters": 4, "dropout": 0.0}}
@@ -78,10 +80,26 @@ def test_spacing_is_the_median_and_thick_slices_take_their_tenth_percentile() ->
     assert target_spacing(toy) == (1.0, 1.0, 2.0)
 
 
-def test_the_patch_is_no_larger_than_the_padded_median_shape_and_divisible_by_16() -> None:
-    toy_start = tuple(round_up(size) for size in (56, 56, 32))
-    assert toy_start == (64, 64, 32)
-    assert patch_candidates(toy_start, (1.0, 1.0, 2.0))[0] == (64, 64, 32)
+def test_thick_slices_are_halved_only_once_the_in_plane_voxels_have_grown_to_their_size() -> None:
+    assert planned_strides((0.625,) * 3, (195, 143, 88), 4) == ((2, 2, 2),) * 4  # LA: the default
+    # The toy set (1 x 1 x 2 mm): z waits one level; x and y stop at 7 voxels, z at 8 goes on.
+    assert planned_strides((1.0, 1.0, 2.0), (56, 56, 32), 4) == ((2, 2, 1), (2, 2, 2), (2, 2, 2), (1, 1, 2))
+    # Pelvic MR, 0.6 mm in plane and 3 mm slices: z is halved only at the two coarsest levels.
+    pelvic = planned_strides((0.6, 0.6, 3.0), (320, 320, 28), 4)
+    assert [level[2] for level in pelvic] == [1, 1, 2, 2] and all(level[:2] == (2, 2) for level in pelvic)
+    assert size_divisor(pelvic) == (16, 16, 4)
+    network = {"name": "vnet", "params": {"num_classes": 2}}
+    assert with_strides(network, ((2, 2, 2),) * 4) is network  # isotropic plans name no strides
+    assert with_strides(network, pelvic)["params"]["strides"] == [[2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]]
+
+
+def test_the_patch_is_no_larger_than_the_padded_median_shape_and_divisible_by_the_pooling() -> None:
+    toy_strides = planned_strides((1.0, 1.0, 2.0), (56, 56, 32), 4)
+    divisor = size_divisor(toy_strides)
+    toy_start = tuple(round_up(size, factor) for size, factor in zip((56, 56, 32), divisor, strict=True))
+    assert toy_start == (56, 56, 32), "no padding: each axis is a multiple of what its levels halve"
+    assert patch_candidates(toy_start, (1.0, 1.0, 2.0), divisor)[0] == (56, 56, 32)
+    assert tuple(round_up(size) for size in (56, 56, 32)) == (64, 64, 32)  # halving every axis 4 times
     la_start = tuple(round_up(size) for size in (195, 143, 88))
     first = patch_candidates(la_start, (0.625,) * 3)[0]
     assert all(size % 16 == 0 and size <= limit for size, limit in zip(first, la_start, strict=True))
@@ -212,14 +230,25 @@ def test_asdseg_plan_measures_a_real_step_and_train_runs_on_the_plan(
     assert main(["plan", *arguments, "--recipe", "supervised", "--memory-gb", "6"]) == 0
     printed = capsys.readouterr().out
     plan = json.loads((run / "plan.json").read_text())["plan"]
-    assert plan["patch_size"] == [48, 48, 32]  # the 40 x 40 x 24 median shape, padded
+    # The 40 x 40 x 24 median shape as it is: the plan's network halves x and y three times and
+    # z (2 mm, twice the in-plane spacing) twice.
+    assert plan["patch_size"] == [40, 40, 24]
+    assert plan["pooling_per_axis"] == [3, 3, 2]
     assert plan["batch_size"] == 2  # four small cases: a batch of 4 would hold a fifth of them
     assert 300 < plan["expected_peak_mb"] < 6 * 1024 and plan["expected_step_s"] > 0
-    assert "patch: 48 x 48 x 32" in printed and "GB at peak" in printed
+    assert "patch: 40 x 40 x 24" in printed and "GB at peak" in printed
     planned = (run / "plan.json").read_text()
     assert main(["train", *arguments, "--steps", "2", "--memory-gb", "6", "--recipe", "supervised"]) == 0
     assert "trial at" not in capsys.readouterr().out  # the kept plan, not measured again
     assert (run / "plan.json").read_text() == planned
     trained = json.loads((run / "config.json").read_text())
-    assert trained["patch_size"] == [48, 48, 32] and trained["batch_size"] == 2
+    assert trained["patch_size"] == [40, 40, 24] and trained["batch_size"] == 2
+    assert trained["network"]["params"]["strides"] == [[2, 2, 1], [2, 2, 2], [2, 2, 2], [1, 1, 1]]
+    assert trained["network"]["params"]["base_filters"] == 4, "the config's network, with the plan's strides"
     assert trained["data"]["spacing"] == [1.0, 1.0, 2.0]
+    # The model keeps its strides: it segments a whole case of 40 x 40 x 24 (no multiple of 16).
+    image = sorted((pelvis / "imagesTr").glob("*.nii.gz"))[0]
+    output = tmp_path / "segmented.nii.gz"
+    arguments = ["-i", str(image), "-o", str(output), "--model", str(run / "model"), "--device", "cpu"]
+    assert main(["segment", *arguments]) == 0
+    assert sitk.ReadImage(str(output)).GetSize() == sitk.ReadImage(str(image)).GetSize()

@@ -103,10 +103,7 @@ def describe_plan(plan: TrainingPlan) -> list[str]:
         ("recipe", f"{plan.recipe} on {plan.device} at {plan.precision}"),
         ("spacing", f"{' x '.join(f'{value:g}' for value in plan.spacing)} mm"),
         ("median shape", " x ".join(map(str, plan.median_shape))),
-        (
-            "patch",
-            f"{' x '.join(map(str, plan.patch_size))} (pooled {plan.pooling_per_axis[0]} times per axis)",
-        ),
+        ("patch", f"{' x '.join(map(str, plan.patch_size))} ({_pooling(plan.pooling_per_axis)})"),
         ("batch", f"{plan.batch_size} patches ({plan.labelled_per_batch} labelled)"),
         ("normalisation", _normalisation(plan)),
         ("foreground", f"{plan.foreground_probability:.0%} of patches centred on an organ"),
@@ -118,6 +115,12 @@ def describe_plan(plan: TrainingPlan) -> list[str]:
         ("step", f"{plan.expected_step_s:.2f} s"),
     ]
     return [f"{name:>14}: {value}" for name, value in rows] + [f"{'note':>14}: {note}" for note in plan.notes]
+
+
+def _pooling(halvings: tuple[int, int, int]) -> str:
+    if len(set(halvings)) == 1:
+        return f"halved {halvings[0]} times per axis"
+    return "halved {} times in x, y, z".format(" / ".join(map(str, halvings)))
 
 
 def _normalisation(plan: TrainingPlan) -> str:

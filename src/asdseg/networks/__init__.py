@@ -38,6 +38,16 @@ def build_network(name: str, params: dict[str, Any] | None = None) -> nn.Module:
     return ARCHITECTURES[name](**(params or {}))
 
 
+def downsamplings(architecture: dict[str, Any]) -> int:
+    """How many levels the segmenter of ``architecture`` (a card's or config's entry) has below
+    its input, read from the network itself (built without weights)."""
+    import torch
+
+    with torch.device("meta"):
+        network = build_network(architecture["name"], architecture.get("params", {}))
+    return len(getattr(network, "segmenter", network).strides)
+
+
 def architecture_outputs(architecture: dict[str, Any]) -> dict[str, bool]:
     """The model card's ``outputs`` entry for an ``architecture`` entry: an SDM when the
     network has an SDM head, a confidence map when it carries a confidence network."""

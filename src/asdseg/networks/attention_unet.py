@@ -32,6 +32,7 @@ from asdseg.networks.unet_parts import (
     unet_widths,
     upsamplers,
 )
+from asdseg.strides import Strides, level_strides
 
 SR2_SOURCES = ("final", "coarse")
 
@@ -58,7 +59,7 @@ class AttentionUNet3D(nn.Module):
     """``forward`` returns ``logits`` (SR1), ``attention_logits`` (SR2, from the AMs that
     ``sr2_source`` names), ``final_attention_logits`` and ``coarse_attention_logits`` (both AMs'
     predictions at the input's size) and ``attention_map`` (the final spatial weight). Spatial
-    sizes must be multiples of 2^levels."""
+    sizes must be multiples of 2^levels, or of the product of each axis's ``strides``."""
 
     def __init__(
         self,
@@ -67,6 +68,7 @@ class AttentionUNet3D(nn.Module):
         base_filters: int = 16,
         levels: int = 3,
         sr2_source: str = "final",
+        strides: Strides | None = None,
     ) -> None:
         super().__init__()
         if sr2_source not in SR2_SOURCES:
@@ -76,10 +78,11 @@ class AttentionUNet3D(nn.Module):
                 "the attention U-Net needs at least 2 levels (SR2 can come from the coarser one)"
             )
         self.sr2_source = sr2_source
+        self.strides = level_strides(strides, levels)
         widths = unet_widths(base_filters, levels)
         self.encoder = encoder_stages(double_conv, in_channels, widths)
         self.bottom = double_conv(widths[levels - 1], widths[levels])
-        self.upsamplers = upsamplers(widths)
+        self.upsamplers = upsamplers(widths, self.strides)
         self.decoder = decoder_stages(double_conv, widths)
         self.attention = nn.ModuleList(
             [ChannelSpatialAttention(widths[level], num_classes) for level in reversed(range(levels))]
@@ -88,7 +91,7 @@ class AttentionUNet3D(nn.Module):
         self.head = nn.Conv3d(widths[0], num_classes, 1)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        features, skips = encode(self.encoder, image)
+        features, skips = encode(self.encoder, image, self.strides)
         features = self.bottom(features)
         stage_maps = []
         for upsample, block, attend, skip in zip(

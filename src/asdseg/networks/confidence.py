@@ -14,27 +14,32 @@ import torch
 from torch import nn
 
 from asdseg.networks.vnet import VNet, conv_stage, resample_block, svnet
+from asdseg.strides import Strides, level_strides
 
 
 class ConfidenceNetwork(nn.Module):
     """Two strided levels down and back up, then a 1x1x1 conv to one logit per voxel; the
-    confidence is its sigmoid. Spatial sizes must be multiples of 4."""
+    confidence is its sigmoid. Spatial sizes must be multiples of 4, or of the product of each
+    axis's ``strides`` (its segmenter's first two levels')."""
 
-    def __init__(self, num_classes: int, with_image: bool = True, base_filters: int = 8) -> None:
+    def __init__(
+        self, num_classes: int, with_image: bool = True, base_filters: int = 8, strides: Strides | None = None
+    ) -> None:
         super().__init__()
         self.with_image = with_image
+        first, second = level_strides(strides, 2, exact=False)
         in_channels = num_classes + (1 if with_image else 0)
         self.encoder = nn.Sequential(
             conv_stage(in_channels, base_filters, 1),
-            resample_block(base_filters, base_filters * 2, up=False),
+            resample_block(base_filters, base_filters * 2, up=False, stride=first),
             conv_stage(base_filters * 2, base_filters * 2, 1),
-            resample_block(base_filters * 2, base_filters * 4, up=False),
+            resample_block(base_filters * 2, base_filters * 4, up=False, stride=second),
             conv_stage(base_filters * 4, base_filters * 4, 1),
         )
         self.decoder = nn.Sequential(
-            resample_block(base_filters * 4, base_filters * 2, up=True),
+            resample_block(base_filters * 4, base_filters * 2, up=True, stride=second),
             conv_stage(base_filters * 2, base_filters * 2, 1),
-            resample_block(base_filters * 2, base_filters, up=True),
+            resample_block(base_filters * 2, base_filters, up=True, stride=first),
             nn.Conv3d(base_filters, 1, 1),
         )
 
@@ -69,10 +74,12 @@ def vnet_with_confidence(
     confidence_filters: int = 8,
     confidence_sees_image: bool = True,
     simplified: bool = False,
+    strides: Strides | None = None,
 ) -> SegmenterWithConfidence:
     """The VNet (or ASDNet's SVNet with ``simplified``) plus ASDNet's confidence network."""
-    build = svnet if simplified else VNet
-    segmenter = build(in_channels, num_classes, base_filters, dropout, sdm_head)
-    return SegmenterWithConfidence(
-        segmenter, ConfidenceNetwork(num_classes, confidence_sees_image, confidence_filters)
-    )
+    if simplified:
+        segmenter = svnet(in_channels, num_classes, base_filters, dropout, sdm_head, strides)
+    else:
+        segmenter = VNet(in_channels, num_classes, base_filters, dropout, sdm_head, strides=strides)
+    confidence = ConfidenceNetwork(num_classes, confidence_sees_image, confidence_filters, strides)
+    return SegmenterWithConfidence(segmenter, confidence)

@@ -24,6 +24,7 @@ from asdseg.networks.unet_parts import (
     unet_widths,
     upsamplers,
 )
+from asdseg.strides import Strides, level_strides
 
 
 class ResidualBlock(nn.Module):
@@ -81,26 +82,33 @@ class ChannelAttentionFusion(nn.Module):
 class EnhancedUNet(nn.Module):
     """``forward`` returns ``logits`` (full resolution) and, in training mode,
     ``deep_supervision``: logits at the two coarser decoder scales (1/4 and 1/2).
-    Spatial sizes must be multiples of 2^levels (16 with the default 4 downsamplings)."""
+    Spatial sizes must be multiples of 2^levels (16 with the default 4 downsamplings), or of
+    the product of each axis's ``strides``."""
 
     def __init__(
-        self, in_channels: int = 1, num_classes: int = 2, base_filters: int = 16, levels: int = 4
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        base_filters: int = 16,
+        levels: int = 4,
+        strides: Strides | None = None,
     ) -> None:
         super().__init__()
+        self.strides = level_strides(strides, levels)
         widths = unet_widths(base_filters, levels)
         self.encoder = encoder_stages(ResidualBlock, in_channels, widths)
         self.bottleneck = DilatedBottleneck(widths[levels - 1], widths[levels])
         self.transforms = nn.ModuleList(
             [ResidualBlock(widths[level], widths[level]) for level in range(levels)]
         )
-        self.upsamplers = upsamplers(widths)
+        self.upsamplers = upsamplers(widths, self.strides)
         self.fusions = decoder_stages(ChannelAttentionFusion, widths)
         self.decoder = decoder_stages(ResidualBlock, widths, input_factor=1)
         self.head = nn.Conv3d(widths[0], num_classes, 1)
         self.deep_heads = nn.ModuleList([nn.Conv3d(widths[level], num_classes, 1) for level in (2, 1)])
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        features, skips = encode(self.encoder, image)
+        features, skips = encode(self.encoder, image, self.strides)
         features = self.bottleneck(features)
         decoded = []
         transformed = [transform(skip) for transform, skip in zip(self.transforms, skips)]
@@ -120,23 +128,29 @@ class EnhancedUNet(nn.Module):
 class ConfidenceUNet(nn.Module):
     """The enhanced UNet's confidence network: a plain UNet with one conv per stage and half
     the segmenter's feature maps, on the class probabilities (and the image); returns one
-    confidence logit per voxel."""
+    confidence logit per voxel. With ``strides``, those of its segmenter's first levels."""
 
     def __init__(
-        self, num_classes: int, with_image: bool = True, base_filters: int = 8, levels: int = 3
+        self,
+        num_classes: int,
+        with_image: bool = True,
+        base_filters: int = 8,
+        levels: int = 3,
+        strides: Strides | None = None,
     ) -> None:
         super().__init__()
         self.with_image = with_image
+        self.strides = level_strides(strides, levels, exact=False)
         widths = unet_widths(base_filters, levels)
         self.encoder = encoder_stages(conv_bn_relu, num_classes + (1 if with_image else 0), widths)
         self.bottom = conv_bn_relu(widths[levels - 1], widths[levels])
-        self.upsamplers = upsamplers(widths)
+        self.upsamplers = upsamplers(widths, self.strides)
         self.decoder = decoder_stages(conv_bn_relu, widths)
         self.head = nn.Conv3d(widths[0], 1, 1)
 
     def forward(self, probabilities: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         features = torch.cat([image, probabilities], dim=1) if self.with_image else probabilities
-        features, skips = encode(self.encoder, features)
+        features, skips = encode(self.encoder, features, self.strides)
         features = self.bottom(features)
         for upsample, block, skip in zip(self.upsamplers, self.decoder, reversed(skips)):
             features = block(torch.cat([upsample(features), skip], dim=1))
@@ -150,10 +164,11 @@ def enhanced_unet_with_confidence(
     levels: int = 4,
     confidence_filters: int = 8,
     confidence_sees_image: bool = True,
+    strides: Strides | None = None,
 ) -> SegmenterWithConfidence:
     """The enhanced UNet plus its confidence network, as DAN ships it: the confidence map is the
     network's estimate, per voxel, that the segmentation there is correct."""
     return SegmenterWithConfidence(
-        EnhancedUNet(in_channels, num_classes, base_filters, levels),
-        ConfidenceUNet(num_classes, confidence_sees_image, confidence_filters),
+        EnhancedUNet(in_channels, num_classes, base_filters, levels, strides),
+        ConfidenceUNet(num_classes, confidence_sees_image, confidence_filters, strides=strides),
     )

@@ -1,6 +1,8 @@
 """Building blocks shared by the UNets: the enhanced UNet, its confidence UNet and the
 active-learning attention U-Net. Each level doubles the width and halves the size by max
-pooling; decoders go back up with 2x2x2 transposed convolutions."""
+pooling; decoders go back up with 2x2x2 transposed convolutions. With ``strides``
+(:mod:`asdseg.strides`) a level may keep an axis as it is, pooling and upsampling 1
+voxel along it."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from asdseg.strides import Strides
 
 Block = Callable[[int, int], nn.Module]
 
@@ -45,12 +49,12 @@ def encoder_stages(block: Block, in_channels: int, widths: list[int]) -> nn.Modu
     )
 
 
-def upsamplers(widths: list[int]) -> nn.ModuleList:
-    """From the bottom up to the first level, coarsest first."""
+def upsamplers(widths: list[int], strides: Strides) -> nn.ModuleList:
+    """From the bottom up to the first level, coarsest first; ``strides`` finest first."""
     levels = len(widths) - 1
     return nn.ModuleList(
         [
-            nn.ConvTranspose3d(widths[level + 1], widths[level], 2, stride=2)
+            nn.ConvTranspose3d(widths[level + 1], widths[level], strides[level], stride=strides[level])
             for level in reversed(range(levels))
         ]
     )
@@ -64,12 +68,14 @@ def decoder_stages(block: Block, widths: list[int], input_factor: int = 2) -> nn
     )
 
 
-def encode(stages: nn.ModuleList, features: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def encode(
+    stages: nn.ModuleList, features: torch.Tensor, strides: Strides
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Run the encoder: returns the pooled output of the last stage and each stage's features
     (the long skips), finest first."""
     skips = []
-    for stage in stages:
+    for stage, stride in zip(stages, strides):
         features = stage(features)
         skips.append(features)
-        features = F.max_pool3d(features, 2)
+        features = F.max_pool3d(features, stride)
     return features, skips

@@ -7,10 +7,14 @@ The rules:
 - spacing: the median of the labelled cases' spacings; where one axis is more than three times
   coarser than the others and has fewer than a third of their voxels (thick slices), that axis
   takes the 10th percentile of its spacings instead (nnU-Net's rule for anisotropic data);
+- pooling: which of the network's levels halve which axis, nnU-Net's rule
+  (:mod:`asdseg.planning.pooling`): every level halves every axis of isotropic data, thick
+  slices are halved only once the in-plane voxels have grown to their size;
 - patch: the median shape of the cases at that spacing, each axis rounded up to a multiple of
-  16 (the recipes' networks halve a patch four times on every axis), then the axis that is
-  longest in mm shortened by 16 at a time until the patch has no more voxels than the papers'
-  112 x 112 x 80 (the context the recipes were tuned at) and the run fits the memory budget;
+  what the pooling halves it by (16 for four halvings) and to at least 16 voxels, then the axis
+  that is longest in mm shortened by that multiple at a time until the patch has no more voxels
+  than the papers' 112 x 112 x 80 (the context the recipes were tuned at) and the run fits the
+  memory budget;
 - batch: 4 patches, down to 2 where a batch of 4 does not fit or would hold over 5 % of the
   dataset's voxels; half of them labelled for the semi-supervised recipes (SASSNet, ASDNet),
   all of them for the others;
@@ -34,12 +38,15 @@ from typing import Any, Callable
 import numpy as np
 
 from asdseg.errors import InputError
+from asdseg.networks import downsamplings
 from asdseg.planning.fingerprint import DatasetFingerprint
 from asdseg.planning.memory_trial import TrialResult, TrialSettings, measure
+from asdseg.planning.pooling import planned_strides, with_strides
+from asdseg.strides import halvings_per_axis, level_strides, size_divisor
 
 PLAN_FILE = "plan.json"
-DIVISOR = 16
-POOLINGS = 4  #: times each recipe's network halves every axis
+#: The shortest patch side: the SDM discriminator's four strided convs need 16 voxels.
+MIN_PATCH_SIDE = 16
 REFERENCE_PATCH = (112, 112, 80)
 REFERENCE_VOXELS = int(np.prod(REFERENCE_PATCH))
 BATCH_SIZES = (4, 2)
@@ -78,6 +85,9 @@ class TrainingPlan:
     expected_peak_mb: float
     expected_step_s: float
     notes: list[str] = field(default_factory=list)
+    #: The segmenter the plan was measured with: the one asked for, with the pooling's
+    #: ``strides`` where a level keeps an axis (empty in plans made before pooling per axis).
+    network: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,7 +97,9 @@ class TrainingPlan:
         data: dict[str, Any] = {"spacing": list(self.spacing), "normalization": self.normalization}
         if self.intensity is not None:
             data["intensity"] = self.intensity
+        planned: dict[str, Any] = {"network": self.network} if self.network else {}
         return {
+            **planned,
             "patch_size": list(self.patch_size),
             "batch_size": self.batch_size,
             "labelled_per_batch": self.labelled_per_batch,
@@ -141,28 +153,34 @@ def data_megabytes(fingerprint: DatasetFingerprint, spacing: tuple[float, float,
     return float(np.dot(voxels, per_voxel)) / 2**20
 
 
-def round_up(size: float) -> int:
-    return max(DIVISOR, math.ceil(size / DIVISOR) * DIVISOR)
+def round_up(size: float, divisor: int = 16) -> int:
+    """``size`` rounded up to a multiple of ``divisor`` (a power of 2 up to 16), at least
+    :data:`MIN_PATCH_SIDE`."""
+    return max(MIN_PATCH_SIDE, math.ceil(size / divisor) * divisor)
 
 
-def shorten(patch: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, ...] | None:
-    """The patch with its longest axis in mm (of those above 16 voxels) 16 voxels shorter; None
-    when every axis is at 16."""
-    axes = [axis for axis in range(3) if patch[axis] > DIVISOR]
+def shorten(
+    patch: tuple[int, ...], spacing: tuple[float, ...], divisor: tuple[int, ...]
+) -> tuple[int, ...] | None:
+    """The patch with its longest axis in mm (of those that can lose ``divisor`` voxels and keep
+    :data:`MIN_PATCH_SIDE`) that many voxels shorter; None when no axis can."""
+    axes = [axis for axis in range(3) if patch[axis] - divisor[axis] >= MIN_PATCH_SIDE]
     if not axes:
         return None
     longest = max(axes, key=lambda axis: (patch[axis] * spacing[axis], patch[axis], -axis))
-    return tuple(size - DIVISOR if axis == longest else size for axis, size in enumerate(patch))
+    return tuple(size - divisor[axis] if axis == longest else size for axis, size in enumerate(patch))
 
 
-def patch_candidates(start: tuple[int, ...], spacing: tuple[float, ...]) -> list[tuple[int, ...]]:
-    """From ``start`` down to 16 x 16 x 16, each shorter than the one before, from the first with
-    no more voxels than :data:`REFERENCE_VOXELS`."""
+def patch_candidates(
+    start: tuple[int, ...], spacing: tuple[float, ...], divisor: tuple[int, ...] = (16, 16, 16)
+) -> list[tuple[int, ...]]:
+    """From ``start`` down to the smallest patch, each shorter than the one before by one
+    ``divisor`` step, from the first with no more voxels than :data:`REFERENCE_VOXELS`."""
     candidates, patch = [], tuple(start)
     while patch is not None:
         if int(np.prod(patch)) <= REFERENCE_VOXELS:
             candidates.append(patch)
-        patch = shorten(patch, spacing)
+        patch = shorten(patch, spacing, divisor)
     return candidates
 
 
@@ -313,8 +331,15 @@ def make_plan(
             f"holding the {len(fingerprint.cases)} cases at {list(spacing)} mm", data_mb, host_budget
         )
     step_budget = budget if on_gpu else budget - data_mb
-    start = tuple(round_up(size) for size in median)
-    candidates = patch_candidates(start, spacing)
+    given_strides = network.get("params", {}).get("strides")
+    levels = downsamplings(network)
+    strides = (
+        level_strides(given_strides, levels) if given_strides else planned_strides(spacing, median, levels)
+    )
+    divisor = size_divisor(strides)
+    network = with_strides(network, strides)
+    start = tuple(round_up(size, factor) for size, factor in zip(median, divisor))
+    candidates = patch_candidates(start, spacing, divisor)
     largest = candidates[0]
     small = tuple(min(size, trial_size) for size, trial_size in zip(start, TRIAL_PATCH))
     measured = trial(_trial_settings(recipe, network, small, 2, precision, device))
@@ -367,7 +392,7 @@ def make_plan(
         patch_size=tuple(patch),
         batch_size=batch,
         labelled_per_batch=labelled_patches(recipe, batch),
-        pooling_per_axis=(POOLINGS,) * 3,
+        pooling_per_axis=halvings_per_axis(strides),
         normalization=normalization,
         intensity=intensity,
         foreground_probability=FOREGROUND_PROBABILITY,
@@ -376,5 +401,6 @@ def make_plan(
         expected_peak_mb=round(_step_peak(measured) + (0.0 if on_gpu else data_mb), 1),
         expected_step_s=round(measured.step_s, 3),
         notes=notes,
+        network=network,
     )
     return plan, line

@@ -2,11 +2,11 @@
 ``fingerprint.json``), and applied to its training config, where a setting the user gave wins.
 
 Nothing is written until the run starts (or ``asdseg plan`` keeps it): a refused run leaves no
-folder behind. A plan is made again when the data, the recipe, the network, the device, the precision or the
-memory budget asked for differ from the kept one's. A setting the config or a flag gives (patch
-size, batch size, spacing, normalisation, foreground oversampling) wins over the plan's; a patch
-and batch that would not fit the memory budget are refused, with what they need, before any
-training.
+folder behind. A plan is made again when the data, the recipe, the network, the device, the
+precision or the memory budget asked for differ from the kept one's. A setting the config or a
+flag gives (patch size, batch size, spacing, normalisation, foreground oversampling, the
+network's strides) wins over the plan's; a patch and batch that would not fit the memory budget
+are refused, with what they need, before any training.
 """
 
 from __future__ import annotations
@@ -129,6 +129,9 @@ def apply_plan(
         values["labelled_per_batch"] = labelled_patches(
             values.get("recipe", "supervised"), int(values["batch_size"])
         )
+    given_network = given.get("network") if isinstance(given.get("network"), dict) else {}
+    if "network" in planned and "strides" not in given_network.get("params", {}):
+        values["network"] = planned["network"]  # the network asked for, with the plan's pooling
     data = values.setdefault("data", {})
     for key in PLANNED_DATA:
         if key not in given_data and key in planned["data"]:

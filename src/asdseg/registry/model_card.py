@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from asdseg.errors import ModelError
 from asdseg.io.json_files import check_json, read_json, schema
 from asdseg.io.labels import Label
+from asdseg.strides import patch_divisor
 
 if TYPE_CHECKING:
     from asdseg.inference.sliding_window import WindowSettings
@@ -31,12 +32,19 @@ def validate_card(card: dict[str, Any], source: str | Path) -> None:
 
 
 def check_card_beyond_schema(card: dict[str, Any], source: str | Path) -> None:
-    """What the schema cannot say: the weights beside the card, label values unique with 0."""
+    """What the schema cannot say: the weights beside the card, a patch the network can take,
+    label values unique with 0."""
     weights_file = card["weights"]["file"]
     if Path(weights_file).name != weights_file or weights_file in (".", "..", CARD_FILE):
         raise ModelError(
             f"{source}: weights.file {weights_file!r} must be a plain file name beside card.json "
             "(no folders, no '..')."
+        )
+    patch, divisor = card["inference"]["patch_size"], patch_divisor(card["architecture"].get("params", {}))
+    if any(size % factor for size, factor in zip(patch, divisor)):
+        raise ModelError(
+            f"{source}: inference.patch_size {patch} must be a multiple of {list(divisor)} on each axis "
+            "(what the network's levels shrink it by)."
         )
     values = [entry["value"] for entry in card["labels"]]
     if len(set(values)) != len(values) or 0 not in values:

@@ -13,6 +13,7 @@ import jsonschema
 from asdseg.errors import InputError
 from asdseg.io.json_files import check_json, read_json
 from asdseg.registry.model_card import card_schema
+from asdseg.strides import patch_divisor
 
 #: fp16 is left out: it needs loss scaling, and on a CPU it is slower than bf16.
 TRAINING_PRECISIONS = ("auto", "fp32", "bf16")
@@ -143,10 +144,13 @@ class TrainingConfig:
         spacing = self.data.spacing
         if spacing is not None and not all(math.isfinite(value) and value > 0 for value in spacing):
             raise InputError(f"data.spacing {list(spacing)} must be three positive sizes in mm.")
-        if len(self.patch_size) != 3 or any(size < 16 or size % 16 for size in self.patch_size):
+        divisor = patch_divisor(self.network.get("params", {}))
+        sizes = zip(self.patch_size, divisor)
+        if len(self.patch_size) != 3 or any(size < 16 or size % factor for size, factor in sizes):
+            multiples = "multiples of 16" if divisor == (16, 16, 16) else f"multiples of {list(divisor)}"
             raise InputError(
-                f"patch_size {list(self.patch_size)} must be three multiples of 16 (the networks halve "
-                "a patch four times, and a model card takes no other size), e.g. [112, 112, 80]."
+                f"patch_size {list(self.patch_size)} must be three {multiples}, at least 16 (the network's "
+                "levels shrink each axis by that much), e.g. [112, 112, 80]."
             )
 
     def check_network(self) -> None:

@@ -146,7 +146,7 @@ class ConfidenceLearningRecipe(Recipe):
     adds its own loss settings to DEFAULTS. The model ships both networks so that inference
     gives the confidence map."""
 
-    confidence_network: ClassVar[Callable[[int, bool, int], nn.Module]]
+    confidence_network: ClassVar[Callable[..., nn.Module]]
     #: The ``architecture`` name (see ``asdseg.networks.ARCHITECTURES``) of segmenter + confidence.
     exported_architecture: ClassVar[str]
     DEFAULTS: ClassVar[dict[str, Any]] = {
@@ -158,7 +158,10 @@ class ConfidenceLearningRecipe(Recipe):
     def build_auxiliary_networks(self) -> dict[str, nn.Module]:
         settings = self.settings
         network = self.confidence_network(
-            self.num_classes, settings["confidence_sees_image"], settings["confidence_filters"]
+            self.num_classes,
+            settings["confidence_sees_image"],
+            settings["confidence_filters"],
+            strides=self.config.network.get("params", {}).get("strides"),
         )
         return {"confidence": network}
 
