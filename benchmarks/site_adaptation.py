@@ -193,10 +193,14 @@ EARLIER_FINE_TUNING = "64x64x32"
 
 
 def fine_tuning_label(card: ModelCard, settings: FineTuneSettings) -> str:
-    """How a row's model was fine-tuned, where settings differ between rows: patch,
-    augmentation, pseudo-labels and, when not fp32, precision."""
+    """How a row's model was fine-tuned, where settings differ between rows: patch, batch when
+    not the default, a frozen encoder, augmentation, pseudo-labels and, when not fp32, precision."""
     patch = "x".join(map(str, card.data["inference"]["patch_size"]))
-    label = patch + (", intensity augmentation" if settings.intensity_augmentation else "")
+    label = patch + (
+        "" if settings.batch_size == FineTuneSettings.batch_size else f", batch {settings.batch_size}"
+    )
+    label += ", encoder frozen" if settings.freeze_encoder else ""
+    label += ", intensity augmentation" if settings.intensity_augmentation else ""
     if settings.pseudo_label_confidence is not None:
         label += f", pseudo-labels >= {settings.pseudo_label_confidence:g}"
     precision = fine_tuning_precision(card)
@@ -338,6 +342,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=FineTuneSettings.steps)
     parser.add_argument("--learning-rate", type=float, default=FineTuneSettings.learning_rate)
     parser.add_argument("--freeze-encoder", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=FineTuneSettings.batch_size)
     parser.add_argument(
         "--intensity-augmentation",
         action=argparse.BooleanOptionalAction,
@@ -362,6 +367,7 @@ def main() -> None:
     settings = FineTuneSettings(
         steps=args.steps,
         learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
         freeze_encoder=args.freeze_encoder,
         intensity_augmentation=args.intensity_augmentation,
         batchnorm_statistics_batches=args.batchnorm_batches,

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 _CLIP = 1e-6
 
@@ -98,6 +97,8 @@ class ConfidenceCalibration:
 
 def near_prediction(label_map: np.ndarray, spacing, distance_mm: float) -> np.ndarray:
     """Voxels within ``distance_mm`` of the predicted foreground."""
+    from scipy import ndimage  # a fifth of a second, paid only by models with a confidence map
+
     foreground = label_map > 0
     if not foreground.any():
         return foreground
