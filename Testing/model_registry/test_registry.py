@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from asdseg.errors import ModelError
-from asdseg.registry import available_models, find_model, install_model, load_network, save_model, sha256_of
+from asdseg.registry import available_models, find_model, install_model, load_network, sha256_of
 from asdseg.registry.model_card import ModelCard, validate_card
 
 
@@ -93,12 +92,3 @@ def test_the_default_model_ships_and_is_what_segment_and_the_demo_run() -> None:
     assert card.data["task"] == "left-atrium"
     assert build_parser().parse_args(["segment", "-i", "in.nrrd", "-o", "out.nrrd"]).model == DEFAULT_MODEL
     assert choose_la_model(None).name == DEFAULT_MODEL
-
-
-def test_weights_holding_nan_are_refused_on_loading(tiny_model: ModelCard, tmp_path: Path) -> None:
-    network = load_network(tiny_model)
-    with torch.no_grad():
-        next(network.parameters()).view(-1)[0] = float("nan")
-    broken = save_model(network, tiny_model.data, tmp_path / "broken")
-    with pytest.raises(ModelError, match=r"hold NaN or infinite values .*diverged"):
-        load_network(broken)
