@@ -80,6 +80,23 @@ def test_truncated_gzip(tmp_path: Path) -> None:
     assert gzip.decompress(data)  # the intact file is fine
 
 
+@pytest.mark.parametrize("name", ["scan.nii", "scan.nii.gz"])
+def test_nan_and_inf_voxels_of_a_nifti_file_are_counted_across_its_whole_length(
+    tmp_path: Path, name: str
+) -> None:
+    """float64 voxels over more than one 4 MiB read: the last voxel is checked too (ITK alone
+    would read NaN and Inf as 0)."""
+    array = np.zeros((40, 128, 128))
+    array[0, 0, 0], array[20, 64, 64], array[-1, -1, -1] = np.nan, np.inf, -np.inf
+    path = tmp_path / name
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    with pytest.raises(InputError, match=rf"{name}: 3 voxels are NaN or infinite"):
+        read_image(path)
+    array[:] = 1.0
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    assert read_image(path).GetSize() == (128, 128, 40)
+
+
 def test_2d_image_refused(tmp_path: Path) -> None:
     path = tmp_path / "slice.nii.gz"
     sitk.WriteImage(sitk.Image([8, 8], sitk.sitkFloat32), str(path))
