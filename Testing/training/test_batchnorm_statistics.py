@@ -4,6 +4,7 @@ over the final steps (SWA)."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,6 +39,29 @@ def test_statistics_are_the_plain_average_over_the_patches() -> None:
     assert layer.momentum == 0.1, "the layer's own momentum is restored"
     assert not network.training
     assert all(torch.equal(value, weights[name]) for name, value in network.named_parameters())
+
+
+def test_statistics_estimated_in_bf16_stay_float32_and_near_the_fp32_ones() -> None:
+    """A round in bf16 re-estimates under bf16 autocast (half the time where bf16 is native)."""
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.BatchNorm3d(4), nn.ReLU(), nn.BatchNorm3d(4))
+    volume = np.random.default_rng(0).normal(1.0, 3.0, (16, 16, 16)).astype(np.float32)
+    statistics = {}
+    for precision in ("fp32", "bf16"):
+        estimated = copy.deepcopy(network)
+        reestimate_batchnorm_statistics(
+            estimated, [Case("c", volume, None)], (16, 16, 16), 3, 2, torch.device("cpu"), 0, precision
+        )
+        layers = (estimated[1], estimated[3])
+        statistics[precision] = [(layer.running_mean, layer.running_var) for layer in layers]
+    for (mean, variance), (bf16_mean, bf16_variance) in zip(
+        statistics["fp32"], statistics["bf16"], strict=True
+    ):
+        assert bf16_mean.dtype == bf16_variance.dtype == torch.float32
+        assert torch.allclose(bf16_mean, mean, rtol=0.05, atol=0.02) and torch.allclose(
+            bf16_variance, variance, rtol=0.05
+        )
+        assert not torch.allclose(bf16_variance, torch.ones_like(variance)), "re-estimated, not left at reset"
 
 
 def test_volumes_filling_less_than_half_a_patch_leave_the_statistics_as_they_were() -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from asdseg.devices import autocast
 from asdseg.training.data import Case, PatchSampler
 
 #: The least share of a patch a case must fill to count towards the statistics.
@@ -41,10 +42,14 @@ def reestimate_batchnorm_statistics(
     batch_size: int,
     device: torch.device,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> None:
     """Replace the running mean and variance of every BatchNorm layer of ``network`` by their
-    average over ``batches`` batches of random patches of ``cases``' images; the network is
-    left in eval mode, its weights untouched.
+    average over ``batches`` batches of random patches of ``cases``' images, computed in
+    ``precision`` (autocast; the statistics stay float32); the network is left in eval mode,
+    its weights untouched. A fine-tuning round re-estimates twice (before pseudo-labelling and
+    after training), 30 batches each: in fp32 about a minute of la-sassnet-72's round on 2
+    cores, in bf16 half of it.
 
     Cases that fill less than half of a patch are left out, and with none left the statistics
     stay as they were: every patch of such a case is mostly zero padding, whose statistics are
@@ -63,9 +68,10 @@ def reestimate_batchnorm_statistics(
     sampler = PatchSampler(tuple(patch_size), 0.0, False, np.random.default_rng(seed))
     unlabelled = [case.without_label() for case in cases]
     network.train()
-    for _ in range(batches):
-        images, _ = sampler.batch(unlabelled, batch_size)
-        network(images.to(device))
+    with autocast(device, precision):
+        for _ in range(batches):
+            images, _ = sampler.batch(unlabelled, batch_size)
+            network(images.to(device))
     for layer, momentum in zip(layers, momenta):
         layer.momentum = momentum
     network.eval()

@@ -101,7 +101,9 @@ class TrainingConfig:
     #: native, fp32 elsewhere; the run records which it used).
     precision: str = "fp32"
     #: Channels-last (NDHWC) memory layout for the networks and batches: faster cuDNN kernels on
-    #: recent GPUs, no gain on the CPU.
+    #: recent GPUs, and faster oneDNN kernels on the CPU too: a VNet step on 96 x 96 x 64 patches,
+    #: batch 2, took 1.3 to 1.5x less time on a 2-core AMD EPYC in fp32 and bf16, and with AVX2
+    #: kernels only (``ATEN_CPU_CAPABILITY=avx2``); 1.1 to 1.2x on 64 x 64 x 32.
     channels_last: bool = False
     #: Recipe-specific weights and constants (see each recipe's DEFAULTS).
     loss: dict[str, Any] = field(default_factory=dict)

@@ -374,5 +374,6 @@ class Trainer:
                 config.batch_size,
                 self.device,
                 config.seed,
+                self.precision,
             )
         return save_model(network, card, self.output_dir / "model")
