@@ -20,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from asdseg.evaluation.metrics import dice
+from asdseg.evaluation.metrics import mean_class_dice
 from asdseg.inference.sliding_window import WindowSettings, predict_volume
 from asdseg.progress import ProgressCallback
 from asdseg.registry import load_network
@@ -80,12 +80,8 @@ def agreement_with_corrections(cases: Sequence[Case], probabilities: Sequence[np
         labelled = case.label != UNLABELLED
         predicted.append(case_probabilities.argmax(axis=0)[labelled])
         corrected.append(case.label[labelled])
-    prediction, truth = np.concatenate(predicted), np.concatenate(corrected)
     classes = range(1, len(probabilities[0]))
-    present = [index for index in classes if (prediction == index).any() or (truth == index).any()]
-    if not present:
-        return 1.0
-    return float(np.mean([dice(prediction == index, truth == index) for index in present]))
+    return mean_class_dice(np.concatenate(predicted), np.concatenate(corrected), classes)
 
 
 def _filled(case: Case, probabilities: np.ndarray, confidence: float) -> Case:

@@ -20,7 +20,7 @@ from torch import nn
 
 from asdseg.active.sparse_labels import SparseLabels
 from asdseg.errors import InputError
-from asdseg.evaluation.metrics import dice
+from asdseg.evaluation.metrics import mean_class_dice
 from asdseg.inference.segment import SegmentationOptions, segment_image
 from asdseg.io.json_files import write_json
 from asdseg.registry.model_card import ModelCard
@@ -105,12 +105,8 @@ def held_out_dice(
         truth.append(split.training.label[:, :, chosen].ravel())
     if not predicted:
         raise InputError("no slice was held out; nothing to compare the models on.")
-    prediction, reference = np.concatenate(predicted), np.concatenate(truth)
     values = [label.value for label in card.foreground_labels]
-    present = [value for value in values if (prediction == value).any() or (reference == value).any()]
-    if not present:
-        return 1.0  # both empty on every held-out slice: full agreement
-    return float(np.mean([dice(prediction == value, reference == value) for value in present]))
+    return mean_class_dice(np.concatenate(predicted), np.concatenate(truth), values)
 
 
 def judge(

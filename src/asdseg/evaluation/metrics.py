@@ -16,7 +16,7 @@ exactly one empty -> Dice = Jaccard = 0 and every distance +inf (no surface to m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -29,6 +29,15 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     if total == 0:
         return 1.0
     return 2.0 * int(np.logical_and(prediction, reference).sum()) / total
+
+
+def mean_class_dice(prediction: np.ndarray, reference: np.ndarray, values: Iterable[int]) -> float:
+    """Mean Dice over the label ``values`` present in either map; 1.0 where none is (both empty:
+    full agreement)."""
+    present = [value for value in values if (prediction == value).any() or (reference == value).any()]
+    if not present:
+        return 1.0
+    return float(np.mean([dice(prediction == value, reference == value) for value in present]))
 
 
 def jaccard(prediction: np.ndarray, reference: np.ndarray) -> float:
