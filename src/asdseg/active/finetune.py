@@ -70,8 +70,8 @@ class FineTuneSettings:
     #: Train on the model's own prediction wherever no correction covers a voxel and the
     #: prediction's probability is at least this (:mod:`asdseg.active.pseudo_labels`); None:
     #: corrected voxels only. Not for attention models, whose recipe is the paper's.
-    #: la-sassnet-72 on benchmarks/site_adaptation.py's shift (15 corrected slices, two seeds):
-    #: Dice 74.8 and 73.9 with, 74.1 and 71.9 without.
+    #: la-sassnet-72 on benchmarks/site_adaptation.py's shift (15 corrected slices, p-dsc-spread,
+    #: two seeds, rows.csv): Dice 76.1 and 74.2 with, 74.1 and 71.9 without.
     pseudo_label_confidence: float | None = 0.9
 
 
