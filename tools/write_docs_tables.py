@@ -566,6 +566,26 @@ def training_precision() -> list[str]:
     return [caption([source], [data.get("machine")], note), "", *table(header, rows)]
 
 
+def memory_layout() -> list[str]:
+    source = RESULTS / "memory_layout.json"
+    data = load(source)
+    rows = [
+        [
+            row["kernels"],
+            row["precision"],
+            row["model"],
+            row["work"],
+            number(row["channels_first_s"], 3),
+            number(row["channels_last_s"], 3),
+            f"{number(row['channels_last_speedup'])}x",
+        ]
+        for row in data["rows"]
+    ]
+    header = "kernels | precision | model | timed | channels-first s | channels-last s | speed-up"
+    note = f"medians, {data['threads']} threads"
+    return [caption([source], [data.get("machine")], note), "", *table(header, rows)]
+
+
 def interaction_times() -> list[str]:
     """What the user waits for: an ActiveAnnotate round, a teach round, several volumes at once."""
     sources = [
@@ -618,6 +638,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "segment-volumes": segment_volumes,
     "planning": planning,
     "training-precision": training_precision,
+    "memory-layout": memory_layout,
     "site-adaptation": site_adaptation,
     "site-adaptation-summary": site_adaptation_summary,
 }

@@ -155,6 +155,23 @@ def test_volume_smaller_than_patch_is_padded_and_cropped_back() -> None:
     np.testing.assert_allclose(outputs["probabilities"].sum(axis=0), 1.0, atol=1e-5)
 
 
+def test_the_cpus_channels_last_layout_computes_what_the_network_computes_and_leaves_it_trainable() -> None:
+    """Windows run channels-last on the CPU (faster oneDNN convolutions); the prediction is the
+    network's own, and a caller's inference mode (the demo's held-out check between training
+    rounds) does not turn the network's weights into tensors that cannot be trained."""
+    torch.manual_seed(0)
+    network = build_network("vnet", {"num_classes": 2, "base_filters": 4}).eval()
+    volume = np.random.default_rng(0).normal(size=(16, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch.softmax(network(torch.from_numpy(volume)[None, None])["logits"], 1)[0].numpy()
+    with torch.inference_mode():
+        outputs = predict_volume(network, volume, WindowSettings((16, 16, 16)), CPU)
+    np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-5)
+    network.train()
+    network(torch.randn(2, 1, 16, 16, 16))["logits"].sum().backward()
+    assert all(parameter.grad is not None for parameter in network.parameters())
+
+
 def test_bf16_autocast_runs_and_agrees_with_fp32() -> None:
     torch.manual_seed(0)
     network = build_network("vnet", {"num_classes": 2, "base_filters": 4})

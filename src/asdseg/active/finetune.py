@@ -228,8 +228,6 @@ def fine_tune(
         seed=settings.seed,
         loss=loss,
         precision=fine_tuning_precision(card),
-        # Same arithmetic, a faster memory layout for the CPU's convolutions (TrainingConfig).
-        channels_last=True,
         init_from=str(card.directory),
         batchnorm_statistics_batches=settings.batchnorm_statistics_batches,
         average_weights_after=low_rate_from if settings.average_final_weights else None,

@@ -100,11 +100,11 @@ class TrainingConfig:
     #: bf16; on AVX2-only CPUs it is emulated and far slower than fp32) or "auto" (bf16 where it is
     #: native, fp32 elsewhere; the run records which it used).
     precision: str = "fp32"
-    #: Channels-last (NDHWC) memory layout for the networks and batches: faster cuDNN kernels on
-    #: recent GPUs, and faster oneDNN kernels on the CPU too: a VNet step on 96 x 96 x 64 patches,
-    #: batch 2, took 1.3 to 1.5x less time on a 2-core AMD EPYC in fp32 and bf16, and with AVX2
-    #: kernels only (``ATEN_CPU_CAPABILITY=avx2``); 1.1 to 1.2x on 64 x 64 x 32.
-    channels_last: bool = False
+    #: Channels-last (NDHWC) memory layout for the networks and batches: the same arithmetic, and
+    #: oneDNN's CPU convolutions run faster on it: la-sassnet-72's training step (96 x 96 x 64,
+    #: batch 2) 1.71x in fp32, 1.54x in bf16 and 1.51x with AVX2 kernels on a 2-core AMD EPYC
+    #: (benchmarks/results/memory_layout.json). cuDNN has channels-last kernels too (unmeasured).
+    channels_last: bool = True
     #: Recipe-specific weights and constants (see each recipe's DEFAULTS).
     loss: dict[str, Any] = field(default_factory=dict)
     #: A released model (an installed name or a model folder) whose weights the run starts from
