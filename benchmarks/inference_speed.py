@@ -145,6 +145,18 @@ def network_time(model: str, volume: Path, precision: str) -> dict:
     }
 
 
+def torch_import_seconds(threads: int, repeats: int = 3) -> float:
+    """Median wall time of a Python process that only imports torch: the floor under every
+    command's cold start, since segmenting needs torch."""
+    command = [sys.executable, "-c", "import torch"]
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(command, env=thread_environment(threads), check=True)
+        seconds.append(time.perf_counter() - started)
+    return sorted(seconds)[len(seconds) // 2]
+
+
 def resolved_precision(precision: str) -> str:
     import torch
 
@@ -205,7 +217,10 @@ def main() -> int:
                     f"{row['warm_second_s']:.1f} s (ratio {row['warm_second_over_network']:.2f})",
                     flush=True,
                 )
-    result = {"volume": described, "threads": args.threads, "rows": rows, "machine": machine}
+    torch_import = torch_import_seconds(args.threads)
+    print(f"python -c 'import torch': {torch_import:.2f} s", flush=True)
+    result = {"volume": described, "threads": args.threads, "torch_import_s": torch_import, "rows": rows}
+    result["machine"] = machine
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.output, result, indent=1)
     print(f"wrote {args.output}")

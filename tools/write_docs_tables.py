@@ -504,6 +504,8 @@ def inference_speed() -> list[str]:
         " | ratio warm second (goal <= 1.3)"
     )
     note = f"{data['volume']}, {data['threads']} threads"
+    if "torch_import_s" in data:
+        note += f"; a Python process that only imports torch: {number(data['torch_import_s'], 2)} s"
     return [caption([source], [data.get("machine")], note), "", *table(header, rows)]
 
 
