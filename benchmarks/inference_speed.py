@@ -4,11 +4,13 @@ and at ``auto`` precision (bf16 where the CPU computes it natively, fp32 elsewhe
 
 End to end is the wall time of ``python -m asdseg segment`` writing the label map and the
 model's extra map (confidence or SDM), with the peak resident memory of that process. The warm
-engine's figures are the same command sent twice to one :class:`asdseg.warm_engine.WarmEngine`,
-as Slicer's Segment clicks are: the second runs with torch and the model already loaded. The
-network's time is measured in a separate process that runs the same pipeline
-(:func:`asdseg.inference.segment.segment_image`) with a timer around each forward pass, so the windows,
-batches and precision are the same; their ratio is the overhead of everything else (starting
+engine's figures are the same segmentation sent twice to one
+:class:`asdseg.warm_engine.WarmEngine`, as the ASDSeg module's Segment clicks send it (its
+uncompressed .nrrd files, not NIfTI): the clicks after the first run with torch and the model
+already loaded (the median of REPEATS). The network's time is measured in a separate process
+that runs the same pipeline (:func:`asdseg.inference.segment.segment_image`, REPEATS times, the
+median kept) with a timer around each forward pass, so the windows, batches and precision are
+the same; their ratio is the overhead of everything else (starting
 Python and torch, reading, resampling, blending, writing). The volume is the first held-out LA
 2018 case when ``../shared`` is there, else a synthetic volume of the same size and spacing.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +37,9 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "inference_speed.
 SHIPPED = ("la-sassnet-72", "la-dan", "la-sassnet", "la-attention")  #: the default model first
 LA_SIZE = (206, 143, 88)  # the first held-out LA 2018 case, voxels of 0.625 mm
 LA_SPACING = (0.625, 0.625, 0.625)
+#: In-process segmentations and warm-engine clicks after the first, of which the median is kept:
+#: single runs of the same segmentation varied by up to 20 % on the 2-core machines.
+REPEATS = 3
 
 
 def benchmark_volume(folder: Path) -> tuple[Path, str]:
@@ -69,7 +75,8 @@ def thread_environment(threads: int) -> dict[str, str]:
 
 
 def segment_arguments(model: str, volume: Path, precision: str, folder: Path, name: str) -> list[str]:
-    """``asdseg segment``'s arguments as Slicer's Segment gives them: labels and the extra map."""
+    """``asdseg segment``'s arguments as a user gives them on the command line: NIfTI in and out,
+    the label map and the model's extra map."""
     extra = extra_output_option(model)
     arguments = ["segment", "-i", str(volume), "-o", str(folder / f"{name}.nii.gz")]
     arguments += ["--model", model, "--device", "cpu", "--precision", precision]
@@ -91,24 +98,39 @@ def end_to_end(model: str, volume: Path, precision: str, folder: Path, threads: 
     return {"end_to_end_s": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
+def slicer_arguments(model: str, volume: Path, precision: str, folder: Path, name: str) -> list[str]:
+    """``asdseg segment``'s arguments as the ASDSeg module's Segment gives them to the warm engine
+    (ASDSegLib.segmentation_run): the volume as an uncompressed .nrrd the module wrote, the
+    outputs as .nrrd files it reads back."""
+    extra = extra_output_option(model)
+    arguments = ["segment", "--model", model, "--device", "cpu", "--precision", precision]
+    arguments += [extra, str(folder / f"{name}-extra.nrrd")] if extra else []
+    return [*arguments, "--input", str(volume), "--output", str(folder / f"{name}.nrrd")]
+
+
 def warm_engine(model: str, volume: Path, precision: str, folder: Path, threads: int) -> dict:
     """Wall time of a second Segment through the warm engine (:mod:`asdseg.warm_engine`), as
-    Slicer's second click runs it: the engine and the model are loaded by the first."""
+    Slicer's second click runs it: the engine and the model are loaded by the first, and the
+    files are the module's."""
+    import SimpleITK as sitk
+
     from asdseg.background import JobState, engine_environment
     from asdseg.warm_engine import WarmEngine
 
+    slicer_volume = folder / "input.nrrd"
+    sitk.WriteImage(sitk.ReadImage(str(volume)), str(slicer_volume), useCompression=False)
     engine = WarmEngine(environment=engine_environment(thread_environment(threads)))
     try:
         seconds = []
-        for name in ("warm-first", "warm-second"):
+        for click in range(1 + REPEATS):
             started = time.perf_counter()
-            job = engine.submit(segment_arguments(model, volume, precision, folder, name))
+            job = engine.submit(slicer_arguments(model, slicer_volume, precision, folder, f"click-{click}"))
             if job.wait() is not JobState.SUCCEEDED:
                 raise SystemExit(f"the warm engine's segment failed: {job.error}")
             seconds.append(time.perf_counter() - started)
     finally:
         engine.shutdown()
-    return {"warm_first_s": seconds[0], "warm_second_s": seconds[1]}
+    return {"warm_first_s": seconds[0], "warm_second_s": statistics.median(seconds[1:])}
 
 
 def network_time(model: str, volume: Path, precision: str) -> dict:
@@ -135,11 +157,15 @@ def network_time(model: str, volume: Path, precision: str) -> dict:
     card = find_model(model)
     timed = TimedNetwork(load_network(card))
     image = read_image(volume)
-    started = time.perf_counter()
-    segment_image(image, card, timed, SegmentationOptions(device="cpu", precision=precision))
+    network_seconds, in_process_seconds = [], []
+    for _ in range(REPEATS):
+        timed.seconds, timed.calls, started = 0.0, 0, time.perf_counter()
+        segment_image(image, card, timed, SegmentationOptions(device="cpu", precision=precision))
+        in_process_seconds.append(time.perf_counter() - started)
+        network_seconds.append(timed.seconds)
     return {
-        "network_s": timed.seconds,
-        "segment_in_process_s": time.perf_counter() - started,
+        "network_s": statistics.median(network_seconds),
+        "segment_in_process_s": statistics.median(in_process_seconds),
         "windows": timed.calls,  # one window per forward pass (batch size 1, the CLI's default)
         "resolved_precision": resolved_precision(precision),
     }
