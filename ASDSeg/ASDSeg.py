@@ -218,12 +218,6 @@ class ASDSegWidget(ParameterNodeWidget):
             )
             self.startPolling(run, "Starting the engine...")
 
-    def progressText(self, run, progress) -> str | None:
-        if not progress.total:
-            return None
-        unit = {"fine-tuning": "step", "pseudo-labelling": "volume"}.get(progress.stage, "window")
-        return f"{progress.stage.capitalize()}: {unit} {progress.done} of {progress.total}"
-
     def finishRun(self, run) -> None:
         if type(run).__name__ == "TeachRun":
             self.finishTeach(run)

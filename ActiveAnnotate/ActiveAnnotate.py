@@ -299,8 +299,8 @@ class ActiveAnnotateWidget(ParameterNodeWidget):
     # Polling -------------------------------------------------------------------------------
 
     def progressText(self, run, progress) -> str | None:
-        if "loss" not in progress.details:
-            return None
+        if "loss" not in progress.details:  # pseudo-labelling before the steps, or a Suggest
+            return super().progressText(run, progress)
         loss, eta = progress.details["loss"], progress.details.get("eta_s", 0)
         step = f"step {progress.done} of {progress.total}"
         return f"Fine-tuning: {step}, loss {loss:.4f}, about {eta:.0f} s left"

@@ -249,8 +249,9 @@ class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = text
 
     def progressText(self, run, progress) -> str | None:
-        """The status line while ``run`` runs, or None to leave it as it is."""
-        return None
+        """The status line while ``run`` runs (the engine's stage and how far it is), or None to
+        leave it as it is."""
+        return progress.status_line()
 
     def onRunEnded(self, run) -> None:
         self.ui.progressBar.hide()

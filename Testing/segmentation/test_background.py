@@ -7,6 +7,8 @@ engine it starts is the real ``asdseg segment`` on a volume large enough to run 
 
 from __future__ import annotations
 
+import io
+import json
 import stat
 import subprocess
 import sys
@@ -17,8 +19,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from asdseg.background import FolderJob, JobState, engine_environment
+from asdseg.background import FolderJob, JobState, engine_environment, progress_of
 from asdseg.errors import CancelledError
+from asdseg.progress import emit_progress
 from asdseg.registry.model_card import ModelCard
 
 from conftest import wait_until
@@ -103,3 +106,20 @@ def test_no_engine_outlives_the_application_that_started_it(
     assert parent.returncode == 0 and int(parent.stdout) >= 1, parent.stderr
     engine = int(launcher[1].read_text())
     assert wait_until(lambda: not process_running(engine), 1.0), "the engine outlived its application"
+
+
+def test_the_modules_status_line_names_each_stage_and_what_it_counts() -> None:
+    """What the engine reports (emit_progress's JSON lines) becomes the Slicer modules' status
+    line: volumes while pseudo-labelling, steps while fine-tuning, windows while segmenting."""
+    stream = io.StringIO()
+    emit_progress(0, 0, "starting", stream)
+    emit_progress(2, 3, "pseudo-labelling", stream)
+    emit_progress(5, 200, "fine-tuning", stream, loss=0.5, eta_s=12.0)
+    emit_progress(7, 8, "segmenting", stream)
+    lines = [progress_of(json.loads(line)).status_line() for line in stream.getvalue().splitlines()]
+    assert lines == [
+        None,
+        "Pseudo-labelling: volume 2 of 3",
+        "Fine-tuning: step 5 of 200",
+        "Segmenting: window 7 of 8",
+    ]

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 #: The fields every progress event has; any others are the event's details.
 PROGRESS_FIELDS = ("event", "done", "total", "stage")
+#: What a stage counts, where it is not windows of a segmentation.
+STAGE_UNITS = {"fine-tuning": "step", "pseudo-labelling": "volume"}
 #: Jobs whose child may still run; killed when this Python exits (Slicer closing).
 _LIVE_JOBS: weakref.WeakSet = weakref.WeakSet()
 
@@ -60,6 +62,14 @@ class JobProgress:
     @property
     def fraction(self) -> float:
         return self.done / self.total if self.total else 0.0
+
+    def status_line(self) -> str | None:
+        """What the job is doing, for a status line: "Pseudo-labelling: volume 2 of 3"; None
+        before the job has counted anything."""
+        if not self.total:
+            return None
+        unit = STAGE_UNITS.get(self.stage, "window")
+        return f"{self.stage.capitalize()}: {unit} {self.done} of {self.total}"
 
 
 def progress_of(message: object) -> JobProgress | None:
