@@ -271,6 +271,7 @@ def test_intensity_augmentation_perturbs_patches_as_its_seed_says() -> None:
     assert torch.equal(augmentation(images, seed=5), augmented)  # a resumed run draws the same
     assert not torch.equal(augmentation(images, seed=6), augmented)
     assert augmented.shape == images.shape and augmented.dtype == images.dtype
+    assert type(augmented) is torch.Tensor, "a MONAI MetaTensor slows every op of the network after it"
     changed = [
         bool((after - before).abs().max() > 1e-3) for after, before in zip(augmented, images, strict=True)
     ]

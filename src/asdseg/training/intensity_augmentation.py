@@ -27,6 +27,7 @@ from monai.transforms import (
     RandScaleIntensity,
     RandSimulateLowResolution,
 )
+from monai.utils import convert_to_tensor
 
 
 class IntensityAugmentation:
@@ -49,5 +50,7 @@ class IntensityAugmentation:
         augmented = []
         for image in images:
             low = image.min()
-            augmented.append(torch.as_tensor(self.transform(image - low)) + low)
+            # A plain tensor: MONAI's MetaTensor, carried through the network, made every
+            # la-sassnet-72 fine-tuning step about 0.5 s (a third) slower.
+            augmented.append(convert_to_tensor(self.transform(image - low), track_meta=False) + low)
         return torch.stack(augmented).to(images.dtype)
