@@ -133,10 +133,11 @@ def teach_verdict(
     splits: Sequence[HoldOut],
     device: str = "auto",
 ) -> TeachVerdict:
-    """Both models, loaded from their cards, scored on the corrected slices the round held out."""
+    """Both models, loaded from their cards, scored on the corrected slices the round held out,
+    as Segment runs them (``auto`` precision: bf16 where native, for both models alike)."""
     from asdseg.registry import load_network
 
-    options = SegmentationOptions(device=device)
+    options = SegmentationOptions(device=device, precision="auto")
     return judge(old_card, load_network(old_card), new_card, load_network(new_card), images, splits, options)
 
 
