@@ -4,14 +4,15 @@ and at ``auto`` precision (bf16 where the CPU computes it natively, fp32 elsewhe
 
 End to end is the wall time of ``python -m asdseg segment`` writing the label map and the
 model's extra map (confidence or SDM), with the peak resident memory of that process. The warm
-engine's figures are the same segmentation sent twice to one
-:class:`asdseg.warm_engine.WarmEngine`, as the ASDSeg module's Segment clicks send it (its
-uncompressed .nrrd files, not NIfTI): the clicks after the first run with torch and the model
-already loaded (the median of REPEATS). The network's time is measured in a separate process
-that runs the same pipeline (:func:`asdseg.inference.segment.segment_image`, REPEATS times, the
-median kept) with a timer around each forward pass, so the windows, batches and precision are
-the same; their ratio is the overhead of everything else (starting
-Python and torch, reading, resampling, blending, writing). The volume is the first held-out LA
+engine's figures are the same segmentation sent 1 + REPEATS times to one
+:class:`asdseg.warm_engine.WarmEngine`, with the ASDSeg module's file types (an uncompressed
+.nrrd volume in, .nrrd maps out, not NIfTI): the clicks after the first run with torch and the
+model already loaded (their median is kept). The cold end-to-end run is a single run, so its
+overhead also holds the first forward pass's one-time costs (oneDNN's kernel set-up). The
+network's time is measured in a separate process that runs the same pipeline
+(:func:`asdseg.inference.segment.segment_image`, REPEATS times, the median kept) with a timer
+around each forward pass, so the windows, batches and precision are the same; their ratio is the
+overhead of everything else (starting Python and torch, reading, resampling, blending, writing). The volume is the first held-out LA
 2018 case when ``../shared`` is there, else a synthetic volume of the same size and spacing.
 
 Prints a table and writes the figures, with the machine (CPU model and flags, GPU, torch:
@@ -99,9 +100,9 @@ def end_to_end(model: str, volume: Path, precision: str, folder: Path, threads: 
 
 
 def slicer_arguments(model: str, volume: Path, precision: str, folder: Path, name: str) -> list[str]:
-    """``asdseg segment``'s arguments as the ASDSeg module's Segment gives them to the warm engine
-    (ASDSegLib.segmentation_run): the volume as an uncompressed .nrrd the module wrote, the
-    outputs as .nrrd files it reads back."""
+    """``asdseg segment``'s arguments with the ASDSeg module's file types
+    (ASDSegLib.segmentation_run): the volume as an uncompressed .nrrd, the outputs as .nrrd files.
+    Its default largest-component step is left out, as in the command-line rows."""
     extra = extra_output_option(model)
     arguments = ["segment", "--model", model, "--device", "cpu", "--precision", precision]
     arguments += [extra, str(folder / f"{name}-extra.nrrd")] if extra else []
@@ -109,9 +110,9 @@ def slicer_arguments(model: str, volume: Path, precision: str, folder: Path, nam
 
 
 def warm_engine(model: str, volume: Path, precision: str, folder: Path, threads: int) -> dict:
-    """Wall time of a second Segment through the warm engine (:mod:`asdseg.warm_engine`), as
-    Slicer's second click runs it: the engine and the model are loaded by the first, and the
-    files are the module's."""
+    """Wall time of the first Segment through a warm engine (:mod:`asdseg.warm_engine`) and the
+    median of the REPEATS after it, which find the engine and the model loaded, as Slicer's
+    clicks after the first do."""
     import SimpleITK as sitk
 
     from asdseg.background import JobState, engine_environment

@@ -110,16 +110,17 @@ def test_no_engine_outlives_the_application_that_started_it(
 
 def test_the_modules_status_line_names_each_stage_and_what_it_counts() -> None:
     """What the engine reports (emit_progress's JSON lines) becomes the Slicer modules' status
-    line: volumes while pseudo-labelling, steps while fine-tuning, windows while segmenting."""
+    line: parts while pseudo-labelling (AdaBN, then each volume), steps while fine-tuning,
+    windows while segmenting."""
     stream = io.StringIO()
     emit_progress(0, 0, "starting", stream)
-    emit_progress(2, 3, "pseudo-labelling", stream)
+    emit_progress(2, 4, "pseudo-labelling", stream)
     emit_progress(5, 200, "fine-tuning", stream, loss=0.5, eta_s=12.0)
     emit_progress(7, 8, "segmenting", stream)
     lines = [progress_of(json.loads(line)).status_line() for line in stream.getvalue().splitlines()]
     assert lines == [
         None,
-        "Pseudo-labelling: volume 2 of 3",
+        "Pseudo-labelling: part 2 of 4",
         "Fine-tuning: step 5 of 200",
         "Segmenting: window 7 of 8",
     ]

@@ -131,6 +131,22 @@ def test_resuming_from_a_checkpoint_gives_the_same_next_steps(tmp_path: Path) ->
         assert actual["discriminator"] == pytest.approx(expected["discriminator"], rel=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_validation_hands_the_network_back_in_the_runs_memory_layout(
+    channels_last: bool, tmp_path: Path
+) -> None:
+    """CPU inference runs channels-last; a run's validation must not switch the layout its
+    config asked for (a resumed run would then round differently from an uninterrupted one)."""
+    settings = tiny_config("supervised", steps=2, validate_every=1, channels_last=channels_last)
+    trainer = Trainer(config_from_dict(settings), tmp_path, device="cpu")
+    result = trainer.run(show_progress=False)
+    assert all("validation_dice" in row for row in result.history)
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    network = trainer.recipe.networks["segmenter"]
+    weights = [weight for weight in network.parameters() if weight.dim() == 5 and weight.shape[1] > 1]
+    assert weights and all(weight.is_contiguous(memory_format=layout) for weight in weights)
+
+
 def test_training_time_is_measured_across_resumptions(tmp_path: Path) -> None:
     """The card's training minutes count the time before an interruption too: the checkpoint
     carries it, so a run resumed after ten minutes reports at least ten."""

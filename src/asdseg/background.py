@@ -38,8 +38,9 @@ if TYPE_CHECKING:
 
 #: The fields every progress event has; any others are the event's details.
 PROGRESS_FIELDS = ("event", "done", "total", "stage")
-#: What a stage counts, where it is not windows of a segmentation.
-STAGE_UNITS = {"fine-tuning": "step", "pseudo-labelling": "volume"}
+#: What a stage counts, where it is not windows of a segmentation (pseudo-labelling: one part
+#: for the BatchNorm re-estimation, then one per volume).
+STAGE_UNITS = {"fine-tuning": "step", "pseudo-labelling": "part"}
 #: Jobs whose child may still run; killed when this Python exits (Slicer closing).
 _LIVE_JOBS: weakref.WeakSet = weakref.WeakSet()
 
@@ -64,7 +65,7 @@ class JobProgress:
         return self.done / self.total if self.total else 0.0
 
     def status_line(self) -> str | None:
-        """What the job is doing, for a status line: "Pseudo-labelling: volume 2 of 3"; None
+        """What the job is doing, for a status line: "Fine-tuning: step 20 of 200"; None
         before the job has counted anything."""
         if not self.total:
             return None

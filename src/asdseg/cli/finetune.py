@@ -175,7 +175,8 @@ def _teach(
     from asdseg.active.teach import install_taught_model, teach_verdict, write_teach_report
 
     settings = _settings(args)
-    update, close = progress_reporter(args.progress, "pseudo-labelling", unit="volume")
+    # One part for AdaBN, then one per volume (asdseg.active.pseudo_labels).
+    update, close = progress_reporter(args.progress, "pseudo-labelling", unit="part")
     # The ETA counts this process's steps only: not the pseudo-labelling before them, nor the
     # steps a resumed round did before.
     started, steps_before = time.monotonic(), None

@@ -135,13 +135,13 @@ def blend_windows(
     return {name: (total / coverage)[(*everything, *crop)] for name, total in sums.items()}
 
 
-def memory_layout(device: torch.device) -> torch.memory_format:
+def memory_layout(device: torch.device) -> torch.memory_format | None:
     """Channels-last (NDHWC) on the CPU: the same arithmetic, and oneDNN's convolutions run
     faster on it (a la-sassnet-72 window 1.27x in fp32, 1.29x in bf16, 1.24x with AVX2 kernels;
     the smaller shipped models' windows 1.2x in bf16 and within noise in fp32:
-    benchmarks/results/memory_layout.json). GPUs keep the default layout: nothing was measured
-    there."""
-    return torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+    benchmarks/results/memory_layout.json). Elsewhere None: the network keeps the layout it has
+    (nothing was measured on GPUs)."""
+    return torch.channels_last_3d if device.type == "cpu" else None
 
 
 def predict_volume(
@@ -162,12 +162,15 @@ def predict_volume(
     total = window_count(volume.shape, settings)
     done = 0
     flips = settings.flips()
+    layout = memory_layout(device)
 
     def one_pass(windows: torch.Tensor, dims: tuple[int, ...]) -> dict[str, torch.Tensor]:
         """The blendable outputs for ``windows`` flipped along ``dims``, flipped back."""
         if cancel is not None:
             cancel.raise_if_cancelled()
-        windows = (windows.flip(dims) if dims else windows).contiguous(memory_format=memory_layout(device))
+        windows = windows.flip(dims) if dims else windows
+        if layout is not None:
+            windows = windows.contiguous(memory_format=layout)
         with autocast(device, settings.precision):
             outputs = network(windows)
         blendable = {"probabilities": torch.softmax(outputs["logits"].float(), dim=1)}
@@ -189,7 +192,9 @@ def predict_volume(
 
     image = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
     with torch.inference_mode(False):  # else a caller's inference mode makes untrainable weights
-        network = network.to(device, memory_format=memory_layout(device)).eval()
+        network = network.to(device).eval()
+        if layout is not None:
+            network.to(memory_format=layout)
     with torch.inference_mode():
         results = blend_windows(image.to(device), settings, predictor)
     arrays = {name: tensor[0].float().cpu().numpy() for name, tensor in results.items()}

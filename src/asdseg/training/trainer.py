@@ -60,16 +60,23 @@ def learning_rate(config: TrainingConfig, step: int) -> float:
 
 
 def validation_dice(
-    network: torch.nn.Module, cases: list[Case], patch_size: tuple[int, int, int], num_classes: int, device
+    network: torch.nn.Module,
+    cases: list[Case],
+    patch_size: tuple[int, int, int],
+    num_classes: int,
+    device,
+    layout: torch.memory_format,
 ) -> float:
-    """Mean Dice over the validation cases and foreground classes, by sliding-window inference."""
+    """Mean Dice over the validation cases and foreground classes, by sliding-window inference;
+    the network is handed back in the run's memory ``layout`` (inference may change it), so that
+    a resumed run trains exactly as an uninterrupted one."""
     settings = WindowSettings(tuple(patch_size), overlap=0.5)
     network.eval()
     scores = []
     for case in cases:
         prediction = predict_volume(network, case.image, settings, device)["probabilities"].argmax(axis=0)
         scores += [dice(prediction == value, case.label == value) for value in range(1, num_classes)]
-    network.train()
+    network.to(memory_format=layout).train()
     return float(np.mean(scores)) if scores else float("nan")
 
 
@@ -123,7 +130,7 @@ class Trainer:
         self.recipe: Recipe = RECIPE_CLASSES[config.recipe](config, self.device)
         if config.channels_last:
             for network in self.recipe.networks.values():
-                network.to(memory_format=torch.channels_last_3d)
+                network.to(memory_format=self.memory_format)
         if self.context.enabled:
             self.recipe.distribute()
         self.weight_average = (
@@ -258,16 +265,21 @@ class Trainer:
                 config.patch_size,
                 self.recipe.num_classes,
                 self.device,
+                self.memory_format,
             )
         self.history.append(row)
         if self.context.is_main and (self.step % config.checkpoint_every == 0 or self.step == config.steps):
             self.checkpoint()
         return row
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The networks' and batches' memory layout (``config.channels_last``)."""
+        return torch.channels_last_3d if self.config.channels_last else torch.contiguous_format
+
     def to_device(self, images: torch.Tensor) -> torch.Tensor:
         """A batch of images on the training device, in the networks' memory layout."""
-        layout = torch.channels_last_3d if self.config.channels_last else torch.contiguous_format
-        return images.to(self.device, non_blocking=True).contiguous(memory_format=layout)
+        return images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
 
     def run(
         self,
