@@ -250,18 +250,13 @@ def la_product() -> list[str]:
         figures_header = "validation Dice % (model grid, the training's own check)"
         figures = [percent(metrics.get("validation_dice"))]
     spacing = card.get("preprocessing", {}).get("spacing")
-    steps, minutes = training.get("steps", NONE), number(training.get("training_minutes"), 1)
-    if "started_from" in training:  # a run that continued a released model: both stages
-        earlier = training["started_from"]
-        steps = f"{earlier.get('steps', NONE)} + {steps}"
-        minutes = f"{number(earlier.get('training_minutes'), 1)} + {minutes}"
     row = [
         f"`{card['name']}` {card.get('version', '')}".strip(),
         training.get("protocol", NONE),
         " x ".join(f"{value:g}" for value in spacing) if spacing else NONE,
-        steps,
+        training.get("steps", NONE),
         training.get("precision", NONE),
-        minutes,
+        number(training.get("training_minutes"), 1),
         *figures,
     ]
     header = f"model | training data | spacing mm | steps | precision | training min | {figures_header}"
