@@ -12,8 +12,9 @@ overhead also holds the first forward pass's one-time costs (oneDNN's kernel set
 network's time is measured in a separate process that runs the same pipeline
 (:func:`asdseg.inference.segment.segment_image`, REPEATS times, the median kept) with a timer
 around each forward pass, so the windows, batches and precision are the same; their ratio is the
-overhead of everything else (starting Python and torch, reading, resampling, blending, writing). The volume is the first held-out LA
-2018 case when ``../shared`` is there, else a synthetic volume of the same size and spacing.
+overhead of everything else (starting Python and torch, reading, resampling, blending, writing).
+The volume is the first held-out LA 2018 case when ``../shared`` is there, else a synthetic
+volume of the same size and spacing.
 
 Prints a table and writes the figures, with the machine (CPU model and flags, GPU, torch:
 :func:`asdseg.machine.describe_machine`), to ``benchmarks/results/inference_speed.json``, which
