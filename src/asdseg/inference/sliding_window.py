@@ -137,10 +137,10 @@ def blend_windows(
 
 def memory_layout(device: torch.device) -> torch.memory_format | None:
     """Channels-last (NDHWC) on the CPU: the same arithmetic, and oneDNN's convolutions run
-    faster on it (a la-sassnet-72 window 1.27x in fp32, 1.29x in bf16, 1.24x with AVX2 kernels;
-    the smaller shipped models' windows 1.2x in bf16 and within noise in fp32:
-    benchmarks/results/memory_layout.json). Elsewhere None: the network keeps the layout it has
-    (nothing was measured on GPUs)."""
+    faster on it (a la-sassnet-72 window 1.32x in fp32, 1.25x in bf16, 1.31x with AVX2 kernels;
+    the smaller shipped models' windows 1.1-1.3x in bf16, 0.8-1.1x in fp32, where one window
+    takes about a tenth of a second: benchmarks/results/memory_layout.json). Elsewhere None: the
+    network keeps the layout it has (nothing was measured on GPUs)."""
     return torch.channels_last_3d if device.type == "cpu" else None
 
 

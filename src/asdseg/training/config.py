@@ -102,7 +102,7 @@ class TrainingConfig:
     precision: str = "fp32"
     #: Channels-last (NDHWC) memory layout for the networks and batches: the same arithmetic, and
     #: oneDNN's CPU convolutions run faster on it: la-sassnet-72's training step (96 x 96 x 64,
-    #: batch 2) 1.71x in fp32, 1.54x in bf16 and 1.51x with AVX2 kernels on a 2-core AMD EPYC
+    #: batch 2) 2.02x in fp32, 1.54x in bf16 and 1.55x with AVX2 kernels on a 2-core AMD EPYC
     #: (benchmarks/results/memory_layout.json). cuDNN has channels-last kernels too (unmeasured).
     channels_last: bool = True
     #: Recipe-specific weights and constants (see each recipe's DEFAULTS).
