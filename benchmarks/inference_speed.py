@@ -182,7 +182,7 @@ def torch_import_seconds(threads: int, repeats: int = 3) -> float:
         started = time.perf_counter()
         subprocess.run(command, env=thread_environment(threads), check=True)
         seconds.append(time.perf_counter() - started)
-    return sorted(seconds)[len(seconds) // 2]
+    return statistics.median(seconds)
 
 
 def resolved_precision(precision: str) -> str:
@@ -247,8 +247,13 @@ def main() -> int:
                 )
     torch_import = torch_import_seconds(args.threads)
     print(f"python -c 'import torch': {torch_import:.2f} s", flush=True)
-    result = {"volume": described, "threads": args.threads, "torch_import_s": torch_import, "rows": rows}
-    result["machine"] = machine
+    result = {
+        "volume": described,
+        "threads": args.threads,
+        "torch_import_s": torch_import,
+        "rows": rows,
+        "machine": machine,
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.output, result, indent=1)
     print(f"wrote {args.output}")

@@ -172,11 +172,12 @@ def _teach(
     """Fine-tune, then judge the new model on the held-out slices (with ``--hold-out-every``) and
     install it (with ``--install-as``) unless it is worse."""
     from asdseg.active.finetune import fine_tune
+    from asdseg.active.pseudo_labels import STAGE
     from asdseg.active.teach import install_taught_model, teach_verdict, write_teach_report
+    from asdseg.background import STAGE_UNITS
 
     settings = _settings(args)
-    # One part for AdaBN, then one per volume (asdseg.active.pseudo_labels).
-    update, close = progress_reporter(args.progress, "pseudo-labelling", unit="part")
+    update, close = progress_reporter(args.progress, STAGE, unit=STAGE_UNITS[STAGE])
     # The ETA counts this process's steps only: not the pseudo-labelling before them, nor the
     # steps a resumed round did before.
     started, steps_before = time.monotonic(), None
