@@ -16,12 +16,14 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
+from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
 from asdseg.data_paths import LA2018_MISSING, find_la2018
 from asdseg.demo.phantom_model import CARD as DEMO_CARD
 from asdseg.demo.phantom_model import ensure_demo_model
+from asdseg.io.labels import Label
 from asdseg.networks import build_network
 from asdseg.phantoms import make_phantom, phantom_image
-from asdseg.registry import save_model, user_models_dir
+from asdseg.registry import install_model, save_model, user_models_dir
 from asdseg.registry.model_card import ModelCard
 
 torch.set_num_threads(2)
@@ -103,6 +105,34 @@ def attention_model(tmp_path: Path) -> ModelCard:
     card = attention_card()
     network = build_network("attention-unet", card["architecture"]["params"])
     return save_model(network, card, tmp_path / "tiny-attention")
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, model_home: Path) -> Path:
+    """Inputs (a phantom, its label, sparse labels) and three installed models: ``tiny`` (two
+    foreground labels, SDM head), ``tiny1`` (one foreground label) and ``tiny-attention``."""
+    torch.manual_seed(0)
+    models = tmp_path / "models"
+    single = tiny_card("tiny1")
+    single["architecture"]["params"]["num_classes"] = 2
+    single["labels"] = single["labels"][:2]
+    for card in (tiny_card(), single, attention_card()):
+        network = build_network(card["architecture"]["name"], card["architecture"]["params"])
+        install_model(save_model(network, card, models / card["name"]).directory / "card.json")
+    work = tmp_path / "work"
+    work.mkdir()
+    image, label = phantom_image(
+        make_phantom((24, 22, 20), seed=3),
+        spacing=(0.95, 1.05, 1.1),
+        origin=(12.5, -40.0, 3.0),
+        direction=ROTATED,
+    )
+    sitk.WriteImage(image, str(work / "img.nii.gz"))
+    sitk.WriteImage(label, str(work / "lab.nii.gz"))
+    labels = [Label.from_dict(entry) for entry in attention_card()["labels"]]
+    sparse = SparseLabels(sitk.GetArrayFromImage(label).transpose(2, 1, 0).astype(np.int64), {4, 9})
+    write_sparse_labels(sparse, label, labels, work / "sparse.nii.gz")
+    return work
 
 
 @pytest.fixture(scope="session")

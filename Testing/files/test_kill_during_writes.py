@@ -3,7 +3,7 @@
 Each test runs a command in a child process whose ``os.replace`` / ``os.rename`` sends it
 SIGKILL at the n-th call (nothing can clean up after SIGKILL), for every n the write makes, and
 then reads the outputs as the next command would (which completes a write its journal
-recorded). Model install has its own test in test_bad_input.py.
+recorded). Model install has its own test, at the end of this file.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from asdseg.io.atomic_write import atomic_paths, recover_folder
 from asdseg.io.image_io import read_image
 from asdseg.networks import build_network
 from asdseg.phantoms import make_phantom, phantom_image
-from asdseg.registry import install_model, save_model
+from asdseg.registry import install_model, load_network, save_model, user_models_dir
+from asdseg.registry.model_card import ModelCard
 
 from conftest import tiny_card
 
@@ -207,3 +208,52 @@ def test_a_gone_writers_leftovers_are_removed(tmp_path: Path) -> None:
     mine.write_text("under way")
     recover_folder(tmp_path)
     assert hidden_files(tmp_path) == [mine.name]
+
+
+KILL_AT_RENAME = """
+import os, signal, sys
+import asdseg.cli as cli
+
+real_replace, calls = os.replace, [0]
+
+def replace_or_die(source, target):
+    calls[0] += 1
+    if calls[0] == {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(source, target)
+
+os.replace = replace_or_die
+sys.exit(cli.main({argv!r}))
+"""
+
+
+@pytest.mark.parametrize("kill_at", [1, 2, 3])
+def test_kill_9_while_replacing_a_model_leaves_the_old_or_the_new_one(
+    kill_at: int, workspace: Path, model_home: Path
+) -> None:
+    """``models install`` over an installed model, killed (SIGKILL, nothing can clean up) at
+    its first, second or third rename: the folder holds a whole model, its card naming weights
+    of the checksum it records, the old model's or the new one's."""
+    installed = user_models_dir() / "tiny"
+    old = ModelCard.load(installed / "card.json").weights_sha256
+    torch.manual_seed(1)
+    candidate = save_model(
+        build_network("vnet", tiny_card()["architecture"]["params"]), tiny_card(), workspace / "new"
+    )
+    script = KILL_AT_RENAME.format(
+        kill_at=kill_at, argv=["models", "install", str(candidate.directory / "card.json")]
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ASDSEG_HOME": str(model_home)},
+    )
+    assert completed.returncode in (0, -9), completed.stderr
+    card = ModelCard.load(installed / "card.json")
+    load_network(card)  # the weights it names are whole and match its checksum
+    new = hashlib.sha256(card.weights_path.read_bytes()).hexdigest()
+    assert card.weights_sha256 in (old, new)
+    if completed.returncode == 0:
+        assert card.weights_sha256 != old

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from asdseg.errors import ModelError
-from asdseg.registry import available_models, find_model, install_model, load_network, sha256_of
+from asdseg.registry import (
+    available_models,
+    find_model,
+    install_model,
+    load_network,
+    sha256_of,
+    shipped_models,
+    user_models_dir,
+)
 from asdseg.registry.model_card import ModelCard, validate_card
 
 
@@ -92,3 +101,14 @@ def test_the_default_model_ships_and_is_what_segment_and_the_demo_run() -> None:
     assert card.data["task"] == "left-atrium"
     assert build_parser().parse_args(["segment", "-i", "in.nrrd", "-o", "out.nrrd"]).model == DEFAULT_MODEL
     assert choose_la_model(None).name == DEFAULT_MODEL
+
+
+def test_a_folder_named_like_a_model_does_not_replace_it(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bare name means the installed or shipped model even where the current folder holds a
+    model folder of that name; ``./name`` means the folder."""
+    monkeypatch.chdir(workspace)
+    shutil.copytree(user_models_dir() / "tiny", workspace / "la-dan")
+    assert find_model("la-dan").directory == shipped_models()["la-dan"].directory
+    assert find_model("./la-dan").directory.resolve() == (workspace / "la-dan").resolve()

@@ -250,3 +250,15 @@ def test_a_cuda_build_without_a_usable_gpu_falls_back_to_the_cpu(monkeypatch: py
     assert select_device("auto").type in ("cpu", "mps")
     with pytest.raises(ValueError, match="no CUDA GPU is usable"):
         select_device("cuda")
+
+
+def test_an_emulated_precision_gets_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from asdseg import devices
+
+    cpu = torch.device("cpu")
+    assert "fp16 on a CPU is emulated" in devices.precision_warning(cpu, "fp16")
+    assert devices.precision_warning(cpu, "fp32") is None
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert "bf16 is emulated" in devices.precision_warning(cpu, "bf16")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert devices.precision_warning(cpu, "bf16") is None

@@ -489,7 +489,7 @@ def test_split_options_need_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--labelled: only with --dataset DIR" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # a model replaced under kill -9 is also tested in command_line/test_bad_input.py
+@pytest.mark.slow  # a model replaced under kill -9 is also tested in files/test_kill_during_writes.py
 def test_kill_9_during_release_leaves_no_model_or_a_whole_one(
     pelvis_run: tuple[Path, Path], tmp_path: Path
 ) -> None:
