@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -13,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from asdseg.cli import build_parser, main
+from asdseg.cli.exits import EXIT_ERROR, run_command
 from asdseg.io.image_io import read_image, same_geometry
 from asdseg.progress import tqdm_progress
 from asdseg.registry import find_model, install_model, load_network, save_model, user_models_dir
@@ -354,3 +357,29 @@ def test_no_mirroring_skips_the_mirroring_the_card_asks_for(
     plain = probabilities(tiny_model)
     assert np.abs(probabilities(mirrored) - plain).max() > 1e-4
     np.testing.assert_allclose(probabilities(mirrored, "--no-mirroring"), plain, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("MPS backend out of memory"),
+    ],
+)
+def test_running_out_of_device_memory_is_one_line_with_advice(
+    error: RuntimeError, capsys: pytest.CaptureFixture
+) -> None:
+    def fail(args: argparse.Namespace) -> int:
+        raise error
+
+    assert run_command(fail, argparse.Namespace()) == EXIT_ERROR
+    message = capsys.readouterr().err
+    assert message.startswith("error: the device ran out of memory (") and "--batch-size" in message
+
+
+def test_other_runtime_errors_are_not_taken_for_memory() -> None:
+    def fail(args: argparse.Namespace) -> int:
+        raise RuntimeError("shapes do not match")
+
+    with pytest.raises(RuntimeError, match="shapes"):
+        run_command(fail, argparse.Namespace())

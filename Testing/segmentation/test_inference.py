@@ -12,6 +12,7 @@ import torch
 from asdseg.background import engine_environment
 from asdseg.devices import (
     auto_precision,
+    auto_training_precision,
     autocast,
     cuda_available,
     describe_available_devices,
@@ -197,6 +198,18 @@ def test_auto_precision_is_fp32_where_bf16_is_emulated() -> None:
     environment = {**engine_environment(), "ATEN_CPU_CAPABILITY": "avx2"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment)
     assert result.stdout.strip() == "fp32", result.stderr
+
+
+@pytest.mark.parametrize(
+    ("capability", "inference", "training"), [((7, 5), "fp16", "fp32"), ((8, 0), "bf16", "bf16")]
+)
+def test_training_never_picks_fp16_where_inference_would(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], inference: str, training: str
+) -> None:
+    """A 7.x GPU segments in fp16, but trains in fp32: no recipe scales its loss for fp16."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    gpu = torch.device("cuda")
+    assert (auto_precision(gpu), auto_training_precision(gpu)) == (inference, training)
 
 
 def test_cancel_stops_before_the_next_window() -> None:

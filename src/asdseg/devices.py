@@ -89,6 +89,13 @@ def auto_precision(device: torch.device) -> str:
     return "fp32"
 
 
+def auto_training_precision(device: torch.device) -> str:
+    """``auto`` for training: :func:`auto_precision`, but fp32 where that is fp16 (7.x GPUs):
+    fp16 gradients underflow without loss scaling, which the recipes do not do."""
+    precision = auto_precision(device)
+    return "fp32" if precision == "fp16" else precision
+
+
 def precision_warning(device: torch.device, precision: str) -> str | None:
     """What to tell a user who asked for a precision that ``device`` only emulates."""
     if device.type != "cpu":

@@ -58,6 +58,13 @@ def os_error_message(error: OSError) -> str:
     )
 
 
+def is_out_of_memory(error: RuntimeError) -> bool:
+    """torch's out-of-memory errors (CUDA's ``torch.OutOfMemoryError``, MPS's and the CPU
+    allocator's plain RuntimeError), told apart without importing torch here."""
+    text = str(error).lower()
+    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate" in text
+
+
 def run_command(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """``handler(args)`` with SIGTERM raising :class:`Terminated`; failures the user can act on
     print one line and give :data:`EXIT_ERROR`, Ctrl-C and SIGTERM 130 and 143."""
@@ -74,6 +81,15 @@ def run_command(handler: Callable[[argparse.Namespace], int], args: argparse.Nam
         print(
             "error: out of memory. Use a smaller --batch-size, a smaller volume, or a machine with more "
             "memory.",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    except RuntimeError as error:
+        if not is_out_of_memory(error):
+            raise
+        print(
+            f"error: the device ran out of memory ({str(error).splitlines()[0]}). Use a smaller "
+            "--batch-size, --device cpu, or close the programs that use the GPU, then run again.",
             file=sys.stderr,
         )
         return EXIT_ERROR

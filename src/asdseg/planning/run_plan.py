@@ -42,11 +42,11 @@ def recipe_network(dataset: str | Path, recipe: str) -> dict[str, Any]:
 
 def resolved_device_and_precision(device: str, precision: str) -> tuple[str, str]:
     """The device ``device`` picks here ("cpu", "cuda"...) and the precision ``precision`` is
-    on it ("auto": bf16 where native, else fp32)."""
-    from asdseg.devices import auto_precision, select_device
+    on it for training ("auto": bf16 where native, else fp32)."""
+    from asdseg.devices import auto_training_precision, select_device
 
     chosen = select_device(device)
-    return str(chosen), auto_precision(chosen) if precision == "auto" else precision
+    return str(chosen), auto_training_precision(chosen) if precision == "auto" else precision
 
 
 def request_of(plan: dict[str, Any]) -> dict[str, Any]:

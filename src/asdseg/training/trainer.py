@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asdseg.devices import auto_precision, autocast, select_device
+from asdseg.devices import auto_training_precision, autocast, select_device
 from asdseg.errors import InputError, NumericalError
 from asdseg.evaluation.figures import save_training_curves
 from asdseg.evaluation.metrics import dice
@@ -118,7 +118,9 @@ class Trainer:
         self.context = init_distributed()
         self.device = device_for(self.context, device) or select_device(device)
         #: The autocast precision this run computes in ("auto" resolved for this device).
-        self.precision = auto_precision(self.device) if config.precision == "auto" else config.precision
+        self.precision = (
+            auto_training_precision(self.device) if config.precision == "auto" else config.precision
+        )
         torch.manual_seed(config.seed)
         #: Each process draws its own patches.
         self.rng = np.random.default_rng([config.seed, self.context.rank])
