@@ -17,7 +17,14 @@ from asdseg.registry import load_network
 from asdseg.training.checkpoint import load_checkpoint, save_checkpoint
 from asdseg.training.config import FINE_TUNING_RECIPES, config_from_dict
 from asdseg.training.data import load_split
-from asdseg.training.losses import masked_cross_entropy, masked_dice_loss, one_hot, sample_attention_dice_loss
+from asdseg.training.losses import (
+    adversarial_bce,
+    confidence_target_loss,
+    masked_cross_entropy,
+    masked_dice_loss,
+    one_hot,
+    sample_attention_dice_loss,
+)
 from asdseg.training.recipes import RECIPE_CLASSES
 from asdseg.training.trainer import CHECKPOINT_FILE, Trainer
 
@@ -321,6 +328,35 @@ def test_an_unknown_supervised_loss_is_refused(recipe: str, known: str) -> None:
     config = config_from_dict({**tiny_config(recipe), "loss": {"supervised_loss": "focal"}})
     with pytest.raises(AsdsegError, match=f"supervised_loss 'focal' is not one of {known}"):
         RECIPE_CLASSES[recipe](config, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("target", ["paper", "correctness"])
+def test_dan_confidence_network_learns_eq_4_by_default_or_correctness(target: str) -> None:
+    """Eq. 4 rates the one-hot label map real and the prediction fake; "correctness" rates the
+    prediction by whether each voxel's class is right. The step logs the chosen loss, computed by
+    hand on the networks as they were before it."""
+    loss = {} if target == "paper" else {"confidence_target": target}
+    recipe = RECIPE_CLASSES["dan"](
+        config_from_dict({**tiny_config("dan"), "loss": loss}), torch.device("cpu")
+    )
+    torch.manual_seed(0)
+    images, labels = torch.randn(2, 1, 32, 32, 32), torch.zeros(2, 32, 32, 32, dtype=torch.long)
+    labels[0, 8:20, 8:20, 8:20] = 1
+    labels[1, 4:12, 4:12, 4:28] = 2
+    confidence = recipe.networks["confidence"]
+    with torch.no_grad():
+        logits = recipe.segmenter(images)["logits"]
+        probabilities = torch.softmax(logits, dim=1)
+        label_map = one_hot(labels, 3).float()
+        eq_4 = adversarial_bce(confidence(label_map, images), True) + adversarial_bce(
+            confidence(probabilities, images), False
+        )
+        right = confidence_target_loss(confidence(probabilities, images), logits, labels)
+    expected, other = (eq_4, right) if target == "paper" else (right, eq_4)
+    logged = recipe.training_step(images, labels, None, step=0)["confidence"]
+    assert logged == pytest.approx(expected.item(), rel=1e-4)
+    assert logged != pytest.approx(other.item(), rel=1e-2)
+    assert ("not the paper's" in recipe.card_notes()) == (target == "correctness")
 
 
 def test_dan_confidence_network_follows_the_papers_adam_rate_and_decay() -> None:

@@ -5,9 +5,12 @@ organ-level focal generalized Dice whose class weights are pi_c (1 - dsc_c)^gamm
 voxel-level cross-entropy weighted by
 (1 - M)^beta, where M is the confidence network's map, so the organs and voxels the model gets
 wrong dominate. The two coarser decoder scales add the generalized Dice + CE hybrid as deep
-supervision. The confidence network (a half-width UNet) learns, per voxel, whether the
-segmenter's prediction is correct, and the segmenter gets a small adversarial term asking it to
-be rated correct, weighted lambda_1 = 0.005 (Eq. 11). The paper trains both networks with Adam
+supervision. The confidence network (a half-width UNet) is trained as the paper's Eq. 4 says:
+binary cross-entropy rating the manual label map 1 and the segmenter's prediction 0, everywhere
+(``confidence_target`` "paper"); "correctness" instead trains it on whether the segmenter's class
+is right at each voxel, what the paper says the map should tell, learnt directly (the shipped
+la-dan 1.x was trained so). The segmenter gets a small adversarial term asking it to be rated
+real, weighted lambda_1 = 0.005 (Eq. 11). The paper trains both networks with Adam
 at 5e-3; here the segmenter keeps the LA setting's SGD schedule and the confidence network
 takes the paper's Adam 5e-3, divided by 5 at each of the segmenter's decay points (the paper's
 "5 times every 3 epochs"). Override any of them in ``loss``.
@@ -33,6 +36,26 @@ from asdseg.training.losses import (
 from asdseg.training.recipes.base import ConfidenceLearningRecipe
 
 
+def label_map_rated_real(confidence, probabilities, images, logits, labels) -> torch.Tensor:
+    """Eq. 4: BCE(D(P), 1) + BCE(D(S(X)), 0), P the manual label map (one-hot), S(X) the
+    prediction."""
+    real = adversarial_bce(confidence(one_hot(labels, probabilities.shape[1]).float(), images), real=True)
+    return real + adversarial_bce(confidence(probabilities, images), real=False)
+
+
+def prediction_rated_by_correctness(confidence, probabilities, images, logits, labels) -> torch.Tensor:
+    """BCE of the prediction's rating against whether its class is the label's, per voxel."""
+    return confidence_target_loss(confidence(probabilities, images), logits, labels)
+
+
+#: ``confidence_target``: what the confidence network is trained to rate.
+CONFIDENCE_TARGETS = {"paper": label_map_rated_real, "correctness": prediction_rated_by_correctness}
+CONFIDENCE_TARGET_NOTES = {
+    "paper": "as Eq. 4 (label map real, prediction fake)",
+    "correctness": "on whether the prediction is right per voxel (not the paper's Eq. 4)",
+}
+
+
 def downsampled_labels(labels: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Nearest-neighbour labels at a coarser decoder scale."""
     return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
@@ -50,7 +73,12 @@ class DanRecipe(ConfidenceLearningRecipe):
         "adversarial_weight": 0.005,
         "auxiliary_learning_rate": 5e-3,
         "auxiliary_decay_factor": 0.2,
+        "confidence_target": "paper",
     }
+
+    def __init__(self, config, device) -> None:
+        super().__init__(config, device)
+        self.confidence_loss = self.setting_choice("confidence_target", CONFIDENCE_TARGETS)
 
     def set_learning_rate(self, learning_rate: float) -> None:
         super().set_learning_rate(learning_rate)
@@ -62,7 +90,8 @@ class DanRecipe(ConfidenceLearningRecipe):
     def card_notes(self) -> str:
         return (
             "DAN as in the paper (Eq. 7 organ-level attention Dice, Eq. 8-9 voxel attention, "
-            f"lambda_1 = {self.settings['adversarial_weight']}, confidence network Adam "
+            f"lambda_1 = {self.settings['adversarial_weight']}, confidence network trained "
+            f"{CONFIDENCE_TARGET_NOTES[self.settings['confidence_target']]}, Adam "
             f"{self.settings['auxiliary_learning_rate']} x {self.settings['auxiliary_decay_factor']} per "
             "decay); the segmenter uses the LA setting's SGD schedule instead of the paper's Adam."
         )
@@ -87,7 +116,7 @@ class DanRecipe(ConfidenceLearningRecipe):
         loss = organ + voxel + deep + self.settings["adversarial_weight"] * adversarial
         self.update(self.optimizers["segmenter"], loss)
 
-        confidence_loss = confidence_target_loss(confidence(probabilities.detach(), images), logits, labels)
+        confidence_loss = self.confidence_loss(confidence, probabilities.detach(), images, logits, labels)
         self.update(self.optimizers["confidence"], confidence_loss)
         return {
             "loss": loss.item(),
