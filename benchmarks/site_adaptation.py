@@ -49,6 +49,7 @@ from asdseg.active.finetune import (
     RECIPE_LEARNING_RATES,
     FineTuneSettings,
     fine_tune,
+    fine_tuning_patch,
     fine_tuning_precision,
     model_grid_case,
 )
@@ -192,10 +193,11 @@ def adapt(
 EARLIER_FINE_TUNING = "64x64x32"
 
 
-def fine_tuning_label(card: ModelCard, settings: FineTuneSettings) -> str:
+def fine_tuning_label(card: ModelCard, settings: FineTuneSettings, precision: str | None = None) -> str:
     """How a row's model was fine-tuned, where settings differ between rows: patch, batch when
-    not the default, a frozen encoder, augmentation, pseudo-labels and, when not fp32, precision."""
-    patch = "x".join(map(str, card.data["inference"]["patch_size"]))
+    not the default, a frozen encoder, augmentation, pseudo-labels and, when not fp32, precision
+    (``precision``: as the round would resolve it on another CPU; None: on this one)."""
+    patch = "x".join(map(str, fine_tuning_patch(card, settings)))
     label = patch + (
         "" if settings.batch_size == FineTuneSettings.batch_size else f", batch {settings.batch_size}"
     )
@@ -203,10 +205,16 @@ def fine_tuning_label(card: ModelCard, settings: FineTuneSettings) -> str:
     label += ", intensity augmentation" if settings.intensity_augmentation else ""
     if settings.pseudo_label_confidence is not None:
         label += f", pseudo-labels >= {settings.pseudo_label_confidence:g}"
-    precision = fine_tuning_precision(card)
-    if precision == "auto":
-        precision = auto_precision(torch.device("cpu"))
-    return label + ("" if precision == "fp32" else f", {precision}")
+    chosen = fine_tuning_precision(fine_tuning_patch(card, settings))
+    if chosen == "auto":
+        chosen = precision or auto_precision(torch.device("cpu"))
+    return label + ("" if chosen == "fp32" else f", {chosen}")
+
+
+def default_labels(card: ModelCard) -> list[str]:
+    """The labels of ``card``'s rows fine-tuned with the defaults, on a CPU without native bf16
+    and on one with it (the same label where the round trains in fp32 anyway)."""
+    return list(dict.fromkeys(fine_tuning_label(card, FineTuneSettings(), p) for p in ("fp32", "bf16")))
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -261,6 +269,10 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "recovered_min": min(values["recovered"]),
                 "recovered_max": max(values["recovered"]),
                 "effort_voxels": statistics.mean(values["effort_voxels"]),
+                #: Drop won back (percentage points) per 10,000 voxels the annotator changed: the
+                #: strategies compared at equal effort, since a strategy that picks the slices the
+                #: model got wrong asks for more correcting per slice.
+                "recovered_per_10k_voxels": per_10k_voxels(values["recovered"], values["effort_voxels"]),
                 #: The position of the group's latest row in rows.csv: which setting was measured last.
                 "latest_row": latest[(model, fine_tuning, strategy, budget, volumes)],
             }
@@ -268,15 +280,19 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
+def per_10k_voxels(recovered: list[float], effort_voxels: list[float]) -> float | None:
+    """Mean percentage points of the drop won back per 10,000 voxels corrected (None without
+    corrections)."""
+    effort = statistics.mean(effort_voxels)
+    return 100 * statistics.mean(recovered) / (effort / 10_000) if effort else None
+
+
 def write_report(output: Path, rows: list[dict[str, Any]], settings: FineTuneSettings) -> None:
     summary = summarise(rows)
     rates = ", ".join(f"{rate} ({recipe})" for recipe, rate in RECIPE_LEARNING_RATES.items())
-    # How each model's rows are labelled when fine-tuned with the defaults (on this machine's
-    # precision): the README reports those, not whichever variant was measured last.
-    defaults = {
-        model: fine_tuning_label(find_model(model), FineTuneSettings())
-        for model in {row["model"] for row in rows}
-    }
+    # How each model's rows are labelled when fine-tuned with the defaults (in fp32 or bf16): the
+    # README reports those, not whichever variant was measured last.
+    defaults = {model: default_labels(find_model(model)) for model in {row["model"] for row in rows}}
     result = {
         "machine": describe_machine(),
         "settings": settings.__dict__,
@@ -295,8 +311,8 @@ def write_report(output: Path, rows: list[dict[str, Any]], settings: FineTuneSet
         "Dice of the left atrium (%) on 5 shifted held-out cases, no test-time mirroring.",
         "",
         "| model | fine-tuning | strategy | slices (per volume x volumes) | before shift | shifted "
-        "| after | recovered (min-max) | voxels corrected |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| after | recovered (min-max) | voxels corrected | recovered per 10k voxels |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for item in summary:
         lines.append(
@@ -305,12 +321,17 @@ def write_report(output: Path, rows: list[dict[str, Any]], settings: FineTuneSet
             f"{100 * item['before']:.1f} | {100 * item['shifted']:.1f} | {100 * item['after']:.1f} | "
             f"{100 * item['recovered']:.0f} % "
             f"({100 * item['recovered_min']:.0f}-{100 * item['recovered_max']:.0f}) | "
-            f"{item['effort_voxels']:.0f} (over {item['repeats']} repeat(s)) |"
+            f"{item['effort_voxels']:.0f} (over {item['repeats']} repeat(s)) | "
+            f"{per_10k_text(item['recovered_per_10k_voxels'])} |"
         )
     with atomic_path(output / "results.md") as temporary:
         temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
     if summary:  # nothing to draw before the first row
         plot_recovery(summary, output / "recovery.png")
+
+
+def per_10k_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} points"
 
 
 def plot_recovery(summary: list[dict[str, Any]], path: Path) -> None:
@@ -354,6 +375,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=FineTuneSettings.learning_rate)
     parser.add_argument("--freeze-encoder", action="store_true")
     parser.add_argument("--batch-size", type=int, default=FineTuneSettings.batch_size)
+    parser.add_argument("--patch-size", type=int, nargs=3, help="default: each model's own patch")
     parser.add_argument(
         "--intensity-augmentation",
         action=argparse.BooleanOptionalAction,
@@ -379,6 +401,7 @@ def main() -> None:
         steps=args.steps,
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
+        patch_size=tuple(args.patch_size) if args.patch_size else None,
         freeze_encoder=args.freeze_encoder,
         intensity_augmentation=args.intensity_augmentation,
         batchnorm_statistics_batches=args.batchnorm_batches,

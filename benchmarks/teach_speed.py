@@ -1,8 +1,11 @@
 """How long a teach round takes: ``asdseg finetune`` of a shipped model on 3 LA 2018 volumes with
 5 corrected slices each (the last 3 cases of ``train.list``, slices spread over the atrium),
 200 steps and one in five slices held out, as ASDSeg's Teach runs it. The command is timed
-end to end (start-up, resampling, training, judging), and ``teach_speed.json`` with the
-machine and the precision the round trained in is written to ``--output``.
+end to end, and split where its output marks a stage's end: start-up, reading and
+pseudo-labelling up to the first step; the steps; the end of the round (averaged weights,
+BatchNorm statistics, the model written); the verdict on the held-out slices.
+``teach_speed.json`` in ``--output`` keeps one run per model, patch, precision and CPU (its kernel
+flags), with the machine: a round's time depends most on whether the CPU has native bf16.
 
     python benchmarks/teach_speed.py            # the default model (la-sassnet-72)
 """
@@ -48,6 +51,51 @@ def write_corrections(root: Path, folder: Path, model: str) -> list[str]:
     return ["--image", *map(str, images), "--labels", *map(str, label_paths)]
 
 
+def timed_stages(command: list[str]) -> tuple[dict[str, float], int, str]:
+    """Run ``command`` (``--progress json``) and note, in seconds from its start, when the first
+    and the last step were reported, when the model was written and when it ended; with its exit
+    code and standard error."""
+    marks: dict[str, float] = {}
+    started = time.monotonic()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        for line in process.stdout:
+            now = time.monotonic() - started
+            if '"stage": "fine-tuning"' in line:
+                marks.setdefault("first_step", now)
+                marks["last_step"] = now
+            elif line.startswith("wrote model"):
+                marks["model_written"] = now
+        errors = process.stderr.read()
+    marks["end"] = time.monotonic() - started
+    return marks, process.returncode, errors
+
+
+def stage_seconds(marks: dict[str, float]) -> dict[str, float]:
+    """The time between the marks of :func:`timed_stages`: up to the first step (start-up,
+    reading, pseudo-labelling and the first step), the other steps, the round's end, the verdict."""
+    edges = [0.0, marks["first_step"], marks["last_step"], marks["model_written"], marks["end"]]
+    names = ["until the first step", "the other steps", "end of the round", "verdict"]
+    return {name: round(edges[index + 1] - edges[index], 1) for index, name in enumerate(names)}
+
+
+def run_key(run: dict) -> tuple:
+    return (
+        run["model"],
+        tuple(run.get("patch_size", ())),
+        run["precision"],
+        *run["machine"]["cpu_kernel_flags"],
+    )
+
+
+def other_runs(path: Path, result: dict) -> list[dict]:
+    """The runs ``path`` holds of other models, patches, precisions or CPUs than ``result``'s (a
+    file from before runs were kept is one run)."""
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    return [run for run in data.get("runs", [data]) if run_key(run) != run_key(result)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
@@ -59,27 +107,30 @@ def main() -> None:
         command = [sys.executable, "-m", "asdseg", "finetune", "--model", args.model, *inputs]
         command += ["--steps", str(STEPS), "--hold-out-every", "5", "--progress", "json"]
         command += ["--output-dir", str(Path(folder) / "round")]
-        started = time.monotonic()
-        finished = subprocess.run(command, capture_output=True, text=True)
-        seconds = time.monotonic() - started
-        if finished.returncode not in (0, 4):
-            raise SystemExit(f"finetune failed:\n{finished.stderr[-2000:]}")
+        marks, code, errors = timed_stages(command)
+        if code not in (0, 4):
+            raise SystemExit(f"finetune failed:\n{errors[-2000:]}")
         card = json.loads((Path(folder) / "round" / "model" / "card.json").read_text())
+        patch_size = json.loads((Path(folder) / "round" / "config.json").read_text())["patch_size"]
     result = {
         "machine": describe_machine(),
         "model": args.model,
         "volumes": VOLUMES,
         "corrected_slices_per_volume": SLICES,
         "steps": STEPS,
+        "patch_size": patch_size,
         "precision": card["training"]["precision"],
-        "seconds": round(seconds, 1),
+        "seconds": round(marks["end"], 1),
+        "stage_seconds": stage_seconds(marks),
         "goal_seconds": 180,
     }
     args.output.mkdir(parents=True, exist_ok=True)
-    write_json(args.output / "teach_speed.json", result)
+    path = args.output / "teach_speed.json"
+    write_json(path, {"runs": [*other_runs(path, result), result]})
+    stages = ", ".join(f"{name} {value:.0f} s" for name, value in result["stage_seconds"].items())
     print(
         f"{machine_line()}: teach round of {STEPS} steps ({result['precision']}) on {VOLUMES} volumes: "
-        f"{seconds:.0f} s"
+        f"{marks['end']:.0f} s ({stages})"
     )
 
 

@@ -425,12 +425,14 @@ def site_adaptation() -> list[str]:
         low, high = percent(entry["recovered_min"], 0), percent(entry["recovered_max"], 0)
         recovered = f"{percent(entry['recovered'], 0)} % ({low} to {high})"
         voxels = number(entry["effort_voxels"], 0)
+        per_effort = entry["recovered_per_10k_voxels"]
+        per_effort = "-" if per_effort is None else f"{number(per_effort, 1)} points"
         model = [entry["model"], entry["fine_tuning"], entry["strategy"]]
-        rows.append([*model, slices, entry["repeats"], *dice, recovered, voxels])
+        rows.append([*model, slices, entry["repeats"], *dice, recovered, voxels, per_effort])
     header = (
         "model | fine-tuning | strategy | corrected slices (per volume x volumes) | repeats"
         " | Dice % before shift | shifted | after fine-tuning | drop won back (range)"
-        " | voxels corrected (mean)"
+        " | voxels corrected (mean) | won back per 10,000 voxels corrected"
     )
     note = f"{data['settings']['steps']} fine-tuning steps"
     return [caption([source], [data.get("machine")], note), "", *table(header, rows)]
@@ -451,9 +453,9 @@ def site_adaptation_summary() -> list[str]:
         for row in summary
         if (row["model"], row["strategy"], row["slices"]) == (DEFAULT_MODEL, DEFAULT_STRATEGY, 15)
     ]
-    defaults = results.get("default_fine_tuning", {}).get(DEFAULT_MODEL)
+    defaults = results.get("default_fine_tuning", {}).get(DEFAULT_MODEL, [])
     entry = max(
-        [row for row in measured if row["fine_tuning"] == defaults] or measured,
+        [row for row in measured if row["fine_tuning"] in defaults] or measured,
         key=lambda row: row.get("latest_row", -1),
     )
     every_slice = (DEFAULT_MODEL, entry["fine_tuning"], "all-slices", entry["volumes"])
@@ -588,6 +590,20 @@ def memory_layout() -> list[str]:
     return [caption([source], [data.get("machine")], note), "", *table(header, rows)]
 
 
+def teach_round(run: dict[str, Any]) -> str:
+    """What a teach_speed.json run timed, on which CPU, and where the time went when recorded."""
+    patch = " x ".join(map(str, run["patch_size"])) if "patch_size" in run else "the model's own"
+    text = (
+        f"a teach round with `{run['model']}` ({run['precision']}, patches {patch}): {run['steps']} steps,"
+        f" {run['corrected_slices_per_volume']} corrected slices on each of {run['volumes']} volumes;"
+        f" CPU: {' '.join(run['machine']['cpu_kernel_flags'])}"
+    )
+    stages = run.get("stage_seconds")
+    if stages:
+        text += " (" + ", ".join(f"{name} {number(value, 0)} s" for name, value in stages.items()) + ")"
+    return text
+
+
 def interaction_times() -> list[str]:
     """What the user waits for: an ActiveAnnotate round, a teach round, several volumes at once."""
     sources = [
@@ -603,14 +619,16 @@ def interaction_times() -> list[str]:
         f"one ActiveAnnotate round at `la-attention`'s scale: {size} volume, {wait['labelled_slices']}"
         f" labelled slices, {wait['fine_tune_steps']} steps ({parts})"
     )
-    what_teach = (
-        f"a teach round with `{teach['model']}` ({teach.get('precision', 'fp32')}): {teach['steps']} steps,"
-        f" {teach['corrected_slices_per_volume']} corrected slices on each of {teach['volumes']} volumes"
-    )
-    rows = [
-        ["`annotator_wait.py`", what_wait, f"{number(wait['total_s'], 1)} s", NONE],
-        ["`teach_speed.py`", what_teach, f"{number(teach['seconds'], 1)} s", f"{teach['goal_seconds']} s"],
-    ]
+    rows = [["`annotator_wait.py`", what_wait, f"{number(wait['total_s'], 1)} s", NONE]]
+    for run in teach["runs"]:
+        rows.append(
+            [
+                "`teach_speed.py`",
+                teach_round(run),
+                f"{number(run['seconds'], 1)} s",
+                f"{run['goal_seconds']} s",
+            ]
+        )
     for mirroring in ("card mirroring", "no mirroring"):
         times = volumes[mirroring]
         what = f"{volumes['volumes']} volumes with `{volumes['model']}` ({mirroring}): one call, against"
@@ -618,7 +636,7 @@ def interaction_times() -> list[str]:
         time = f"{number(times['one_call_s'], 1)} s against {number(times['separate_calls_s'], 1)} s"
         time += f" ({number(times['speed_up'])}x less)"
         rows.append(["`segment_volumes.py`", what, time, f"{number(volumes['goal_speed_up'], 1)}x less"])
-    machines = [wait.get("machine"), teach.get("machine"), volumes.get("machine")]
+    machines = [wait.get("machine"), *(run["machine"] for run in teach["runs"]), volumes.get("machine")]
     return [caption(sources, machines), "", *table("benchmark | what is timed | time | goal", rows)]
 
 
