@@ -8,13 +8,20 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from asdseg.active.finetune import FineTuneSettings, fine_tune, fine_tuning_precision, model_grid_case
+from asdseg.active.finetune import (
+    FineTuneSettings,
+    fine_tune,
+    fine_tuning_patch,
+    fine_tuning_precision,
+    model_grid_case,
+)
 from asdseg.active.pseudo_labels import pseudo_labelled
 from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
 from asdseg.active.teach import hold_out
@@ -259,8 +266,14 @@ def test_rounds_train_in_bf16_only_where_the_patch_keeps_the_deepest_level_wide(
     """la-sassnet-72's 96 x 96 x 64 patches train in ``auto`` (bf16 where native, twice as fast);
     la-sassnet's 64 x 64 x 32 leave the deepest level 2 voxels thin, where bf16 gave NaN
     gradients: fp32."""
-    assert fine_tuning_precision(find_model("la-sassnet-72")) == "auto"
-    assert fine_tuning_precision(find_model("la-sassnet")) == "fp32"
+    settings = FineTuneSettings()
+    assert fine_tuning_precision(fine_tuning_patch(find_model("la-sassnet-72"), settings)) == "auto"
+    assert fine_tuning_precision(fine_tuning_patch(find_model("la-sassnet"), settings)) == "fp32"
+    assert fine_tuning_patch(find_model("la-sassnet-72"), replace(settings, patch_size=(64, 64, 32))) == (
+        64,
+        64,
+        32,
+    )
 
 
 def test_intensity_augmentation_perturbs_patches_as_its_seed_says() -> None:

@@ -29,6 +29,7 @@ from asdseg.io.image_io import array_to_image, image_to_array
 from asdseg.preprocessing.transforms import CropBox, normalize_intensity, resample_like, resample_to_spacing
 from asdseg.progress import ProgressCallback
 from asdseg.registry.model_card import ATTENTION_ARCHITECTURES, ModelCard
+from asdseg.training.batchnorm_statistics import ROUND_BATCHES
 from asdseg.training.config import DataConfig, TrainingConfig
 from asdseg.training.data import LABEL_DTYPE, Case, CaseSplit
 from asdseg.training.losses import UNLABELLED
@@ -63,7 +64,7 @@ class FineTuneSettings:
     #: Batches of random patches of the fine-tuning volumes the BatchNorm statistics are
     #: re-estimated over at the end (AdaBN, :mod:`asdseg.training.batchnorm_statistics`); 0 keeps
     #: those training left.
-    batchnorm_statistics_batches: int = 30
+    batchnorm_statistics_batches: int = ROUND_BATCHES
     #: Export the average of the weights over the final low-rate steps (SWA) rather than the
     #: last step's (:mod:`asdseg.training.weight_averaging`).
     average_final_weights: bool = True
@@ -73,6 +74,9 @@ class FineTuneSettings:
     #: la-sassnet-72 on benchmarks/site_adaptation.py's shift (15 corrected slices, p-dsc-spread,
     #: two seeds, rows.csv): Dice 76.1 and 74.2 with, 74.1 and 71.9 without.
     pseudo_label_confidence: float | None = 0.9
+    #: The patch a round trains on; None: the model's own inference patch
+    #: (:func:`fine_tuning_patch`).
+    patch_size: tuple[int, int, int] | None = None
 
 
 #: Each fine-tuning recipe's default learning rate. The attention U-Net's is the paper's: at
@@ -133,13 +137,22 @@ def model_grid_case(
     return Case(name, array, image_to_array(target, LABEL_DTYPE), resampled.GetSpacing())
 
 
-def fine_tuning_precision(card: ModelCard) -> str:
+def fine_tuning_patch(card: ModelCard, settings: FineTuneSettings) -> tuple[int, int, int]:
+    """The patch a round of ``card``'s model trains on: ``settings.patch_size``, by default the
+    model's own. Smaller patches cost far more Dice than the time they save: on
+    benchmarks/site_adaptation.py's shift (15 corrected slices, p-dsc-spread), la-sassnet-72
+    fine-tuned on 64 x 64 x 32 patches won back 3 % of the drop, on 64 x 64 x 64 (0.44 of the
+    voxels) 35 %, on its own 96 x 96 x 64 66 to 77 % (rows.csv)."""
+    return tuple(settings.patch_size or card.data["inference"]["patch_size"])
+
+
+def fine_tuning_precision(patch_size: Sequence[int]) -> str:
     """``auto`` (bf16 where the device has it natively) for patches of at least
     :data:`BF16_MIN_PATCH` voxels along every axis, fp32 for smaller ones: torch 2.13's bf16 CPU
     conv backward gave NaN gradients where a 64 x 64 x 32 patch leaves the networks' deepest
     level (a sixteenth of the patch) 2 voxels thin (AMD EPYC, avx512_bf16). la-sassnet-72's
     96 x 96 x 64 rounds train in bf16 at 1.9 s a step against 3.7 s in fp32."""
-    return "auto" if min(card.data["inference"]["patch_size"]) >= BF16_MIN_PATCH else "fp32"
+    return "auto" if min(patch_size) >= BF16_MIN_PATCH else "fp32"
 
 
 def fine_tuning_recipe(card: ModelCard, settings: FineTuneSettings) -> tuple[str, dict]:
@@ -204,6 +217,7 @@ def fine_tune(
         if filled is not None:
             training, used_confidence = filled, confidence
     low_rate_from = max(1, round(settings.steps * (1 - FINAL_LOW_RATE_FRACTION)))
+    patch_size = fine_tuning_patch(card, settings)
     config = TrainingConfig(
         recipe=recipe,
         data=DataConfig(
@@ -214,9 +228,7 @@ def fine_tune(
         ),
         network=card.data["architecture"],
         labels=card.data["labels"],
-        # The model's own patch: la-sassnet-72 fine-tuned on 64 x 64 x 32 patches (a quarter of
-        # the time) won back 3 % of the site shift that its 96 x 96 x 64 won back 66 % of.
-        patch_size=tuple(card.data["inference"]["patch_size"]),
+        patch_size=patch_size,
         batch_size=settings.batch_size,
         labelled_per_batch=settings.batch_size,
         steps=settings.steps,
@@ -227,7 +239,7 @@ def fine_tune(
         checkpoint_every=min(settings.checkpoint_every, settings.steps),
         seed=settings.seed,
         loss=loss,
-        precision=fine_tuning_precision(card),
+        precision=fine_tuning_precision(patch_size),
         init_from=str(card.directory),
         batchnorm_statistics_batches=settings.batchnorm_statistics_batches,
         average_weights_after=low_rate_from if settings.average_final_weights else None,

@@ -25,14 +25,12 @@ from asdseg.inference.sliding_window import WindowSettings, predict_volume
 from asdseg.progress import ProgressCallback
 from asdseg.registry import load_network
 from asdseg.registry.model_card import ModelCard
-from asdseg.training.batchnorm_statistics import reestimate_batchnorm_statistics
+from asdseg.training.batchnorm_statistics import ROUND_BATCHES, reestimate_batchnorm_statistics
 from asdseg.training.data import LABEL_DTYPE, Case
 from asdseg.training.losses import UNLABELLED
 
 #: What progress reports call this stage (one unit for AdaBN, then one per volume).
 STAGE = "pseudo-labelling"
-#: Batches of random patches the BatchNorm statistics are re-estimated over before predicting.
-BATCHNORM_BATCHES = 30
 #: The least Dice between the model's prediction and the corrections, on the corrected slices,
 #: for its prediction to be trusted elsewhere: a model that misses the organ where the annotator
 #: drew it would teach itself to miss it everywhere else (the phantom model on inverted
@@ -54,13 +52,14 @@ def pseudo_labelled(
     ``confidence``; labelled voxels are kept as they are. None when the prediction agrees with
     the corrections less than :data:`MIN_AGREEMENT`. ``progress`` hears of each volume done
     after a first unit for the re-estimation, which takes most of the time (la-sassnet-72 on 3
-    LA volumes, 2 cores with native bf16: 15 s, then half a second per volume). Both only run
+    LA volumes, 2 cores with native bf16: 15 s at 30 batches, then half a second per volume;
+    not tracked). Both only run
     the network forward, so both compute in bf16 where it is native, whatever the round's
     patch (bf16's trouble on thin levels was in the backward pass)."""
     report = progress or (lambda done, total, stage: None)
     network = load_network(card).to(device)
     patch_size = tuple(card.data["inference"]["patch_size"])
-    reestimate_batchnorm_statistics(network, cases, patch_size, BATCHNORM_BATCHES, 2, device, seed, "auto")
+    reestimate_batchnorm_statistics(network, cases, patch_size, ROUND_BATCHES, 2, device, seed, "auto")
     report(1, len(cases) + 1, STAGE)
     settings = WindowSettings(patch_size=patch_size, precision="auto")
     probabilities = []
