@@ -34,10 +34,10 @@ from asdseg.active.strategies import select_slices
 from asdseg.data_paths import require_la2018
 from asdseg.evaluation.metrics import dice
 from asdseg.io.atomic_write import atomic_path
+from asdseg.io.datasets import case_names
 from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry.model_card import ModelCard
-from asdseg.training.data import case_names
 
 BUDGETS = (0.05, 0.15, 0.35)
 RANDOM_DRAWS = 20

@@ -65,8 +65,9 @@ from asdseg.active.strategies import STRATEGIES, select_slices
 from asdseg.data_paths import require_la2018
 from asdseg.evaluation.figures import save_active_learning_curves
 from asdseg.evaluation.metrics import dice
-from asdseg.inference.sliding_window import predict_volume
+from asdseg.inference.sliding_window import card_window_settings, predict_volume
 from asdseg.io.atomic_write import atomic_path
+from asdseg.io.datasets import case_names
 from asdseg.io.image_io import image_to_array, read_image
 from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
@@ -78,7 +79,7 @@ from asdseg.preprocessing.transforms import (
 )
 from asdseg.registry import load_network
 from asdseg.registry.model_card import ModelCard
-from asdseg.training.data import Case, case_names
+from asdseg.training.data import Case
 
 FULL_ANNOTATION = "full-annotation"
 #: The control: no new labels, the same fine-tuning rounds on the start slices alone. What a
@@ -196,7 +197,7 @@ class Study:
         return round((self.settings.max_fraction * self.total_slices - started) / self.budget)
 
     def predictions(self, card: ModelCard, volumes: list[Volume]) -> list[dict[str, np.ndarray]]:
-        network, window = load_network(card), card.window_settings()
+        network, window = load_network(card), card_window_settings(card)
         return [predict_volume(network, volume.image, window, torch.device("cpu")) for volume in volumes]
 
     def pool_scores(self, card: ModelCard) -> list[SliceScores]:

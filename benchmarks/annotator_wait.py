@@ -24,12 +24,12 @@ from asdseg.active.finetune import FineTuneSettings, fine_tune, model_grid_case
 from asdseg.active.sparse_labels import SparseLabels
 from asdseg.active.suggest import suggest_slices
 from asdseg.data_paths import require_la2018
+from asdseg.io.datasets import case_names
 from asdseg.io.image_io import image_to_array, read_image
 from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import load_network
 from asdseg.registry.model_card import ModelCard
-from asdseg.training.data import case_names
 
 LABEL_EVERY = 16
 

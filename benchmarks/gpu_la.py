@@ -313,10 +313,10 @@ def _network_seconds(network, card, image, device: str, precision: str, repeats:
     import numpy as np
 
     from asdseg.inference.segment import _model_grid_input
-    from asdseg.inference.sliding_window import predict_volume
+    from asdseg.inference.sliding_window import card_window_settings, predict_volume
 
     _, _, array = _model_grid_input(image, card)
-    settings = card.window_settings(precision=precision)
+    settings = card_window_settings(card, precision=precision)
     target = torch.device(device)
     times = []
     for _ in range(repeats):

@@ -47,7 +47,7 @@ REPEATS = 3
 def benchmark_volume(folder: Path) -> tuple[Path, str]:
     """The first held-out LA 2018 case, or a synthetic volume of its size and spacing."""
     from asdseg.data_paths import find_la2018
-    from asdseg.training.data import case_names
+    from asdseg.io.datasets import case_names
 
     root = find_la2018()
     if root is not None:

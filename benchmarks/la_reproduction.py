@@ -51,12 +51,12 @@ from asdseg.data_paths import require_la2018
 from asdseg.evaluation.model_evaluation import evaluate_model, reference_cases
 from asdseg.inference.segment import SegmentationOptions
 from asdseg.io.atomic_write import atomic_path
+from asdseg.io.datasets import case_names
 from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import available_models, find_model, load_network
 from asdseg.registry.model_card import CARD_FILE, ModelCard
 from asdseg.training.config import TrainingConfig, config_from_dict
-from asdseg.training.data import case_names
 from asdseg.training.trainer import CHECKPOINT_FILE, Trainer
 
 HELD_OUT = 20

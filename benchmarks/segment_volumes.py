@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from asdseg.data_paths import require_la2018
+from asdseg.io.datasets import case_names
 from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import DEFAULT_MODEL
-from asdseg.training.data import case_names
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "segment_volumes.json"
 

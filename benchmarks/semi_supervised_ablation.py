@@ -32,10 +32,10 @@ from la_reproduction import ENHANCED_UNET, HELD_OUT, SASSNET_CE_DICE, SDM_VNET, 
 
 from asdseg.data_paths import require_la2018
 from asdseg.io.atomic_write import atomic_path
+from asdseg.io.datasets import case_names
 from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.training.config import config_from_dict
-from asdseg.training.data import case_names
 from asdseg.training.trainer import CHECKPOINT_FILE, Trainer
 
 #: row -> (recipe, segmenter, loss settings, the supervised row of the same segmenter)

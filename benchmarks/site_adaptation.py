@@ -60,12 +60,12 @@ from asdseg.devices import auto_precision
 from asdseg.evaluation.metrics import dice
 from asdseg.inference.segment import SegmentationOptions, segment_image
 from asdseg.io.atomic_write import atomic_path
+from asdseg.io.datasets import case_names
 from asdseg.io.image_io import image_to_array, read_image
 from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import find_model, load_network
 from asdseg.registry.model_card import ModelCard
-from asdseg.training.data import case_names
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "site_adaptation"
 THICKNESS = 4  #: 0.625 mm slices averaged into one

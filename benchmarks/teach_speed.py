@@ -25,11 +25,11 @@ import SimpleITK as sitk
 
 from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
 from asdseg.data_paths import require_la2018
+from asdseg.io.datasets import case_names
 from asdseg.io.image_io import image_to_array, read_image
 from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import DEFAULT_MODEL, find_model
-from asdseg.training.data import case_names
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results"
 VOLUMES, SLICES, STEPS = 3, 5, 200

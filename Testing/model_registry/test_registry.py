@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from asdseg.errors import ModelError
+from asdseg.inference.sliding_window import card_window_settings
 from asdseg.registry import (
     available_models,
     find_model,
@@ -34,12 +35,12 @@ def test_card_schema_rejects_missing_and_malformed_fields(tiny_model: ModelCard)
 
 
 def test_card_sets_test_time_mirroring_and_the_user_can_turn_it_off(tiny_model: ModelCard) -> None:
-    assert tiny_model.window_settings().mirror_axes == ()
+    assert card_window_settings(tiny_model).mirror_axes == ()
     inference = {**tiny_model.data["inference"], "mirror_axes": [0, 1]}
     mirrored = ModelCard({**tiny_model.data, "inference": inference}, tiny_model.directory)
     validate_card(mirrored.data, "card.json")
-    assert mirrored.window_settings().mirror_axes == (0, 1)
-    assert mirrored.window_settings(mirror_axes=()).mirror_axes == ()
+    assert card_window_settings(mirrored).mirror_axes == (0, 1)
+    assert card_window_settings(mirrored, mirror_axes=()).mirror_axes == ()
     repeated = {**tiny_model.data, "inference": {**tiny_model.data["inference"], "mirror_axes": [0, 0]}}
     with pytest.raises(ModelError, match=r"at inference.mirror_axes, "):
         validate_card(repeated, "card.json")

@@ -13,10 +13,10 @@ from asdseg.demo.end_to_end import run_demo
 from asdseg.errors import InputError
 from asdseg.evaluation.evaluate_predictions import evaluate_label_maps
 from asdseg.inference.segment import SegmentationOptions, segment_image
+from asdseg.io.datasets import case_names
 from asdseg.io.image_io import image_to_array, read_image
 from asdseg.registry import find_model, load_network, sha256_of, shipped_models_dir
 from asdseg.registry.model_card import ATTENTION_ARCHITECTURES, ModelCard
-from asdseg.training.data import case_names
 
 from conftest import LA2018, needs_la2018
 

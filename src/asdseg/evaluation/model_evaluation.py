@@ -24,10 +24,10 @@ from asdseg.evaluation.calibration import ErrorDetection, ReliabilityBins
 from asdseg.evaluation.evaluate_predictions import evaluate_label_maps, mean_rows
 from asdseg.inference.postprocessing import keep_largest_component
 from asdseg.inference.segment import SegmentationOptions, channel_array, segment_image
+from asdseg.io.datasets import case_paths
 from asdseg.io.image_io import image_to_array, read_image
 from asdseg.progress import ProgressCallback
 from asdseg.registry.model_card import ModelCard
-from asdseg.training.data import case_paths
 
 POST_PROCESSING = ("raw", "largest_component")
 CONFIDENCE_MAP = "confidence network"

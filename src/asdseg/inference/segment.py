@@ -18,7 +18,7 @@ from asdseg.devices import select_device
 from asdseg.errors import InputError, NumericalError
 from asdseg.inference.confidence_calibration import ConfidenceCalibration
 from asdseg.inference.postprocessing import ComponentReport, keep_largest_component
-from asdseg.inference.sliding_window import predict_volume
+from asdseg.inference.sliding_window import card_window_settings, predict_volume
 from asdseg.io.image_io import array_to_image, check_volume_shape, image_to_array
 from asdseg.io.labels import Label, label_pixel_type, sdm_output_paths, sidecar_paths, write_label_map
 from asdseg.preprocessing.input_checks import DEFAULT_MAX_ANISOTROPY, check_intensities, check_spacing
@@ -194,7 +194,8 @@ def _segment_region(
     cancel: CancelToken | None,
 ) -> SegmentationResult:
     """The whole of ``image`` (already checked) segmented, outputs on its grid."""
-    settings = card.window_settings(
+    settings = card_window_settings(
+        card,
         overlap=options.overlap,
         batch_size=options.batch_size,
         precision=options.precision,

@@ -16,7 +16,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from torch import nn
 
 from asdseg.devices import autocast
 from asdseg.progress import CancelToken, ProgressCallback
+
+if TYPE_CHECKING:
+    from asdseg.registry.model_card import ModelCard
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,20 @@ class WindowSettings:
             for count in range(len(self.mirror_axes) + 1)
             for combination in itertools.combinations(self.mirror_axes, count)
         ]
+
+
+def card_window_settings(card: ModelCard, **overrides: Any) -> WindowSettings:
+    """Window layout from ``card``'s inference section, with user overrides (overlap, batch,
+    precision...; None keeps the card's)."""
+    inference = card.data["inference"]
+    settings: dict[str, Any] = {
+        "patch_size": tuple(inference["patch_size"]),
+        "overlap": inference["overlap"],
+        "blend": inference["blend"],
+        "mirror_axes": tuple(inference.get("mirror_axes", ())),
+    }
+    settings.update({key: value for key, value in overrides.items() if value is not None})
+    return WindowSettings(**settings)
 
 
 def window_starts(size: int, patch: int, overlap: float) -> list[int]:

@@ -140,6 +140,25 @@ def read_dataset(root: str | Path) -> Dataset:
     return Dataset(root, layout, tuple(cases), tuple(labels), _one_channel(description, where), info)
 
 
+def case_names(root: Path) -> list[str]:
+    """The cases of a data folder: a dataset folder's, or those train.list names (the LA layout)."""
+    if is_dataset_folder(root):
+        return read_dataset(root).names
+    listing = root / "train.list"
+    if not listing.is_file():
+        raise InputError(f"{root}: no train.list; the data folder needs train.list and train/<case>/.")
+    return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+
+
+def case_paths(root: Path, name: str) -> tuple[Path, Path | None]:
+    """The image and label files of a case of the LA layout or of a dataset folder (no label
+    for an image of a dataset's imagesUnlabelled)."""
+    if is_dataset_folder(root):
+        case = read_dataset(root).case(name)
+        return case.image, case.label
+    return root / "train" / name / "image.nii.gz", root / "train" / name / "label.nii.gz"
+
+
 def nnunet_description(root: str | Path) -> tuple[dict[str, Any], list[Label]]:
     """The dataset.json of an nnU-Net v2 folder and its labels, for adding cases to it. The
     Decathlon layout is refused: a new case would also have to join its ``training`` list."""

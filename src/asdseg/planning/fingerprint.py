@@ -20,11 +20,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from asdseg.errors import InputError
-from asdseg.io.datasets import is_dataset_folder, read_dataset
+from asdseg.io.datasets import case_names, case_paths, is_dataset_folder, read_dataset
 from asdseg.io.image_io import read_image
 from asdseg.io.json_files import write_json
 from asdseg.progress import ProgressCallback
-from asdseg.training.data import case_names, case_paths
 
 FINGERPRINT_FILE = "fingerprint.json"
 #: Foreground voxels sampled per case for the intensity statistics (nnU-Net samples 10,000).

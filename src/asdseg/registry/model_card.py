@@ -5,15 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from asdseg.errors import ModelError
 from asdseg.io.json_files import check_json, read_json, schema
 from asdseg.io.labels import Label
 from asdseg.strides import patch_divisor
-
-if TYPE_CHECKING:
-    from asdseg.inference.sliding_window import WindowSettings
 
 #: The architectures that predict twice (final features and attention maps), as P-DSC needs.
 ATTENTION_ARCHITECTURES = ("attention-unet",)
@@ -111,20 +108,6 @@ class ModelCard:
     @property
     def has_confidence(self) -> bool:
         return bool(self.data["outputs"]["confidence"])
-
-    def window_settings(self, **overrides: Any) -> WindowSettings:
-        """Window layout from the card, with user overrides (overlap, batch, precision...)."""
-        from asdseg.inference.sliding_window import WindowSettings  # imports torch; reading a card does not
-
-        inference = self.data["inference"]
-        settings: dict[str, Any] = {
-            "patch_size": tuple(inference["patch_size"]),
-            "overlap": inference["overlap"],
-            "blend": inference["blend"],
-            "mirror_axes": tuple(inference.get("mirror_axes", ())),
-        }
-        settings.update({key: value for key, value in overrides.items() if value is not None})
-        return WindowSettings(**settings)
 
     def _field_of_view_lines(self) -> list[str]:
         field_of_view = self.data["preprocessing"].get("field_of_view_mm")

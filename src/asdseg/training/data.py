@@ -17,7 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from asdseg.errors import InputError
-from asdseg.io.datasets import is_dataset_folder, read_dataset
+from asdseg.io.datasets import case_names, case_paths
 from asdseg.io.image_io import grid_difference, grid_of, image_to_array, read_image
 from asdseg.phantoms import make_phantom
 from asdseg.preprocessing.transforms import normalize_intensity, resample_like, resample_to_spacing
@@ -52,30 +52,12 @@ class CaseSplit:
         return self.labelled[0].spacing
 
 
-def case_names(root: Path) -> list[str]:
-    if is_dataset_folder(root):
-        return read_dataset(root).names
-    listing = root / "train.list"
-    if not listing.is_file():
-        raise InputError(f"{root}: no train.list; the data folder needs train.list and train/<case>/.")
-    return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-
-
 def resample_pair(
     image: sitk.Image, label: sitk.Image | None, spacing: Sequence[float]
 ) -> tuple[sitk.Image, sitk.Image | None]:
     """Image (linear) and label (nearest neighbour; None stays None) on a grid of ``spacing``."""
     image = resample_to_spacing(sitk.Cast(image, sitk.sitkFloat32), spacing)
     return image, None if label is None else resample_like(label, image, sitk.sitkNearestNeighbor)
-
-
-def case_paths(root: Path, name: str) -> tuple[Path, Path | None]:
-    """The image and label files of a case of the LA layout or of a dataset folder (no label
-    for an image of a dataset's imagesUnlabelled)."""
-    if is_dataset_folder(root):
-        case = read_dataset(root).case(name)
-        return case.image, case.label
-    return root / "train" / name / "image.nii.gz", root / "train" / name / "label.nii.gz"
 
 
 def load_case(root: Path, name: str, data: DataConfig, labelled: bool) -> Case:
