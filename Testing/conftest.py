@@ -83,9 +83,11 @@ def tiny_model(tmp_path: Path) -> ModelCard:
 
 @pytest.fixture
 def confidence_model(tmp_path: Path) -> ModelCard:
-    """An untrained 2-filter VNet with a confidence network (the shape of la-dan's outputs)."""
+    """An untrained 2-filter VNet with a confidence network (the shape of la-dan's outputs; like
+    la-dan's, its card says the confidence network learnt where the segmenter is right)."""
     torch.manual_seed(0)
     card = tiny_card("tiny-confidence", sdm=False, confidence=True)
+    card["training"] = {**card.get("training", {}), "config": {"loss": {"confidence_target": "correctness"}}}
     network = build_network("vnet-confidence", card["architecture"]["params"])
     return save_model(network, card, tmp_path / "tiny-confidence")
 

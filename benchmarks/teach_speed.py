@@ -51,13 +51,17 @@ def write_corrections(root: Path, folder: Path, model: str) -> list[str]:
     return ["--image", *map(str, images), "--labels", *map(str, label_paths)]
 
 
-def timed_stages(command: list[str]) -> tuple[dict[str, float], int, str]:
-    """Run ``command`` (``--progress json``) and note, in seconds from its start, when the first
-    and the last step were reported, when the model was written and when it ended; with its exit
-    code and standard error."""
+def timed_stages(command: list[str], errors: Path) -> tuple[dict[str, float], int]:
+    """Run ``command`` (``python -u``, ``--progress json``: every line arrives as it is printed)
+    and note, in seconds from its start, when the first and the last step were reported, when
+    the model was written and when it ended; with its exit code. Its standard error goes to
+    ``errors``."""
     marks: dict[str, float] = {}
     started = time.monotonic()
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+    with (
+        errors.open("w") as error_file,
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=error_file, text=True) as process,
+    ):
         for line in process.stdout:
             now = time.monotonic() - started
             if '"stage": "fine-tuning"' in line:
@@ -65,9 +69,8 @@ def timed_stages(command: list[str]) -> tuple[dict[str, float], int, str]:
                 marks["last_step"] = now
             elif line.startswith("wrote model"):
                 marks["model_written"] = now
-        errors = process.stderr.read()
     marks["end"] = time.monotonic() - started
-    return marks, process.returncode, errors
+    return marks, process.returncode
 
 
 def stage_seconds(marks: dict[str, float]) -> dict[str, float]:
@@ -104,12 +107,13 @@ def main() -> None:
     root = require_la2018()
     with tempfile.TemporaryDirectory(prefix="teach-speed-") as folder:
         inputs = write_corrections(root, Path(folder), args.model)
-        command = [sys.executable, "-m", "asdseg", "finetune", "--model", args.model, *inputs]
+        command = [sys.executable, "-u", "-m", "asdseg", "finetune", "--model", args.model, *inputs]
         command += ["--steps", str(STEPS), "--hold-out-every", "5", "--progress", "json"]
         command += ["--output-dir", str(Path(folder) / "round")]
-        marks, code, errors = timed_stages(command)
+        errors = Path(folder) / "stderr.txt"
+        marks, code = timed_stages(command, errors)
         if code not in (0, 4):
-            raise SystemExit(f"finetune failed:\n{errors[-2000:]}")
+            raise SystemExit(f"finetune failed:\n{errors.read_text()[-2000:]}")
         card = json.loads((Path(folder) / "round" / "model" / "card.json").read_text())
         patch_size = json.loads((Path(folder) / "round" / "config.json").read_text())["patch_size"]
     result = {

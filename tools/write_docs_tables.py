@@ -418,7 +418,13 @@ def site_adaptation() -> list[str]:
     rows = []
     for entry in sorted(
         data["summary"],
-        key=lambda row: (row["model"], row["slices"], row["fine_tuning"], row["strategy"]),
+        key=lambda row: (
+            row["model"],
+            row["slices"],
+            row["fine_tuning"],
+            row["batchnorm_batches"],
+            row["strategy"],
+        ),
     ):
         slices = f"{entry['slices']} ({entry['budget']} x {entry['volumes']})"
         dice = [percent(entry[key], 1) for key in ("before", "shifted", "after")]
@@ -427,15 +433,17 @@ def site_adaptation() -> list[str]:
         voxels = number(entry["effort_voxels"], 0)
         per_effort = entry["recovered_per_10k_voxels"]
         per_effort = "-" if per_effort is None else f"{number(per_effort, 1)} points"
-        model = [entry["model"], entry["fine_tuning"], entry["strategy"]]
+        model = [entry["model"], entry["fine_tuning"], entry["batchnorm_batches"], entry["strategy"]]
         rows.append([*model, slices, entry["repeats"], *dice, recovered, voxels, per_effort])
     header = (
-        "model | fine-tuning | strategy | corrected slices (per volume x volumes) | repeats"
+        "model | fine-tuning | BatchNorm re-estimated over (batches) | strategy"
+        " | corrected slices (per volume x volumes) | repeats"
         " | Dice % before shift | shifted | after fine-tuning | drop won back (range)"
         " | voxels corrected (mean) | won back per 10,000 voxels corrected"
     )
     note = f"{data['settings']['steps']} fine-tuning steps"
-    return [caption([source], [data.get("machine")], note), "", *table(header, rows)]
+    machines = sorted({machine for entry in data["summary"] for machine in entry["machines"]})
+    return [caption([source], machines, note), "", *table(header, rows)]
 
 
 def site_adaptation_summary() -> list[str]:

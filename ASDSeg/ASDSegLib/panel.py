@@ -281,7 +281,8 @@ class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             return read()
         except CancelledError as error:
-            self.ui.statusLabel.text = cancelled or str(error).capitalize()
+            message = str(error)  # its first letter up, the rest as written (not str.capitalize)
+            self.ui.statusLabel.text = cancelled or message[:1].upper() + message[1:]
         except Exception as error:
             if not isinstance(error, AsdsegError):
                 logging.exception("%s: %s", self.moduleName, log)

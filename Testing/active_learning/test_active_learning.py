@@ -11,7 +11,12 @@ import pytest
 import SimpleITK as sitk
 
 from asdseg.active.annotator_effort import SliceEffort, measure_effort
-from asdseg.active.second_opinion import confidence_labels, sdm_labels
+from asdseg.active.second_opinion import (
+    available_second_opinions,
+    confidence_labels,
+    default_second_opinion,
+    sdm_labels,
+)
 from asdseg.active.slice_scores import SliceScores, agreement_scores, score_slices, slice_entropy
 from asdseg.active.sparse_labels import (
     SparseLabels,
@@ -342,6 +347,25 @@ def test_every_model_suggests_against_its_own_second_opinion(
     assert by_confidence.second_opinion == "confidence" and len(by_confidence.queries) == 2
     with pytest.raises(ModelError, match="'attention' second opinion; it can give sdm, mirroring"):
         suggest_slices(image, tiny_model, load_network(tiny_model), set(), second_opinion="attention")
+
+
+@pytest.mark.parametrize(
+    ("training", "expected"),
+    [
+        ({"config": {"loss": {"confidence_target": "correctness"}}}, "confidence"),
+        ({"recipe": "sparse-finetune"}, "confidence"),
+        ({"config": {"loss": {}}}, "mirroring"),
+        ({}, "mirroring"),
+    ],
+)
+def test_the_confidence_map_ranks_slices_by_default_only_where_it_learnt_correctness(
+    confidence_model: ModelCard, training: dict, expected: str
+) -> None:
+    """A confidence network trained as the papers' discriminator (DAN's Eq. 4, the default
+    now) rates predictions against label maps, not where they are wrong: mirroring ranks then."""
+    card = ModelCard({**confidence_model.data, "training": training}, confidence_model.directory)
+    assert default_second_opinion(card) == expected
+    assert "confidence" in available_second_opinions(card)
 
 
 def test_second_opinions_of_the_sdm_and_the_confidence_map() -> None:

@@ -262,6 +262,20 @@ def test_freezing_the_encoder_keeps_its_weights(tiny_model: ModelCard, tmp_path:
     assert any(name.startswith("decoder") for name in changed), "the decoder did not learn"
 
 
+def test_a_round_trains_on_the_patch_its_settings_name(tiny_model: ModelCard, tmp_path: Path) -> None:
+    """The model's own patch by default; FineTuneSettings.patch_size another, as the run's config
+    records."""
+    image, _label, sparse = sparse_phantom(1)
+    case = model_grid_case(image, sparse, tiny_model, "phantom")
+    settings = FineTuneSettings(steps=1, batchnorm_statistics_batches=0, pseudo_label_confidence=None)
+    for patch, folder in ((None, "own"), ((32, 16, 16), "other")):
+        fine_tune(tiny_model, [case], tmp_path / folder, replace(settings, patch_size=patch), device="cpu")
+    recorded = [
+        json.loads((tmp_path / name / "config.json").read_text())["patch_size"] for name in ("own", "other")
+    ]
+    assert recorded == [list(tiny_model.data["inference"]["patch_size"]), [32, 16, 16]]
+
+
 def test_rounds_train_in_bf16_only_where_the_patch_keeps_the_deepest_level_wide() -> None:
     """la-sassnet-72's 96 x 96 x 64 patches train in ``auto`` (bf16 where native, twice as fast);
     la-sassnet's 64 x 64 x 32 leave the deepest level 2 voxels thin, where bf16 gave NaN

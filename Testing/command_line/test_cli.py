@@ -364,6 +364,8 @@ def test_no_mirroring_skips_the_mirroring_the_card_asks_for(
     [
         torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
         RuntimeError("MPS backend out of memory"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+        torch.OutOfMemoryError(),
     ],
 )
 def test_running_out_of_device_memory_is_one_line_with_advice(
@@ -374,7 +376,8 @@ def test_running_out_of_device_memory_is_one_line_with_advice(
 
     assert run_command(fail, argparse.Namespace()) == EXIT_ERROR
     message = capsys.readouterr().err
-    assert message.startswith("error: the device ran out of memory (") and "--batch-size" in message
+    assert message.startswith("error: out of memory (") and "--batch-size" in message
+    assert message.count("\n") == 1
 
 
 def test_other_runtime_errors_are_not_taken_for_memory() -> None:

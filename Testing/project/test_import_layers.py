@@ -15,7 +15,7 @@ def runtime_imports(tree: ast.AST) -> Iterator[str]:
     """Every ``asdseg`` module ``tree`` imports when it runs, in functions too."""
     for node in ast.iter_child_nodes(tree):
         if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
-            yield from (name for child in node.orelse for name in runtime_imports(child))
+            yield from runtime_imports(ast.Module(body=node.orelse, type_ignores=[]))
             continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("asdseg"):
             yield node.module

@@ -141,8 +141,9 @@ def fine_tuning_patch(card: ModelCard, settings: FineTuneSettings) -> tuple[int,
     """The patch a round of ``card``'s model trains on: ``settings.patch_size``, by default the
     model's own. Smaller patches cost far more Dice than the time they save: on
     benchmarks/site_adaptation.py's shift (15 corrected slices, p-dsc-spread), la-sassnet-72
-    fine-tuned on 64 x 64 x 32 patches won back 3 % of the drop, on 64 x 64 x 64 (0.44 of the
-    voxels) 35 %, on its own 96 x 96 x 64 66 to 77 % (rows.csv)."""
+    fine-tuned on 64 x 64 x 32 patches won back 3 % of the drop (commit d4192dc; no row kept),
+    on 64 x 64 x 64 (0.44 of the voxels) 35 %, on its own 96 x 96 x 64 68 to 77 % (the last two
+    with pseudo-labels, rows.csv)."""
     return tuple(settings.patch_size or card.data["inference"]["patch_size"])
 
 

@@ -46,10 +46,21 @@ def available_second_opinions(card: ModelCard) -> list[str]:
     return [*own, "mirroring"]
 
 
+def confidence_learnt_correctness(card: ModelCard) -> bool:
+    """Whether ``card``'s confidence network learnt where its segmenter is right: DAN's
+    ``correctness`` target (la-dan 1.x), or a sparse fine-tuning round, which trains it so. The
+    papers' discriminator target (DAN's Eq. 4, ASDNet's) rates a prediction against label maps
+    instead, which need not point at the voxels it gets wrong."""
+    training = card.data.get("training", {})
+    target = training.get("config", {}).get("loss", {}).get("confidence_target")
+    return target == "correctness" or training.get("recipe") == "sparse-finetune"
+
+
 def default_second_opinion(card: ModelCard) -> str:
-    """The model's own second head where it has one (the attention maps, the SDM, the
-    confidence map), else mirroring."""
-    return available_second_opinions(card)[0]
+    """The model's own second head where it has one (the attention maps, the SDM, a confidence
+    map that learnt where the model is right), else mirroring."""
+    trusted = confidence_learnt_correctness(card)
+    return next(name for name in available_second_opinions(card) if name != "confidence" or trusted)
 
 
 def check_second_opinion(card: ModelCard, source: str) -> None:

@@ -87,9 +87,12 @@ def run_command(handler: Callable[[argparse.Namespace], int], args: argparse.Nam
     except RuntimeError as error:
         if not is_out_of_memory(error):
             raise
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
         print(
-            f"error: the device ran out of memory ({str(error).splitlines()[0]}). Use a smaller "
-            "--batch-size, --device cpu, or close the programs that use the GPU, then run again.",
+            f"error: out of memory ({first_line}). Use a smaller batch (--batch-size where the "
+            "command has it, batch_size in a training config) or a region of interest (--roi), "
+            "or another device (--device cpu, or close the programs that use the GPU), then run "
+            "again.",
             file=sys.stderr,
         )
         return EXIT_ERROR
