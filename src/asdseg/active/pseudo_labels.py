@@ -53,9 +53,9 @@ def pseudo_labelled(
     the corrections less than :data:`MIN_AGREEMENT`. ``progress`` hears of each volume done
     after a first unit for the re-estimation, which takes most of the time (la-sassnet-72 on 3
     LA volumes, 2 cores with native bf16: 15 s at 30 batches, then half a second per volume;
-    not tracked). Both only run
-    the network forward, so both compute in bf16 where it is native, whatever the round's
-    patch (bf16's trouble on thin levels was in the backward pass)."""
+    not tracked). Both only run the network forward, so both compute in bf16 where it is
+    native, whatever the round's patch (bf16's trouble on thin levels was in the backward
+    pass)."""
     report = progress or (lambda done, total, stage: None)
     network = load_network(card).to(device)
     patch_size = tuple(card.data["inference"]["patch_size"])
