@@ -4,7 +4,8 @@
 Times, side by side in one run, ``python -m asdseg segment`` on the last ``--cases`` LA 2018
 cases of ``train.list`` one call each, then all of them in one call (``-i`` with every file,
 ``-o`` a folder), with the model card's test-time mirroring and with ``--no-mirroring``.
-Writes ``benchmarks/results/segment_volumes.json`` with the machine.
+Writes ``benchmarks/results/segment_volumes.json``, one run per model and CPU, with the machine:
+with bf16 where it is native the network's share shrinks and the start-up saved weighs more.
 
     python benchmarks/segment_volumes.py [--model la-sassnet-72] [--cases 4]
 """
@@ -18,9 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from tracked_runs import cpu_key, write_run
+
 from asdseg.data_paths import require_la2018
 from asdseg.io.datasets import case_names
-from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import DEFAULT_MODEL
 
@@ -68,8 +70,7 @@ def main() -> None:
         for setting, extra in (("card mirroring", []), ("no mirroring", ["--no-mirroring"])):
             result[setting] = compare(args.model, images, Path(folder), extra)
             print(f"{machine_line()}: {setting}: {result[setting]}", flush=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.output, result)
+    write_run(args.output, result, lambda run: (run["model"], *cpu_key(run)))
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from tracked_runs import cpu_key, write_run
 
 from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
 from asdseg.data_paths import require_la2018
 from asdseg.io.datasets import case_names
 from asdseg.io.image_io import image_to_array, read_image
-from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.registry import DEFAULT_MODEL, find_model
 
@@ -82,21 +82,13 @@ def stage_seconds(marks: dict[str, float]) -> dict[str, float]:
 
 
 def run_key(run: dict) -> tuple:
+    """What a new run replaces: the run of the same model, patch, precision and CPU."""
     return (
         run["model"],
         tuple(run.get("patch_size", ())),
         run["precision"],
-        *run["machine"]["cpu_kernel_flags"],
+        *cpu_key(run),
     )
-
-
-def other_runs(path: Path, result: dict) -> list[dict]:
-    """The runs ``path`` holds of other models, patches, precisions or CPUs than ``result``'s (a
-    file from before runs were kept is one run)."""
-    if not path.is_file():
-        return []
-    data = json.loads(path.read_text())
-    return [run for run in data.get("runs", [data]) if run_key(run) != run_key(result)]
 
 
 def main() -> None:
@@ -128,9 +120,7 @@ def main() -> None:
         "stage_seconds": stage_seconds(marks),
         "goal_seconds": 180,
     }
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / "teach_speed.json"
-    write_json(path, {"runs": [*other_runs(path, result), result]})
+    write_run(args.output / "teach_speed.json", result, run_key)
     stages = ", ".join(f"{name} {value:.0f} s" for name, value in result["stage_seconds"].items())
     print(
         f"{machine_line()}: teach round of {STEPS} steps ({result['precision']}) on {VOLUMES} volumes: "

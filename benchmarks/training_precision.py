@@ -6,7 +6,8 @@ alternating fp32 and bf16 so both see the same machine load. bf16 pays off only 
 computes it natively (AVX512-BF16 or AMX; :func:`asdseg.devices.cpu_has_native_bf16`); with
 AVX2 kernels it is emulated, about 50x slower, and this script refuses to time it there.
 
-Writes the figures, with the machine, to ``benchmarks/results/training_precision.json``.
+Writes the figures, with the machine, to ``benchmarks/results/training_precision.json``, which
+keeps one run per CPU (its kernel flags): AVX512-BF16 and AMX machines differ most in bf16.
 
     python benchmarks/training_precision.py [--repeats 3] [--settings la-full la-0.94mm]
 """
@@ -21,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from tracked_runs import write_run
 
 from asdseg.devices import autocast, cpu_has_native_bf16
-from asdseg.io.json_files import write_json
 from asdseg.machine import describe_machine, machine_line
 from asdseg.training.config import config_from_dict
 from asdseg.training.recipes import RECIPE_CLASSES
@@ -112,8 +113,7 @@ def main() -> None:
     print(machine_line(), f"{args.threads} threads", flush=True)
     rows = measure(args.settings, args.repeats)
     result = {"machine": describe_machine(), "threads": args.threads, "rows": rows}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.output, result)
+    write_run(args.output, result)
     print(f"wrote {args.output}")
 
 

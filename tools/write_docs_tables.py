@@ -520,22 +520,24 @@ def inference_speed() -> list[str]:
 
 
 def segment_volumes() -> list[str]:
-    """The command-line page's line: several volumes in one ``asdseg segment`` call."""
+    """The command-line page's lines: several volumes in one ``asdseg segment`` call, per CPU."""
     source = RESULTS / "segment_volumes.json"
-    data = load(source)
-    settings = [
-        f"{data[setting]['speed_up']:.2f}x {label} ({number(data[setting]['one_call_s'], 1)} s against "
-        f"{number(data[setting]['separate_calls_s'], 1)} s)"
-        for setting, label in (
-            ("card mirroring", "with the card's mirroring"),
-            ("no mirroring", "without it"),
+    lines = []
+    for run in load(source)["runs"]:
+        settings = [
+            f"{run[setting]['speed_up']:.2f}x {label} ({number(run[setting]['one_call_s'], 1)} s against "
+            f"{number(run[setting]['separate_calls_s'], 1)} s)"
+            for setting, label in (
+                ("card mirroring", "with the card's mirroring"),
+                ("no mirroring", "without it"),
+            )
+        ]
+        lines.append(
+            f"- {run['volumes']} LA cases with {run['model']} in one call took {settings[0]} and {settings[1]} "
+            f"less time than {run['volumes']} calls (goal {run['goal_speed_up']:g}x; "
+            f"{machine_line(run['machine'])}; from `{source.relative_to(ROOT)}`)."
         )
-    ]
-    return [
-        f"{data['volumes']} LA cases with {data['model']} in one call took {settings[0]} and {settings[1]} "
-        f"less time than {data['volumes']} calls (goal {data['goal_speed_up']:g}x; "
-        f"{machine_line(data.get('machine'))}; from `{source.relative_to(ROOT)}`)."
-    ]
+    return lines
 
 
 def planning() -> list[str]:
@@ -566,16 +568,21 @@ def planning() -> list[str]:
 
 
 def training_precision() -> list[str]:
+    """One table per CPU the benchmark ran on: bf16's speed-up depends most on the CPU."""
     source = RESULTS / "training_precision.json"
-    data = load(source)
-    rows = []
-    for row in data["rows"]:
-        seconds = [number(row["fp32_median"]), number(row["bf16_median"]), f"{number(row['bf16_speedup'])}x"]
-        patch = " x ".join(map(str, row["patch_size"]))
-        rows.append([row["setting"], row["recipe"], patch, row["batch_size"], *seconds])
-    header = "setting | recipe | patch | batch | fp32 s/step | bf16 s/step | bf16 speed-up"
-    note = f"medians, {data['threads']} threads"
-    return [caption([source], [data.get("machine")], note), "", *table(header, rows)]
+    lines: list[str] = []
+    for run in load(source)["runs"]:
+        rows = []
+        for row in run["rows"]:
+            speed_up = f"{number(row['bf16_speedup'])}x"
+            seconds = [number(row["fp32_median"]), number(row["bf16_median"]), speed_up]
+            patch = " x ".join(map(str, row["patch_size"]))
+            rows.append([row["setting"], row["recipe"], patch, row["batch_size"], *seconds])
+        header = "setting | recipe | patch | batch | fp32 s/step | bf16 s/step | bf16 speed-up"
+        note = f"medians, {run['threads']} threads"
+        separator = [""] if lines else []
+        lines += [*separator, caption([source], [run["machine"]], note), "", *table(header, rows)]
+    return lines
 
 
 def memory_layout() -> list[str]:
@@ -637,14 +644,15 @@ def interaction_times() -> list[str]:
                 f"{run['goal_seconds']} s",
             ]
         )
-    for mirroring in ("card mirroring", "no mirroring"):
-        times = volumes[mirroring]
-        what = f"{volumes['volumes']} volumes with `{volumes['model']}` ({mirroring}): one call, against"
-        what += " one call each"
-        time = f"{number(times['one_call_s'], 1)} s against {number(times['separate_calls_s'], 1)} s"
-        time += f" ({number(times['speed_up'])}x less)"
-        rows.append(["`segment_volumes.py`", what, time, f"{number(volumes['goal_speed_up'], 1)}x less"])
-    machines = [wait.get("machine"), *(run["machine"] for run in teach["runs"]), volumes.get("machine")]
+    for run in volumes["runs"]:
+        for mirroring in ("card mirroring", "no mirroring"):
+            times = run[mirroring]
+            what = f"{run['volumes']} volumes with `{run['model']}` ({mirroring}, CPU:"
+            what += f" {' '.join(run['machine']['cpu_kernel_flags'])}): one call, against one call each"
+            time = f"{number(times['one_call_s'], 1)} s against {number(times['separate_calls_s'], 1)} s"
+            time += f" ({number(times['speed_up'])}x less)"
+            rows.append(["`segment_volumes.py`", what, time, f"{number(run['goal_speed_up'], 1)}x less"])
+    machines = [wait.get("machine"), *(run["machine"] for run in teach["runs"] + volumes["runs"])]
     return [caption(sources, machines), "", *table("benchmark | what is timed | time | goal", rows)]
 
 
