@@ -74,6 +74,11 @@ class TeachOutcome:
     round_dir: Path
 
     def message(self) -> str:
+        if self.report.get("new_model_broken"):
+            return (
+                "The taught model predicts NaN or infinite values (its fine-tuning diverged), so it was not "
+                f"installed; the round is kept in {self.round_dir}. Teach again with fewer steps."
+            )
         old, new = 100 * self.report["old_dice"], 100 * self.report["new_dice"]
         slices = self.report["held_out_slices"]
         comparison = f"Dice {new:.1f} against {old:.1f} before, on {slices} corrected slice(s) held out"

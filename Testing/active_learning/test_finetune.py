@@ -24,12 +24,12 @@ from asdseg.active.finetune import (
 )
 from asdseg.active.pseudo_labels import pseudo_labelled
 from asdseg.active.sparse_labels import SparseLabels, write_sparse_labels
-from asdseg.active.teach import hold_out
+from asdseg.active.teach import hold_out, judge
 from asdseg.background import BackgroundJob, JobState, engine_environment
 from asdseg.cli import EXIT_STOPPED, EXIT_WORSE, TEACH_REPORT
 from asdseg.errors import InputError, ModelError
 from asdseg.evaluation.metrics import dice
-from asdseg.inference.segment import segment_image
+from asdseg.inference.segment import SegmentationOptions, segment_image
 from asdseg.io.image_io import image_to_array, write_image
 from asdseg.networks import build_network
 from asdseg.phantoms import make_phantom, phantom_image
@@ -356,6 +356,21 @@ def test_every_fifth_corrected_slice_is_held_out_over_all_volumes() -> None:
     assert all(split.training.labelled_slices for split in only_one), "a volume keeps a slice to train on"
     with pytest.raises(InputError, match="too few to hold one in 5 out"):
         hold_out([SparseLabels(label, {0, 1, 2})], every=5)
+
+
+def test_a_new_model_that_predicts_nan_is_refused_with_the_reason(demo_model: ModelCard) -> None:
+    """A diverged fine-tuning's NaN is a verdict against the new model, not a crash of the round."""
+    image, _label, sparse = sparse_phantom(3)
+    broken = load_network(demo_model)
+    with torch.no_grad():
+        next(broken.parameters()).fill_(float("nan"))
+    options = SegmentationOptions(device="cpu")
+    splits = hold_out([sparse], every=5)
+    verdict = judge(demo_model, load_network(demo_model), demo_model, broken, [image], splits, options)
+    assert verdict.new_model_broken and not verdict.accepted
+    assert verdict.old_dice > 0.8, "the old model is still scored"
+    assert "NaN" in verdict.message() and "not installed" in verdict.message()
+    assert verdict.to_dict()["new_model_broken"]
 
 
 def run_finetune(arguments: list[str]) -> subprocess.CompletedProcess:

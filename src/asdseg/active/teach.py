@@ -6,6 +6,8 @@ by slice), is held out: with corrections from several volumes and sessions the h
 are spread over all of them. A volume keeps at least one slice to train on. The score is the
 Dice of each foreground class pooled over every held-out slice, averaged over the classes the
 held-out slices or the prediction hold: one number per model, old and new, on the same slices.
+A new model whose prediction holds NaN or infinite values (a fine-tuning that diverged) is
+refused like a worse one, and the verdict says why.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import SimpleITK as sitk
 from torch import nn
 
 from asdseg.active.sparse_labels import SparseLabels
-from asdseg.errors import InputError
+from asdseg.errors import InputError, NumericalError
 from asdseg.evaluation.metrics import mean_class_dice
 from asdseg.inference.segment import SegmentationOptions, segment_image
 from asdseg.io.json_files import write_json
@@ -44,12 +46,19 @@ class TeachVerdict:
     old_dice: float
     new_dice: float
     held_out_slices: int
+    #: The new model predicted NaN or infinite values; its Dice is counted as 0.
+    new_model_broken: bool = False
 
     @property
     def accepted(self) -> bool:
-        return self.new_dice >= self.old_dice
+        return not self.new_model_broken and self.new_dice >= self.old_dice
 
     def message(self) -> str:
+        if self.new_model_broken:
+            return (
+                "The new model predicts NaN or infinite values (its fine-tuning diverged). It was not "
+                "installed; the run is kept. Teach again with fewer steps or a smaller learning rate."
+            )
         comparison = (
             f"Dice {100 * self.new_dice:.1f} against {100 * self.old_dice:.1f} for the model it started "
             f"from, on {self.held_out_slices} corrected slice(s) held out of the training"
@@ -63,6 +72,7 @@ class TeachVerdict:
             "old_dice": round(self.old_dice, 6),
             "new_dice": round(self.new_dice, 6),
             "held_out_slices": self.held_out_slices,
+            "new_model_broken": self.new_model_broken,
             "accepted": self.accepted,
         }
 
@@ -118,12 +128,15 @@ def judge(
     splits: Sequence[HoldOut],
     options: SegmentationOptions | None = None,
 ) -> TeachVerdict:
-    """Both models on the same held-out slices."""
-    return TeachVerdict(
-        held_out_dice(old_card, old_network, images, splits, options),
-        held_out_dice(new_card, new_network, images, splits, options),
-        sum(len(split.held_out) for split in splits),
-    )
+    """Both models on the same held-out slices. The old model's NaN is an error (its weights or the
+    input are broken); the new model's is a verdict against it."""
+    old_dice = held_out_dice(old_card, old_network, images, splits, options)
+    held_out_slices = sum(len(split.held_out) for split in splits)
+    try:
+        new_dice = held_out_dice(new_card, new_network, images, splits, options)
+    except NumericalError:
+        return TeachVerdict(old_dice, 0.0, held_out_slices, new_model_broken=True)
+    return TeachVerdict(old_dice, new_dice, held_out_slices)
 
 
 def teach_verdict(
@@ -134,10 +147,13 @@ def teach_verdict(
     device: str = "auto",
 ) -> TeachVerdict:
     """Both models, loaded from their cards, scored on the corrected slices the round held out,
-    as Segment runs them (``auto`` precision: bf16 where native, for both models alike)."""
+    as Segment runs them: bf16 where native, for both models alike, but fp32 where ``auto`` would
+    be fp16 (7.x GPUs), whose overflow would pass for a worse model."""
+    from asdseg.devices import auto_training_precision, select_device
     from asdseg.registry import load_network
 
-    options = SegmentationOptions(device=device, precision="auto")
+    precision = auto_training_precision(select_device(device))
+    options = SegmentationOptions(device=device, precision=precision)
     return judge(old_card, load_network(old_card), new_card, load_network(new_card), images, splits, options)
 
 

@@ -103,7 +103,8 @@ def check_finite_outputs(outputs: dict[str, np.ndarray], card: ModelCard, precis
     result. Broken weights (a diverged fine-tuning) or a half-precision overflow cause it."""
     bad = [name for name, array in outputs.items() if not np.isfinite(array).all()]
     if bad:
-        hint = " Try --precision fp32." if precision != "fp32" else ""
+        # Only half precision overflows where fp32 does not: fp16, which ``auto`` may pick on a GPU.
+        hint = " Try --precision fp32." if precision in ("auto", "fp16") else ""
         raise NumericalError(
             f"model {card.name!r} produced NaN or infinite values ({', '.join(bad)}); its weights are "
             f"broken (e.g. a training run that diverged) or the input is far outside what it expects.{hint}"
