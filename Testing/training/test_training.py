@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from asdseg.cli import main
-from asdseg.errors import AsdsegError
+from asdseg.errors import AsdsegError, InputError
 from asdseg.evaluation.metrics import dice
 from asdseg.registry import load_network
 from asdseg.training.checkpoint import load_checkpoint, save_checkpoint
@@ -136,6 +136,21 @@ def test_resuming_from_a_checkpoint_gives_the_same_next_steps(tmp_path: Path) ->
         assert actual["step"] == expected["step"]
         assert actual["loss"] == pytest.approx(expected["loss"], rel=1e-5)
         assert actual["discriminator"] == pytest.approx(expected["discriminator"], rel=1e-5)
+
+
+def test_a_checkpoint_is_not_continued_under_other_loss_settings(tmp_path: Path) -> None:
+    """A DAN run checkpointed with the old default confidence target is not switched to the new
+    default halfway when resumed; naming the checkpoint's setting continues it."""
+    values = tiny_config("dan", steps=2, checkpoint_every=1, validate_every=100)
+    values["loss"] = {**values.get("loss", {}), "confidence_target": "correctness"}
+    Trainer(config_from_dict(values), tmp_path, device="cpu").run(until=1, show_progress=False)
+    loss = {key: value for key, value in values["loss"].items() if key != "confidence_target"}
+    changed = {**values, "loss": loss}
+    with pytest.raises(InputError, match=r"confidence_target='correctness'.*confidence_target='paper'"):
+        Trainer(config_from_dict(changed), tmp_path, device="cpu").resume()
+    same = Trainer(config_from_dict(values), tmp_path, device="cpu")
+    same.resume()
+    assert same.step == 1
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

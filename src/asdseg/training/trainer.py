@@ -171,6 +171,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "step": self.step,
             "recipe": self.recipe.state_dict(),
+            "recipe_settings": self.recipe.settings,
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": self.rng.bit_generator.state,
             "history": self.history,
@@ -188,6 +189,7 @@ class Trainer:
                 f"{self.output_dir}: the checkpoint is from recipe {state['config']['recipe']!r}, not "
                 f"{self.config.recipe!r}; use another output folder."
             )
+        self.check_resumed_settings(state.get("recipe_settings"))
         self.recipe.load_state_dict(state["recipe"])
         self.step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
@@ -200,6 +202,24 @@ class Trainer:
             self.weight_average.load_state_dict(state["weight_average"])
         self.started_from = state.get("started_from")
         self.earlier_seconds = self.checkpointed_seconds = float(state.get("training_seconds", 0.0))
+
+    def check_resumed_settings(self, saved: dict[str, Any] | None) -> None:
+        """Refuse to continue a checkpoint under other loss settings than it was trained with: a
+        changed default (DAN's confidence target) or an edited ``loss`` would switch the run's
+        losses halfway, unseen. Settings added since the checkpoint, and checkpoints from before
+        settings were recorded, are not checked."""
+        if saved is None:
+            return
+        current = self.recipe.settings
+        changed = sorted(key for key in saved if saved[key] != current.get(key))
+        if changed:
+            was = ", ".join(f"{key}={saved[key]!r}" for key in changed)
+            now = ", ".join(f"{key}={current.get(key)!r}" for key in changed)
+            raise InputError(
+                f"{self.output_dir}: the checkpoint was trained with {was}, but this run's settings give "
+                f"{now}. Set them in the config's loss section as the checkpoint had them to continue it, "
+                "or use another output folder."
+            )
 
     def training_seconds(self) -> float:
         """Wall-clock seconds this run has trained, validation included, across resumptions; the
