@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from la_reproduction import HELD_OUT, recipe_config  # noqa: E402
 
+from asdseg.data_paths import find_la2018  # noqa: E402
 from asdseg.machine import describe_machine  # noqa: E402
 from asdseg.training.config import config_from_dict  # noqa: E402
 
@@ -58,7 +59,6 @@ CHUNK_BYTES = 15 * 2**20
 MIN_STEPS = 1500
 #: The networks a release needs from each recipe (the others are trained but not shipped).
 SHIPPED_NETWORKS = {"sassnet": ["segmenter"], "supervised": ["segmenter"], "dan": ["segmenter", "confidence"]}
-LA_ROOT = "../shared/data/la2018"
 
 
 #: ``--smoke``: the same steps on the CPU with tiny patches, to check the script end to end.
@@ -75,7 +75,8 @@ def full_config(
     recipe: str, steps: int = FULL_STEPS, probe: bool = False, smoke: bool = False
 ) -> dict[str, Any]:
     """The paper setting for ``recipe`` on the GPU, with its schedule scaled to ``steps``."""
-    values = recipe_config(recipe, "paper", Path(LA_ROOT))
+    # The GPU machine reads the cases from the cache; the config records where they came from.
+    values = recipe_config(recipe, "paper", find_la2018() or REPOSITORY.parent / "shared/data/la2018")
     values.update(
         steps=steps,
         lr_decay_every=max(1, round(2500 * steps / FULL_STEPS)),
