@@ -307,6 +307,7 @@ def write_report(output: Path, rows: list[dict[str, Any]], settings: FineTuneSet
         "machine": describe_machine(),
         "settings": settings.__dict__,
         "default_fine_tuning": defaults,
+        "default_batchnorm_batches": FineTuneSettings.batchnorm_statistics_batches,
         "summary": summary,
     }
     write_json(output / "results.json", result)

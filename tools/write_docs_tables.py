@@ -446,10 +446,14 @@ def site_adaptation() -> list[str]:
     return [caption([source], machines, note), "", *table(header, rows)]
 
 
+#: What a foreground-random row shares with the default strategy's to be its baseline.
+BASELINE_KEYS = ("model", "fine_tuning", "batchnorm_batches", "slices", "volumes")
+
+
 def site_adaptation_summary() -> list[str]:
     """The README's line: the default model on the simulated second site, with the strategy it
     suggests by default, at 15 corrected slices, fine-tuned with the default settings (as
-    results.json labels them; else as it was measured last)."""
+    results.json labels them, BatchNorm batches included; else as it was measured last)."""
     from asdseg.active.strategies import DEFAULT_STRATEGY
     from asdseg.registry import DEFAULT_MODEL
 
@@ -461,9 +465,13 @@ def site_adaptation_summary() -> list[str]:
         for row in summary
         if (row["model"], row["strategy"], row["slices"]) == (DEFAULT_MODEL, DEFAULT_STRATEGY, 15)
     ]
-    defaults = results.get("default_fine_tuning", {}).get(DEFAULT_MODEL, [])
+    labels = results.get("default_fine_tuning", {}).get(DEFAULT_MODEL, [])
+    batches = results.get("default_batchnorm_batches")
+    by_default = [
+        row for row in measured if row["fine_tuning"] in labels and row["batchnorm_batches"] == batches
+    ]
     entry = max(
-        [row for row in measured if row["fine_tuning"] in defaults] or measured,
+        by_default or [row for row in measured if row["fine_tuning"] in labels] or measured,
         key=lambda row: row.get("latest_row", -1),
     )
     every_slice = (DEFAULT_MODEL, entry["fine_tuning"], "all-slices", entry["volumes"])
@@ -481,12 +489,28 @@ def site_adaptation_summary() -> list[str]:
         f"{percent(entry['shifted'], 1)} Dice; {entry['slices']} corrected slices ({DEFAULT_STRATEGY}) "
         f"on {entry['volumes']} volumes bring it back to {percent(entry['after'], 1)}, "
         f"{percent(entry['recovered'], 0)} % of the drop ({entry['repeats']} repeat(s); goal 70 %; "
-        f"fine-tuning: {entry['fine_tuning']})"
+        f"fine-tuning: {entry['fine_tuning']}, BatchNorm statistics over {entry['batchnorm_batches']}"
+        " batches)"
     )
     if ceiling is not None:
         line += (
             f"; correcting all {ceiling['slices']} slices of those volumes reaches "
             f"{percent(ceiling['after'], 1)}, {percent(ceiling['recovered'], 0)} %"
+        )
+    same_round = {key: entry[key] for key in ("model", "fine_tuning", "batchnorm_batches", "slices")}
+    baseline = next(
+        (
+            row
+            for row in summary
+            if row["strategy"] == "foreground-random"
+            and all(row[key] == same_round[key] for key in same_round)
+        ),
+        None,
+    )
+    if baseline is not None:
+        line += (
+            f"; random slices inside the atrium (foreground-random) won back "
+            f"{percent(baseline['recovered'], 0)} % ({baseline['repeats']} repeat(s))"
         )
     return [f"{line}. From `{source.relative_to(ROOT)}`."]
 
@@ -533,8 +557,8 @@ def segment_volumes() -> list[str]:
             )
         ]
         lines.append(
-            f"- {run['volumes']} LA cases with {run['model']} in one call took {settings[0]} and {settings[1]} "
-            f"less time than {run['volumes']} calls (goal {run['goal_speed_up']:g}x; "
+            f"- {run['volumes']} LA cases with {run['model']} in one call took {settings[0]} and "
+            f"{settings[1]} less time than {run['volumes']} calls (goal {run['goal_speed_up']:g}x; "
             f"{machine_line(run['machine'])}; from `{source.relative_to(ROOT)}`)."
         )
     return lines
