@@ -497,16 +497,8 @@ def site_adaptation_summary() -> list[str]:
             f"; correcting all {ceiling['slices']} slices of those volumes reaches "
             f"{percent(ceiling['after'], 1)}, {percent(ceiling['recovered'], 0)} %"
         )
-    same_round = {key: entry[key] for key in ("model", "fine_tuning", "batchnorm_batches", "slices")}
-    baseline = next(
-        (
-            row
-            for row in summary
-            if row["strategy"] == "foreground-random"
-            and all(row[key] == same_round[key] for key in same_round)
-        ),
-        None,
-    )
+    same_round = {**{key: entry[key] for key in BASELINE_KEYS}, "strategy": "foreground-random"}
+    baseline = next((row for row in summary if {key: row[key] for key in same_round} == same_round), None)
     if baseline is not None:
         line += (
             f"; random slices inside the atrium (foreground-random) won back "
