@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from la_reproduction import HELD_OUT, recipe_config  # noqa: E402
 
-from asdseg.data_paths import find_la2018  # noqa: E402
+from asdseg.data_paths import find_la2018, shared_la2018  # noqa: E402
 from asdseg.machine import describe_machine  # noqa: E402
 from asdseg.training.config import config_from_dict  # noqa: E402
 
@@ -76,7 +76,7 @@ def full_config(
 ) -> dict[str, Any]:
     """The paper setting for ``recipe`` on the GPU, with its schedule scaled to ``steps``."""
     # The GPU machine reads the cases from the cache; the config records where they came from.
-    values = recipe_config(recipe, "paper", find_la2018() or REPOSITORY.parent / "shared/data/la2018")
+    values = recipe_config(recipe, "paper", find_la2018() or shared_la2018())
     values.update(
         steps=steps,
         lr_decay_every=max(1, round(2500 * steps / FULL_STEPS)),

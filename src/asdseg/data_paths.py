@@ -11,11 +11,15 @@ LA2018_ENVIRONMENT = "ASDSEG_LA2018"
 LA2018_MISSING = "LA 2018 data not found at ../shared/data/la2018 (or $ASDSEG_LA2018)."
 
 
+def shared_la2018() -> Path:
+    """Where the LA 2018 folder is looked for beside the repository: ``../shared/data/la2018``."""
+    return Path(__file__).resolve().parents[3] / "shared" / "data" / "la2018"
+
+
 def find_la2018() -> Path | None:
-    """The LA 2018 folder: ``$ASDSEG_LA2018``, else ``../shared/data/la2018`` beside the
-    repository; None when neither holds a ``train.list``."""
-    repository = Path(__file__).resolve().parents[2]
-    candidates = [os.environ.get(LA2018_ENVIRONMENT), str(repository.parent / "shared" / "data" / "la2018")]
+    """The LA 2018 folder: ``$ASDSEG_LA2018``, else :func:`shared_la2018`; None when neither
+    holds a ``train.list``."""
+    candidates = [os.environ.get(LA2018_ENVIRONMENT), str(shared_la2018())]
     for candidate in candidates:
         if candidate and (Path(candidate) / "train.list").is_file():
             return Path(candidate)
